@@ -1,0 +1,147 @@
+"""``idglow prompt``: write the group prompt for a set of portraits and print it as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from idglow.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prompt",
+        help="write the group prompt for one portrait per person (JSON)",
+        description=(
+            "Write the prompt for a group photo (slot order = order of --subject) and print it as JSON. "
+            "With --vlm a local vision-language model describes the people; without it, or when its answer "
+            "is invalid, a deterministic template is used (\"source\": \"template\")."
+        ),
+    )
+    p.add_argument("--subject", action="append", required=True, metavar="IMAGE",
+                   help="portrait of one person (repeat, 1-6 times)")
+    p.add_argument("--task", default="fusion", choices=["fusion", "age"],
+                   help="fusion: everyone as they are; age: show each person at --target-age")
+    p.add_argument("--target-age", action="append", type=float, metavar="YEARS",
+                   help="target age per subject, in subject order")
+    p.add_argument("--label", action="append", metavar="NAME", help="name per subject, in subject order")
+    p.add_argument("--scene", default="", metavar="TEXT", help="the scene you want (place, light, mood)")
+    p.add_argument("--badcases", metavar="FILE",
+                   help="flagged badcases to learn from: a JSON list or JSON Lines of badcase objects")
+    p.add_argument("--max-badcases", type=int, default=4, metavar="N", help="badcases used per prompt")
+    g = p.add_argument_group("models")
+    g.add_argument("--vlm", metavar="DIR", help="vision-language model folder (transformers format)")
+    g.add_argument("--device", help="device of the vision-language model (default: cuda when available)")
+    g.add_argument("--max-new-tokens", type=int, default=768, metavar="N", help="bound on the model's answer")
+    g.add_argument("--model", metavar="DIR",
+                   help="FLUX checkpoint (diffusers format) whose tokenizers measure the prompt's length "
+                        "(default: a word-based estimate)")
+    g.add_argument("--no-faces", action="store_true", help="skip face analysis (no age/gender from faces)")
+    g.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
+    g.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
+    g.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
+    p.set_defaults(func=run)
+
+
+def build_subjects(args: argparse.Namespace):
+    """Validate the subject flags and decode the photos → SubjectRef list."""
+    from idglow.images import decode_image
+    from idglow.subjects import MAX_SUBJECTS, SubjectRef
+
+    paths = args.subject
+    if len(paths) > MAX_SUBJECTS:
+        raise InputError(f"{len(paths)} subjects given; at most {MAX_SUBJECTS} are supported")
+    ages = args.target_age or []
+    if ages and len(ages) != len(paths):
+        raise InputError(f"{len(ages)} --target-age values for {len(paths)} subjects; give one per subject")
+    if args.task == "age" and not ages:
+        raise InputError("the age task needs one --target-age per subject")
+    labels = args.label or []
+    if labels and len(labels) != len(paths):
+        raise InputError(f"{len(labels)} --label values for {len(paths)} subjects")
+    return [
+        SubjectRef(image=decode_image(path), target_age=ages[i] if ages else None,
+                   label=labels[i] if labels else None)
+        for i, path in enumerate(paths)
+    ]
+
+
+def load_badcases(path: str | Path):
+    """Badcases from a JSON list or a JSON Lines file."""
+    from idglow.prompting import Badcase
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--badcases {path}: no such file")
+    text = file.read_text(encoding="utf-8").strip()
+    try:
+        if text.startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise InputError(f"--badcases {path}: not JSON or JSON Lines ({err})") from None
+    badcases = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InputError(f"--badcases {path}: entry {i + 1} is not an object")
+        try:
+            badcases.append(Badcase.from_dict(row))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"--badcases {path}: entry {i + 1}: {err}") from None
+    return badcases
+
+
+def load_tokenizers(model_dir: str):
+    """The CLIP and T5 tokenizers of a FLUX checkpoint folder (``tokenizer/`` and ``tokenizer_2/``)."""
+    from transformers import AutoTokenizer
+
+    from idglow.errors import ModelFolderError
+
+    folder = Path(model_dir)
+    missing = [name for name in ("tokenizer", "tokenizer_2") if not (folder / name).is_dir()]
+    if missing:
+        raise ModelFolderError(str(folder), [f"{m}/" for m in missing], what="FLUX checkpoint")
+    return (
+        AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+        AutoTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from idglow.errors import NoFaceError
+    from idglow.prompting import PromptSynthesizer, TransformersVLM
+
+    if args.max_badcases < 0:
+        raise InputError(f"--max-badcases {args.max_badcases}: must be >= 0")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    subjects = build_subjects(args)
+    badcases = load_badcases(args.badcases) if args.badcases else []
+    face_analyzer = None
+    if not args.no_faces:
+        from idglow.loading import ModelSettings, load_face_analyzer
+
+        face_analyzer = load_face_analyzer(
+            ModelSettings(faces=args.faces, face_root=args.face_root, face_pack=args.face_pack)
+        )
+    tokenizer = tokenizer_2 = None
+    if args.model:
+        tokenizer, tokenizer_2 = load_tokenizers(args.model)
+    vlm = None
+    if args.vlm:
+        vlm = TransformersVLM.from_pretrained(args.vlm, device=args.device, max_new_tokens=args.max_new_tokens)
+    synthesizer = PromptSynthesizer(
+        vlm=vlm, face_analyzer=face_analyzer, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+        max_badcases=args.max_badcases,
+    )
+    try:
+        prompt = synthesizer.compose(subjects, task=args.task, scene=args.scene, badcases=badcases)
+    except NoFaceError as err:
+        raise NoFaceError(err.slot, args.subject[err.slot]) from None
+    print(json.dumps(prompt.to_dict(), indent=2, ensure_ascii=False))
+    return 0

@@ -1,0 +1,18 @@
+"""``idglow samples``: write sample portraits (from photos bundled with installed packages) to a folder."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("samples", help="write sample portraits to try the other commands with")
+    p.add_argument("--out", default="samples", metavar="DIR", help="folder to write to (default: samples)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.samples import write_sample_portraits
+
+    for path in write_sample_portraits(args.out, DlibAnalyzer()):
+        print(path)
+    return 0

@@ -1,0 +1,286 @@
+"""IdGlowPipeline: FLUX text-to-image with several identities injected through the IdGlow adapter.
+
+The recipe is FLUX's own (``FluxPipeline.__call__``); IdGlow adds three steps around it:
+check inputs → encode subjects (once per call) → denoise with identity injected inside the σ window →
+match the faces of every image back to the subjects.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline
+
+from idglow.adapter import IdGlowAdapter, InjectionState
+from idglow.errors import ModelFolderError, NoFaceError
+from idglow.faces.base import FaceAnalyzer, FaceMatch, sort_largest_first
+from idglow.faces.match import match_faces
+from idglow.images import to_rgb_array
+from idglow.schedule import TASKS, IdentityWindow, window_for_task
+from idglow.subjects import MAX_SUBJECTS, SubjectRef
+
+logger = logging.getLogger(__name__)
+
+FLUX_FOLDERS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae")
+
+
+@dataclass
+class IdGlowOutput:
+    """images: PIL images. seeds: the seed of each image (seed, seed+1, …). params: every setting of the call.
+    active_sigmas: the σ values at which identity was injected. face_matches: per image, the match of its
+    faces to the subjects (None when no face analyzer is set)."""
+
+    images: list
+    seeds: list[int]
+    params: dict[str, Any]
+    active_sigmas: list[float] = field(default_factory=list)
+    face_matches: list[FaceMatch] | None = None
+
+
+def check_flux_folder(path: str | Path) -> Path:
+    """Raise ModelFolderError unless ``path`` is a FLUX checkpoint in diffusers format."""
+    path = Path(path)
+    expected = ["model_index.json", *[f"{name}/" for name in FLUX_FOLDERS]]
+    if not path.is_dir():
+        raise ModelFolderError(str(path), expected, what="FLUX model")
+    missing = [e for e in expected if not (path / e.rstrip("/")).exists()]
+    if missing:
+        raise ModelFolderError(str(path), missing, what="FLUX model")
+    return path
+
+
+def check_adapter_folder(path: str | Path) -> Path:
+    path = Path(path)
+    expected = ["config.json", "diffusion_pytorch_model.safetensors"]
+    if not path.is_dir() or any(not (path / e).exists() for e in expected):
+        missing = expected if not path.is_dir() else [e for e in expected if not (path / e).exists()]
+        raise ModelFolderError(str(path), missing, what="IdGlow adapter")
+    return path
+
+
+class IdGlowPipeline(FluxPipeline):
+    """FLUX + IdGlow identity adapter. Components as FluxPipeline's, plus ``adapter`` (an IdGlowAdapter) and
+    an optional ``face_analyzer`` (any FaceAnalyzer; not saved with the pipeline)."""
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->transformer->vae"
+    _optional_components = ["image_encoder", "feature_extractor", "adapter"]
+    # The adapter is small and runs inside the transformer's forward, so it stays on the execution device.
+    _exclude_from_cpu_offload = ["adapter"]
+
+    def __init__(
+        self,
+        scheduler,
+        vae,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        transformer,
+        adapter: IdGlowAdapter | None = None,
+        image_encoder=None,
+        feature_extractor=None,
+        face_analyzer: FaceAnalyzer | None = None,
+    ):
+        super().__init__(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+        )
+        self.register_modules(adapter=adapter)
+        self.face_analyzer = face_analyzer
+        if adapter is not None and transformer is not None:
+            adapter.attach(transformer)
+
+    # --- loading ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        adapter: IdGlowAdapter | str | Path | None = None,
+        face_analyzer: FaceAnalyzer | None = None,
+        **kwargs,
+    ) -> IdGlowPipeline:
+        """Load from local folders only: a FLUX checkpoint in diffusers format (or a saved IdGlowPipeline)
+        and, unless the folder holds one, an adapter folder (config.json + safetensors)."""
+        path = check_flux_folder(pretrained_model_name_or_path)
+        kwargs.setdefault("local_files_only", True)
+        if isinstance(adapter, (str, Path)):
+            adapter = IdGlowAdapter.from_pretrained(
+                str(check_adapter_folder(adapter)), torch_dtype=kwargs.get("torch_dtype")
+            )
+        if adapter is not None:
+            kwargs["adapter"] = adapter
+        pipe = super().from_pretrained(str(path), **kwargs)
+        pipe.face_analyzer = face_analyzer
+        if pipe.adapter is None:
+            logger.warning("%s holds no IdGlow adapter and none was given: identity injection is off", path)
+        return pipe
+
+    # --- inputs -----------------------------------------------------------------------------------------
+
+    def check_idglow_inputs(
+        self,
+        subjects: Sequence[SubjectRef] | None,
+        subject_embeds: torch.Tensor | None,
+        task: str,
+        id_scale: float | Sequence[float],
+        id_window: IdentityWindow | tuple[float, float] | None,
+        num_images: int,
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        if subjects is not None and subject_embeds is not None:
+            raise ValueError("pass either `subjects` or `subject_embeds`, not both")
+        n = len(subjects) if subjects is not None else (0 if subject_embeds is None else subject_embeds.shape[-2])
+        if n > MAX_SUBJECTS:
+            raise ValueError(f"{n} subjects given; at most {MAX_SUBJECTS} are supported")
+        if n and self.adapter is None:
+            raise ValueError("subjects were given, but this pipeline has no IdGlow adapter")
+        if subjects and self.face_analyzer is None:
+            raise ValueError("`subjects` need a face_analyzer on the pipeline; pass `subject_embeds` instead")
+        if not isinstance(id_scale, (int, float)) and len(id_scale) != n:
+            raise ValueError(f"id_scale has {len(id_scale)} per-person values for {n} subjects")
+        if task == "age" and subjects:
+            ages = [s.target_age for s in subjects]
+            if any(a is None for a in ages):
+                raise ValueError(f"task 'age' needs a target_age for every subject; got {ages}")
+            if any(not (0 <= a <= 120) for a in ages):
+                raise ValueError(f"target ages must be between 0 and 120; got {ages}")
+        if num_images < 1:
+            raise ValueError(f"num_images={num_images} must be at least 1")
+        if id_window is not None and not isinstance(id_window, IdentityWindow):
+            IdentityWindow(*id_window)  # raises with the bad bound named
+
+    # --- subjects ---------------------------------------------------------------------------------------
+
+    def encode_subjects(self, subjects: Sequence[SubjectRef]) -> torch.Tensor:
+        """Detect each subject's face (largest, or ``face_index``) and stack the embeddings (N, id_dim)."""
+        embeddings = []
+        for slot, subject in enumerate(subjects):
+            faces = sort_largest_first(self.face_analyzer.detect(to_rgb_array(subject.image)))
+            if not faces:
+                raise NoFaceError(slot, subject.source)
+            index = 0 if subject.face_index is None else subject.face_index
+            if not 0 <= index < len(faces):
+                raise ValueError(f"subject {slot + 1}: face_index={index}, but the photo has {len(faces)} face(s)")
+            if faces[index].embedding is None:
+                raise ValueError(f"the face analyzer gave no embedding for subject {slot + 1}")
+            embeddings.append(torch.as_tensor(np.asarray(faces[index].embedding), dtype=torch.float32))
+        return torch.stack(embeddings)
+
+    def match_generated(self, images: list, reference_embeds: torch.Tensor) -> list[FaceMatch] | None:
+        if self.face_analyzer is None or reference_embeds is None:
+            return None
+        refs = [e.numpy() for e in reference_embeds.float().cpu()]
+        return [match_faces(self.face_analyzer.detect(to_rgb_array(img)), refs) for img in images]
+
+    # --- call -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        subjects: Sequence[SubjectRef] | None = None,
+        task: str = "fusion",
+        id_scale: float | Sequence[float] = 1.0,
+        id_window: IdentityWindow | tuple[float, float] | None = None,
+        num_images: int = 1,
+        seed: int | None = None,
+        subject_embeds: torch.Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 3.5,
+        analyze_faces: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        output_type: str = "pil",
+        **flux_kwargs,
+    ) -> IdGlowOutput:
+        """Generate ``num_images`` group images of ``subjects`` (slot order = identity order).
+
+        task: "fusion" (identity always on) or "age" (identity only inside σ ∈ [0.3, 0.6]); ``id_window``
+        overrides the task's window. id_scale: global scale, or one per subject (multiplied by each
+        SubjectRef.weight). Image i uses seed ``seed + i``. Any other FluxPipeline argument passes through.
+        """
+        self.check_idglow_inputs(subjects, subject_embeds, task, id_scale, id_window, num_images)
+        window = id_window if isinstance(id_window, IdentityWindow) else (
+            IdentityWindow(*id_window) if id_window is not None else window_for_task(task)
+        )
+        # 1. Subjects → embeddings (once per call).
+        subjects = list(subjects or [])
+        if subjects:
+            subject_embeds = self.encode_subjects(subjects)
+        n = 0 if subject_embeds is None else subject_embeds.shape[-2]
+        weights = [s.weight for s in subjects] if subjects else [1.0] * n
+        per_slot = [float(id_scale)] * n if isinstance(id_scale, (int, float)) else [float(v) for v in id_scale]
+        slot_scales = torch.tensor([a * w for a, w in zip(per_slot, weights)], dtype=torch.float32)
+        # 2. Seeds: image i ← seed + i.
+        seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
+        seeds = [seed + i for i in range(num_images)]
+        generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        # 3. FLUX's recipe, with the identities injected inside the window.
+        if self.tokenizer_2 is not None:
+            flux_kwargs.setdefault("max_sequence_length", min(512, self.tokenizer_2.model_max_length))
+        if prompt is None and flux_kwargs.get("prompt_embeds") is None:
+            prompt = ""
+        flux_args = dict(
+            prompt=prompt,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images,
+            generator=generator,
+            output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"],
+            **flux_kwargs,
+        )
+        state: InjectionState | None = None
+        if n and self.adapter is not None:
+            with self.adapter.inject(subject_embeds, slot_scales, window) as state:
+                images = super().__call__(**flux_args).images
+        else:
+            images = super().__call__(**flux_args).images
+        # 4. Match generated faces to the subjects.
+        face_matches = None
+        if analyze_faces and output_type == "pil" and n:
+            face_matches = self.match_generated(images, subject_embeds)
+        params = {
+            "prompt": prompt,
+            "task": task,
+            "num_subjects": n,
+            "id_scale": per_slot,
+            "weights": weights,
+            "id_window": [window.sigma_lo, window.sigma_hi, window.ramp],
+            "target_ages": [s.target_age for s in subjects] if subjects else [None] * n,
+            "labels": [s.label for s in subjects] if subjects else [None] * n,
+            "num_images": num_images,
+            "seed": seed,
+            "height": height or self.default_sample_size * self.vae_scale_factor,
+            "width": width or self.default_sample_size * self.vae_scale_factor,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+        }
+        return IdGlowOutput(
+            images=list(images) if output_type == "pil" else images,
+            seeds=seeds,
+            params=params,
+            active_sigmas=list(state.active_sigmas) if state is not None else [],
+            face_matches=face_matches,
+        )

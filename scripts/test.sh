@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up everything (./.venv, Debian packages when root) and run the whole test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/system_deps.sh
+bash scripts/setup.sh --dev
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+if [ -z "${IDGLOW_TEST_PG_URL:-}" ] && [ -f scripts/start_postgres.sh ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  eval "$(bash scripts/start_postgres.sh)"
+fi
+.venv/bin/python -m pytest -q --timeout=1200 "$@"

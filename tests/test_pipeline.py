@@ -1,0 +1,230 @@
+"""Behaviour of the IdGlow adapter inside the FLUX pipeline, on the tiny offline model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from idglow.adapter import IdGlowAdapter
+from idglow.pipeline import IdGlowPipeline
+from idglow.schedule import IdentityWindow
+from idglow.testing import random_embeddings, tiny_pipeline
+
+PROMPT = "a family photo of three people in a park"
+SIZE = dict(height=64, width=64)
+
+
+def run(pipe, steps=6, seed=3, **kwargs):
+    out = pipe(PROMPT, seed=seed, num_inference_steps=steps, output_type="np", **SIZE, **kwargs)
+    return out, np.asarray(out.images)
+
+
+def flux_reference(pipe, steps=6, seed=3, num_images=1):
+    """The same components through diffusers' own FluxPipeline (no hooks active: no injection state)."""
+    flux = FluxPipeline(
+        scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2, transformer=pipe.transformer,
+    )
+    flux.set_progress_bar_config(disable=True)
+    gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
+    return flux(PROMPT, generator=gens, num_inference_steps=steps, output_type="np", num_images_per_prompt=num_images,
+                max_sequence_length=pipe.tokenizer_2.model_max_length, **SIZE).images
+
+
+class CountCalls:
+    """Counts forward calls of every identity cross-attention module."""
+
+    def __init__(self, adapter: IdGlowAdapter):
+        self.count = 0
+        self.handles = [m.register_forward_hook(self._hook) for m in adapter.layers.values()]
+
+    def _hook(self, *_):
+        self.count += 1
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def test_scale_zero_and_no_subjects_equal_plain_flux(tiny_pipe):
+    reference = flux_reference(tiny_pipe, num_images=2)
+    emb = random_embeddings(3)
+    _, zero_scale = run(tiny_pipe, subject_embeds=emb, id_scale=0.0, num_images=2)
+    _, per_slot_zero = run(tiny_pipe, subject_embeds=emb, id_scale=[0.0, 0.0, 0.0], num_images=2)
+    _, no_subjects = run(tiny_pipe, num_images=2)
+    for images in (zero_scale, per_slot_zero, no_subjects):
+        assert np.abs(images - reference).max() <= 1e-6
+    _, injected = run(tiny_pipe, subject_embeds=emb, num_images=2)
+    assert np.abs(injected - reference).max() > 1e-3
+
+
+def test_window_outside_all_sigmas_gives_base_image_and_skips_attention(tiny_pipe):
+    _, base = run(tiny_pipe)
+    counter = CountCalls(tiny_pipe.adapter)
+    try:
+        # 6 steps: the shifted σ values never fall inside a window this narrow between two of them
+        sigmas = _shifted_sigmas(tiny_pipe, 6)
+        gap_lo = (sigmas[2] + sigmas[3]) / 2
+        out, images = run(tiny_pipe, subject_embeds=random_embeddings(2), id_window=(gap_lo, gap_lo + 1e-4))
+    finally:
+        counter.close()
+    assert counter.count == 0
+    assert out.active_sigmas == []
+    assert np.abs(images - base).max() == 0.0
+
+
+def _shifted_sigmas(pipe, steps):
+    """σ values the pipeline will use: run it once and read the scheduler (after FLUX's resolution shift)."""
+    run(pipe, steps=steps)
+    return [float(s) for s in pipe.scheduler.sigmas[:-1]]
+
+
+def test_window_runs_identity_attention_on_exactly_its_steps(tiny_pipe):
+    steps = 8
+    sigmas = _shifted_sigmas(tiny_pipe, steps)
+    window = IdentityWindow(0.3, 0.6)
+    expected = [s for s in sigmas if 0.3 <= s <= 0.6]
+    assert 0 < len(expected) < steps
+    counter = CountCalls(tiny_pipe.adapter)
+    try:
+        out, images = run(tiny_pipe, steps=steps, subject_embeds=random_embeddings(2), id_window=window)
+    finally:
+        counter.close()
+    assert out.active_sigmas == pytest.approx(expected)
+    assert counter.count == len(expected) * len(tiny_pipe.adapter.layers)
+    _, base = run(tiny_pipe, steps=steps)
+    assert np.abs(images - base).max() > 1e-4
+
+
+def test_age_preset_uses_shifted_sigmas(tiny_pipe):
+    steps = 8
+    shifted = _shifted_sigmas(tiny_pipe, steps)
+    unshifted = list(np.linspace(1.0, 1 / steps, steps))
+    expected = [s for s in shifted if 0.3 <= s <= 0.6]
+    naive = [s for s in unshifted if 0.3 <= s <= 0.6]
+    assert expected != pytest.approx(naive)  # the shift matters at this size
+    out, _ = run(tiny_pipe, steps=steps, subject_embeds=random_embeddings(2), task="age")
+    assert out.active_sigmas == pytest.approx(expected)
+    assert out.params["id_window"] == [0.3, 0.6, 0.0]
+
+
+def test_slot_order_and_identity_change_the_image(tiny_pipe):
+    a, b, c = random_embeddings(3, seed=11)
+    _, ab = run(tiny_pipe, subject_embeds=torch.stack([a, b]))
+    _, ba = run(tiny_pipe, subject_embeds=torch.stack([b, a]))
+    _, ac = run(tiny_pipe, subject_embeds=torch.stack([a, c]))
+    assert np.abs(ab - ba).max() > 1e-4
+    assert np.abs(ab - ac).max() > 1e-4
+
+
+def test_per_slot_scale_and_weight_act_on_one_person(tiny_pipe):
+    emb = random_embeddings(2, seed=5)
+    _, both = run(tiny_pipe, subject_embeds=emb)
+    _, only_first = run(tiny_pipe, subject_embeds=emb, id_scale=[1.0, 0.0])
+    _, first_alone = run(tiny_pipe, subject_embeds=emb[:1])
+    assert np.abs(both - only_first).max() > 1e-4
+    # slot 2 at scale 0 still receives attention mass but adds nothing: close to, not equal to, slot 1 alone
+    assert np.abs(only_first - first_alone).max() > 0
+
+
+def test_seeds_are_consecutive_and_reproducible(tiny_pipe):
+    out, images = run(tiny_pipe, subject_embeds=random_embeddings(2), num_images=2, seed=40)
+    assert out.seeds == [40, 41]
+    _, second_alone = run(tiny_pipe, subject_embeds=random_embeddings(2), num_images=1, seed=41)
+    assert np.abs(images[1] - second_alone[0]).max() <= 1e-5
+    assert out.params["seed"] == 40 and out.params["num_subjects"] == 2
+
+
+def test_callback_sees_every_step(tiny_pipe):
+    seen = []
+
+    def on_step(pipe, i, t, kwargs):
+        seen.append(i)
+        return kwargs
+
+    run(tiny_pipe, steps=5, subject_embeds=random_embeddings(1), callback_on_step_end=on_step)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(task="swap"), "unknown task 'swap'"),
+        (dict(subject_embeds=random_embeddings(7)), "7 subjects"),
+        (dict(subject_embeds=random_embeddings(2), id_scale=[1.0]), "1 per-person values for 2 subjects"),
+        (dict(subject_embeds=random_embeddings(2), id_window=(0.7, 0.2)), "sigma_lo=0.7"),
+        (dict(subject_embeds=random_embeddings(2, dim=64)), "id_dim=128"),
+    ],
+)
+def test_bad_inputs_raise_value_error_naming_the_value(tiny_pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run(tiny_pipe, **kwargs)
+
+
+def test_adapter_and_pipeline_save_load_round_trip(tmp_path):
+    pipe = tiny_pipeline(seed=1)
+    emb = random_embeddings(2, seed=2)
+    _, before = run(pipe, subject_embeds=emb)
+
+    pipe.adapter.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = IdGlowAdapter.from_pretrained(tmp_path / "adapter")
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(pipe.adapter.config)
+    for (name, p), (_, q) in zip(pipe.adapter.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(p, q), name
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    reloaded = IdGlowPipeline.from_pretrained(tmp_path / "pipe")
+    reloaded.set_progress_bar_config(disable=True)
+    _, after = run(reloaded, subject_embeds=emb)
+    assert np.abs(before - after).max() <= 1e-6
+
+    # base FLUX folder + separate adapter folder, as a GPU user lays them out
+    with_adapter = IdGlowPipeline.from_pretrained(tmp_path / "pipe", adapter=tmp_path / "adapter")
+    with_adapter.set_progress_bar_config(disable=True)
+    _, again = run(with_adapter, subject_embeds=emb)
+    assert np.abs(before - again).max() <= 1e-6
+
+
+def test_first_block_cache_hook_composes_with_identity_hooks():
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    pipe = tiny_pipeline(seed=2)
+    emb = random_embeddings(2, seed=3)
+    _, plain = run(pipe, steps=8, subject_embeds=emb)
+    _, base = run(pipe, steps=8)
+    apply_first_block_cache(pipe.transformer, FirstBlockCacheConfig(threshold=1e9))  # reuse after the first step
+    counter = CountCalls(pipe.adapter)
+    try:
+        out, cached = run(pipe, steps=8, subject_embeds=emb)
+    finally:
+        counter.close()
+    # the head block (double_0) runs every step; the other identity modules only on the computed step
+    n_layers = len(pipe.adapter.layers)
+    assert counter.count == 8 + (n_layers - 1)
+    assert np.isfinite(cached).all()
+    assert np.abs(cached - base).max() > 1e-4  # identity still reaches the image through the cache
+    assert np.abs(cached - plain).max() > 0  # and the cache did skip work
+
+
+def test_missing_model_folder_is_reported(tmp_path):
+    from idglow.errors import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="model_index.json"):
+        IdGlowPipeline.from_pretrained(tmp_path / "nothing")
+    with pytest.raises(ModelFolderError, match="config.json"):
+        (tmp_path / "flux").mkdir()
+        pipe = tiny_pipeline()
+        pipe.save_pretrained(tmp_path / "flux")
+        IdGlowPipeline.from_pretrained(tmp_path / "flux", adapter=tmp_path / "no_adapter")
+
+
+@pytest.mark.gpu
+def test_model_cpu_offload_runs_on_gpu():
+    pipe = tiny_pipeline(seed=0)
+    pipe.enable_model_cpu_offload()
+    out = pipe(PROMPT, subject_embeds=random_embeddings(2), seed=0, num_inference_steps=4, **SIZE)
+    assert len(out.images) == 1 and out.active_sigmas
