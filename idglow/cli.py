@@ -18,6 +18,7 @@ from idglow.errors import IdGlowError
 # Modules that add sub-commands. Heavy imports stay inside their command functions.
 COMMAND_MODULES = [
     "idglow.commands.generate",
+    "annotation.commands",
     "idglow.commands.samples",
     "idglow.commands.prompt",
 ]

@@ -140,7 +140,9 @@ class IdGlowPipeline(FluxPipeline):
         id_scale: float | Sequence[float],
         id_window: IdentityWindow | tuple[float, float] | None,
         num_images: int,
+        adapter: IdGlowAdapter | None = None,
     ) -> None:
+        adapter = adapter if adapter is not None else self.adapter
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if subjects is not None and subject_embeds is not None:
@@ -148,7 +150,7 @@ class IdGlowPipeline(FluxPipeline):
         n = len(subjects) if subjects is not None else (0 if subject_embeds is None else subject_embeds.shape[-2])
         if n > MAX_SUBJECTS:
             raise ValueError(f"{n} subjects given; at most {MAX_SUBJECTS} are supported")
-        if n and self.adapter is None:
+        if n and adapter is None:
             raise ValueError("subjects were given, but this pipeline has no IdGlow adapter")
         if subjects and self.face_analyzer is None:
             raise ValueError("`subjects` need a face_analyzer on the pipeline; pass `subject_embeds` instead")
@@ -201,6 +203,7 @@ class IdGlowPipeline(FluxPipeline):
         num_images: int = 1,
         seed: int | None = None,
         subject_embeds: torch.Tensor | None = None,
+        adapter: IdGlowAdapter | None = None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 28,
@@ -215,9 +218,14 @@ class IdGlowPipeline(FluxPipeline):
 
         task: "fusion" (identity always on) or "age" (identity only inside σ ∈ [0.3, 0.6]); ``id_window``
         overrides the task's window. id_scale: global scale, or one per subject (multiplied by each
-        SubjectRef.weight). Image i uses seed ``seed + i``. Any other FluxPipeline argument passes through.
+        SubjectRef.weight). Image i uses seed ``seed + i``. ``adapter`` uses another IdGlowAdapter for this
+        call only (several model versions on one base; nothing shared is changed). Any other FluxPipeline
+        argument passes through.
         """
-        self.check_idglow_inputs(subjects, subject_embeds, task, id_scale, id_window, num_images)
+        adapter = adapter if adapter is not None else self.adapter
+        if adapter is not None and adapter is not self.adapter:
+            adapter.attach(self.transformer)  # checks the shapes; the hooks are shared and attached once
+        self.check_idglow_inputs(subjects, subject_embeds, task, id_scale, id_window, num_images, adapter)
         window = id_window if isinstance(id_window, IdentityWindow) else (
             IdentityWindow(*id_window) if id_window is not None else window_for_task(task)
         )
@@ -252,8 +260,8 @@ class IdGlowPipeline(FluxPipeline):
             **flux_kwargs,
         )
         state: InjectionState | None = None
-        if n and self.adapter is not None:
-            with self.adapter.inject(subject_embeds, slot_scales, window) as state:
+        if n and adapter is not None:
+            with adapter.inject(subject_embeds, slot_scales, window) as state:
                 images = super().__call__(**flux_args).images
         else:
             images = super().__call__(**flux_args).images

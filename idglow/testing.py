@@ -43,7 +43,7 @@ def tiny_components(seed: int = 0, *, num_layers: int = 2, num_single_layers: in
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer = tiny_tokenizer(77)
-    tokenizer_2 = tiny_tokenizer(64)
+    tokenizer_2 = tiny_tokenizer(128)
     vocab_size = len(tokenizer)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(

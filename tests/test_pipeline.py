@@ -228,3 +228,16 @@ def test_model_cpu_offload_runs_on_gpu():
     pipe.enable_model_cpu_offload()
     out = pipe(PROMPT, subject_embeds=random_embeddings(2), seed=0, num_inference_steps=4, **SIZE)
     assert len(out.images) == 1 and out.active_sigmas
+
+
+def test_per_call_adapter_serves_another_version_without_changing_the_pipeline(tiny_pipe):
+    from idglow.testing import tiny_adapter
+
+    emb = random_embeddings(2, seed=9)
+    other = tiny_adapter(tiny_pipe.transformer, seed=123).eval()
+    _, default_before = run(tiny_pipe, subject_embeds=emb)
+    _, with_other = run(tiny_pipe, subject_embeds=emb, adapter=other)
+    _, default_after = run(tiny_pipe, subject_embeds=emb)
+    assert np.abs(with_other - default_before).max() > 1e-4
+    assert np.abs(default_after - default_before).max() == 0.0
+    assert tiny_pipe.adapter is not other

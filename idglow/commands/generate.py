@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--target-age", action="append", type=float, metavar="YEARS",
                    help="target age per subject, in subject order (age task)")
     p.add_argument("--label", action="append", metavar="NAME", help="name per subject, in subject order")
-    p.add_argument("--prompt", help="scene text (default: a natural group photo)")
+    p.add_argument("--prompt", help="the full prompt, used as given (default: written from the subjects)")
+    p.add_argument("--scene", help="scene text for the written prompt, e.g. 'a picnic in a park'")
     p.add_argument("--num-images", type=int, default=1, metavar="N")
     p.add_argument("--seed", type=int, help="image i uses seed+i (default: random; recorded in the sidecar)")
     p.add_argument("--id-scale", type=float, default=1.0, help="global identity strength (0 = plain FLUX)")
@@ -109,10 +110,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {TINY_MODEL_NOTE}")
     steps = args.steps or settings.default_steps
     size = settings.default_size
-    prompt = args.prompt or default_prompt(subjects, args.task)
+    if args.prompt:
+        prompt_kwargs, prompt_record = {"prompt": args.prompt}, {"text": args.prompt, "source": "user"}
+    else:
+        from idglow.prompting import PromptSynthesizer
+
+        group_prompt = PromptSynthesizer.from_pipeline(pipe).compose(subjects, task=args.task, scene=args.scene or "")
+        prompt_kwargs, prompt_record = group_prompt.pipeline_kwargs(), group_prompt.to_dict()
     with StepProgress(total=steps, desc="generating") as progress:
         output = pipe(
-            prompt,
+            **prompt_kwargs,
             subjects=subjects,
             task=args.task,
             id_scale=args.id_scale,
@@ -133,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             "image": f"{stem}.png",
             "seed": seed,
             "params": output.params,
+            "prompt": prompt_record,
             "model": model_info,
             "subjects": [{"slot": k, "file": str(args.subject[k]), "label": s.label, "target_age": s.target_age}
                          for k, s in enumerate(subjects)],
@@ -144,8 +152,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out_dir / (stem + '.png')}  seed={seed}  identity per person: {scores}")
     return 0
 
-
-def default_prompt(subjects, task: str) -> str:
-    """Scene text when none is given."""
-    people = f"{len(subjects)} people" if len(subjects) != 1 else "one person"
-    return f"a natural group photo of {people}, photorealistic, soft natural light"

@@ -1,0 +1,203 @@
+"""``idglow`` sub-commands of the preference store: ``db upgrade``, ``users add``, ``models add``, ``export``
+and ``demo-data``. Every command takes ``--db URL`` (default: $IDGLOW_DB_URL, else the SQLite file in the
+data dir). Heavy imports (SQLAlchemy, pyarrow) happen inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import datetime, timezone
+
+from idglow.errors import InputError
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db", default=None, metavar="URL", help="SQLAlchemy URL (default: $IDGLOW_DB_URL or the data dir)"
+    )
+    p.add_argument("--data-dir", default=None, help="data folder (default: $IDGLOW_DATA_DIR or ./data)")
+
+
+def _open(args: argparse.Namespace, migrate: bool = True):
+    from annotation.settings import resolve_data_dir, resolve_db_url
+    from db.engine import make_engine, make_session_factory
+    from db.migrate import upgrade
+
+    engine = make_engine(resolve_db_url(args.db, args.data_dir))
+    if migrate:
+        upgrade(engine)
+    return engine, make_session_factory(engine), resolve_data_dir(args.data_dir)
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from db.migrate import current_revision
+
+    engine, _, _ = _open(args)
+    print(f"database at revision {current_revision(engine)}")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("repeat: ") != password:
+            raise InputError("the two passwords differ")
+    return password
+
+
+def run_users_add(args: argparse.Namespace) -> int:
+    from annotation.users import create_user
+
+    password = _read_password(args)
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        user = create_user(session, args.name, password, args.role)
+    print(f"added user {user.username} ({user.role.value}), id {user.id}")
+    return 0
+
+
+def run_models_add(args: argparse.Namespace) -> int:
+    from annotation.candidates import register_model_version
+
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        mv = register_model_version(
+            session, args.name, args.adapter, base_model=args.base_model, notes=args.notes
+        )
+    print(f"added model version {mv.name}, id {mv.id}")
+    return 0
+
+
+def _parse_since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(
+            f"invalid --since {text!r}: use an ISO date such as 2025-01-31 or 2025-01-31T12:00"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from annotation.export import export_preferences
+    from annotation.users import get_user_by_name
+
+    since = _parse_since(args.since)
+    _, sessions, data_dir = _open(args)
+    with sessions() as session, tqdm(unit="pair", desc="export", disable=args.quiet) as bar:
+        user_id = get_user_by_name(session, args.user).id if args.user else None
+        session.commit()
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = export_preferences(
+            session,
+            args.out,
+            data_dir=data_dir,
+            format=args.format,
+            with_images=args.with_images,
+            tie_policy=args.tie_policy,
+            min_votes=args.min_votes,
+            since=since,
+            requested_by=user_id,
+            progress=progress,
+        )
+    splits = ", ".join(f"{k} {v}" for k, v in result.rows_per_split.items()) or "none"
+    print(f"exported {result.rows} rows ({splits}) to {result.out_dir}")
+    return 0
+
+
+def run_demo_data(args: argparse.Namespace) -> int:
+    from annotation.demo import pattern_images, seed_demo_data, tiny_model_images
+
+    images = tiny_model_images(8, args.seed) if args.images == "tiny" else pattern_images(8, args.seed)
+    _, sessions, data_dir = _open(args)
+    with sessions() as session:
+        summary = seed_demo_data(
+            session,
+            data_dir,
+            candidates=args.candidates,
+            votes=args.votes,
+            annotators=args.annotators,
+            images=images,
+            seed=args.seed,
+        )
+    print(
+        f"demo data: {summary.generations} generations, {summary.candidates} candidates, "
+        f"{summary.comparisons} comparisons ({summary.gold} gold), {summary.votes} votes"
+    )
+    print(f"users: {', '.join(summary.annotators)}, researcher; password: {summary.password}")
+    order = " > ".join(sorted(summary.models, key=summary.models.get, reverse=True))
+    print(f"true model order: {order}")
+    return 0
+
+
+def register(subparsers) -> None:  # noqa: ANN001
+    p = subparsers.add_parser("db", help="manage the preference database")
+    db_sub = p.add_subparsers(dest="db_command", metavar="ACTION")
+    db_sub.required = True
+    up = db_sub.add_parser("upgrade", help="apply the schema migrations")
+    _add_db(up)
+    up.set_defaults(func=run_db_upgrade)
+
+    p = subparsers.add_parser("users", help="manage annotation users")
+    users_sub = p.add_subparsers(dest="users_command", metavar="ACTION")
+    users_sub.required = True
+    add = users_sub.add_parser("add", help="add a user (password prompted, or read from stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["annotator", "researcher", "admin"], default="annotator")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    _add_db(add)
+    add.set_defaults(func=run_users_add)
+
+    p = subparsers.add_parser("models", help="manage model versions")
+    models_sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    models_sub.required = True
+    add = models_sub.add_parser("add", help="register a model version")
+    add.add_argument("name")
+    add.add_argument(
+        "--adapter", default=None, metavar="DIR", help="adapter folder saved with save_pretrained"
+    )
+    add.add_argument("--base-model", default=None, help="base model id or path")
+    add.add_argument("--notes", default=None)
+    _add_db(add)
+    add.set_defaults(func=run_models_add)
+
+    p = subparsers.add_parser("export", help="export the preferences (Pick-a-Pic v2 columns + group columns)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty or absent)")
+    p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet")
+    p.add_argument("--with-images", action="store_true", help="embed image bytes")
+    p.add_argument("--tie-policy", choices=["drop", "half"], default="half")
+    p.add_argument("--min-votes", type=int, default=1, metavar="N")
+    p.add_argument(
+        "--since", default=None, metavar="DATE", help="only comparisons voted on at or after DATE (UTC)"
+    )
+    p.add_argument("--user", default=None, help="export on behalf of this user (must be researcher or admin)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_db(p)
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser("demo-data", help="fill a database with synthetic generations, users and votes")
+    p.add_argument("--candidates", type=int, default=200, metavar="N")
+    p.add_argument("--votes", type=int, default=1000, metavar="M")
+    p.add_argument("--annotators", type=int, default=5, metavar="K")
+    p.add_argument(
+        "--images",
+        choices=["tiny", "pattern"],
+        default="tiny",
+        help="images from the tiny untrained pipeline or procedural patterns",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    _add_db(p)
+    p.set_defaults(func=run_demo_data)

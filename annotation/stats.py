@@ -1,0 +1,224 @@
+"""Annotator statistics, inter-annotator agreement and the model leaderboard."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Integer, case, cast, func, select
+from sqlalchemy.orm import Session, aliased
+
+from db.engine import read_only
+from db.models import Candidate, Comparison, Generation, ModelVersion, Overall, Pairwise, User, Vote
+
+logger = logging.getLogger(__name__)
+
+AGREEMENT_DIMENSIONS = ("overall", "identity", "texture", "artifacts")
+
+
+@dataclass(frozen=True)
+class AnnotatorStats:
+    user_id: int
+    username: str
+    votes: int
+    mean_duration_ms: float | None
+    gold_votes: int
+    gold_correct: int
+
+    @property
+    def gold_accuracy(self) -> float | None:
+        return self.gold_correct / self.gold_votes if self.gold_votes else None
+
+
+def annotator_stats(session: Session) -> list[AnnotatorStats]:
+    """Per annotator: votes, mean time per vote and accuracy on gold items (most active first)."""
+    read_only(session)
+    correct = case((Vote.overall == Comparison.gold_answer, 1), else_=0)
+    rows = session.execute(
+        select(
+            User.id,
+            User.username,
+            func.count(Vote.id),
+            func.avg(Vote.duration_ms),
+            func.sum(cast(Comparison.is_gold, Integer)),
+            func.sum(case((Comparison.is_gold.is_(True), correct), else_=0)),
+        )
+        .join(Vote, Vote.user_id == User.id)
+        .join(Comparison, Comparison.id == Vote.comparison_id)
+        .group_by(User.id, User.username)
+        .order_by(func.count(Vote.id).desc(), User.id)
+    ).all()
+    session.commit()
+    return [
+        AnnotatorStats(uid, name, int(n), None if avg is None else float(avg), int(gold or 0), int(ok or 0))
+        for uid, name, n, avg, gold, ok in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    dimension: str
+    alpha: float | None  # Krippendorff's alpha (nominal); None when fewer than two units have 2+ ratings
+    units: int  # items rated by at least two annotators
+    ratings: int
+
+
+def _alpha(counts: dict[object, dict[str, int]], categories: list[str]) -> tuple[float | None, int, int]:
+    units = [c for c in counts.values() if sum(c.values()) >= 2]
+    ratings = sum(sum(c.values()) for c in units)
+    if len(units) < 2:
+        return None, len(units), ratings
+    import krippendorff
+
+    matrix = np.array([[u.get(cat, 0) for cat in categories] for u in units], dtype=float)
+    if np.count_nonzero(matrix.sum(axis=0)) < 2:  # one category only: perfect agreement, alpha undefined
+        return 1.0, len(units), ratings
+    return float(krippendorff.alpha(value_counts=matrix, level_of_measurement="nominal")), len(units), ratings
+
+
+def agreement(session: Session, dimensions: tuple[str, ...] = AGREEMENT_DIMENSIONS) -> dict[str, Agreement]:
+    """Krippendorff's alpha per dimension over non-gold comparisons with two or more votes.
+
+    ``identity`` pools every (comparison, slot) as one unit; ``overall`` uses a|b|tie|both_bad as categories.
+    """
+    unknown = [d for d in dimensions if d not in AGREEMENT_DIMENSIONS]
+    if unknown:
+        raise ValueError(f"unknown agreement dimension {unknown[0]!r}; expected {AGREEMENT_DIMENSIONS}")
+    read_only(session)
+    counts: dict[str, dict[object, dict[str, int]]] = {
+        d: defaultdict(lambda: defaultdict(int)) for d in dimensions
+    }
+    q = (
+        select(Vote.comparison_id, Vote.overall, Vote.identity, Vote.texture, Vote.artifacts)
+        .join(Comparison, Comparison.id == Vote.comparison_id)
+        .where(Comparison.is_gold.is_(False), Comparison.vote_count >= 2)
+        .execution_options(yield_per=20_000)
+    )
+    for cid, overall, identity, texture, artifacts in session.execute(q):
+        if "overall" in counts:
+            counts["overall"][cid][overall.value] += 1
+        if "texture" in counts and texture is not None:
+            counts["texture"][cid][texture.value] += 1
+        if "artifacts" in counts and artifacts is not None:
+            counts["artifacts"][cid][artifacts.value] += 1
+        if "identity" in counts and identity:
+            for slot, choice in identity.items():
+                counts["identity"][(cid, int(slot))][choice] += 1
+    session.commit()
+    out = {}
+    for dim in dimensions:
+        cats = [o.value for o in Overall] if dim == "overall" else [p.value for p in Pairwise]
+        alpha, units, ratings = _alpha(counts[dim], cats)
+        out[dim] = Agreement(dim, alpha, units, ratings)
+    return out
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    model: str
+    score: float  # Bradley-Terry log-strength, mean 0 over the listed models
+    ci_low: float
+    ci_high: float
+    wins: float
+    losses: float
+    ties: float
+
+    @property
+    def comparisons(self) -> float:
+        return self.wins + self.losses + self.ties
+
+
+def _bt(matrix: np.ndarray, alpha: float) -> np.ndarray:
+    import choix
+
+    params = choix.ilsr_pairwise_dense(matrix, alpha=alpha, max_iter=1000)
+    return params - params.mean()
+
+
+def leaderboard(
+    session: Session,
+    *,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
+    regularization: float = 0.01,
+    seed: int = 0,
+) -> list[LeaderboardRow]:
+    """Bradley–Terry ranking of model versions from overall votes on comparisons of two different models.
+
+    A tie counts as half a win for each side; ``both_bad`` votes and gold items are left out. The interval is
+    a percentile bootstrap over votes (``n_bootstrap`` resamples, fitted with ``choix``).
+    """
+    read_only(session)
+    ca, cb = aliased(Candidate), aliased(Candidate)
+    ga, gb = aliased(Generation), aliased(Generation)
+    rows = session.execute(
+        select(ga.model_version_id, gb.model_version_id, Vote.overall, func.count())
+        .select_from(Vote)
+        .join(Comparison, Comparison.id == Vote.comparison_id)
+        .join(ca, ca.id == Comparison.candidate_a_id)
+        .join(cb, cb.id == Comparison.candidate_b_id)
+        .join(ga, ga.id == ca.generation_id)
+        .join(gb, gb.id == cb.generation_id)
+        .where(Comparison.is_gold.is_(False), ga.model_version_id != gb.model_version_id)
+        .where(Vote.overall != Overall.both_bad)
+        .group_by(ga.model_version_id, gb.model_version_id, Vote.overall)
+    ).all()
+    names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
+    session.commit()
+    ids = sorted({r[0] for r in rows} | {r[1] for r in rows})
+    if len(ids) < 2:
+        return []
+    index = {mid: i for i, mid in enumerate(ids)}
+    # One cell per (winner, loser, tie?) outcome with its vote count; a tie is half a win each way.
+    cells: list[tuple[int, int, bool]] = []
+    counts: list[int] = []
+    for mv_a, mv_b, overall, n in rows:
+        i, j = index[mv_a], index[mv_b]
+        if overall == Overall.a:
+            cells.append((i, j, False))
+        elif overall == Overall.b:
+            cells.append((j, i, False))
+        else:
+            cells.append((i, j, True))
+        counts.append(int(n))
+    counts_arr = np.array(counts)
+
+    def matrix_from(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = np.zeros((len(ids), len(ids)))
+        ties = np.zeros(len(ids))
+        for (win, lose, is_tie), c in zip(cells, weights):
+            if is_tie:
+                m[win, lose] += 0.5 * c
+                m[lose, win] += 0.5 * c
+                ties[win] += c
+                ties[lose] += c
+            else:
+                m[win, lose] += c
+        return m, ties
+
+    matrix, ties = matrix_from(counts_arr)
+    scores = _bt(matrix, regularization)
+    rng = np.random.default_rng(seed)
+    total = int(counts_arr.sum())
+    boot = np.empty((n_bootstrap, len(ids)))
+    for k in range(n_bootstrap):
+        resampled = rng.multinomial(total, counts_arr / total)
+        boot[k] = _bt(matrix_from(resampled)[0], regularization)
+    lo, hi = np.percentile(boot, [50 * (1 - confidence), 100 - 50 * (1 - confidence)], axis=0)
+    board = []
+    for mid, i in index.items():
+        board.append(
+            LeaderboardRow(
+                model=names.get(mid, str(mid)),
+                score=float(scores[i]),
+                ci_low=float(lo[i]),
+                ci_high=float(hi[i]),
+                wins=float(matrix[i].sum() - 0.5 * ties[i]),
+                losses=float(matrix[:, i].sum() - 0.5 * ties[i]),
+                ties=float(ties[i]),
+            )
+        )
+    board.sort(key=lambda r: r.score, reverse=True)
+    return board

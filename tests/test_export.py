@@ -1,0 +1,177 @@
+"""Export of the preferences: Pick-a-Pic v2 columns + group columns, tie policy, determinism, loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from annotation import users as U
+from annotation.demo import seed_demo_data
+from annotation.errors import PermissionDenied
+from annotation.export import aggregate_overall, export_preferences
+from annotation.testing import make_store
+from db.models import Overall, Strength
+from idglow.cli import main as cli_main
+
+PICKAPIC = {
+    "caption": pa.string(),
+    "jpg_0": pa.binary(),
+    "jpg_1": pa.binary(),
+    "label_0": pa.float64(),
+    "label_1": pa.float64(),
+    "image_0_uid": pa.string(),
+    "image_1_uid": pa.string(),
+    "model_0": pa.string(),
+    "model_1": pa.string(),
+    "user_id": pa.int64(),
+    "ranking_id": pa.int64(),
+    "created_at": pa.timestamp("us", tz="UTC"),
+    "has_label": pa.bool_(),
+    "are_different": pa.bool_(),
+    "best_image_uid": pa.string(),
+}
+GROUP = [
+    "task",
+    "num_subjects",
+    "reference_uids",
+    "target_ages",
+    "identity_labels_0",
+    "texture_label_0",
+    "artifacts_label_0",
+    "strength",
+    "faces_0",
+    "faces_1",
+    "metrics_0",
+    "metrics_1",
+    "agreement",
+    "split",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    st = make_store(folder)
+    with st.sessions() as s:
+        seed_demo_data(s, folder, candidates=60, votes=400, annotators=4, seed=3)
+    yield st
+    st.engine.dispose()
+
+
+def _table(out):
+    return pa.concat_tables([pq.read_table(p) for p in sorted((out / "data").glob("*.parquet"))])
+
+
+def test_aggregate_overall_rules():
+    a = aggregate_overall([(Overall.a, Strength.clear), (Overall.a, Strength.slight), (Overall.b, None)])
+    assert (a.label_0, a.label_1, a.has_label) == (1.0, 0.0, True)
+    assert a.agreement == pytest.approx(2 / 3) and a.strength == pytest.approx(0.75)
+    t = aggregate_overall([(Overall.a, None), (Overall.b, None)])
+    assert (t.label_0, t.label_1, t.outcome) == (0.5, 0.5, "tie")
+    bad = aggregate_overall([(Overall.both_bad, None), (Overall.both_bad, None), (Overall.a, None)])
+    assert not bad.has_label
+
+
+def test_columns_types_manifest_and_determinism(store, tmp_path):
+    with store.sessions() as s:
+        r1 = export_preferences(s, tmp_path / "e1", data_dir=store.data_dir)
+        r2 = export_preferences(s, tmp_path / "e2", data_dir=store.data_dir)
+    assert r1.rows > 50
+    assert r1.files == r2.files  # byte-identical files (same sha256)
+    table = _table(tmp_path / "e1")
+    for name, typ in PICKAPIC.items():
+        assert table.schema.field(name).type == typ, name
+    assert set(GROUP) <= set(table.column_names)
+    rows = table.to_pylist()
+    assert len({r["ranking_id"] for r in rows}) == len(rows) == r1.rows  # one row per comparison
+    for r in rows:
+        assert r["jpg_0"] is None
+        assert len(r["identity_labels_0"]) == len(r["reference_uids"]) == r["num_subjects"]
+        assert r["label_0"] + r["label_1"] in (0.0, 1.0)
+        assert r["best_image_uid"] in ("", r["image_0_uid"], r["image_1_uid"])
+        json.loads(r["faces_0"])["matches"]["similarity"]
+    manifest = json.loads((tmp_path / "e1" / "manifest.json").read_text())
+    for rel, sha in manifest["files"].items():
+        assert hashlib.sha256((tmp_path / "e1" / rel).read_bytes()).hexdigest() == sha
+    card = (tmp_path / "e1" / "README.md").read_text()
+    assert str(r1.rows_per_split["train"]) in card and "beta" in card
+    # the split only depends on the subjects
+    by_key = {}
+    for r in rows:
+        by_key.setdefault(tuple(r["reference_uids"]) + (r["caption"],), set()).add(r["split"])
+    assert all(len(v) == 1 for v in by_key.values())
+
+
+def test_tie_policy_and_min_votes(store, tmp_path):
+    with store.sessions() as s:
+        half = export_preferences(s, tmp_path / "half", tie_policy="half")
+        drop = export_preferences(s, tmp_path / "drop", tie_policy="drop")
+        three = export_preferences(s, tmp_path / "three", min_votes=3)
+    ties = [r for r in _table(tmp_path / "half").to_pylist() if r["has_label"] and r["label_0"] == 0.5]
+    assert ties and drop.dropped_ties == len(ties) and drop.rows == half.rows - len(ties)
+    assert all(r["label_0"] != 0.5 for r in _table(tmp_path / "drop").to_pylist())
+    assert all(r["num_votes"] >= 3 for r in _table(tmp_path / "three").to_pylist()) and three.rows < half.rows
+
+
+def test_with_images_datasets_and_jsonl(store, tmp_path):
+    import datasets
+
+    with store.sessions() as s:
+        export_preferences(s, tmp_path / "img", data_dir=store.data_dir, with_images=True, min_votes=3)
+        export_preferences(s, tmp_path / "js", data_dir=store.data_dir, format="jsonl", min_votes=3)
+    files = sorted(str(p) for p in (tmp_path / "img" / "data").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    row = ds[0]
+    image = Image.open(io.BytesIO(row["jpg_0"]))
+    assert image.size[0] > 0 and hashlib.sha256(row["jpg_0"]).hexdigest() == row["image_0_uid"]
+    Image.open(io.BytesIO(row["reference_images"][0])).load()
+    lines = [
+        json.loads(x) for p in (tmp_path / "js" / "data").glob("*.jsonl") for x in p.read_text().splitlines()
+    ]
+    assert len(lines) == len(ds) and {"label_0", "caption", "split"} <= set(lines[0])
+
+
+def test_role_checked_for_export(store, tmp_path):
+    with store.sessions() as s:
+        ann = U.get_user_by_name(s, "annotator1")
+        with pytest.raises(PermissionDenied, match="annotator1"):
+            export_preferences(s, tmp_path / "no", requested_by=ann.id)
+    assert not (tmp_path / "no").exists()
+    rc = cli_main(
+        [
+            "export",
+            "--db",
+            store.url,
+            "--data-dir",
+            str(store.data_dir),
+            "--out",
+            str(tmp_path / "cli"),
+            "--user",
+            "annotator1",
+            "--quiet",
+        ]
+    )
+    assert rc == 2
+    rc = cli_main(
+        [
+            "export",
+            "--db",
+            store.url,
+            "--data-dir",
+            str(store.data_dir),
+            "--out",
+            str(tmp_path / "cli"),
+            "--user",
+            "researcher",
+            "--quiet",
+            "--since",
+            "2000-01-01",
+        ]
+    )
+    assert rc == 0 and (tmp_path / "cli" / "manifest.json").is_file()
