@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.modeling_utils import ModelMixin
@@ -74,6 +75,7 @@ class InjectionState:
     token_scale: torch.Tensor  # (B or 1, T)
     window: IdentityWindow
     gate: torch.Tensor | None = None  # (B,) for the transformer call in progress; None → inject nothing
+    gate_is_one: bool = True  # every sample fully inside the window: no multiply (and no device sync)
     active_sigmas: list[float] = field(default_factory=list)
     transformer_calls: int = 0
     attention_calls: int = 0
@@ -88,6 +90,7 @@ class InjectionState:
         if not self.active_sigmas or self.active_sigmas[-1] != sigmas[0]:
             self.active_sigmas.append(sigmas[0])
         self.gate = torch.tensor(gates, dtype=self.tokens.dtype, device=self.tokens.device)
+        self.gate_is_one = all(g == 1.0 for g in gates)
 
     def residual(self, key: str, hidden: torch.Tensor) -> torch.Tensor | None:
         layer = self.adapter.layers[key] if key in self.adapter.layers else None
@@ -98,9 +101,8 @@ class InjectionState:
         scale = self.token_scale.to(hidden.dtype).expand(b, -1)
         self.attention_calls += 1
         delta = layer(hidden, tokens, scale)
-        gate = self.gate.to(hidden.dtype)
-        if bool((gate != 1).any()):
-            delta = delta * gate.view(b, 1, 1)
+        if not self.gate_is_one:
+            delta = delta * self.gate.to(hidden.dtype).view(b, 1, 1)
         return delta
 
 
@@ -110,6 +112,35 @@ _ACTIVE: ContextVar[InjectionState | None] = ContextVar("idglow_injection", defa
 def active_injection() -> InjectionState | None:
     """The injection of the call in progress in this thread/task, if any."""
     return _ACTIVE.get()
+
+
+def identity_checkpoint(function, *args, **kwargs):
+    """``torch.utils.checkpoint`` that recomputes a block with the identity injection of its forward pass.
+
+    Backward (and so checkpoint recomputation) may run in autograd's own threads, which do not see this
+    thread's context, and later transformer calls may have moved the gate on. Use it as
+    ``transformer.enable_gradient_checkpointing(gradient_checkpointing_func=identity_checkpoint)``.
+    """
+    state = _ACTIVE.get()
+    saved = None if state is None else (state.gate, state.gate_is_one)
+
+    @contextlib.contextmanager
+    def recompute():
+        token = _ACTIVE.set(state)
+        current = None if state is None else (state.gate, state.gate_is_one)
+        if state is not None:
+            state.gate, state.gate_is_one = saved
+        try:
+            yield
+        finally:
+            if state is not None:
+                state.gate, state.gate_is_one = current
+            _ACTIVE.reset(token)
+
+    kwargs.setdefault("use_reentrant", False)
+    return torch.utils.checkpoint.checkpoint(
+        function, *args, context_fn=lambda: (contextlib.nullcontext(), recompute()), **kwargs
+    )
 
 
 class _SigmaHook(ModelHook):

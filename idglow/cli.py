@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "annotation.commands",
     "idglow.commands.samples",
     "idglow.commands.prompt",
+    "idglow.commands.eval",
 ]
 
 EXIT_USAGE = 2

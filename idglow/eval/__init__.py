@@ -1,0 +1,46 @@
+"""Benchmarks for identity fidelity vs aesthetic quality: manifests, metrics, the runner and its report.
+
+Run one with ``idglow eval --benchmark fusion|age|PATH``; see ``idglow.eval.manifest`` for the manifest format.
+Submodules load lazily, so ``import idglow.eval`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "BUILTIN_MANIFESTS": "idglow.eval.manifest",
+    "EvalCase": "idglow.eval.manifest",
+    "Manifest": "idglow.eval.manifest",
+    "SubjectSpec": "idglow.eval.manifest",
+    "SubjectResolver": "idglow.eval.manifest",
+    "load_manifest": "idglow.eval.manifest",
+    "parse_manifest": "idglow.eval.manifest",
+    "MetricSummary": "idglow.eval.metrics",
+    "age_errors": "idglow.eval.metrics",
+    "bootstrap_ci": "idglow.eval.metrics",
+    "identity_metrics": "idglow.eval.metrics",
+    "pareto_front": "idglow.eval.metrics",
+    "same_person_threshold": "idglow.eval.metrics",
+    "summarize": "idglow.eval.metrics",
+    "CONFIGS": "idglow.eval.runner",
+    "EvalRunner": "idglow.eval.runner",
+    "EvalSettings": "idglow.eval.runner",
+    "config_window": "idglow.eval.runner",
+    "build_report": "idglow.eval.report",
+    "render_markdown": "idglow.eval.report",
+    "write_report": "idglow.eval.report",
+    "pareto_plot": "idglow.eval.plot",
+    "AestheticScorer": "idglow.eval.scorers",
+    "ClipScorer": "idglow.eval.scorers",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'idglow.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

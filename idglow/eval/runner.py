@@ -1,0 +1,385 @@
+"""Run a benchmark manifest through a pipeline under several configurations and score every image.
+
+Configurations (compared in one run, on the same cases, prompts and seeds):
+
+- ``base``: the FLUX model alone, no identity injected;
+- ``always_on``: identity injected at every step (σ window [0, 1]);
+- ``idglow``: identity injected inside the task's window (``fusion``: always on; ``age``: σ ∈ [0.3, 0.6]),
+  or inside ``EvalSettings.window`` when given.
+
+Outputs are cached per case and configuration under ``out/cases/<case>/``: a re-run skips every image whose
+generation settings are unchanged, and only re-scores when the scoring settings changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idglow.errors import InputError, NoFaceError
+from idglow.eval.manifest import EvalCase, Manifest, SubjectResolver
+from idglow.eval.metrics import age_errors, identity_metrics, mean_or_none, same_person_threshold
+from idglow.schedule import IdentityWindow, window_for_task
+
+logger = logging.getLogger(__name__)
+
+CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow")
+CONFIG_TITLES = {
+    "base": "base FLUX (no identity)",
+    "always_on": "always-on injection",
+    "idglow": "IdGlow (task schedule)",
+}
+#: Per-image metrics, in report order. Higher is better unless marked.
+IMAGE_METRICS: tuple[str, ...] = (
+    "face_sim_mean", "face_sim_worst", "missing_rate", "duplicate_rate", "age_error", "clip_score", "aesthetic",
+)
+LOWER_IS_BETTER = {"missing_rate", "duplicate_rate", "age_error"}
+RECORD_VERSION = 1
+
+
+@dataclass
+class EvalSettings:
+    """How a benchmark is run and scored.
+
+    configs: which configurations to compare (subset of ``base``, ``always_on``, ``idglow``).
+    window: σ window of the ``idglow`` configuration (default: the task's preset).
+    images_per_case: images per case and configuration (default: the manifest's).
+    limit: run only the first ``limit`` cases.
+    match_threshold: a generated face counts for a subject only at or above this cosine similarity.
+    duplicate_threshold: a second face at or above this similarity to a subject makes it a duplicate
+        (default: the analyzer's same-person threshold, see ``metrics.SAME_PERSON_THRESHOLDS``).
+    num_resamples / confidence / bootstrap_seed: bootstrap confidence intervals over cases.
+    """
+
+    configs: tuple[str, ...] = CONFIGS
+    num_inference_steps: int = 28
+    height: int = 1024
+    width: int = 1024
+    guidance_scale: float = 3.5
+    id_scale: float = 1.0
+    window: tuple[float, float] | None = None
+    images_per_case: int | None = None
+    limit: int | None = None
+    match_threshold: float = 0.0
+    duplicate_threshold: float | None = None
+    num_resamples: int = 1000
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.configs = tuple(self.configs)
+        unknown = [c for c in self.configs if c not in CONFIGS]
+        if unknown or not self.configs:
+            raise InputError(f"unknown configurations {unknown or '(none)'}; choose from {', '.join(CONFIGS)}")
+        if len(set(self.configs)) != len(self.configs):
+            raise InputError(f"configurations listed twice: {list(self.configs)}")
+        for name in ("num_inference_steps", "height", "width", "num_resamples"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.images_per_case is not None and self.images_per_case < 1:
+            raise InputError(f"images_per_case={self.images_per_case} must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"limit={self.limit} must be at least 1")
+        if not 0 < self.confidence < 1:
+            raise InputError(f"confidence={self.confidence} must be between 0 and 1")
+        if self.window is not None:
+            try:
+                IdentityWindow(*self.window)
+            except ValueError as err:
+                raise InputError(f"window {tuple(self.window)}: {err}") from None
+            self.window = tuple(float(v) for v in self.window)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["configs"] = list(self.configs)
+        data["window"] = list(self.window) if self.window else None
+        return data
+
+
+def config_window(config: str, task: str, settings: EvalSettings) -> IdentityWindow | None:
+    """The identity window of a configuration (None: no identity)."""
+    if config == "base":
+        return None
+    if config == "always_on":
+        return IdentityWindow(0.0, 1.0)
+    if config == "idglow":
+        return IdentityWindow(*settings.window) if settings.window else window_for_task(task)
+    raise InputError(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CaseInputs:
+    """What every configuration of one case shares."""
+
+    case: EvalCase
+    subjects: list
+    embeds: Any  # torch.Tensor (N, id_dim)
+    prompt_kwargs: dict[str, str]
+    prompt_text: str
+    prompt_source: str
+    prompt_fidelity: float | None
+    fidelity_violations: list[str] = field(default_factory=list)
+
+
+class _MemoAnalyzer:
+    """Remembers the faces of the reference photos, which are analysed for embeddings and again for the
+    prompt's face attributes."""
+
+    def __init__(self, analyzer):
+        self.analyzer = analyzer
+        self.embedding_dim = analyzer.embedding_dim
+        self._faces: dict[str, list] = {}
+
+    def detect(self, image) -> list:
+        from idglow.images import to_rgb_array
+
+        array = np.ascontiguousarray(to_rgb_array(image))
+        key = hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()
+        if key not in self._faces:
+            self._faces[key] = self.analyzer.detect(array)
+        return list(self._faces[key])
+
+
+def encode_references(analyzer, subjects: Sequence) -> Any:
+    """Reference embeddings (N, id_dim) in slot order: each subject's largest face, or its ``face_index``."""
+    import torch
+
+    from idglow.faces.base import sort_largest_first
+
+    embeddings = []
+    for slot, subject in enumerate(subjects):
+        faces = sort_largest_first(analyzer.detect(subject.image))
+        if not faces:
+            raise NoFaceError(slot, subject.source)
+        index = 0 if subject.face_index is None else subject.face_index
+        if not 0 <= index < len(faces):
+            raise InputError(f"subject {slot + 1}: face_index={index}, but the photo has {len(faces)} face(s)")
+        embeddings.append(torch.as_tensor(np.asarray(faces[index].embedding), dtype=torch.float32))
+    return torch.stack(embeddings)
+
+
+class EvalRunner:
+    """Runs manifests on one pipeline. ``pipe`` needs an IdGlow adapter unless only ``base`` is run;
+    ``analyzer`` finds and embeds faces (reference photos and generated images alike). ``clip`` /
+    ``aesthetic`` are optional scorers (``ClipScorer`` / ``AestheticScorer``); their metrics are reported as
+    skipped without them."""
+
+    def __init__(self, pipe, analyzer, settings: EvalSettings | None = None, *, clip=None, aesthetic=None,
+                 model_info: dict[str, Any] | None = None, progress: bool = True):
+        self.pipe = pipe
+        self.analyzer = analyzer
+        self.settings = settings or EvalSettings()
+        self.clip = clip
+        self.aesthetic = aesthetic
+        self.model_info = dict(model_info or {})
+        self.progress = progress
+        if any(c != "base" for c in self.settings.configs) and getattr(pipe, "adapter", None) is None:
+            raise InputError("the always_on and idglow configurations need a pipeline with an IdGlow adapter")
+        self._references = _MemoAnalyzer(analyzer)
+        s = self.settings
+        self.duplicate_threshold = (s.duplicate_threshold if s.duplicate_threshold is not None
+                                    else same_person_threshold(analyzer.embedding_dim))
+        self.stats = {"generated": 0, "cached": 0, "rescored": 0}
+
+    # --- per case ---------------------------------------------------------------------------------------
+
+    def prepare_case(self, case: EvalCase, task: str, resolver: SubjectResolver, synthesizer) -> CaseInputs:
+        from idglow.prompting import check_prompt_fidelity
+
+        subjects = resolver.resolve_case(case)
+        try:
+            embeds = encode_references(self._references, subjects)
+        except NoFaceError as err:
+            spec = case.subjects[err.slot]
+            raise InputError(f"case {case.id!r}: no face found in subject {err.slot + 1} ({spec.describe()})") from None
+        except InputError as err:
+            raise InputError(f"case {case.id!r}: {err}") from None
+        if case.prompt is not None:
+            return CaseInputs(case, subjects, embeds, {"prompt": case.prompt}, case.prompt, "manifest", None)
+        group_prompt = synthesizer.compose(subjects, task=task, scene=case.scene)
+        report = check_prompt_fidelity(group_prompt, subjects)
+        return CaseInputs(
+            case, subjects, embeds, group_prompt.pipeline_kwargs(), group_prompt.text, group_prompt.source,
+            report.score, [v.message for v in report.violations],
+        )
+
+    def generation_key(self, inputs: CaseInputs, config: str, task: str, num_images: int) -> str:
+        s = self.settings
+        window = config_window(config, task, s)
+        embeds = np.ascontiguousarray(inputs.embeds.float().cpu().numpy())
+        return _digest({
+            "version": RECORD_VERSION, "model": self.model_info, "config": config, "task": task,
+            "window": None if window is None else [window.sigma_lo, window.sigma_hi, window.ramp],
+            "id_scale": s.id_scale, "steps": s.num_inference_steps, "size": [s.height, s.width],
+            "guidance": s.guidance_scale, "seed": inputs.case.seed, "num_images": num_images,
+            "prompt": inputs.prompt_kwargs, "embeds": hashlib.sha256(embeds.tobytes()).hexdigest(),
+        })
+
+    def scoring_key(self, inputs: CaseInputs) -> str:
+        return _digest({
+            "version": RECORD_VERSION, "analyzer": type(self.analyzer).__name__,
+            "embedding_dim": self.analyzer.embedding_dim, "match": self.settings.match_threshold,
+            "duplicate": self.duplicate_threshold, "ages": inputs.case.target_ages,
+            "clip": getattr(self.clip, "source", None) if self.clip else None,
+            "aesthetic": getattr(self.aesthetic, "source", None) if self.aesthetic else None,
+            "prompt": inputs.prompt_text,
+        })
+
+    def generate(self, inputs: CaseInputs, config: str, task: str, num_images: int, on_step=None) -> list:
+        s = self.settings
+        window = config_window(config, task, s)
+        kwargs: dict[str, Any] = dict(
+            task=task, num_images=num_images, seed=inputs.case.seed, num_inference_steps=s.num_inference_steps,
+            height=s.height, width=s.width, guidance_scale=s.guidance_scale, analyze_faces=False,
+            callback_on_step_end=on_step, **inputs.prompt_kwargs,
+        )
+        if window is not None:
+            kwargs.update(subject_embeds=inputs.embeds, id_scale=s.id_scale,
+                          id_window=(window.sigma_lo, window.sigma_hi))
+        prompt = kwargs.pop("prompt")
+        return self.pipe(prompt, **kwargs).images
+
+    def score_images(self, images: list, inputs: CaseInputs, task: str) -> list[dict[str, Any]]:
+        """Per-image metrics (see ``IMAGE_METRICS``); None where a metric is not available."""
+        from idglow.faces.match import match_faces
+
+        refs = [e.numpy() for e in inputs.embeds.float().cpu()]
+        targets = inputs.case.target_ages
+        clip_scores = self.clip.score(images, [inputs.prompt_text] * len(images)) if self.clip else None
+        aesthetic = self.aesthetic.score(images) if self.aesthetic else None
+        out = []
+        for i, image in enumerate(images):
+            faces = self.analyzer.detect(np.asarray(image.convert("RGB")))
+            match = match_faces(faces, refs, min_similarity=self.settings.match_threshold,
+                                duplicate_similarity=self.duplicate_threshold)
+            record: dict[str, Any] = identity_metrics(match)
+            record["age_error"] = mean_or_none(age_errors(faces, match, targets)) if task == "age" else None
+            record["clip_score"] = clip_scores[i] if clip_scores else None
+            record["aesthetic"] = aesthetic[i] if aesthetic else None
+            record["num_faces"] = len(faces)
+            record["face_ages"] = [None if f.age is None else round(float(f.age), 1) for f in faces]
+            record["match"] = match.to_dict()
+            out.append(record)
+        return out
+
+    def run_config(self, inputs: CaseInputs, config: str, task: str, num_images: int, case_dir: Path,
+                   on_step=None) -> dict[str, Any]:
+        """Generate (or reuse) and score one case under one configuration; the record is cached on disk."""
+        from PIL import Image
+
+        record_path = case_dir / f"{config}.json"
+        gen_key = self.generation_key(inputs, config, task, num_images)
+        score_key = self.scoring_key(inputs)
+        seeds = [inputs.case.seed + i for i in range(num_images)]
+        files = [f"{config}_{seed}.png" for seed in seeds]
+        cached = None
+        if record_path.is_file():
+            try:
+                cached = json.loads(record_path.read_text())
+            except ValueError:
+                logger.warning("ignoring unreadable cached record %s", record_path)
+        if cached and cached.get("generation_key") == gen_key and all((case_dir / f).is_file() for f in files):
+            if cached.get("scoring_key") == score_key:
+                self.stats["cached"] += 1
+                return cached
+            images = [Image.open(case_dir / f).convert("RGB") for f in files]
+            self.stats["rescored"] += 1
+        else:
+            images = self.generate(inputs, config, task, num_images, on_step=on_step)
+            case_dir.mkdir(parents=True, exist_ok=True)
+            for image, name in zip(images, files):
+                image.save(case_dir / name)
+            self.stats["generated"] += 1
+        per_image = self.score_images(images, inputs, task)
+        record: dict[str, Any] = {
+            "config": config, "case": inputs.case.id, "generation_key": gen_key, "scoring_key": score_key,
+            "images": files, "seeds": seeds, "per_image": per_image,
+        }
+        for metric in IMAGE_METRICS:
+            record[metric] = mean_or_none([r[metric] for r in per_image])
+        record_path.write_text(json.dumps(record, indent=2))
+        return record
+
+    # --- whole manifest ---------------------------------------------------------------------------------
+
+    def run(self, manifest: Manifest, out_dir: str | Path) -> dict[str, Any]:
+        """Run every selected case under every configuration, then write ``report.json``, ``report.md``
+        and ``pareto.png`` to ``out_dir``. Returns the report (as written to JSON)."""
+        from tqdm.auto import tqdm
+
+        from idglow.eval.report import build_report, write_report
+        from idglow.prompting import PromptSynthesizer
+
+        s = self.settings
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cases = manifest.select(s.limit)
+        num_images = s.images_per_case or manifest.images_per_case
+        resolver = SubjectResolver(self.analyzer, manifest.root)
+        synthesizer = PromptSynthesizer.from_pipeline(self.pipe, face_analyzer=self._references)
+        case_rows = []
+        bar = tqdm(total=len(cases) * len(s.configs), desc=f"eval {manifest.name}", unit="image set",
+                   disable=not self.progress)
+        try:
+            for case in cases:
+                inputs = self.prepare_case(case, manifest.task, resolver, synthesizer)
+                results = {}
+                for config in s.configs:
+                    bar.set_postfix_str(f"{case.id} {config}")
+                    results[config] = self.run_config(inputs, config, manifest.task, num_images, out / "cases" / case.id)
+                    bar.update(1)
+                case_rows.append({
+                    "id": case.id,
+                    "num_subjects": case.num_subjects,
+                    "subjects": [sp.describe() for sp in case.subjects],
+                    "target_ages": case.target_ages,
+                    "scene": case.scene,
+                    "prompt": inputs.prompt_text,
+                    "prompt_source": inputs.prompt_source,
+                    "prompt_fidelity": inputs.prompt_fidelity,
+                    "prompt_violations": inputs.fidelity_violations,
+                    "results": {c: {k: v for k, v in r.items() if k not in ("generation_key", "scoring_key")}
+                                for c, r in results.items()},
+                })
+        finally:
+            bar.close()
+        report = build_report(
+            manifest, case_rows, s, model_info=self.model_info, task=manifest.task,
+            skipped=self.skipped_reasons(manifest.task, case_rows), stats=dict(self.stats),
+            analyzer={"name": type(self.analyzer).__name__, "embedding_dim": self.analyzer.embedding_dim,
+                      "duplicate_threshold": self.duplicate_threshold},
+        )
+        write_report(report, out)
+        return report
+
+    def skipped_reasons(self, task: str, case_rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+        """Why a metric has no value in this run (metrics not listed were measured)."""
+        reasons: dict[str, str] = {}
+        if self.clip is None:
+            reasons["clip_score"] = "no CLIP weights given (--clip DIR)"
+        if self.aesthetic is None:
+            reasons["aesthetic"] = "no aesthetic predictor weights given (--aesthetic DIR)"
+        if task != "age":
+            reasons["age_error"] = "not an age benchmark"
+        elif all(r["results"][c]["age_error"] is None for r in case_rows for c in r["results"]):
+            gives_ages = any(a is not None for r in case_rows for c in r["results"]
+                             for im in r["results"][c]["per_image"] for a in im["face_ages"])
+            reasons["age_error"] = (
+                "no generated face was matched to a subject" if gives_ages
+                else f"the face analyzer ({type(self.analyzer).__name__}) gives no age estimates; "
+                     "use --faces insightface"
+            )
+        if all(r["prompt_fidelity"] is None for r in case_rows):
+            reasons["prompt_fidelity"] = "every case gives a literal prompt"
+        return reasons
