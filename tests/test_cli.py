@@ -59,7 +59,7 @@ def bad_files(tmp_path):
         ("not_image", "notes.jpg: not a JPEG/PNG/WEBP image"),
         ("no_face", "no face found in the photo of subject 2"),
         ("too_many", "7 subjects given; at most 6"),
-        ("age_count", "one --target-age per subject: 2 subjects, 1 ages"),
+        ("age_count", "1 --target-age values for 2 subjects; the age task needs one --target-age per subject"),
         ("window_range", "sigma_hi=1.5 is outside [0, 1]"),
         ("window_order", "sigma_lo=0.6 is greater than sigma_hi=0.3"),
         ("unknown_task", "invalid choice: 'swap'"),

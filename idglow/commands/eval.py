@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from idglow.commands.generate import add_model_arguments, model_settings
+from idglow.commands.common import add_model_arguments, model_settings
 from idglow.errors import InputError
 
 logger = logging.getLogger(__name__)

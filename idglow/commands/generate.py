@@ -7,30 +7,10 @@ import json
 import logging
 from pathlib import Path
 
+from idglow.commands.common import add_model_arguments, add_subject_arguments, build_subjects, model_settings
 from idglow.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that loads the generator."""
-    g = p.add_argument_group("model (default: the embedded tiny demo model with dlib faces)")
-    g.add_argument("--model", metavar="DIR", help="FLUX checkpoint in diffusers format (local folder)")
-    g.add_argument("--adapter", metavar="DIR", help="IdGlow adapter folder (config.json + safetensors)")
-    g.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
-    g.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
-    g.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
-    g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
-    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bfloat16 on GPU")
-
-
-def model_settings(args: argparse.Namespace):
-    from idglow.loading import ModelSettings
-
-    return ModelSettings(
-        model_dir=args.model, adapter_dir=args.adapter, faces=args.faces, face_root=args.face_root,
-        face_pack=args.face_pack, device=args.device, dtype=args.dtype,
-    )
 
 
 def register(subparsers) -> None:
@@ -39,13 +19,7 @@ def register(subparsers) -> None:
         help="make group photos from one portrait per person",
         description="Make group photos from one portrait per person (slot order = order of --subject).",
     )
-    p.add_argument("--subject", action="append", required=True, metavar="IMAGE",
-                   help="portrait of one person (repeat, 1-6 times)")
-    p.add_argument("--task", default="fusion", choices=["fusion", "age"],
-                   help="fusion: everyone as they are; age: show each person at --target-age")
-    p.add_argument("--target-age", action="append", type=float, metavar="YEARS",
-                   help="target age per subject, in subject order (age task)")
-    p.add_argument("--label", action="append", metavar="NAME", help="name per subject, in subject order")
+    add_subject_arguments(p)
     p.add_argument("--prompt", help="the full prompt, used as given (default: written from the subjects)")
     p.add_argument("--scene", help="scene text for the written prompt, e.g. 'a picnic in a park'")
     p.add_argument("--num-images", type=int, default=1, metavar="N")
@@ -62,23 +36,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def build_subjects(args: argparse.Namespace):
-    """Validate the subject flags (cheap checks first, before any model loads) → SubjectRef list."""
-    from idglow.images import decode_image
+def check_generation_flags(args: argparse.Namespace) -> None:
     from idglow.schedule import IdentityWindow
-    from idglow.subjects import MAX_SUBJECTS, SubjectRef
 
-    paths = args.subject
-    if len(paths) > MAX_SUBJECTS:
-        raise InputError(f"{len(paths)} subjects given; at most {MAX_SUBJECTS} are supported")
-    ages = args.target_age or []
-    if args.task == "age" and len(ages) != len(paths):
-        raise InputError(f"the age task needs one --target-age per subject: {len(paths)} subjects, {len(ages)} ages")
-    if args.task != "age" and ages and len(ages) != len(paths):
-        raise InputError(f"{len(ages)} --target-age values for {len(paths)} subjects")
-    labels = args.label or []
-    if labels and len(labels) != len(paths):
-        raise InputError(f"{len(labels)} --label values for {len(paths)} subjects")
     if args.window is not None:
         try:
             IdentityWindow(*args.window)
@@ -86,21 +46,13 @@ def build_subjects(args: argparse.Namespace):
             raise InputError(f"--window {args.window[0]} {args.window[1]}: {err}") from None
     if args.num_images < 1:
         raise InputError(f"--num-images {args.num_images}: must be at least 1")
-    subjects = []
-    for i, path in enumerate(paths):
-        image = decode_image(path)
-        subjects.append(SubjectRef(
-            image=image,
-            target_age=ages[i] if ages else None,
-            label=labels[i] if labels else Path(path).stem,
-        ))
-    return subjects
 
 
 def run(args: argparse.Namespace) -> int:
     from idglow.loading import TINY_MODEL_NOTE, load_pipeline
     from idglow.progress import StepProgress
 
+    check_generation_flags(args)
     subjects = build_subjects(args)
     settings = model_settings(args)
     pipe = load_pipeline(settings)

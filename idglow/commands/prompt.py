@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from idglow.commands.common import add_face_arguments, add_subject_arguments, build_subjects
 from idglow.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -22,13 +23,7 @@ def register(subparsers) -> None:
             "is invalid, a deterministic template is used (\"source\": \"template\")."
         ),
     )
-    p.add_argument("--subject", action="append", required=True, metavar="IMAGE",
-                   help="portrait of one person (repeat, 1-6 times)")
-    p.add_argument("--task", default="fusion", choices=["fusion", "age"],
-                   help="fusion: everyone as they are; age: show each person at --target-age")
-    p.add_argument("--target-age", action="append", type=float, metavar="YEARS",
-                   help="target age per subject, in subject order")
-    p.add_argument("--label", action="append", metavar="NAME", help="name per subject, in subject order")
+    add_subject_arguments(p)
     p.add_argument("--scene", default="", metavar="TEXT", help="the scene you want (place, light, mood)")
     p.add_argument("--badcases", metavar="FILE",
                    help="flagged badcases to learn from: a JSON list or JSON Lines of badcase objects")
@@ -41,33 +36,8 @@ def register(subparsers) -> None:
                    help="FLUX checkpoint (diffusers format) whose tokenizers measure the prompt's length "
                         "(default: a word-based estimate)")
     g.add_argument("--no-faces", action="store_true", help="skip face analysis (no age/gender from faces)")
-    g.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
-    g.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
-    g.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
+    add_face_arguments(g)
     p.set_defaults(func=run)
-
-
-def build_subjects(args: argparse.Namespace):
-    """Validate the subject flags and decode the photos → SubjectRef list."""
-    from idglow.images import decode_image
-    from idglow.subjects import MAX_SUBJECTS, SubjectRef
-
-    paths = args.subject
-    if len(paths) > MAX_SUBJECTS:
-        raise InputError(f"{len(paths)} subjects given; at most {MAX_SUBJECTS} are supported")
-    ages = args.target_age or []
-    if ages and len(ages) != len(paths):
-        raise InputError(f"{len(ages)} --target-age values for {len(paths)} subjects; give one per subject")
-    if args.task == "age" and not ages:
-        raise InputError("the age task needs one --target-age per subject")
-    labels = args.label or []
-    if labels and len(labels) != len(paths):
-        raise InputError(f"{len(labels)} --label values for {len(paths)} subjects")
-    return [
-        SubjectRef(image=decode_image(path), target_age=ages[i] if ages else None,
-                   label=labels[i] if labels else None)
-        for i, path in enumerate(paths)
-    ]
 
 
 def load_badcases(path: str | Path):
