@@ -1,0 +1,47 @@
+"""The Research tab (signed-in researchers): counts, annotators, agreement, leaderboard, export."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from annotation.ui.handlers import ExportForm, ResearchHandlers
+from annotation.ui.services import dpo_command
+
+
+def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column:
+    """The tab's content column, shown after a researcher signs in (the handlers check the caller anyway)."""
+    with gr.Tab("Research") as tab:
+        gr.Markdown("Researchers: sign in above to see the statistics, the leaderboard and the export.")
+        with gr.Column(visible=False) as content:
+            refresh = gr.Button("Refresh", elem_id="research-refresh")
+            counts = gr.Markdown(elem_id="research-counts")
+            with gr.Row():
+                annotators = gr.Dataframe(label="Annotators", interactive=False, elem_id="research-annotators")
+                agreement = gr.Dataframe(label="Agreement", interactive=False, elem_id="research-agreement")
+            leaderboard = gr.Dataframe(label="Model leaderboard (Bradley–Terry)", interactive=False,
+                                       elem_id="research-leaderboard")
+            plot = gr.Plot(label="Scores with 95% intervals", elem_id="research-plot")
+            gr.Markdown("### Export (the filters of `idglow export`)")
+            with gr.Row():
+                fmt = gr.Radio(["parquet", "jsonl"], value="parquet", label="Format", elem_id="export-format")
+                with_images = gr.Checkbox(label="Embed images", value=True, elem_id="export-images")
+                tie_policy = gr.Radio(["half", "drop"], value="half", label="Ties", elem_id="export-ties")
+                min_votes = gr.Number(value=1, precision=0, minimum=1, label="Minimum votes", elem_id="export-min-votes")
+                since = gr.Textbox(label="Voted since (UTC date, optional)", placeholder="2025-01-31",
+                                   elem_id="export-since")
+            export = gr.Button("Export", variant="primary", elem_id="export-run")
+            files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="export-files")
+            status = gr.Markdown(f"Train DPO on an export:\n\n```bash\n{dpo_command()}\n```", elem_id="export-status")
+
+    form = dict(format=fmt, with_images=with_images, tie_policy=tie_policy, min_votes=min_votes, since=since)
+    assert list(form) == ExportForm.names()
+
+    def run_export(token_value, format, with_images, tie_policy, min_votes, since):  # noqa: A002 - API names
+        return handlers.export(token_value, ExportForm(format, with_images, tie_policy, min_votes, since))
+
+    outputs = [counts, annotators, agreement, leaderboard, plot]
+    opts = dict(concurrency_id="research", concurrency_limit=2)
+    tab.select(handlers.refresh, [token], outputs, api_name="research_refresh", **opts)
+    refresh.click(handlers.refresh, [token], outputs, api_name="research_refresh_button", **opts)
+    export.click(run_export, [token, *form.values()], [files, status], api_name="export", **opts)
+    return content

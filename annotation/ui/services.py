@@ -1,0 +1,167 @@
+"""Session-bound facades over the annotation services, one per tab: each method opens a session, calls one
+service function and returns plain results. The tab handlers call these (tests pass fakes instead)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AnnotatorProgress:
+    votes: int
+    remaining: int  # comparisons in the pool this annotator has not judged yet
+
+
+class AnnotationService:
+    def __init__(self, sessions, data_dir: str | os.PathLike[str], *, overlap: int = 3, gold_rate: float = 0.1):
+        self.sessions = sessions
+        self.data_dir = Path(data_dir)
+        self.overlap = overlap
+        self.gold_rate = gold_rate
+
+    def image_path(self, rel: str | None) -> str | None:
+        return None if rel is None else str(self.data_dir / rel)
+
+    def next_pair(self, user_id: int):
+        from annotation.sampling import next_comparison
+
+        with self.sessions() as session:
+            return next_comparison(session, user_id, overlap=self.overlap, gold_rate=self.gold_rate)
+
+    def vote(self, user_id: int, comparison_id: int, *, overall: str, strength: str | None,
+             identity: Mapping[int, str] | None, texture: str | None, artifacts: str | None,
+             duration_ms: int | None, key: str):
+        from annotation.votes import VoteRequest, record_vote
+
+        request = VoteRequest(comparison_id=comparison_id, user_id=user_id, overall=overall, idempotency_key=key,
+                              strength=strength, identity=dict(identity or {}) or None, texture=texture,
+                              artifacts=artifacts, duration_ms=duration_ms)
+        with self.sessions() as session:
+            return record_vote(session, request)
+
+    def skip(self, user_id: int, comparison_id: int) -> None:
+        from annotation.sampling import skip_comparison
+
+        with self.sessions() as session:
+            skip_comparison(session, user_id, comparison_id)
+
+    def undo(self, user_id: int):
+        from annotation.votes import undo_last_vote
+
+        with self.sessions() as session:
+            return undo_last_vote(session, user_id)
+
+    def flag(self, user_id: int, candidate_id: int, failure_types, note: str = ""):
+        from annotation.votes import flag_badcase
+
+        with self.sessions() as session:
+            return flag_badcase(session, candidate_id, list(failure_types), note, user_id=user_id)
+
+    def progress(self, user_id: int) -> AnnotatorProgress:
+        from sqlalchemy import exists, func, select
+
+        from db.engine import read_only
+        from db.models import Assignment, Comparison, Vote
+
+        with self.sessions() as session:
+            read_only(session)
+            votes = session.scalar(select(func.count()).select_from(Vote).where(Vote.user_id == user_id)) or 0
+            seen = exists().where(Assignment.comparison_id == Comparison.id, Assignment.user_id == user_id)
+            remaining = session.scalar(
+                select(func.count()).select_from(Comparison).where(
+                    Comparison.active.is_(True), Comparison.is_gold.is_(False),
+                    Comparison.vote_count < self.overlap, ~seen)
+            ) or 0
+            session.commit()
+        return AnnotatorProgress(int(votes), int(remaining))
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    format: str = "parquet"
+    with_images: bool = False
+    tie_policy: str = "half"
+    min_votes: int = 1
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ExportDownload:
+    out_dir: Path
+    archive: Path
+    data_files: list[Path]
+    rows: int
+    command: str
+
+
+class ResearchService:
+    def __init__(self, sessions, data_dir: str | os.PathLike[str]):
+        self.sessions = sessions
+        self.data_dir = Path(data_dir)
+
+    def counts(self) -> dict[str, int]:
+        from sqlalchemy import func, select
+
+        from db.engine import read_only
+        from db.models import Badcase, Candidate, Comparison, Generation, ModelVersion, User, Vote
+
+        tables = {"users": User, "model versions": ModelVersion, "generations": Generation,
+                  "candidates": Candidate, "comparisons": Comparison, "votes": Vote, "badcases": Badcase}
+        with self.sessions() as session:
+            read_only(session)
+            out = {name: int(session.scalar(select(func.count()).select_from(t)) or 0) for name, t in tables.items()}
+            out["candidates in pool"] = int(session.scalar(
+                select(func.count()).select_from(Candidate).where(Candidate.in_pool.is_(True))) or 0)
+            session.commit()
+        return out
+
+    def annotator_stats(self):
+        from annotation.stats import annotator_stats
+
+        with self.sessions() as session:
+            return annotator_stats(session)
+
+    def agreement(self):
+        from annotation.stats import agreement
+
+        with self.sessions() as session:
+            return agreement(session)
+
+    def leaderboard(self):
+        from annotation.stats import leaderboard
+
+        with self.sessions() as session:
+            return leaderboard(session)
+
+    def export(self, user_id: int, filters: ExportFilters) -> ExportDownload:
+        from annotation.export import export_preferences
+        from db.types import utcnow
+
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        out = self.data_dir / "exports" / f"export-{stamp}-u{user_id}"
+        with self.sessions() as session:
+            result = export_preferences(
+                session, out, data_dir=self.data_dir, format=filters.format, with_images=filters.with_images,
+                tie_policy=filters.tie_policy, min_votes=filters.min_votes, since=filters.since,
+                requested_by=user_id,
+            )
+        archive = Path(shutil.make_archive(str(out), "zip", root_dir=out))
+        data_files = sorted((out / "data").glob(f"*.{filters.format}"))
+        return ExportDownload(out, archive, data_files, result.rows, dpo_command(out, filters.format))
+
+
+def dpo_command(export_dir: str | os.PathLike[str] | None = None, fmt: str = "parquet") -> str:
+    """The commands that train DPO on an export (``idglow train dpo``) and serve the result in the app."""
+    data = f"{export_dir}/data/train.{fmt}" if export_dir else f"EXPORT_DIR/data/train.{fmt}"
+    return (f"idglow train dpo --config configs/dpo.yaml --set train_data={data} --set output_dir=runs/idglow-dpo\n"
+            "idglow models add idglow-dpo --adapter runs/idglow-dpo/adapter")
+
+
+def as_rows(items, columns: list[str]) -> list[list[Any]]:
+    return [[getattr(item, c) for c in columns] for item in items]

@@ -1,0 +1,45 @@
+"""Run the app in a background thread on a free local port (tests and examples)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningApp:
+    url: str
+    services: object  # AppServices
+    demo: object  # gr.Blocks
+
+
+@contextlib.contextmanager
+def running_app(data_dir: str | Path, users: dict[str, tuple[str, str]] | None = None, **settings) -> Iterator[RunningApp]:
+    """The real app (tiny model, dlib, SQLite in ``data_dir``) served on 127.0.0.1. ``users``: name →
+    (password, role), created before the server starts."""
+    from annotation.ui.blocks import build_app, launch_options
+    from annotation.ui.settings import AppSettings
+    from annotation.ui.wiring import build_services
+    from annotation.users import create_user
+
+    config = AppSettings(data_dir=str(data_dir), port=free_port(), **settings)
+    services, _ = build_services(config)
+    with services.auth.sessions() as session:
+        for name, (password, role) in (users or {}).items():
+            create_user(session, name, password, role)
+    demo = build_app(services)
+    options = launch_options("127.0.0.1", config.port, config.max_upload_mb)
+    demo.launch(prevent_thread_lock=True, **options)
+    try:
+        yield RunningApp(f"http://127.0.0.1:{config.port}/", services, demo)
+    finally:
+        demo.close()

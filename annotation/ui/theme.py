@@ -1,0 +1,92 @@
+"""Look and texts of the app: CSS, the keyboard shortcuts of the Annotate tab and the guidelines."""
+
+from __future__ import annotations
+
+CSS = """
+#idglow-banner {border-left: 4px solid #f59e0b; padding: 0.4rem 0.8rem; background: rgba(245,158,11,0.08);}
+#annotate-left img, #annotate-right img {object-fit: contain;}
+.idglow-shortcuts kbd {border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em;}
+#shortcut-hint {min-height: 1.5em; font-weight: 600;}
+"""
+
+SHORTCUTS_MD = """
+**Keyboard shortcuts** (when no text box has the focus):
+<kbd>a</kbd> A better · <kbd>b</kbd> B better · <kbd>t</kbd> tie · <kbd>x</kbd> both bad ·
+<kbd>s</kbd> slightly · <kbd>c</kbd> clearly ·
+<kbd>1</kbd>–<kbd>6</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> identity of person 1–6 ·
+<kbd>y</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> texture ·
+<kbd>r</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> fewer artifacts ·
+<kbd>Enter</kbd> submit · <kbd>k</kbd> skip · <kbd>u</kbd> undo last vote · <kbd>Esc</kbd> cancel a prefix
+"""
+
+GUIDELINES_MD = """
+**How to judge a pair**
+
+1. Look at the reference photos first: each person must be recognisable in the image as the *same* person.
+2. **Overall**: which image is the better group photo of these people (identity, natural composition, quality)?
+   *Tie* when they are equally good, *both bad* when neither is usable. Say whether the difference is slight or clear.
+3. **Identity per person**: for each person, in which image do they look more like their reference? A person
+   who is missing, duplicated or swapped with someone else loses.
+4. **Texture**: which image has the more natural, consistent skin, hair and lighting?
+5. **Artifacts**: which image has *fewer* artifacts (extra fingers, melted faces, broken objects)?
+6. Age task: people should look like themselves *at the target age*, with the body of that age (a child
+   should not look like a small adult).
+7. **Flag** an image with the failure types that apply (identity swap, missing person, mini adult, ...).
+   Skip a pair you cannot judge. Undo works for your last vote within 5 minutes.
+"""
+
+# Runs once on page load. Keys map to clicks on the radio inputs of the Annotate tab (by elem_id and value).
+SHORTCUTS_JS = """
+() => {
+  if (window.__idglowShortcuts) return;
+  window.__idglowShortcuts = true;
+  let prefix = null;
+  const hint = (text) => {
+    const el = document.querySelector('#shortcut-hint');
+    if (el) el.textContent = text;
+  };
+  const annotateVisible = () => {
+    const el = document.querySelector('#annotate-overall');
+    return el && el.offsetParent !== null;
+  };
+  const pick = (id, value) => {
+    const input = document.querySelector(`#${id} input[type=radio][value="${value}"]`);
+    if (input) { input.click(); return true; }
+    return false;
+  };
+  const click = (id) => {
+    const el = document.querySelector(`#${id}`);
+    if (el) el.click();
+  };
+  const SIDE = {a: 'left', b: 'right', t: 'tie'};
+  document.addEventListener('keydown', (ev) => {
+    const tag = (ev.target && ev.target.tagName || '').toLowerCase();
+    if (['input', 'textarea', 'select'].includes(tag) && ev.target.type !== 'radio' && ev.target.type !== 'checkbox') return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || !annotateVisible()) return;
+    const key = ev.key.toLowerCase();
+    if (key === 'escape') { prefix = null; hint(''); return; }
+    if (prefix !== null && key in SIDE) {
+      const target = prefix === 'y' ? 'annotate-texture' : prefix === 'r' ? 'annotate-artifacts' : `annotate-identity-${prefix}`;
+      pick(target, SIDE[key]);
+      prefix = null; hint(''); ev.preventDefault(); return;
+    }
+    if (/^[1-6]$/.test(key)) { prefix = Number(key) - 1; hint(`person ${key}: press a, b or t`); ev.preventDefault(); return; }
+    if (key === 'y') { prefix = 'y'; hint('texture: press a, b or t'); ev.preventDefault(); return; }
+    if (key === 'r') { prefix = 'r'; hint('fewer artifacts: press a, b or t'); ev.preventDefault(); return; }
+    const overall = {a: 'left', b: 'right', t: 'tie', x: 'both_bad'};
+    if (key in overall) { pick('annotate-overall', overall[key]); ev.preventDefault(); return; }
+    if (key === 's') { pick('annotate-strength', 'slight'); ev.preventDefault(); return; }
+    if (key === 'c') { pick('annotate-strength', 'clear'); ev.preventDefault(); return; }
+    if (key === 'enter') { click('annotate-submit'); ev.preventDefault(); return; }
+    if (key === 'k') { click('annotate-skip'); ev.preventDefault(); return; }
+    if (key === 'u') { click('annotate-undo'); ev.preventDefault(); return; }
+  });
+}
+"""
+
+
+def banner(tiny: bool, note: str) -> str:
+    if not tiny:
+        return "**IdGlow** · identity-preserving group photos."
+    return (f"**Demo model.** {note} Start the app with `python app.py --model models/flux --adapter "
+            "models/idglow-adapter` (or set `IDGLOW_MODEL_DIR` / `IDGLOW_ADAPTER_DIR`) to serve real weights.")

@@ -1,0 +1,48 @@
+"""Wiring of the app's services from its settings (used by app.py and by the tests)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+def build_services(settings):
+    """(AppServices, RetentionSweeper) for these settings: database migrated, pipeline loaded, base version
+    registered."""
+    from annotation.generation import GenerationService, GpuQueue
+    from annotation.privacy import RetentionSweeper, UploadLimits
+    from annotation.safety import PromptBlocklist, load_safety_checker
+    from annotation.settings import resolve_data_dir, resolve_db_url
+    from annotation.ui.auth import SessionAuth
+    from annotation.ui.blocks import AppServices
+    from annotation.ui.services import AnnotationService, ResearchService
+    from annotation.ui.theme import banner
+    from db.engine import make_engine, make_session_factory
+    from db.migrate import upgrade
+    from idglow.loading import TINY_MODEL_NOTE, ModelSettings, load_pipeline
+
+    data_dir = resolve_data_dir(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(resolve_db_url(settings.db_url, data_dir))
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    safety = load_safety_checker(settings.safety_model, threshold=settings.safety_threshold, device=settings.device)
+    blocklist = PromptBlocklist.from_file(settings.blocklist_file) if settings.blocklist_file else PromptBlocklist()
+    model = ModelSettings(model_dir=settings.model_dir, adapter_dir=settings.adapter_dir, faces=settings.faces,
+                          face_root=settings.face_root, face_pack=settings.face_pack, device=settings.device)
+    pipe = load_pipeline(model)
+    generation = GenerationService(
+        pipe, sessions, data_dir, base_version=settings.version_name,
+        queue=GpuQueue(settings.concurrency, settings.max_queue), safety_checker=safety, blocklist=blocklist,
+        retention=settings.retention, default_steps=model.default_steps, default_size=model.default_size,
+    )
+    generation.ensure_base_version(settings.adapter_dir, base_model=settings.model_dir or "tiny")
+    services = AppServices(
+        generation=generation, annotation=AnnotationService(sessions, data_dir),
+        research=ResearchService(sessions, data_dir), auth=SessionAuth(sessions),
+        limits=UploadLimits(max_bytes=settings.max_upload_mb * 2**20, max_pixels=settings.max_pixels),
+        banner=banner(settings.is_tiny, TINY_MODEL_NOTE), tiny=settings.is_tiny,
+        default_steps=model.default_steps, default_size=model.default_size,
+        concurrency=settings.concurrency, max_queue=settings.max_queue,
+    )
+    sweeper = RetentionSweeper(sessions, data_dir, interval=timedelta(minutes=settings.sweep_minutes))
+    return services, sweeper

@@ -1,0 +1,185 @@
+"""The app in Debian's chromium (Playwright): visitor, annotator and researcher journeys on `python app.py`.
+
+Screenshots of each tab are saved under $IDGLOW_SCREENSHOT_DIR (default: a temporary folder) and printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "correct-horse-battery"
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from annotation.demo import pattern_images, seed_demo_data
+    from annotation.testing import make_store
+    from annotation.ui.testing import free_port
+    from annotation.users import create_user
+
+    data = tmp_path_factory.mktemp("browser-data")
+    store = make_store(data)
+    with store.sessions() as session:  # a store with history, so the leaderboard has models to rank
+        seed_demo_data(session, data, candidates=24, votes=40, annotators=3, images=pattern_images(8), gold_rate=0.0)
+        create_user(session, "anna", PASSWORD, "annotator")
+        create_user(session, "rita", PASSWORD, "researcher")
+    store.engine.dispose()
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(data / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc)
+        yield f"http://127.0.0.1:{port}/", data
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shot(page, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+def _sign_in(page, url: str, user: str) -> None:
+    page.goto(url)
+    page.get_by_text("Sign in (annotators and researchers)").click()
+    page.locator("#signin-user textarea, #signin-user input").first.fill(user)
+    page.locator("#signin-password input").fill(PASSWORD)
+    page.locator("#signin-run").click()
+    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+
+
+def test_visitor_annotator_researcher(server, browser, shots, sample_portraits, tmp_path):
+    url, data = server
+    from playwright.sync_api import expect
+
+    # --- visitor: two portraits → two crops → two candidates with progress, seed and per-person scores → pool
+    page = browser.new_context(viewport={"width": 1280, "height": 1600}).new_page()
+    page.goto(url)
+    expect(page.locator("#idglow-banner")).to_contain_text("tiny demo model")
+    page.locator("#gen-consent input[type=checkbox]").check()
+    page.locator("#gen-files input[type=file]").set_input_files(
+        [str(sample_portraits["person1"]), str(sample_portraits["person2"])])
+    expect(page.locator("#gen-crops img")).to_have_count(2, timeout=60_000)
+    expect(page.locator("#gen-status")).to_contain_text("Found 2 people")
+    page.get_by_text("Advanced").click()
+    steps = page.get_by_label("number input for Steps")
+    steps.fill("40")
+    steps.press("Tab")
+    page.locator("#gen-run").click()
+    page.locator(".progress-text, .progress-level, .eta-bar").first.wait_for(timeout=60_000)
+    expect(page.locator("#gen-gallery img")).to_have_count(2, timeout=180_000)
+    expect(page.locator("#gen-seed")).to_contain_text("Used seed")
+    expect(page.locator("#gen-scores")).to_contain_text("Person 2")
+    _shot(page, shots, "generate")
+    page.locator("#gen-pool").click()
+    expect(page.locator("#gen-status")).to_contain_text("added to the annotation pool", timeout=30_000)
+
+    # --- annotator: keyboard vote with per-person labels, undo, vote again
+    page = browser.new_context(viewport={"width": 1280, "height": 1600}).new_page()
+    _sign_in(page, url, "anna")
+    page.get_by_role("tab", name="Annotate").click()
+    expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#annotate-progress")).to_contain_text("0 vote(s) by you")
+    page.locator("#annotate-prompt").click()
+    keys = ["1", "a", "y", "b", "r", "t", "a", "c"]
+    if page.locator("#annotate-identity-1").is_visible():
+        keys[2:2] = ["2", "b"]
+    for key in keys:
+        page.keyboard.press(key)
+    expect(page.locator("#annotate-overall input[value=left]")).to_be_checked()
+    expect(page.locator("#annotate-identity-0 input[value=left]")).to_be_checked()
+    _shot(page, shots, "annotate")
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    page.locator("#annotate-prompt").click()
+    page.keyboard.press("u")
+    expect(page.locator("#annotate-progress")).to_contain_text("Last vote undone", timeout=30_000)
+    expect(page.locator("#annotate-progress")).to_contain_text("0 vote(s) by you")
+    for key in ["b", "s", "1", "t"]:
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import User, Vote
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    with make_session_factory(engine)() as session:
+        votes = session.scalars(select(Vote).join(User, User.id == Vote.user_id).where(User.username == "anna")).all()
+        assert len(votes) == 1
+        assert votes[0].strength.value == "slight" and votes[0].identity["0"] == "tie"
+    engine.dispose()
+
+    # --- researcher: leaderboard and a Parquet export that loads
+    page = browser.new_context(viewport={"width": 1280, "height": 1800}, accept_downloads=True).new_page()
+    _sign_in(page, url, "rita")
+    page.get_by_role("tab", name="Research").click()
+    expect(page.locator("#research-leaderboard")).to_contain_text("demo-dpo", timeout=60_000)
+    expect(page.locator("#research-plot")).to_be_visible()
+    page.locator("#export-run").click()
+    link = page.locator("#export-files a[download$='.parquet']").first
+    link.wait_for(timeout=60_000)
+    _shot(page, shots, "research")
+    with page.expect_download() as info:
+        link.click()
+    target = tmp_path / "export.parquet"
+    info.value.save_as(target)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(target)
+    assert table.num_rows > 0 and {"jpg_0", "jpg_1", "label_0", "caption"} <= set(table.column_names)

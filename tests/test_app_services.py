@@ -1,0 +1,244 @@
+"""The app's services on real parts: tiny pipeline + dlib, migrated SQLite, saved adapters and classifiers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from annotation.generation import GenerationRequest, GenerationService, GpuQueue, QueueFullError, SubjectInput
+from annotation.privacy import RetentionSweeper
+from annotation.safety import BlockedPromptError, ImageClassifierSafetyChecker, PromptBlocklist
+from db.models import Candidate, Comparison, ComparisonKind, Generation, ReferencePhoto
+from db.types import utcnow
+from idglow.images import decode_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.testing import tiny_pipeline
+
+    return tiny_pipeline(face_analyzer=DlibAnalyzer())
+
+
+@pytest.fixture()
+def store(tmp_path):
+    from annotation.testing import make_store
+
+    return make_store(tmp_path / "data")
+
+
+def make_service(pipe, store, **kwargs) -> GenerationService:
+    service = GenerationService(pipe, store.sessions, store.data_dir, base_version="tiny-demo", default_steps=2,
+                                default_size=64, **kwargs)
+    service.ensure_base_version()
+    return service
+
+
+def request(portraits, visitor="v1", **kwargs) -> GenerationRequest:
+    subjects = [SubjectInput(decode_image(portraits[n]), label=n) for n in ("person1", "person2")]
+    kwargs = {"seed": 5, "num_images": 2, **kwargs}
+    return GenerationRequest(subjects=subjects, visitor_id=visitor, consent=True, **kwargs)
+
+
+def test_serves_several_model_versions_without_touching_the_base(pipe, store, sample_portraits, tmp_path):
+    from annotation.candidates import register_model_version
+    from idglow.testing import tiny_adapter
+
+    tiny_adapter(pipe.transformer, seed=11).save_pretrained(tmp_path / "v2")
+    with store.sessions() as session:
+        register_model_version(session, "tiny-v2", tmp_path / "v2")
+    service = make_service(pipe, store)
+    assert service.model_versions() == ["tiny-demo", "tiny-v2"]
+    base_adapter = pipe.adapter
+    before = {k: v.clone() for k, v in pipe.adapter.state_dict().items()}
+
+    result = service.generate(request(sample_portraits, model_versions=["tiny-demo", "tiny-v2"]))
+    by_version = {}
+    for cand in result.candidates:
+        by_version.setdefault(cand.model_version, []).append(cand)
+    assert [c.seed for c in by_version["tiny-demo"]] == [c.seed for c in by_version["tiny-v2"]] == [5, 6]
+    a, b = by_version["tiny-demo"][0].image, by_version["tiny-v2"][0].image
+    assert a.tobytes() != b.tobytes(), "another adapter must change the image"
+    assert pipe.adapter is base_adapter
+    assert all(torch.equal(before[k], v) for k, v in pipe.adapter.state_dict().items())
+    assert service.adapter_for("tiny-v2") is service.adapter_for("tiny-v2")  # loaded once
+
+    # the base version alone still gives the base images (nothing shared was changed by the other call)
+    again = service.generate(request(sample_portraits, visitor="v2"))
+    assert again.candidates[0].image.tobytes() == a.tobytes()
+
+    # in the pool, the two versions on the same people are paired for the leaderboard
+    assert service.add_to_pool("v1", result.generation_ids) == 4
+    with store.sessions() as session:
+        kinds = session.scalars(select(Comparison.kind)).all()
+    assert kinds.count(ComparisonKind.cross_model) >= 2 and kinds.count(ComparisonKind.within_generation) == 2
+
+
+def test_retention_sweep_removes_files_and_rows(pipe, store, sample_portraits):
+    service = make_service(pipe, store, retention=timedelta(seconds=1))
+    service.generate(request(sample_portraits))
+    files = list((store.data_dir / "images").rglob("*.png"))
+    assert len(files) == 4  # two references, two candidates
+    sweeper = RetentionSweeper(store.sessions, store.data_dir)
+    assert sweeper.sweep_once(now=utcnow()).generations == 0  # not expired yet
+    result = sweeper.sweep_once(now=utcnow() + timedelta(seconds=2))
+    assert result.generations == 1 and result.reference_photos == 2
+    assert not any(f.exists() for f in files)
+    with store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Generation)) == 0
+        assert session.scalar(select(func.count()).select_from(ReferencePhoto)) == 0
+
+
+def test_sweeper_thread_runs_and_stops(store):
+    sweeper = RetentionSweeper(store.sessions, store.data_dir, interval=timedelta(milliseconds=50)).start()
+    sweeper.stop()
+    assert sweeper._thread is None
+
+
+def test_pooled_results_are_kept_but_delete_my_data_removes_exactly_that_visitor(pipe, store, sample_portraits):
+    service = make_service(pipe, store, retention=timedelta(seconds=1))
+    mine = service.generate(request(sample_portraits, visitor="me", seed=1))
+    theirs = service.generate(request({"person1": sample_portraits["person3"],
+                                       "person2": sample_portraits["person4"]}, visitor="them", seed=9))
+    service.add_to_pool("me", mine.generation_ids)
+    with pytest.raises(Exception, match="not yours"):
+        service.add_to_pool("them", mine.generation_ids)
+    RetentionSweeper(store.sessions, store.data_dir).sweep_once(now=utcnow() + timedelta(hours=1))
+    with store.sessions() as session:  # pooled: kept past the retention time; the other visitor's expired
+        assert session.scalars(select(Generation.visitor_id)).all() == ["me"]
+    theirs_gone = service.delete_visitor_data("them")
+    assert theirs_gone.generations == 0
+    mine_files = {p for p in (store.data_dir / "images").rglob("*.png")}
+    assert len(mine_files) == 4
+    deleted = service.delete_visitor_data("me")
+    assert deleted.generations == 1 and deleted.reference_photos == 2 and deleted.files == 4
+    assert not any(p.exists() for p in mine_files)
+    with store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Candidate)) == 0
+    assert theirs.generation_ids
+
+
+def test_delete_my_data_leaves_other_visitors_alone(pipe, store, sample_portraits):
+    service = make_service(pipe, store)
+    service.generate(request(sample_portraits, visitor="a", seed=1))
+    service.generate(request({"person1": sample_portraits["person3"], "person2": sample_portraits["person4"]},
+                             visitor="b", seed=2))
+    with store.sessions() as session:
+        b_paths = set(session.scalars(select(Candidate.image_path).join(Generation).where(Generation.visitor_id == "b")))
+        b_paths |= set(session.scalars(select(ReferencePhoto.path).where(ReferencePhoto.visitor_id == "b")))
+    service.delete_visitor_data("a")
+    with store.sessions() as session:
+        assert set(session.scalars(select(Generation.visitor_id))) == {"b"}
+        assert set(session.scalars(select(ReferencePhoto.visitor_id))) == {"b"}
+    assert all((store.data_dir / p).exists() for p in b_paths) and len(b_paths) == 4
+
+
+def test_full_queue_refuses_at_once():
+    queue = GpuQueue(concurrency=1, max_waiting=1)
+    running, release = threading.Event(), threading.Event()
+    waits = []
+
+    def hold():
+        with queue.slot():
+            running.set()
+            release.wait(5)
+
+    def wait():
+        with queue.slot(on_wait=waits.append):
+            pass
+
+    t1 = threading.Thread(target=hold)
+    t1.start()
+    running.wait(5)
+    t2 = threading.Thread(target=wait)
+    t2.start()
+    for _ in range(100):
+        if queue.admitted == 2:
+            break
+        threading.Event().wait(0.01)
+    with pytest.raises(QueueFullError, match="busy .* the limit is 2"):
+        with queue.slot():
+            pass
+    release.set()
+    t1.join(5)
+    t2.join(5)
+    assert waits == [1] and queue.admitted == 0
+
+
+def test_blocklist_is_on_for_children_and_the_age_task(pipe, store, sample_portraits):
+    blocklist = PromptBlocklist()
+    blocklist.check(["two friends at the beach in bikini"], "fusion", [None, 35])  # adults: off
+    with pytest.raises(BlockedPromptError, match="'bikini'.*a child subject"):
+        blocklist.check(["two friends at the beach in bikini"], "fusion", [None, 8])
+    with pytest.raises(BlockedPromptError, match="'nude'.*the age task"):
+        blocklist.check(["Nude portrait"], "age", [30, 40])
+    blocklist.check(["a nudeless word, nudes?"], "age", [30])  # whole words only... "nudes" is not "nude"
+    with pytest.raises(BlockedPromptError):
+        PromptBlocklist(always_on=True).check(["naked"], "fusion", [None])
+
+    service = make_service(pipe, store)
+    req = request(sample_portraits, task="age", scene="kids in the bath")
+    for s, age in zip(req.subjects, (6, 7)):
+        s.target_age = age
+    with pytest.raises(BlockedPromptError, match="'bath'"):
+        service.generate(req)
+    with store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Generation)) == 0
+
+
+def _save_classifier(folder: Path, flag_everything: bool) -> None:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=32, patch_size=16, num_channels=3, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=37, num_labels=2,
+                       id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1})
+    torch.manual_seed(0)
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 10.0] if flag_everything else [10.0, 0.0]))
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+def test_safety_checker_withholds_flagged_images(pipe, store, sample_portraits, tmp_path):
+    _save_classifier(tmp_path / "flags-all", flag_everything=True)
+    _save_classifier(tmp_path / "flags-none", flag_everything=False)
+    strict = ImageClassifierSafetyChecker(tmp_path / "flags-all")
+    result = make_service(pipe, store, safety_checker=strict).generate(request(sample_portraits))
+    assert all(c.image is None and "withheld by the safety checker (nsfw" in c.withheld for c in result.candidates)
+    with store.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Candidate)) == 0
+    relaxed = ImageClassifierSafetyChecker(tmp_path / "flags-none")
+    assert [v.flagged for v in relaxed.check([result.candidates and decode_image(sample_portraits["person1"])])] == [False]
+
+
+def test_public_mode_refuses_to_start_without_a_safety_checker(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "app.py", "--public", "--data-dir", str(tmp_path / "data")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "idglow: error: --public needs a safety checker: pass --safety-model DIR" in proc.stderr
+    assert not (tmp_path / "data").exists(), "nothing may be set up before the settings are valid"
+
+
+def test_settings_from_flags_and_environment():
+    from annotation.ui.settings import parse_settings
+
+    s = parse_settings([], {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8080", "IDGLOW_DATA_DIR": "/d",
+                            "IDGLOW_RETENTION_HOURS": "2"})
+    assert (s.host, s.port, s.data_dir, s.retention) == ("0.0.0.0", 8080, "/d", timedelta(hours=2))
+    s = parse_settings(["--port", "9000", "--public", "--safety-model", "m"], {"GRADIO_SERVER_PORT": "8080"})
+    assert (s.port, s.host, s.public, s.version_name) == (9000, "0.0.0.0", True, "tiny-demo")
+    with pytest.raises(Exception, match="IDGLOW_MAX_QUEUE='many' is not a valid int"):
+        parse_settings([], {"IDGLOW_MAX_QUEUE": "many"})
