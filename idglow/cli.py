@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "idglow.commands.samples",
     "idglow.commands.prompt",
     "idglow.commands.eval",
+    "idglow.commands.train",
+    "idglow.commands.data",
 ]
 
 EXIT_USAGE = 2

@@ -1,0 +1,190 @@
+"""Training configurations: one dataclass per algorithm, validated in ``__post_init__``, loadable from YAML
+with ``key=value`` overrides (the same dataclasses feed the CLI and the tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from idglow.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingConfig:
+    """Options shared by every trainer."""
+
+    output_dir: str = field(default="runs/idglow", metadata={"help": "Checkpoints, logs and the final adapter."})
+    model: str = field(default="tiny", metadata={
+        "help": "A local FLUX folder in diffusers format, 'tiny' (random toy FLUX, for tests) or 'synthetic' "
+                "(the synthetic identity world's latent model)."})
+    adapter: str | None = field(default=None, metadata={"help": "Adapter folder to start from (SFT output for DPO)."})
+    lora: str | None = field(default=None, metadata={"help": "LoRA folder to start from (SFT output for DPO)."})
+    train_data: str | None = field(default=None, metadata={
+        "help": "SFT: a folder made by `idglow data build-sft`. DPO: an export Parquet file or a database URL."})
+    seed: int = field(default=0, metadata={"help": "Seeds data order, noise and σ sampling."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps to run."})
+    train_batch_size: int = field(default=1, metadata={"help": "Samples (SFT) or pairs (DPO) per device per step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    lr_scheduler: str = field(default="constant", metadata={"help": "Any diffusers.optimization scheduler name."})
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 = off)."})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "accelerate mixed precision."})
+    checkpointing_steps: int = field(default=500, metadata={"help": "Save a checkpoint every N steps (0 = never)."})
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": "A checkpoint folder, or 'latest' for the newest one in output_dir."})
+    report_to: Literal["tensorboard", "none"] = "tensorboard"
+    logging_steps: int = field(default=10, metadata={"help": "Log to the tracker every N steps."})
+    lora_rank: int = field(default=0, metadata={"help": "Rank of a peft LoRA on the transformer (0 = no LoRA)."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    resolution: int = field(default=1024, metadata={"help": "Base side of the aspect-ratio buckets (pixels)."})
+    guidance_scale: float = field(default=3.5, metadata={"help": "Distilled guidance input of FLUX-dev models."})
+    weighting_scheme: Literal["logit_normal", "uniform", "mode"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sigma_shift: float = field(default=1.0, metadata={"help": "σ ← shift·σ / (1 + (shift − 1)·σ) after sampling."})
+    max_sequence_length: int = 512
+    dataloader_num_workers: int = 0
+    gradient_checkpointing: bool = False
+    tracker_project_name: str = "idglow"
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "train_batch_size", "gradient_accumulation_steps", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
+        if self.checkpointing_steps < 0:
+            raise ValueError(f"checkpointing_steps={self.checkpointing_steps} must be >= 0 (0 = never)")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit={self.checkpoints_total_limit} must be >= 1 or null")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}; expected 'no', 'fp16' or 'bf16'")
+        if self.report_to not in ("tensorboard", "none"):
+            raise ValueError(f"report_to={self.report_to!r}; expected 'tensorboard' or 'none'")
+        if self.weighting_scheme not in ("logit_normal", "uniform", "mode"):
+            raise ValueError(f"weighting_scheme={self.weighting_scheme!r}; expected logit_normal, uniform or mode")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank} must be >= 0")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm} must be >= 0")
+        if self.sigma_shift <= 0:
+            raise ValueError(f"sigma_shift={self.sigma_shift} must be > 0")
+        if self.resolution < 16 or self.resolution % 16:
+            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 16")
+
+    # --- loading --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None):
+        """Load ``path`` (YAML mapping; may be None) and apply ``key=value`` overrides (values parsed as YAML)."""
+        import yaml
+
+        values: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise InputError(f"config file {str(path)!r} does not exist")
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise InputError(f"config file {str(path)!r} must hold a mapping of option: value")
+            values.update(loaded)
+        for item in overrides or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise InputError(f"override {item!r} is not of the form key=value")
+            values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: f"{f.metadata.get('help', '')} ({hints.get(f.name, '')})" for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class SFTConfig(TrainingConfig):
+    """Supervised fine-tuning with task-adaptive timestep scheduling (DESIGN §6)."""
+
+    face_lambda: float = field(default=1.0, metadata={"help": "λ_face, weight of the face-region term."})
+    w_clean: float = field(default=1.0, metadata={"help": "w(σ=0) of the linear-decay identity constraint."})
+    w_noisy: float = field(default=0.1, metadata={"help": "w(σ=1) of the linear-decay identity constraint."})
+    window_sampling_fraction: float = field(default=0.5, metadata={
+        "help": "Age task: fraction of samples whose σ is drawn uniformly inside the identity window."})
+    age_window: tuple[float, float] | None = field(default=None, metadata={
+        "help": "Override the age task's identity window (σ_lo, σ_hi); default the preset (0.3, 0.6)."})
+    identity_dropout: float = field(default=0.0, metadata={"help": "Probability of dropping all identities."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.face_lambda < 0:
+            raise ValueError(f"face_lambda={self.face_lambda} must be >= 0")
+        if self.w_clean < 0 or self.w_noisy < 0:
+            raise ValueError(f"w_clean={self.w_clean} and w_noisy={self.w_noisy} must be >= 0")
+        if not 0.0 <= self.window_sampling_fraction <= 1.0:
+            raise ValueError(f"window_sampling_fraction={self.window_sampling_fraction} must be in [0, 1]")
+        if not 0.0 <= self.identity_dropout < 1.0:
+            raise ValueError(f"identity_dropout={self.identity_dropout} must be in [0, 1)")
+        if self.age_window is not None:
+            from idglow.schedule import IdentityWindow
+
+            self.age_window = tuple(float(v) for v in self.age_window)
+            IdentityWindow(*self.age_window)
+
+
+@dataclass
+class DPOConfig(TrainingConfig):
+    """Group-level weighted-margin Flow-DPO (DESIGN §6). β follows L = −log σ(−β·Δ − m) (no ½): β = 2500
+    here matches Diffusion-DPO's β = 5000 with its ½ factor."""
+
+    learning_rate: float = 1e-5
+    beta: float = field(default=2500.0, metadata={"help": "β of the DPO loss (no ½ factor)."})
+    gamma: float = field(default=0.0, metadata={"help": "Margin scale: m_d = γ·s_d."})
+    alpha_overall: float = field(default=1.0, metadata={"help": "α of the overall dimension."})
+    alpha_texture: float = field(default=0.5, metadata={"help": "α of the texture dimension."})
+    alpha_artifacts: float = field(default=0.5, metadata={"help": "α of the artifacts dimension."})
+    alpha_identity: float = field(default=1.0, metadata={"help": "α of each identity_j dimension."})
+    use_agreement_as_strength: bool = field(default=False, metadata={
+        "help": "Use annotator agreement instead of the slight/clear strength as s_d."})
+    split: str | None = field(default="train", metadata={"help": "Export split to train on (null = all)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta <= 0:
+            raise ValueError(f"beta={self.beta} must be > 0")
+        if self.gamma < 0:
+            raise ValueError(f"gamma={self.gamma} must be >= 0")
+        for name in ("alpha_overall", "alpha_texture", "alpha_artifacts", "alpha_identity"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not any(getattr(self, n) > 0 for n in ("alpha_overall", "alpha_texture", "alpha_artifacts",
+                                                   "alpha_identity")):
+            raise ValueError("every alpha_* is 0: at least one preference dimension must have weight")
+
+    def alpha_vector(self, num_slots: int) -> list[float]:
+        """α in the DPO dimension layout (overall, texture, artifacts, identity_0..identity_{n−1})."""
+        return [self.alpha_overall, self.alpha_texture, self.alpha_artifacts] + [self.alpha_identity] * num_slots

@@ -1,0 +1,157 @@
+"""Training data: sample formats, collate functions and the synthetic-world datasets.
+
+An SFT sample is a dict with
+    latents (C, h, w) float — or pixel_values (3, H, W) in [−1, 1] (encoded by the trainer's VAE)
+    prompt_embeds (T, D) + pooled_prompt_embeds (P,) — or prompt (str) (encoded by the trainer)
+    id_embeds (N, id_dim) reference embeddings in slot order
+    face_boxes list of N boxes (x1, y1, x2, y2) normalised to [0, 1] (None for a slot with no face)
+    task "fusion" | "age";  target_ages list of N floats or None
+A DPO sample has the same keys for the shared conditioning, and per image i ∈ {0, 1}: latents_i /
+pixel_values_i, face_boxes_i; plus preference (D,) ∈ {+1, −1, 0} (+1: image 0 preferred on that dimension)
+and strength (D,) in the layout of ``idglow.losses.DPO_DIMENSIONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from idglow.losses import DPO_DIMENSIONS
+from idglow.schedule import TASKS
+
+logger = logging.getLogger(__name__)
+
+NUM_DIMENSIONS = len(DPO_DIMENSIONS)
+_STACKED = ("latents", "pixel_values", "prompt_embeds", "pooled_prompt_embeds", "latents_0", "latents_1",
+            "pixel_values_0", "pixel_values_1", "preference", "strength")
+_LISTS = ("prompt", "task", "target_ages", "face_boxes", "face_boxes_0", "face_boxes_1", "pair_id")
+
+
+def boxes_to_masks(boxes: Sequence[Sequence[Sequence[float] | None]], num_slots: int, height: int,
+                   width: int) -> torch.Tensor:
+    """Per-sample lists of normalised boxes → masks (B, num_slots, height, width) (1 inside a box).
+
+    A box covers every latent pixel it overlaps; a missing (None) or padded slot gives an empty mask."""
+    masks = torch.zeros(len(boxes), num_slots, height, width)
+    for b, sample in enumerate(boxes):
+        for j, box in enumerate(list(sample or [])[:num_slots]):
+            if box is None:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in box)
+            c1, r1 = int(np.floor(x1 * width)), int(np.floor(y1 * height))
+            c2, r2 = int(np.ceil(x2 * width)), int(np.ceil(y2 * height))
+            masks[b, j, max(r1, 0):min(r2, height), max(c1, 0):min(c2, width)] = 1.0
+    return masks
+
+
+def collate_group_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, pad identities to the batch's largest group (``id_mask`` marks real slots) and keep
+    the per-sample lists (prompts, tasks, boxes) as lists. Works for SFT and DPO samples alike."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {}
+    for key in _STACKED:
+        if key in samples[0]:
+            batch[key] = torch.stack([torch.as_tensor(s[key]) for s in samples])
+    for key in _LISTS:
+        if key in samples[0]:
+            batch[key] = [s[key] for s in samples]
+    embeds = [torch.as_tensor(s["id_embeds"], dtype=torch.float32) for s in samples]
+    n = max(e.shape[0] for e in embeds)
+    dim = embeds[0].shape[-1]
+    batch["id_embeds"] = torch.zeros(len(samples), n, dim)
+    batch["id_mask"] = torch.zeros(len(samples), n)
+    for i, e in enumerate(embeds):
+        batch["id_embeds"][i, : e.shape[0]] = e
+        batch["id_mask"][i, : e.shape[0]] = 1.0
+    if "id_weights" in samples[0]:
+        for i, s in enumerate(samples):
+            w = torch.as_tensor(s["id_weights"], dtype=torch.float32)
+            batch["id_mask"][i, : w.shape[0]] *= w
+    return batch
+
+
+def check_sample(sample: dict[str, Any]) -> None:
+    if sample.get("task") not in TASKS:
+        raise ValueError(f"sample task {sample.get('task')!r} is not one of {', '.join(TASKS)}")
+
+
+# --- the synthetic world ------------------------------------------------------------------------------------
+
+
+class SyntheticSFTDataset(Dataset):
+    """Group scenes of a ``SyntheticWorld`` with per-slot reference embeddings, deterministic per index.
+
+    ``task="fusion"``: the target is the scene and the references are its own people (same-photo crops).
+    ``task="age"``: the references are the adults and the target shows ``child_fraction`` of them (at least
+    one) as children, through the world's age transform. ``task="mixed"`` alternates the two.
+    """
+
+    def __init__(self, world, size: int, *, task: str = "fusion", seed: int = 0, child_fraction: float = 1.0):
+        from idglow.synthetic import SyntheticFaceAnalyzer
+
+        if task not in (*TASKS, "mixed"):
+            raise ValueError(f"task={task!r}; expected fusion, age or mixed")
+        self.world = world
+        self.size = size
+        self.task = task
+        self.seed = seed
+        self.child_fraction = child_fraction
+        self.analyzer = SyntheticFaceAnalyzer(world)
+        self.bucket_ids = [0] * size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def task_of(self, index: int) -> str:
+        return ("fusion", "age")[index % 2] if self.task == "mixed" else self.task
+
+    def spec(self, index: int):
+        """(target scene, reference scene) for ``index``."""
+        rng = np.random.default_rng([self.seed, index])
+        adult = self.world.sample_scene(rng)
+        if self.task_of(index) == "fusion":
+            return adult, adult
+        child = [bool(rng.random() < self.child_fraction) for _ in adult.child]
+        if not any(child):
+            child[int(rng.integers(len(child)))] = True
+        return self.world.age_transform(adult, child), adult
+
+    def reference_embeddings(self, reference_spec) -> np.ndarray:
+        return np.stack([self.analyzer.embed_reference(self.world.reference(z, c))
+                         for z, c in zip(reference_spec.codes, reference_spec.child)])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        target, refs = self.spec(index)
+        prompt_embeds, pooled = self.world.encode_prompt(target)
+        s = float(self.world.size)
+        return {
+            "latents": torch.from_numpy(self.world.render_scene(target)),
+            "prompt_embeds": torch.from_numpy(prompt_embeds),
+            "pooled_prompt_embeds": torch.from_numpy(pooled),
+            "id_embeds": torch.from_numpy(self.reference_embeddings(refs)),
+            "face_boxes": [tuple(v / s for v in box) for box in target.boxes],
+            "task": self.task_of(index),
+            "target_ages": target.target_ages,
+        }
+
+
+class PreferencePairDataset(Dataset):
+    """DPO pairs held in memory: a list of DPO sample dicts (e.g. generated and oracle-labelled)."""
+
+    def __init__(self, samples: list[dict[str, Any]]):
+        if not samples:
+            raise ValueError("no preference pairs given")
+        self.samples = samples
+        self.bucket_ids = [0] * len(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.samples[index]

@@ -1,0 +1,206 @@
+"""Datasets on disk: the SFT folder made by ``idglow data build-sft`` and the DPO preference export
+(Parquet from ``idglow export``, or read straight from the database)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from idglow.errors import InputError
+from idglow.losses import DPO_DIMENSIONS
+from idglow.training.buckets import make_buckets, nearest_bucket
+
+logger = logging.getLogger(__name__)
+
+METADATA = "metadata.jsonl"
+
+
+def _image_tensor(image, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[float, float, float, float]]:
+    """Resize-and-centre-crop a PIL image to (w, h); returns pixels in [−1, 1] (3, h, w) and the crop window
+    in normalised source coordinates (x0, y0, x1, y1)."""
+    from PIL import Image
+
+    w, h = size
+    sw, sh = image.size
+    scale = max(w / sw, h / sh)
+    rw, rh = max(w, round(sw * scale)), max(h, round(sh * scale))
+    resized = image.convert("RGB").resize((rw, rh), Image.BICUBIC)
+    left, top = (rw - w) // 2, (rh - h) // 2
+    crop = resized.crop((left, top, left + w, top + h))
+    arr = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    return arr, (left / rw, top / rh, (left + w) / rw, (top + h) / rh)
+
+
+def _remap_box(box, window) -> tuple[float, float, float, float] | None:
+    """A normalised box in the source image → normalised box in the crop (None if it falls outside)."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = window
+    bw, bh = x1 - x0, y1 - y0
+    nb = [(box[0] - x0) / bw, (box[1] - y0) / bh, (box[2] - x0) / bw, (box[3] - y0) / bh]
+    nb = [min(max(v, 0.0), 1.0) for v in nb]
+    return None if nb[2] <= nb[0] or nb[3] <= nb[1] else tuple(nb)
+
+
+class SFTFolderDataset(Dataset):
+    """The folder written by ``idglow data build-sft``: ``metadata.jsonl`` (one group photo per line with its
+    prompt, task and per-slot faces: normalised box, reference crops and their embeddings) and the images.
+
+    Each item is resized to its aspect bucket; the reference variant of each slot (same-photo crop or its
+    mirror) is drawn from ``seed`` and the index.
+    """
+
+    def __init__(self, root: str | Path, resolution: int = 1024, seed: int = 0):
+        self.root = Path(root)
+        meta = self.root / METADATA
+        if not meta.is_file():
+            raise InputError(f"{self.root} is not an SFT folder: {METADATA} is missing (make one with "
+                             f"`idglow data build-sft --photos DIR --out {self.root}`)")
+        self.rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+        if not self.rows:
+            raise InputError(f"{meta} lists no photos")
+        self.buckets = make_buckets(resolution)
+        self.bucket_ids = [nearest_bucket(r["width"], r["height"], self.buckets) for r in self.rows]
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from idglow.images import decode_image
+
+        row = self.rows[index]
+        pixels, window = _image_tensor(decode_image(self.root / row["image"]), self.buckets[self.bucket_ids[index]])
+        rng = random.Random(f"{self.seed}:{index}")
+        embeds = [rng.choice(s["embeddings"]) for s in row["subjects"]]
+        return {
+            "pixel_values": pixels,
+            "prompt": row["prompt"],
+            "task": row.get("task", "fusion"),
+            "target_ages": [s.get("target_age") for s in row["subjects"]],
+            "id_embeds": torch.tensor(np.asarray(embeds, dtype=np.float32)),
+            "face_boxes": [_remap_box(s["bbox"], window) for s in row["subjects"]],
+        }
+
+
+def _export_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted((path / "data").glob("*.parquet")) if (path / "data").is_dir() else sorted(path.glob("*.parquet"))
+    if not files:
+        raise InputError(f"no Parquet files in {path} (expected an `idglow export` folder or a .parquet file)")
+    return files
+
+
+def _pair_label(value) -> float:
+    """Export label for image 0 (1, 0, 0.5, or None) → +1 / −1 / 0."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return 0.0
+    return 1.0 if value > 0.5 else (-1.0 if value < 0.5 else 0.0)
+
+
+class PreferenceExportDataset(Dataset):
+    """DPO pairs from the preference export (Pick-a-Pic v2 columns plus group columns).
+
+    Needs the export made with images (``jpg_0``/``jpg_1`` and ``reference_images`` bytes). References are
+    embedded once with ``face_analyzer`` (largest face); per-person identity regions come from the per-slot
+    boxes of ``faces_0``/``faces_1``. Rows without an overall label (both bad) keep their other dimensions.
+    """
+
+    def __init__(self, source: str | Path, face_analyzer, *, resolution: int = 1024, split: str | None = "train",
+                 use_agreement_as_strength: bool = False, data_dir: str | Path | None = None):
+        import pyarrow.parquet as pq
+
+        from idglow.images import decode_image
+
+        source_str = str(source)
+        if "://" in source_str:
+            source = self._export_from_database(source_str, data_dir)
+        rows: list[dict[str, Any]] = []
+        for f in _export_files(Path(source)):
+            table = pq.read_table(str(f))
+            rows.extend(table.to_pylist())
+        if split is not None and rows and "split" in rows[0]:
+            rows = [r for r in rows if r["split"] == split]
+        rows = [r for r in rows if r.get("jpg_0") is not None and r.get("jpg_1") is not None]
+        if not rows:
+            raise InputError(f"{source_str}: no rows with images for split={split!r} (export with images)")
+        self.buckets = make_buckets(resolution)
+        self.use_agreement = use_agreement_as_strength
+        self.items: list[dict[str, Any]] = []
+        self.bucket_ids: list[int] = []
+        for r in rows:
+            img0 = decode_image(r["jpg_0"])
+            refs = r.get("reference_images") or []
+            if len(refs) != r["num_subjects"]:
+                raise InputError(f"row {r['ranking_id']}: {len(refs)} reference images for "
+                                 f"{r['num_subjects']} subjects (export with images)")
+            embeds = []
+            for slot, ref in enumerate(refs):
+                faces = face_analyzer.detect(np.asarray(decode_image(ref)))
+                if not faces or faces[0].embedding is None:
+                    raise InputError(f"row {r['ranking_id']}: no face found in the reference of subject {slot + 1}")
+                embeds.append(max(faces, key=lambda f: f.area).embedding)
+            self.items.append({"row": r, "id_embeds": np.stack(embeds).astype(np.float32)})
+            self.bucket_ids.append(nearest_bucket(img0.width, img0.height, self.buckets))
+
+    @staticmethod
+    def _export_from_database(url: str, data_dir) -> Path:
+        import tempfile
+
+        from annotation.export import export_preferences
+        from db.engine import make_engine, make_session_factory
+
+        if data_dir is None:
+            raise InputError("reading preferences from a database URL needs data_dir (where the images live)")
+        out = Path(tempfile.mkdtemp(prefix="idglow-dpo-"))
+        engine = make_engine(url)
+        with make_session_factory(engine)() as session:
+            export_preferences(session, out / "export", data_dir=data_dir, with_images=True)
+        return out / "export"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @staticmethod
+    def _boxes(faces_json: str, width: int, height: int, n: int, window) -> list:
+        data = json.loads(faces_json or "{}")
+        bboxes = ((data.get("matches") or {}).get("bboxes") or [None] * n)[:n]
+        bboxes += [None] * (n - len(bboxes))
+        out = []
+        for b in bboxes:
+            out.append(None if b is None else _remap_box((b[0] / width, b[1] / height, b[2] / width, b[3] / height),
+                                                         window))
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from idglow.images import decode_image
+
+        item = self.items[index]
+        r = item["row"]
+        size = self.buckets[self.bucket_ids[index]]
+        n = r["num_subjects"]
+        sample: dict[str, Any] = {"prompt": r["caption"] or "", "task": r["task"], "id_embeds": item["id_embeds"],
+                                  "target_ages": r.get("target_ages"), "pair_id": r["ranking_id"]}
+        for i in (0, 1):
+            img = decode_image(r[f"jpg_{i}"])
+            pixels, window = _image_tensor(img, size)
+            sample[f"pixel_values_{i}"] = pixels
+            sample[f"face_boxes_{i}"] = self._boxes(r[f"faces_{i}"], img.width, img.height, n, window)
+        pref = np.zeros(len(DPO_DIMENSIONS), dtype=np.float32)
+        pref[0] = _pair_label(r["label_0"]) if r.get("has_label", True) else 0.0
+        pref[1] = _pair_label(r.get("texture_label_0"))
+        pref[2] = _pair_label(r.get("artifacts_label_0"))
+        for j, v in enumerate((r.get("identity_labels_0") or [])[: len(DPO_DIMENSIONS) - 3]):
+            pref[3 + j] = _pair_label(v)
+        s = float(r.get("agreement") if self.use_agreement else r.get("strength") or 0.0)
+        sample["preference"] = torch.from_numpy(pref)
+        sample["strength"] = torch.full((len(DPO_DIMENSIONS),), s if s > 0 else 1.0)
+        return sample

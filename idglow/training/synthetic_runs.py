@@ -1,0 +1,201 @@
+"""End-to-end runs on the synthetic identity world: pretraining the base model, generating and scoring
+scenes, and making oracle-labelled preference pairs. Used by the learning tests and the benchmarks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from idglow.losses import add_flow_noise, flow_target
+from idglow.schedule import IdentityWindow, window_for_task
+from idglow.synthetic import SyntheticFaceAnalyzer, oracle_preference, oracle_scores, scene_metrics
+from idglow.training.data import SyntheticSFTDataset, collate_group_samples
+from idglow.training.modeling import IdGlowDenoiser, euler_sample, latent_image_ids, pack_latents
+
+logger = logging.getLogger(__name__)
+
+
+def pretrain_base(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, steps: int, *, batch_size: int = 16,
+                  lr: float = 2e-3, seed: int = 0) -> list[float]:
+    """Train the transformer alone (no identity) on the world's scenes: the stand-in for a pretrained FLUX
+    that draws people where the prompt puts them but knows nobody. Returns the losses."""
+    model.transformer.requires_grad_(True)
+    model.adapter.requires_grad_(False)
+    opt = torch.optim.AdamW(model.transformer.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _step in range(steps):
+        idx = torch.randint(len(dataset), (batch_size,), generator=g).tolist()
+        batch = collate_group_samples([dataset[i] for i in idx])
+        x0 = batch["latents"]
+        b, _, h, w = x0.shape
+        noise = torch.randn(x0.shape, generator=g)
+        sigmas = torch.sigmoid(torch.randn(b, generator=g))
+        pred = model(pack_latents(add_flow_noise(x0, noise, sigmas)), sigmas, batch["prompt_embeds"],
+                     batch["pooled_prompt_embeds"], latent_image_ids(h, w))
+        loss = torch.nn.functional.mse_loss(pred, pack_latents(flow_target(x0, noise)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.transformer.requires_grad_(False)
+    model.adapter.requires_grad_(True)
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *, seed: int = 0,
+             num_steps: int = 10, window: IdentityWindow | None = None, id_scale: float = 1.0,
+             batch_size: int = 16) -> list[torch.Tensor]:
+    """Generated latents (C, S, S) for ``dataset[i]`` (its prompt and references), noise from ``seed + i``;
+    identity injected inside ``window`` (default: each sample's task window)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        batch = collate_group_samples([dataset[i] for i in chunk])
+        noise = torch.stack([torch.randn(dataset.world.latent_shape, generator=torch.Generator().manual_seed(seed + i))
+                             for i in chunk])
+        windows = [window or window_for_task(t) for t in batch["task"]]
+        lat = euler_sample(model, noise, batch["prompt_embeds"], batch["pooled_prompt_embeds"], batch["id_embeds"],
+                           batch["id_mask"], windows, num_steps=num_steps, id_scale=id_scale)
+        out.extend(lat)
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], **kwargs) -> dict[str, float]:
+    """Mean Hungarian-matched identity similarity (against the reference embeddings), code similarity, and
+    the fraction of people shown with the requested structure (child/adult), over generated scenes."""
+    analyzer = SyntheticFaceAnalyzer(dataset.world)
+    latents = generate(model, dataset, indices, **kwargs)
+    ident, code, struct, missing = [], [], [], []
+    for i, lat in zip(indices, latents):
+        target, refs = dataset.spec(i)
+        m = scene_metrics(analyzer, lat, target, dataset.reference_embeddings(refs))
+        ident.append(m["identity"])
+        code.extend(m["code_similarity"])
+        struct.extend(m["structure_ok"])
+        missing.append(m["missing"])
+    return {"identity": float(np.mean(ident)), "code_similarity": float(np.mean(code)),
+            "structure_accuracy": float(np.mean(struct)), "missing": float(np.mean(missing))}
+
+
+def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *,
+                     seed: int = 0, num_steps: int = 10, id_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Two samples per prompt (seeds ``seed + i`` and ``seed + 10⁶ + i``), labelled by the oracle, as DPO
+    samples (pairs that tie on every dimension are dropped)."""
+    analyzer = SyntheticFaceAnalyzer(dataset.world)
+    a = generate(model, dataset, indices, seed=seed, num_steps=num_steps, id_scale=id_scale)
+    b = generate(model, dataset, indices, seed=seed + 1_000_000, num_steps=num_steps, id_scale=id_scale)
+    pairs = []
+    s = float(dataset.world.size)
+    for i, la, lb in zip(indices, a, b):
+        target, _ = dataset.spec(i)
+        sa, sb = oracle_scores(analyzer, la, target), oracle_scores(analyzer, lb, target)
+        pref, strength = oracle_preference(sa, sb, max_slots=dataset.world.max_slots)
+        if not pref.any():
+            continue
+        sample = dataset[i]
+        boxes = []
+        for lat in (la, lb):
+            m = scene_metrics(analyzer, lat, target)["match"]
+            boxes.append([None if bb is None else tuple(v / s for v in bb) for bb in m.bboxes])
+        pairs.append({
+            "latents_0": la, "latents_1": lb, "prompt_embeds": sample["prompt_embeds"],
+            "pooled_prompt_embeds": sample["pooled_prompt_embeds"], "id_embeds": sample["id_embeds"],
+            "face_boxes_0": boxes[0], "face_boxes_1": boxes[1], "task": sample["task"],
+            "preference": torch.from_numpy(pref), "strength": torch.from_numpy(strength), "pair_id": i,
+        })
+    return pairs
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Materialise a synthetic dataset once (rendering and reference embedding cost more than a tiny step)."""
+
+    def __init__(self, dataset: SyntheticSFTDataset):
+        self.dataset = dataset
+        self.world = dataset.world
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.bucket_ids = [0] * len(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+    def spec(self, index: int):
+        return self.dataset.spec(index)
+
+    def reference_embeddings(self, refs):
+        return self.dataset.reference_embeddings(refs)
+
+
+@torch.no_grad()
+def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]], *, draws: int = 8,
+                             seed: int = 0, batch_size: int = 16) -> float:
+    """Held-out implicit reward accuracy of the policy against its reference (``model.ref_adapter``): the
+    fraction of labelled (pair, dimension) entries where Δ_d < 0, averaging the errors over ``draws`` noise/σ
+    draws; Δ_d = 0 (policy = reference) counts one half."""
+    from idglow.losses import orient_pairs, region_errors
+    from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks
+    from idglow.training.modeling import pack_masks
+
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    correct, total = 0.0, 0.0
+    for start in range(0, len(pairs), batch_size):
+        batch = collate_group_samples(pairs[start:start + batch_size])
+        lat = torch.cat([batch["latents_0"], batch["latents_1"]])
+        b, _, h, w = batch["latents_0"].shape
+        n = batch["id_embeds"].shape[1]
+        masks = []
+        for key in ("face_boxes_0", "face_boxes_1"):
+            m = torch.zeros(b, NUM_DIMENSIONS, (h // 2) * (w // 2))
+            m[:, :3] = 1.0
+            m[:, 3:3 + n] = pack_masks(boxes_to_masks(batch[key], n, h, w))[:, : NUM_DIMENSIONS - 3]
+            masks.append(m)
+        masks = torch.cat(masks)
+        windows = [window_for_task(t) for t in batch["task"]]
+        err_p = torch.zeros(2 * b, NUM_DIMENSIONS)
+        err_r = torch.zeros(2 * b, NUM_DIMENSIONS)
+        for _ in range(draws):
+            noise = torch.randn(batch["latents_0"].shape, generator=g)
+            sig = torch.rand(b, generator=g) * 0.98 + 0.01
+            gates = torch.tensor([wd.gate(float(s)) for wd, s in zip(windows, sig)])
+            scales = batch["id_mask"] * gates[:, None]
+            noise2, sig2 = torch.cat([noise, noise]), torch.cat([sig, sig])
+            args = (pack_latents(add_flow_noise(lat, noise2, sig2)), sig2, torch.cat([batch["prompt_embeds"]] * 2),
+                    torch.cat([batch["pooled_prompt_embeds"]] * 2), latent_image_ids(h, w),
+                    torch.cat([batch["id_embeds"]] * 2), torch.cat([scales, scales]))
+            target = pack_latents(flow_target(lat, noise2))
+            err_p += region_errors(model(*args), target, masks)
+            err_r += region_errors(model(*args, reference=True), target, masks)
+        pw, pl, lab = orient_pairs(err_p[:b], err_p[b:], batch["preference"])
+        rw, rl, _ = orient_pairs(err_r[:b], err_r[b:], batch["preference"])
+        present = ((masks[:b].sum(-1) > 0) & (masks[b:].sum(-1) > 0)).float()
+        lab = lab * present
+        delta = (pw - rw) - (pl - rl)
+        correct += float((((delta < 0).float() + 0.5 * (delta == 0).float()) * lab).sum())
+        total += float(lab.sum())
+    model.train(was_training)
+    return correct / max(total, 1.0)
+
+
+def oracle_win_rate(dataset, indices: list[int], new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
+    """Fraction of prompts where the oracle prefers ``new[i]`` over ``old[i]`` overall (ties count ½)."""
+    analyzer = SyntheticFaceAnalyzer(dataset.world)
+    wins = 0.0
+    for i, a, b in zip(indices, new, old):
+        target, _ = dataset.spec(i)
+        sa, sb = oracle_scores(analyzer, a, target)["overall"], oracle_scores(analyzer, b, target)["overall"]
+        wins += 1.0 if sa > sb else (0.5 if sa == sb else 0.0)
+    return wins / max(len(indices), 1)

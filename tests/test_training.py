@@ -1,0 +1,171 @@
+import numpy as np
+import pytest
+import torch
+
+from idglow.synthetic import SyntheticFaceAnalyzer, SyntheticWorld
+from idglow.training.buckets import BucketBatchSampler, make_buckets, nearest_bucket
+from idglow.training.config import DPOConfig, SFTConfig
+from idglow.training.data import PreferencePairDataset, SyntheticSFTDataset, collate_group_samples
+from idglow.training.modeling import build_synthetic_model
+from idglow.training.trainer import DPOTrainer, SFTTrainer
+
+WORLD = SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), max_people=3, embedding_dim=16,
+                       code_dim=4, prompt_dim=16, pooled_dim=8)
+
+
+def _model(seed=0):
+    return build_synthetic_model(WORLD, seed=seed, num_layers=1, num_single_layers=1, heads=2, head_dim=8)
+
+
+def _sft_config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), max_steps=3, train_batch_size=2, learning_rate=1e-2,
+                report_to="none", checkpointing_steps=0, seed=1, logit_std=1.0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def _pairs(n=6, seed=0):
+    ds = SyntheticSFTDataset(WORLD, n, task="mixed", seed=seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        s = ds[i]
+        other = s["latents"] + 0.5 * torch.from_numpy(rng.standard_normal(s["latents"].shape).astype(np.float32))
+        pref = np.zeros(9, dtype=np.float32)
+        pref[0] = 1.0
+        pref[1] = -1.0
+        pref[3] = 1.0
+        out.append({"latents_0": s["latents"], "latents_1": other, "prompt_embeds": s["prompt_embeds"],
+                    "pooled_prompt_embeds": s["pooled_prompt_embeds"], "id_embeds": s["id_embeds"],
+                    "face_boxes_0": s["face_boxes"], "face_boxes_1": s["face_boxes"], "task": s["task"],
+                    "preference": torch.from_numpy(pref), "strength": torch.full((9,), 0.5)})
+    return PreferencePairDataset(out)
+
+
+def _snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def _base_name(name):  # peft wraps a layer as <layer>.base_layer
+    return name.replace(".base_layer", "")
+
+
+def test_sft_three_steps_change_every_trainable_parameter_and_nothing_frozen(tmp_path):
+    model = _model()
+    before_t, before_a = _snapshot(model.transformer), _snapshot(model.adapter)
+    trainer = SFTTrainer(_sft_config(tmp_path, lora_rank=2), model, SyntheticSFTDataset(WORLD, 8, task="fusion"))
+    out = trainer.train()
+    assert out.global_step == 3 and all(np.isfinite(r["loss"]) for r in out.log_history)
+    for name, p in model.adapter.named_parameters():
+        assert not torch.equal(p, before_a[name]), f"adapter parameter {name} did not change"
+    lora = [n for n, _ in model.transformer.named_parameters() if "lora_" in n]
+    assert lora
+    for name, p in model.transformer.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad
+            continue
+        assert torch.equal(p, before_t[_base_name(name)]), f"frozen parameter {name} changed"
+    for name, p in model.transformer.named_parameters():
+        if "lora_B" in name:
+            assert p.abs().sum() > 0, f"LoRA {name} did not train"
+    out_dir = trainer.save_model()
+    assert (out_dir / "adapter" / "config.json").is_file() and (out_dir / "lora").is_dir()
+
+
+def test_dpo_three_steps_train_policy_and_keep_reference_frozen(tmp_path):
+    model = _model()
+    before_t, before_a = _snapshot(model.transformer), _snapshot(model.adapter)
+    cfg = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=3, train_batch_size=2, learning_rate=1e-2,
+                    report_to="none", checkpointing_steps=0, beta=50.0, gamma=1.0, lora_rank=2)
+    trainer = DPOTrainer(cfg, model, _pairs())
+    ref = trainer.unwrapped.ref_adapter
+    for name, p in ref.named_parameters():  # reference starts as the SFT adapter
+        assert torch.equal(p, before_a[name]) and not p.requires_grad
+    out = trainer.train()
+    assert all(np.isfinite(r["loss"]) for r in out.log_history)
+    assert "accuracy/overall" in out.log_history[-1] and "accuracy/identity_0" in out.log_history[-1]
+    for name, p in model.adapter.named_parameters():
+        assert not torch.equal(p, before_a[name]), f"policy adapter parameter {name} did not change"
+    for name, p in ref.named_parameters():
+        assert torch.equal(p, before_a[name]), f"reference parameter {name} changed"
+    for name, p in model.transformer.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p, before_t[_base_name(name)]), f"frozen parameter {name} changed"
+
+
+def test_dpo_at_start_policy_equals_reference_loss_is_log2(tmp_path):
+    model = _model()
+    cfg = DPOConfig(output_dir=str(tmp_path / "dpo0"), max_steps=1, train_batch_size=3, learning_rate=1e-12,
+                    report_to="none", checkpointing_steps=0, beta=10.0, gamma=0.0, lora_rank=2)
+    trainer = DPOTrainer(cfg, model, _pairs(3))
+    batch = next(iter(trainer.dataloader))
+    loss, _ = trainer.compute_loss(batch, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(np.log(2), abs=1e-6)
+
+
+def test_resume_continues_step_count_and_reproduces_losses(tmp_path):
+    ds = SyntheticSFTDataset(WORLD, 6, task="mixed")
+    full = SFTTrainer(_sft_config(tmp_path / "a", max_steps=6), _model(), ds).train()
+
+    first = SFTTrainer(_sft_config(tmp_path / "b", max_steps=4, checkpointing_steps=2, checkpoints_total_limit=1),
+                       _model(), ds).train()
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "run").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-4"]  # total limit 1 removed checkpoint-2
+    resumed = SFTTrainer(_sft_config(tmp_path / "b", max_steps=6, resume_from_checkpoint="latest"),
+                         _model(), ds).train()
+    assert [r["step"] for r in resumed.log_history] == [5, 6]
+    losses = [r["loss"] for r in first.log_history] + [r["loss"] for r in resumed.log_history]
+    np.testing.assert_allclose(losses, [r["loss"] for r in full.log_history], rtol=1e-5)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    cfg = _sft_config(tmp_path, max_steps=2, gradient_accumulation_steps=2, train_batch_size=1)
+    out = SFTTrainer(cfg, _model(), SyntheticSFTDataset(WORLD, 8)).train()
+    assert [r["step"] for r in out.log_history] == [1, 2]
+
+
+def test_config_validation_and_yaml_overrides(tmp_path):
+    with pytest.raises(ValueError, match="max_steps=0"):
+        SFTConfig(max_steps=0)
+    with pytest.raises(ValueError, match="beta"):
+        DPOConfig(beta=0)
+    with pytest.raises(ValueError, match="sigma_lo"):
+        SFTConfig(age_window=(0.7, 0.2))
+    path = tmp_path / "cfg.yaml"
+    path.write_text("max_steps: 7\nlearning_rate: 0.001\nface_lambda: 2.0\n")
+    cfg = SFTConfig.from_yaml(path, ["max_steps=9", "age_window=[0.2, 0.5]"])
+    assert (cfg.max_steps, cfg.learning_rate, cfg.face_lambda, cfg.age_window) == (9, 0.001, 2.0, (0.2, 0.5))
+    with pytest.raises(ValueError, match="unknown SFTConfig option.*bogus"):
+        SFTConfig.from_yaml(path, ["bogus=1"])
+
+
+def test_buckets_and_bucket_sampler():
+    buckets = make_buckets(512)
+    assert (512, 512) in buckets and all(w % 16 == 0 and h % 16 == 0 for w, h in buckets)
+    assert buckets[nearest_bucket(1920, 1080, buckets)][0] > buckets[nearest_bucket(1920, 1080, buckets)][1]
+    ids = [0, 1, 0, 1, 0, 1, 0, 1]
+    s0 = BucketBatchSampler(ids, 2, num_replicas=2, rank=0)
+    s1 = BucketBatchSampler(ids, 2, num_replicas=2, rank=1)
+    b0, b1 = list(s0), list(s1)
+    assert len(b0) == len(b1) == 2
+    for batch in b0 + b1:
+        assert len({ids[i] for i in batch}) == 1
+    assert sorted(i for b in b0 + b1 for i in b) == list(range(8))
+    s0.set_epoch(1)
+    assert list(s0) != b0 or list(s1) != b1
+
+
+def test_collate_pads_identities():
+    ds = SyntheticSFTDataset(WORLD, 4)
+    samples = [ds[i] for i in range(4)]
+    batch = collate_group_samples(samples)
+    n = max(len(s["face_boxes"]) for s in samples)
+    assert batch["id_embeds"].shape == (4, n, WORLD.embedding_dim)
+    assert batch["id_mask"].sum().item() == sum(len(s["face_boxes"]) for s in samples)
+
+
+def test_synthetic_analyzer_on_small_world():
+    ds = SyntheticSFTDataset(WORLD, 2, task="age")
+    target, refs = ds.spec(0)
+    faces = SyntheticFaceAnalyzer(WORLD).detect(ds[0]["latents"])
+    assert len(faces) == target.num_subjects and any(target.child)
