@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from idglow.adapter import identity_checkpoint
 from idglow.losses import (
     DPO_DIMENSIONS,
     add_flow_noise,
@@ -95,7 +96,8 @@ class BaseTrainer:
             model.add_lora(config.lora_rank, config.lora_alpha, list(config.lora_target_modules))
         model.adapter.requires_grad_(True)
         if config.gradient_checkpointing:
-            model.transformer.enable_gradient_checkpointing()
+            # recomputation must see the forward's identity injection (autograd may run it in another thread)
+            model.transformer.enable_gradient_checkpointing(gradient_checkpointing_func=identity_checkpoint)
         self.setup_model(model)
         model.train()
         if vae is not None:
