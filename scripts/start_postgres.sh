@@ -7,7 +7,7 @@
 # $PGPORT, default 55432) and trusts local connections; stop it with the pg_ctl command printed on stderr.
 set -euo pipefail
 
-PGPORT=${PGPORT:-55432}
+PGPORT=${PGPORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 PGDB=${PGDB:-idglow_test}
 BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 if [ -z "$BIN" ] || [ ! -x "$BIN/initdb" ]; then

@@ -7,6 +7,7 @@ bash scripts/system_deps.sh
 bash scripts/setup.sh --dev
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 if [ -z "${IDGLOW_TEST_PG_URL:-}" ] && [ -f scripts/start_postgres.sh ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  eval "$(bash scripts/start_postgres.sh)"
+  pg_env=$(bash scripts/start_postgres.sh)
+  eval "$pg_env"
 fi
 .venv/bin/python -m pytest -q --timeout=1200 "$@"
