@@ -88,7 +88,7 @@ def _sigmoid(x: float) -> float:
 
 def _flush(session: Session, table, rows: list[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(table), rows)
+        session.connection().execute(insert(table.__table__), rows)  # Core bulk insert, no ORM bookkeeping
         rows.clear()
 
 

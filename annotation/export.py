@@ -15,11 +15,11 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import String, Text, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from annotation.storage import image_file
@@ -39,6 +39,7 @@ from db.models import (
     Vote,
 )
 from idglow.errors import InputError
+from idglow.subjects import MAX_SUBJECTS
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +109,14 @@ def split_for(subjects_key: str) -> str:
 def _majority(values: list[str]) -> str | None:
     if not values:
         return None
-    counts = Counter(values)
+    first = values[0]
+    if values.count(first) == len(values):
+        return first
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
     top = max(counts.values())
-    winners = sorted(k for k, v in counts.items() if v == top)
+    winners = [k for k, v in counts.items() if v == top]
     return winners[0] if len(winners) == 1 else "tie"
 
 
@@ -131,8 +137,21 @@ def aggregate_overall(votes: list[tuple[Overall, Strength | None]]) -> Aggregate
     both_bad gives ``has_label=False``. agreement: share of votes equal to the outcome. strength: mean
     strength (slight 0.5, clear 1.0) of the votes that agree, 0 for ties and unlabelled rows.
     """
-    counts = Counter(v.value for v, _ in votes)
-    n = sum(counts.values())
+    return _aggregate([v.value for v, _ in votes], [None if s is None else s.value for _, s in votes])
+
+
+_STRENGTH_OF = {s.value: value for s, value in STRENGTH_VALUE.items() if s is not None} | {None: 1.0}
+
+
+def _aggregate(overall: list[str], strength: list[str | None]) -> Aggregate:
+    return _aggregate_counts(overall, strength)[0]
+
+
+def _aggregate_counts(overall: list[str], strength: list[str | None]) -> tuple[Aggregate, dict[str, int]]:
+    counts: dict[str, int] = {}
+    for v in overall:
+        counts[v] = counts.get(v, 0) + 1
+    n = len(overall)
     top = max(counts.values())
     winners = sorted(k for k, v in counts.items() if v == top)
     if winners == ["both_bad"]:
@@ -141,19 +160,15 @@ def aggregate_overall(votes: list[tuple[Overall, Strength | None]]) -> Aggregate
         outcome = winners[0]
     else:
         outcome = "tie"
-    agreeing = [s for v, s in votes if v.value == outcome]
+    agreeing = [s for v, s in zip(overall, strength) if v == outcome]
     agreement = len(agreeing) / n if agreeing else top / n
-    if outcome == "a":
-        return Aggregate(
-            1.0, 0.0, True, outcome, agreement, sum(STRENGTH_VALUE[s] for s in agreeing) / len(agreeing)
-        )
-    if outcome == "b":
-        return Aggregate(
-            0.0, 1.0, True, outcome, agreement, sum(STRENGTH_VALUE[s] for s in agreeing) / len(agreeing)
-        )
+    if outcome in ("a", "b"):
+        mean = sum(_STRENGTH_OF[s] for s in agreeing) / len(agreeing)
+        labels = (1.0, 0.0) if outcome == "a" else (0.0, 1.0)
+        return Aggregate(*labels, True, outcome, agreement, mean), counts
     if outcome == "tie":
-        return Aggregate(0.5, 0.5, True, outcome, agreement, 0.0)
-    return Aggregate(0.0, 0.0, False, outcome, agreement, 0.0)
+        return Aggregate(0.5, 0.5, True, outcome, agreement, 0.0), counts
+    return Aggregate(0.0, 0.0, False, outcome, agreement, 0.0), counts
 
 
 class _ParquetSink:
@@ -164,10 +179,10 @@ class _ParquetSink:
         self.schema = schema
         self.writer = pq.ParquetWriter(path, schema, compression="zstd")
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
+    def write(self, columns: dict[str, list[Any]]) -> None:
         import pyarrow as pa
 
-        self.writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self.writer.write_table(pa.Table.from_pydict(columns, schema=self.schema))
 
     def close(self) -> None:
         self.writer.close()
@@ -188,11 +203,11 @@ class _JsonlSink:
             return [_JsonlSink._value(v) for v in value]
         return value
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self.fh.write(
-                json.dumps({k: self._value(v) for k, v in row.items()}, separators=(",", ":")) + "\n"
-            )
+    def write(self, columns: dict[str, list[Any]]) -> None:
+        names = list(columns)
+        for values in zip(*columns.values()):
+            row = {k: self._value(v) for k, v in zip(names, values)}
+            self.fh.write(json.dumps(row, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
         self.fh.close()
@@ -281,10 +296,16 @@ def export_preferences(
     done = 0
     last_id = 0
     sink_cls = _ParquetSink if format == "parquet" else _JsonlSink
+    pages = _PageBuilder(session, schema.names, data_path, with_images, drop_ties=tie_policy == "drop")
     try:
         while True:
             comps = session.execute(
-                select(Comparison.id, Comparison.candidate_a_id, Comparison.candidate_b_id, Comparison.kind)
+                select(
+                    Comparison.id,
+                    Comparison.candidate_a_id,
+                    Comparison.candidate_b_id,
+                    type_coerce(Comparison.kind, String),
+                )
                 .where(*where, Comparison.id > last_id)
                 .order_by(Comparison.id)
                 .limit(page_size)
@@ -292,18 +313,13 @@ def export_preferences(
             if not comps:
                 break
             last_id = comps[-1][0]
-            rows = _page_rows(session, comps, data_path, with_images)
-            by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for row in rows:
-                if tie_policy == "drop" and row["has_label"] and row["label_0"] == 0.5:
-                    dropped_ties += 1
-                    continue
-                by_split[row["split"]].append(row)
+            by_split, dropped = pages.build(comps)
+            dropped_ties += dropped
             for split in sorted(by_split):
                 if split not in sinks:
                     sinks[split] = sink_cls(out / "data" / f"{split}.{format}", schema)
                 sinks[split].write(by_split[split])
-                rows_per_split[split] += len(by_split[split])
+                rows_per_split[split] += len(by_split[split]["ranking_id"])
             done += len(comps)
             if progress is not None:
                 progress(done, total)
@@ -342,132 +358,253 @@ def export_preferences(
     return ExportResult(out, manifest["rows"], counts, dropped_ties, files)
 
 
-def _page_rows(session: Session, comps, data_dir: Path | None, with_images: bool) -> list[dict[str, Any]]:
-    comp_ids = [c[0] for c in comps]
-    cand_ids = sorted({c[1] for c in comps} | {c[2] for c in comps})
-    cands = {
-        r.id: r
-        for r in session.execute(
+@dataclass(frozen=True)
+class _CandidateInfo:
+    generation_id: int
+    uid: str
+    image_path: str
+    faces: str  # the faces_* column (JSON text)
+    metrics: str  # the metrics_* column (JSON text)
+
+
+@dataclass(frozen=True)
+class _GenerationInfo:
+    caption: str
+    task: str
+    num_subjects: int
+    model: str
+    split: str
+    reference_uids: list[str | None]
+    reference_paths: list[str | None]
+    target_ages: list[float | None]
+    subject_labels: list[str | None]
+
+
+_SLOT_KEYS = tuple(str(slot) for slot in range(MAX_SUBJECTS))
+_CANDIDATE_CACHE = 100_000  # candidates kept between pages (~0.5 KB each; a candidate recurs across pages)
+
+
+class _PageBuilder:
+    """Turns pages of comparisons into columns, one set of columns per split.
+
+    Candidates and generations are read once per export and cached (their JSON is re-encoded once, not once
+    per row), columns are read without ORM objects, and on SQLite the JSON, enum and timestamp columns come
+    back as stored text and are decoded here only where a value is needed.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        names: list[str],
+        data_dir: Path | None,
+        with_images: bool,
+        *,
+        drop_ties: bool,
+    ):
+        self.conn = session.connection()  # Core rows, no ORM loading
+        self.names = names
+        self.data_dir = data_dir
+        self.with_images = with_images
+        self.drop_ties = drop_ties
+        dialect = session.get_bind().dialect
+        self.raw = dialect.name == "sqlite"
+        created = Vote.__table__.c.created_at.type
+        self.to_datetime = created.dialect_impl(dialect).result_processor(dialect, None) if self.raw else None
+        self.candidates: dict[int, _CandidateInfo] = {}
+        self.generations: dict[int, _GenerationInfo] = {}
+        self.identity_cache: dict[str, dict[str, str] | None] = {}
+
+    def _col(self, column, type_):  # noqa: ANN001
+        """``column`` as stored (no result processing) on SQLite; typed elsewhere."""
+        return type_coerce(column, type_) if self.raw else column
+
+    def _datetime(self, value: Any) -> datetime:
+        """A vote time as selected (stored text on SQLite)."""
+        if not self.raw:
+            return value
+        try:  # the SQLite storage format is ISO 8601 in UTC; much faster than the generic parser
+            return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+        except ValueError:
+            return self.to_datetime(value)
+
+    def _json(self, value: Any) -> Any:
+        return json.loads(value) if self.raw and value is not None else value
+
+    def _load_candidates(self, ids: set[int]) -> None:
+        missing = sorted(i for i in ids if i not in self.candidates)
+        if not missing:
+            return
+        if len(self.candidates) + len(missing) > _CANDIDATE_CACHE:
+            self.candidates.clear()
+            missing = sorted(ids)
+        rows = self.conn.execute(
             select(
                 Candidate.id,
                 Candidate.generation_id,
                 Candidate.image_sha256,
                 Candidate.image_path,
-                Candidate.faces,
-                Candidate.face_matches,
-                Candidate.metrics,
-            ).where(Candidate.id.in_(cand_ids))
+                self._col(Candidate.faces, Text),
+                self._col(Candidate.face_matches, Text),
+                self._col(Candidate.metrics, Text),
+            ).where(Candidate.id.in_(missing))
         )
-    }
-    gen_ids = sorted({c.generation_id for c in cands.values()})
-    gens = {
-        r.id: r
-        for r in session.execute(
+        for cid, gen_id, sha, path, faces, matches, metrics in rows:
+            faces_json = json.dumps(
+                {"matches": self._json(matches), "faces": self._json(faces)}, sort_keys=True
+            )
+            self.candidates[cid] = _CandidateInfo(
+                gen_id, sha, path, faces_json, json.dumps(self._json(metrics), sort_keys=True)
+            )
+        self._load_generations({c.generation_id for c in map(self.candidates.get, ids)})
+
+    def _load_generations(self, ids: set[int]) -> None:
+        missing = sorted(i for i in ids if i not in self.generations)
+        if not missing:
+            return
+        if len(self.generations) + len(missing) > _CANDIDATE_CACHE:
+            self.generations.clear()
+            missing = sorted(ids)
+        subjects: dict[int, list[Any]] = defaultdict(list)
+        for r in self.conn.execute(
+            select(
+                GenerationSubject.generation_id,
+                GenerationSubject.target_age,
+                GenerationSubject.label,
+                ReferencePhoto.sha256,
+                ReferencePhoto.path,
+            )
+            .outerjoin(ReferencePhoto, ReferencePhoto.id == GenerationSubject.reference_photo_id)
+            .where(GenerationSubject.generation_id.in_(missing))
+            .order_by(GenerationSubject.generation_id, GenerationSubject.slot)
+        ):
+            subjects[r.generation_id].append(r)
+        splits: dict[str, str] = {}
+        for gid, task, caption, num_subjects, key, model in self.conn.execute(
             select(
                 Generation.id,
-                Generation.task,
+                type_coerce(Generation.task, String),
                 Generation.final_prompt,
                 Generation.num_subjects,
                 Generation.subjects_key,
-                ModelVersion.name.label("model"),
+                ModelVersion.name,
             )
             .join(ModelVersion, ModelVersion.id == Generation.model_version_id)
-            .where(Generation.id.in_(gen_ids))
-        )
-    }
-    subjects: dict[int, list[Any]] = defaultdict(list)
-    for r in session.execute(
-        select(
-            GenerationSubject.generation_id,
-            GenerationSubject.slot,
-            GenerationSubject.target_age,
-            GenerationSubject.label,
-            ReferencePhoto.sha256,
-            ReferencePhoto.path,
-        )
-        .outerjoin(ReferencePhoto, ReferencePhoto.id == GenerationSubject.reference_photo_id)
-        .where(GenerationSubject.generation_id.in_(gen_ids))
-        .order_by(GenerationSubject.generation_id, GenerationSubject.slot)
-    ):
-        subjects[r.generation_id].append(r)
-    votes: dict[int, list[Any]] = defaultdict(list)
-    for r in session.execute(
-        select(
-            Vote.comparison_id,
-            Vote.user_id,
-            Vote.overall,
-            Vote.strength,
-            Vote.identity,
-            Vote.texture,
-            Vote.artifacts,
-            Vote.created_at,
-        )
-        .where(Vote.comparison_id.in_(comp_ids))
-        .order_by(Vote.comparison_id, Vote.id)
-    ):
-        votes[r.comparison_id].append(r)
+            .where(Generation.id.in_(missing))
+        ):
+            subj = subjects[gid]
+            if key not in splits:
+                splits[key] = split_for(key)
+            self.generations[gid] = _GenerationInfo(
+                caption=caption,
+                task=task,
+                num_subjects=num_subjects,
+                model=model,
+                split=splits[key],
+                reference_uids=[s.sha256 for s in subj],
+                reference_paths=[s.path for s in subj],
+                target_ages=[s.target_age for s in subj],
+                subject_labels=[s.label for s in subj],
+            )
 
-    rows = []
-    for comp_id, a_id, b_id, kind in comps:
-        vs = votes.get(comp_id)
-        if not vs:
-            continue
-        ca, cb = cands[a_id], cands[b_id]
-        ga, gb = gens[ca.generation_id], gens[cb.generation_id]
-        agg = aggregate_overall([(v.overall, v.strength) for v in vs])
-        subj = subjects[ga.id]
-        identity = []
-        for slot in range(ga.num_subjects):
-            choices = [v.identity[str(slot)] for v in vs if v.identity and str(slot) in v.identity]
-            m = _majority(choices)
-            identity.append(None if m is None else PAIRWISE_LABEL[m])
-        texture = _majority([v.texture.value for v in vs if v.texture is not None])
-        artifacts = _majority([v.artifacts.value for v in vs if v.artifacts is not None])
-        overall = Counter(v.overall.value for v in vs)
-        best = {"a": ca.image_sha256, "b": cb.image_sha256}.get(agg.outcome, "")
-        rows.append(
-            {
-                "caption": ga.final_prompt,
-                "jpg_0": _read(data_dir, ca.image_path) if with_images else None,
-                "jpg_1": _read(data_dir, cb.image_path) if with_images else None,
-                "label_0": agg.label_0,
-                "label_1": agg.label_1,
-                "image_0_uid": ca.image_sha256,
-                "image_1_uid": cb.image_sha256,
-                "model_0": ga.model,
-                "model_1": gb.model,
-                "user_id": vs[0].user_id,
-                "ranking_id": comp_id,
-                "created_at": max(v.created_at for v in vs),
-                "has_label": agg.has_label,
-                "are_different": ca.image_sha256 != cb.image_sha256,
-                "best_image_uid": best,
-                "task": ga.task.value,
-                "num_subjects": ga.num_subjects,
-                "reference_uids": [s.sha256 for s in subj],
-                "reference_images": [_read(data_dir, s.path) for s in subj] if with_images else None,
-                "target_ages": [s.target_age for s in subj],
-                "subject_labels": [s.label for s in subj],
-                "identity_labels_0": identity,
-                "texture_label_0": None if texture is None else PAIRWISE_LABEL[texture],
-                "artifacts_label_0": None if artifacts is None else PAIRWISE_LABEL[artifacts],
-                "strength": agg.strength,
-                "agreement": agg.agreement,
-                "num_votes": len(vs),
-                "votes_0": overall.get("a", 0),
-                "votes_1": overall.get("b", 0),
-                "votes_tie": overall.get("tie", 0),
-                "votes_both_bad": overall.get("both_bad", 0),
-                "annotator_ids": [v.user_id for v in vs],
-                "faces_0": json.dumps({"matches": ca.face_matches, "faces": ca.faces}, sort_keys=True),
-                "faces_1": json.dumps({"matches": cb.face_matches, "faces": cb.faces}, sort_keys=True),
-                "metrics_0": json.dumps(ca.metrics, sort_keys=True),
-                "metrics_1": json.dumps(cb.metrics, sort_keys=True),
-                "comparison_kind": kind.value,
-                "split": split_for(ga.subjects_key),
-            }
-        )
-    return rows
+    def _identity(self, value: Any) -> dict[str, str] | None:
+        if not self.raw or value is None:
+            return value
+        parsed = self.identity_cache.get(value)
+        if parsed is None and value not in self.identity_cache:
+            if len(self.identity_cache) > 10_000:
+                self.identity_cache.clear()
+            parsed = self.identity_cache[value] = json.loads(value)
+        return parsed
+
+    def build(self, comps) -> tuple[dict[str, dict[str, list[Any]]], int]:  # noqa: ANN001
+        """Columns per split for the labelled comparisons of ``comps``, and the number of ties dropped."""
+        self._load_candidates({c[1] for c in comps} | {c[2] for c in comps})
+        votes: dict[int, list[Any]] = defaultdict(list)
+        for r in self.conn.execute(
+            select(
+                Vote.comparison_id,
+                Vote.user_id,
+                type_coerce(Vote.overall, String),
+                type_coerce(Vote.strength, String),
+                self._col(Vote.identity, Text),
+                type_coerce(Vote.texture, String),
+                type_coerce(Vote.artifacts, String),
+                self._col(Vote.created_at, String),
+            )
+            .where(Vote.comparison_id.in_([c[0] for c in comps]))
+            .order_by(Vote.comparison_id, Vote.id)
+        ).all():
+            votes[r[0]].append(r)
+
+        rows: dict[str, list[tuple]] = defaultdict(list)
+        dropped = 0
+        images = self.with_images
+        data_dir = self.data_dir
+        for comp_id, a_id, b_id, kind in comps:
+            vs = votes.get(comp_id)
+            if not vs:
+                continue
+            agg, overall = _aggregate_counts([v[2] for v in vs], [v[3] for v in vs])
+            if self.drop_ties and agg.has_label and agg.label_0 == 0.5:
+                dropped += 1
+                continue
+            ca, cb = self.candidates[a_id], self.candidates[b_id]
+            ga, gb = self.generations[ca.generation_id], self.generations[cb.generation_id]
+            identities = [self._identity(v[4]) for v in vs]
+            identity = []
+            for key in _SLOT_KEYS[: ga.num_subjects]:
+                m = _majority([d[key] for d in identities if d and key in d])
+                identity.append(None if m is None else PAIRWISE_LABEL[m])
+            texture = _majority([v[5] for v in vs if v[5] is not None])
+            artifacts = _majority([v[6] for v in vs if v[6] is not None])
+            created = max(v[7] for v in vs)
+            # one tuple per row, in schema order (see _schema)
+            rows[ga.split].append(
+                (
+                    ga.caption,
+                    _read(data_dir, ca.image_path) if images else None,
+                    _read(data_dir, cb.image_path) if images else None,
+                    agg.label_0,
+                    agg.label_1,
+                    ca.uid,
+                    cb.uid,
+                    ga.model,
+                    gb.model,
+                    vs[0][1],
+                    comp_id,
+                    self._datetime(created),
+                    agg.has_label,
+                    ca.uid != cb.uid,
+                    {"a": ca.uid, "b": cb.uid}.get(agg.outcome, ""),
+                    ga.task,
+                    ga.num_subjects,
+                    ga.reference_uids,
+                    [_read(data_dir, p) for p in ga.reference_paths] if images else None,
+                    ga.target_ages,
+                    ga.subject_labels,
+                    identity,
+                    None if texture is None else PAIRWISE_LABEL[texture],
+                    None if artifacts is None else PAIRWISE_LABEL[artifacts],
+                    agg.strength,
+                    agg.agreement,
+                    len(vs),
+                    overall.get("a", 0),
+                    overall.get("b", 0),
+                    overall.get("tie", 0),
+                    overall.get("both_bad", 0),
+                    [v[1] for v in vs],
+                    ca.faces,
+                    cb.faces,
+                    ca.metrics,
+                    cb.metrics,
+                    kind,
+                    ga.split,
+                )
+            )
+        out = {
+            split: dict(zip(self.names, map(list, zip(*split_rows)))) for split, split_rows in rows.items()
+        }
+        return out, dropped
 
 
 def _card(counts: dict[str, int], params: dict[str, Any], dropped_ties: int, fmt: str) -> str:

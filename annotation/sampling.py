@@ -14,13 +14,22 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from annotation.errors import NotFound
 from annotation.users import get_user
-from db.models import Assignment, AssignmentStatus, Candidate, Comparison, Generation, GenerationSubject
+from db.engine import read_only
+from db.models import (
+    Assignment,
+    AssignmentStatus,
+    Candidate,
+    Comparison,
+    Generation,
+    GenerationSubject,
+    ReferencePhoto,
+)
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -63,30 +72,75 @@ class ServedComparison:
         return "a" if cid == self.candidate_a_id else "b"
 
 
-def _served(session: Session, assignment: Assignment) -> ServedComparison:
-    comp = session.get(Comparison, assignment.comparison_id)
-    ca = session.get(Candidate, comp.candidate_a_id)
-    cb = session.get(Candidate, comp.candidate_b_id)
-    left, right = (ca, cb) if assignment.shown_left_id == ca.id else (cb, ca)
-    gen = session.get(Generation, ca.generation_id)
-    subjects = session.scalars(
-        select(GenerationSubject)
-        .where(GenerationSubject.generation_id == gen.id)
+@dataclass(frozen=True)
+class _Pair:
+    """What an annotator is shown of a comparison, before a side is chosen."""
+
+    comparison_id: int
+    is_gold: bool
+    a: ShownCandidate
+    b: ShownCandidate
+    prompt: str
+    task: str
+    num_subjects: int
+    subject_labels: tuple[str | None, ...]
+    reference_paths: tuple[str | None, ...]
+
+    def served(self, assignment_id: int, shown_left_id: int) -> ServedComparison:
+        left, right = (self.a, self.b) if shown_left_id == self.a.candidate_id else (self.b, self.a)
+        return ServedComparison(
+            assignment_id=assignment_id,
+            comparison_id=self.comparison_id,
+            candidate_a_id=self.a.candidate_id,
+            candidate_b_id=self.b.candidate_id,
+            left=left,
+            right=right,
+            prompt=self.prompt,
+            task=self.task,
+            num_subjects=self.num_subjects,
+            subject_labels=self.subject_labels,
+            reference_paths=self.reference_paths,
+            is_gold=self.is_gold,
+        )
+
+
+def _pair(session: Session, comparison_id: int) -> _Pair:
+    """The comparison, both candidates, the generation and its subjects in two queries."""
+    ca, cb = aliased(Candidate), aliased(Candidate)
+    row = session.execute(
+        select(
+            Comparison.id,
+            Comparison.is_gold,
+            ca.id.label("a_id"),
+            ca.image_path.label("a_path"),
+            cb.id.label("b_id"),
+            cb.image_path.label("b_path"),
+            Generation.id.label("generation_id"),
+            Generation.final_prompt,
+            Generation.task,
+            Generation.num_subjects,
+        )
+        .join(ca, ca.id == Comparison.candidate_a_id)
+        .join(cb, cb.id == Comparison.candidate_b_id)
+        .join(Generation, Generation.id == ca.generation_id)
+        .where(Comparison.id == comparison_id)
+    ).one()
+    subjects = session.execute(
+        select(GenerationSubject.label, ReferencePhoto.path)
+        .outerjoin(ReferencePhoto, ReferencePhoto.id == GenerationSubject.reference_photo_id)
+        .where(GenerationSubject.generation_id == row.generation_id)
         .order_by(GenerationSubject.slot)
     ).all()
-    return ServedComparison(
-        assignment_id=assignment.id,
-        comparison_id=comp.id,
-        candidate_a_id=ca.id,
-        candidate_b_id=cb.id,
-        left=ShownCandidate(left.id, left.image_path),
-        right=ShownCandidate(right.id, right.image_path),
-        prompt=gen.final_prompt,
-        task=gen.task.value,
-        num_subjects=gen.num_subjects,
-        subject_labels=tuple(s.label for s in subjects),
-        reference_paths=tuple(s.reference_photo.path if s.reference_photo else None for s in subjects),
-        is_gold=comp.is_gold,
+    return _Pair(
+        comparison_id=row.id,
+        is_gold=row.is_gold,
+        a=ShownCandidate(row.a_id, row.a_path),
+        b=ShownCandidate(row.b_id, row.b_path),
+        prompt=row.final_prompt,
+        task=row.task.value,
+        num_subjects=row.num_subjects,
+        subject_labels=tuple(label for label, _ in subjects),
+        reference_paths=tuple(path for _, path in subjects),
     )
 
 
@@ -111,7 +165,9 @@ def _pick_regular(
         select(Comparison.id, Comparison.vote_count)
         .where(Comparison.is_gold.is_(False), Comparison.active.is_(True), Comparison.vote_count < overlap)
         .where(~seen)
-        .order_by(Comparison.vote_count.desc(), Comparison.id)
+        # descending on both keys: SQLite walks ix_comparisons_sampling backwards and stops after a page,
+        # instead of sorting every open comparison
+        .order_by(Comparison.vote_count.desc(), Comparison.id.desc())
     )
     offset = 0
     while True:
@@ -151,6 +207,9 @@ def next_comparison(
     """The comparison ``user_id`` should judge next, or None when nothing is left for them.
 
     A comparison served and not yet voted or skipped is served again (a reload shows the same pair).
+    The choice is made in a read transaction; only the reservation itself is written, in a short write
+    transaction that checks the capacity again (another request may have taken the last place meanwhile,
+    then the next comparison is chosen).
     """
     if overlap < 1:
         raise ValueError(f"overlap must be >= 1, got {overlap}")
@@ -158,53 +217,82 @@ def next_comparison(
         raise ValueError(f"gold_rate must be in [0, 1], got {gold_rate}")
     rng = rng or random.Random()
     now = now or utcnow()
-    get_user(session, user_id)
-    pending = session.scalar(
-        select(Assignment)
-        .where(Assignment.user_id == user_id, Assignment.status == AssignmentStatus.open)
-        .order_by(Assignment.id.desc())
-        .limit(1)
-    )
-    if pending is not None:
-        served = _served(session, pending)
-        session.commit()
-        return served
-
     cutoff = now - reservation
-    comparison_id = _pick_gold(session, user_id, rng) if rng.random() < gold_rate else None
-    if comparison_id is None:
-        comparison_id = _pick_regular(session, user_id, overlap, cutoff, rng)
-    if comparison_id is None:
-        session.commit()
-        return None
-    comp = session.scalar(select(Comparison).where(Comparison.id == comparison_id).with_for_update())
-    if not comp.is_gold:
-        # re-check capacity under the row lock (another server process may have served it meanwhile)
-        taken = comp.vote_count + _open_reservations(session, [comp.id], cutoff).get(comp.id, 0)
-        if taken >= overlap:
+    while True:
+        try:
+            if not session.in_transaction():
+                read_only(session)
+            get_user(session, user_id)
+            pending = session.execute(
+                select(Assignment.id, Assignment.comparison_id, Assignment.shown_left_id)
+                .where(Assignment.user_id == user_id, Assignment.status == AssignmentStatus.open)
+                .order_by(Assignment.id.desc())
+                .limit(1)
+            ).first()
+            if pending is not None:
+                served = _pair(session, pending.comparison_id).served(pending.id, pending.shown_left_id)
+                session.commit()
+                return served
+            comparison_id = _pick_gold(session, user_id, rng) if rng.random() < gold_rate else None
+            if comparison_id is None:
+                comparison_id = _pick_regular(session, user_id, overlap, cutoff, rng)
+            pair = _pair(session, comparison_id) if comparison_id is not None else None
+            session.commit()  # end the read
+        except BaseException:
             session.rollback()
-            return next_comparison(
-                session,
-                user_id,
-                overlap=overlap,
-                gold_rate=gold_rate,
-                reservation=reservation,
-                rng=rng,
-                now=now,
-            )
-    left = comp.candidate_a_id if rng.random() < 0.5 else comp.candidate_b_id
-    assignment = Assignment(comparison_id=comp.id, user_id=user_id, shown_left_id=left, created_at=now)
-    session.add(assignment)
+            raise
+        if pair is None:
+            return None
+        served = _reserve(session, pair, user_id, overlap, cutoff, rng, now)
+        if served is not None:
+            return served
+
+
+def _reserve(
+    session: Session,
+    pair: _Pair,
+    user_id: int,
+    overlap: int,
+    cutoff: datetime,
+    rng: random.Random,
+    now: datetime,
+) -> ServedComparison | None:
+    """Write the assignment of ``pair`` to ``user_id``; None when the comparison was taken meanwhile."""
+    left = pair.a.candidate_id if rng.random() < 0.5 else pair.b.candidate_id
     try:
-        session.flush()
-    except IntegrityError:  # the same user asked twice at once: serve what the other request reserved
+        comp = session.execute(
+            select(Comparison.active, Comparison.vote_count)
+            .where(Comparison.id == pair.comparison_id)
+            .with_for_update()
+        ).first()
+        if comp is None or not comp.active:
+            session.rollback()
+            return None
+        if not pair.is_gold:
+            # re-check capacity under the lock (another request or server process may have served it)
+            reserved = _open_reservations(session, [pair.comparison_id], cutoff).get(pair.comparison_id, 0)
+            if comp.vote_count + reserved >= overlap:
+                session.rollback()
+                return None
+        assignment_id = session.execute(
+            insert(Assignment)
+            .values(
+                comparison_id=pair.comparison_id,
+                user_id=user_id,
+                shown_left_id=left,
+                status=AssignmentStatus.open,
+                created_at=now,
+            )
+            .returning(Assignment.id)
+        ).scalar_one()
+        session.commit()
+    except IntegrityError:  # the same user asked twice at once: the next round serves what the other reserved
         session.rollback()
-        return next_comparison(
-            session, user_id, overlap=overlap, gold_rate=gold_rate, reservation=reservation, rng=rng, now=now
-        )
-    served = _served(session, assignment)
-    session.commit()
-    return served
+        return None
+    except BaseException:
+        session.rollback()
+        raise
+    return pair.served(assignment_id, left)
 
 
 def skip_comparison(session: Session, user_id: int, comparison_id: int) -> None:

@@ -1,19 +1,34 @@
-"""Recording votes (idempotent, one per comparison and user), undo, and badcase flags."""
+"""Recording votes (idempotent, one per comparison and user), undo, and badcase flags.
+
+On a SQLite file, votes are written by one thread per engine that commits the votes of all concurrent
+callers together (group commit, see ``_VoteWriter``); each caller gets its own result or error once the
+transaction holding its vote is committed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+import os
+import threading
+import time
+import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, Engine, Integer, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from annotation.errors import DuplicateVote, InvalidVote, NotFound, UndoExpired
 from annotation.users import get_user
+from db.engine import is_sqlite_file
 from db.models import (
     Assignment,
     AssignmentStatus,
@@ -24,9 +39,10 @@ from db.models import (
     Overall,
     Pairwise,
     Strength,
+    User,
     Vote,
 )
-from db.types import utcnow
+from db.types import UTCDateTime, utcnow
 from idglow.errors import InputError
 from idglow.prompting.badcases import FAILURE_TYPES  # the taxonomy shared with prompt synthesis
 
@@ -35,7 +51,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_UNDO_WINDOW = timedelta(minutes=5)
 MAX_KEY_LENGTH = 128
 MAX_DURATION_MS = 24 * 3600 * 1000
-
 
 
 @dataclass(frozen=True)
@@ -113,90 +128,407 @@ def _validate(request: VoteRequest) -> dict:
     }
 
 
-def _result(vote: Vote, replayed: bool) -> VoteResult:
-    return VoteResult(vote.id, vote.comparison_id, vote.user_id, vote.overall, vote.created_at, replayed)
+@dataclass
+class _PendingVote:
+    """A validated vote on its way to the database, with the future its caller waits on."""
+
+    request: VoteRequest
+    fields: dict
+    now: datetime
+    future: Future = field(default_factory=Future)
 
 
-def _replay(session: Session, request: VoteRequest) -> VoteResult | None:
-    vote = session.scalar(select(Vote).where(Vote.idempotency_key == request.idempotency_key))
-    if vote is None:
-        return None
-    if vote.comparison_id != request.comparison_id or vote.user_id != request.user_id:
-        raise InvalidVote(f"idempotency key {request.idempotency_key!r} was already used for another vote")
-    return _result(vote, replayed=True)
+@dataclass(frozen=True)
+class _Written:
+    result: VoteResult
+    assignment_id: int | None  # the assignment marked voted (None for a replay)
 
 
-def record_vote(session: Session, request: VoteRequest, *, now: datetime | None = None) -> VoteResult:
+def _replay_result(row) -> VoteResult:  # noqa: ANN001
+    return VoteResult(row.id, row.comparison_id, row.user_id, row.overall, row.created_at, True)
+
+
+# Statements of the write path, built once (SQLAlchemy then reuses their cache keys and compiled forms).
+_REPLAYS = select(
+    Vote.id, Vote.idempotency_key, Vote.comparison_id, Vote.user_id, Vote.overall, Vote.created_at
+).where(Vote.idempotency_key.in_(bindparam("keys", expanding=True)))
+
+
+@functools.cache
+def _served_statement(pairs: int):
+    """Assignment, user and comparison rows of ``pairs`` (comparison, user) pairs, bound as ``c{i}``/``u{i}``.
+
+    An OR of exact pairs (each one a lookup in the unique (comparison, user) index), not ``IN`` lists of
+    users and comparisons, whose cross product can be large when many annotators vote on the same pairs.
+    """
+    return (
+        select(
+            Assignment.id,
+            Assignment.comparison_id,
+            Assignment.user_id,
+            Assignment.shown_left_id,
+            Assignment.status,
+            User.is_active,
+            Comparison.is_gold,
+            Generation.num_subjects,
+        )
+        .join(User, User.id == Assignment.user_id)
+        .join(Comparison, Comparison.id == Assignment.comparison_id)
+        .join(Candidate, Candidate.id == Comparison.candidate_a_id)
+        .join(Generation, Generation.id == Candidate.generation_id)
+        .where(
+            or_(
+                *(
+                    and_(
+                        Assignment.comparison_id == bindparam(f"c{i}"),
+                        Assignment.user_id == bindparam(f"u{i}"),
+                    )
+                    for i in range(pairs)
+                )
+            )
+        )
+    )
+
+
+_ACTIVE_USERS = select(User.id).where(User.id.in_(bindparam("ids", expanding=True)), User.is_active.is_(True))
+_COMPARISONS = (
+    select(Comparison.id, Comparison.is_gold, Generation.num_subjects)
+    .join(Candidate, Candidate.id == Comparison.candidate_a_id)
+    .join(Generation, Generation.id == Candidate.generation_id)
+    .where(Comparison.id.in_(bindparam("ids", expanding=True)))
+)
+_INSERT_VOTES = insert(Vote)
+_VOTE_IDS = select(Vote.idempotency_key, Vote.id).where(
+    Vote.idempotency_key.in_(bindparam("keys", expanding=True))
+)
+_MARK_VOTED = (
+    update(Assignment).where(Assignment.id == bindparam("b_id")).values(status=AssignmentStatus.voted)
+)
+_COUNT_VOTES = (
+    update(Comparison)
+    .where(Comparison.id == bindparam("b_id"))
+    .values(
+        vote_count=Comparison.vote_count + bindparam("b_n", type_=Integer()),
+        last_vote_at=bindparam("b_at", type_=UTCDateTime()),
+    )
+)
+
+
+def _replay_rows(conn: Connection, keys: set[str]) -> dict[str, Any]:
+    return {r.idempotency_key: r for r in conn.execute(_REPLAYS, {"keys": sorted(keys)})}
+
+
+def _key_reused(request: VoteRequest) -> InvalidVote:
+    return InvalidVote(f"idempotency key {request.idempotency_key!r} was already used for another vote")
+
+
+def _duplicate(request: VoteRequest) -> DuplicateVote:
+    return DuplicateVote(f"user {request.user_id} already voted on comparison {request.comparison_id}")
+
+
+def _apply_votes(conn: Connection, batch: Sequence[_PendingVote]) -> list[_Written | Exception]:
+    """Check and write ``batch`` in ``conn``'s current transaction; one outcome per vote, in order.
+
+    The rows the checks need are fetched up front (two queries; two more when some votes will be refused),
+    then the votes are judged one after the other as if recorded sequentially (a key repeated inside the batch is a replay of its first use, a second vote
+    on the same pair is a duplicate). A rejected vote writes nothing and does not affect the others.
+    The caller commits; on SQLite the transaction holds the write lock from its first statement
+    (``BEGIN IMMEDIATE``), so nothing changes between the checks and the writes.
+    """
+    requests = [p.request for p in batch]
+    replays = _replay_rows(conn, {r.idempotency_key for r in requests})
+    # one query for the common case (the pair was served): assignment, user and comparison together
+    pairs = sorted({(r.comparison_id, r.user_id) for r in requests})
+    params = {f"c{i}": c for i, (c, _) in enumerate(pairs)} | {f"u{i}": u for i, (_, u) in enumerate(pairs)}
+    assignments = {
+        (r.comparison_id, r.user_id): r for r in conn.execute(_served_statement(len(pairs)), params)
+    }
+    active_users = {user for (_, user), r in assignments.items() if r.is_active}
+    comps = {comp: r for (comp, _), r in assignments.items()}
+    unexplained = [r for r in requests if r.user_id not in active_users or r.comparison_id not in comps]
+    if unexplained:  # only for votes that will be refused: which check fails first
+        active_users |= set(conn.scalars(_ACTIVE_USERS, {"ids": sorted({r.user_id for r in unexplained})}))
+        for r in conn.execute(_COMPARISONS, {"ids": sorted({r.comparison_id for r in unexplained})}):
+            comps.setdefault(r.id, r)
+
+    outcomes: list[_Written | Exception | None] = [None] * len(batch)
+    accepted: list[int] = []  # indexes of the votes to insert
+    first_use: dict[str, int] = {}  # idempotency key -> index of the accepted vote that uses it
+    replay_of: dict[int, int] = {}  # index -> index of the accepted vote it repeats
+    voted: set[tuple[int, int]] = set()
+    for i, pending in enumerate(batch):
+        request, fields = pending.request, pending.fields
+        key, pair = request.idempotency_key, (request.comparison_id, request.user_id)
+        row = replays.get(key)
+        if row is not None:
+            same = (row.comparison_id, row.user_id) == pair
+            outcomes[i] = _Written(_replay_result(row), None) if same else _key_reused(request)
+            continue
+        if key in first_use:
+            earlier = batch[first_use[key]].request
+            if (earlier.comparison_id, earlier.user_id) == pair:
+                replay_of[i] = first_use[key]
+            else:
+                outcomes[i] = _key_reused(request)
+            continue
+        if request.user_id not in active_users:
+            outcomes[i] = NotFound(f"unknown user id {request.user_id!r}")
+            continue
+        comp = comps.get(request.comparison_id)
+        if comp is None:
+            outcomes[i] = NotFound(f"unknown comparison id {request.comparison_id!r}")
+            continue
+        if fields["identity"]:
+            bad = sorted(int(s) for s in fields["identity"] if not 0 <= int(s) < comp.num_subjects)
+            if bad:
+                outcomes[i] = InvalidVote(
+                    f"identity choice for slot {bad[0]} but comparison {request.comparison_id} has "
+                    f"{comp.num_subjects} subject(s) (slots 0-{comp.num_subjects - 1})"
+                )
+                continue
+        assignment = assignments.get(pair)
+        if assignment is None:
+            kind = "gold item" if comp.is_gold else "comparison"
+            outcomes[i] = InvalidVote(
+                f"{kind} {request.comparison_id} was not served to user {request.user_id}; votes need next_comparison"
+            )
+            continue
+        if assignment.status == AssignmentStatus.voted or pair in voted:
+            outcomes[i] = _duplicate(request)
+            continue
+        voted.add(pair)
+        first_use[key] = i
+        accepted.append(i)
+
+    if accepted:
+        served = [assignments[(batch[i].request.comparison_id, batch[i].request.user_id)] for i in accepted]
+        rows = [
+            {
+                "comparison_id": batch[i].request.comparison_id,
+                "user_id": batch[i].request.user_id,
+                "shown_left_id": assignment.shown_left_id,
+                "idempotency_key": batch[i].request.idempotency_key,
+                "created_at": batch[i].now,
+                **batch[i].fields,
+            }
+            for i, assignment in zip(accepted, served)
+        ]
+        conn.execute(_INSERT_VOTES, rows)  # one executemany; ids are read back by their unique keys
+        ids = dict(conn.execute(_VOTE_IDS, {"keys": [row["idempotency_key"] for row in rows]}).all())
+        vote_ids = [ids[row["idempotency_key"]] for row in rows]
+        conn.execute(_MARK_VOTED, [{"b_id": assignment.id} for assignment in served])
+        per_comparison: dict[int, tuple[int, datetime]] = {}
+        for i in accepted:
+            cid = batch[i].request.comparison_id
+            n = per_comparison[cid][0] if cid in per_comparison else 0
+            # the last vote in batch order sets last_vote_at, as sequential writes would
+            per_comparison[cid] = (n + 1, batch[i].now)
+        conn.execute(
+            _COUNT_VOTES, [{"b_id": cid, "b_n": n, "b_at": at} for cid, (n, at) in per_comparison.items()]
+        )
+        for i, assignment, vote_id in zip(accepted, served, vote_ids):
+            request = batch[i].request
+            result = VoteResult(
+                vote_id,
+                request.comparison_id,
+                request.user_id,
+                batch[i].fields["overall"],
+                batch[i].now,
+                False,
+            )
+            outcomes[i] = _Written(result, assignment.id)
+    for i, j in replay_of.items():
+        first = outcomes[j].result
+        outcomes[i] = _Written(dataclasses.replace(first, replayed=True), None)
+    return outcomes
+
+
+def _resolve_conflict(conn: Connection, request: VoteRequest) -> VoteResult:
+    """After a unique-constraint failure (a concurrent request won the race): its replay, or DuplicateVote."""
+    row = _replay_rows(conn, {request.idempotency_key}).get(request.idempotency_key)
+    if row is not None:
+        if (row.comparison_id, row.user_id) != (request.comparison_id, request.user_id):
+            raise _key_reused(request)
+        return _replay_result(row)
+    raise _duplicate(request)
+
+
+class _VoteWriter:
+    """Group commit: one thread per engine writes the queued votes of all threads in one transaction.
+
+    SQLite has a single writer; when every request thread takes the write lock itself, they queue in the
+    busy handler (sleep and retry), so latency under load is set by sleeps rather than work. Here the
+    requests queue in order, and each transaction carries every vote that arrived while the previous one
+    was being written (one fsync for all of them). A vote's future is resolved only after its commit. The
+    thread stops after ``_IDLE_S`` without work and is started again by the next vote.
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = weakref.ref(engine)  # the registry is keyed weakly by the engine: do not keep it alive
+        self._queue: list[_PendingVote] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._expected = (
+            1  # size of the last batch: that many callers are likely to send their next vote soon
+        )
+
+    def submit(self, pending: _PendingVote) -> Future:
+        with self._cond:
+            self._queue.append(pending)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="idglow-vote-writer", daemon=True)
+                self._thread.start()
+            if len(self._queue) == 1 or len(self._queue) >= self._expected:  # what the writer waits for
+                self._cond.notify()
+        return pending.future
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(timeout=_IDLE_S)
+                if not self._queue:
+                    self._thread = None
+                    return
+                if len(self._queue) < self._expected:
+                    # the callers of the last batch were just answered and are sending their next votes:
+                    # wait a moment for them rather than pay a commit (an fsync) for a fraction of them
+                    deadline = time.monotonic() + _GATHER_S
+                    while len(self._queue) < self._expected and (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(timeout=left)
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+                self._expected = len(batch)
+            try:
+                self._write(batch)
+            finally:
+                for pending in batch:  # never leave a caller waiting
+                    if not pending.future.done():
+                        pending.future.set_exception(RuntimeError("vote writer stopped unexpectedly"))
+
+    def _write(self, batch: list[_PendingVote]) -> None:
+        engine = self._engine()
+        if engine is None:
+            for pending in batch:
+                pending.future.set_exception(RuntimeError("the engine of this vote was garbage-collected"))
+            return
+        try:
+            with engine.connect() as conn:
+                outcomes = _apply_votes(conn, batch)
+                conn.commit()
+        except Exception as err:  # noqa: BLE001 - decided per vote below
+            if len(batch) > 1:
+                logger.warning(
+                    "group commit of %d votes failed (%s); writing them one by one", len(batch), err
+                )
+                for pending in batch:
+                    self._write([pending])
+                return
+            pending = batch[0]
+            if isinstance(err, IntegrityError):
+                try:
+                    with engine.connect() as conn:
+                        pending.future.set_result(_Written(_resolve_conflict(conn, pending.request), None))
+                        conn.rollback()
+                except Exception as again:  # noqa: BLE001 - handed to the caller
+                    pending.future.set_exception(again)
+            else:
+                pending.future.set_exception(err)
+            return
+        logger.debug("committed a batch of %d vote(s)", len(batch))
+        for pending, outcome in zip(batch, outcomes):
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+
+_IDLE_S = 2.0
+_GATHER_S = 0.002
+MAX_BATCH = 256
+_writers: weakref.WeakKeyDictionary[Engine, _VoteWriter] = weakref.WeakKeyDictionary()
+_writers_lock = threading.Lock()
+
+
+def _writer_for(engine: Engine) -> _VoteWriter:
+    with _writers_lock:
+        writer = _writers.get(engine)
+        if writer is None:
+            writer = _writers[engine] = _VoteWriter(engine)
+        return writer
+
+
+def _reset_after_fork() -> None:
+    # a forked child has none of the parent's threads (and maybe a lock that one of them held)
+    global _writers_lock
+    _writers_lock = threading.Lock()
+    _writers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _expire(session: Session, written: _Written) -> None:
+    """Objects of ``session`` that the write changed are reloaded on their next use."""
+    keys = [identity_key(Comparison, written.result.comparison_id)]
+    if written.assignment_id is not None:
+        keys.append(identity_key(Assignment, written.assignment_id))
+    for key in keys:
+        obj = session.identity_map.get(key)
+        if obj is not None:
+            session.expire(obj)
+
+
+def record_vote(
+    session: Session,
+    request: VoteRequest,
+    *,
+    now: datetime | None = None,
+    group_commit: bool | None = None,
+) -> VoteResult:
     """Record a vote on a comparison served to the user (see ``next_comparison``).
 
     Submitting the same idempotency key again returns the first result (``replayed=True``) and writes
     nothing. Raises NotFound (user, comparison), InvalidVote (bad choice, slot the generation does not have,
     comparison not served to the user) or DuplicateVote (already voted with another key); nothing is written
-    then.
+    then. The vote is committed when this returns.
+
+    ``group_commit`` (default: on when ``session`` is bound to an engine on a SQLite file) hands the vote
+    to the engine's writer thread, which commits the votes of concurrent callers together; ``session``'s
+    transaction is committed first. Off (and for a session bound to a connection), the vote is written and
+    committed in ``session``.
     """
     fields = _validate(request)
+    pending = _PendingVote(request, fields, now or utcnow())
+    bind = session.get_bind()
+    if not isinstance(bind, Engine):
+        group_commit = False
+    elif group_commit is None:
+        group_commit = is_sqlite_file(bind)
+    if group_commit:
+        session.commit()  # also releases a SQLite write lock this session may hold
+        written = _writer_for(bind).submit(pending).result()
+    else:
+        written = _record_in_session(session, pending)
+    _expire(session, written)
+    return written.result
+
+
+def _record_in_session(session: Session, pending: _PendingVote) -> _Written:
     try:
-        replay = _replay(session, request)
-        if replay is not None:
-            session.commit()
-            return replay
-        get_user(session, request.user_id)
-        comp = session.get(Comparison, request.comparison_id)
-        if comp is None:
-            raise NotFound(f"unknown comparison id {request.comparison_id!r}")
-        num_subjects = session.scalar(
-            select(Generation.num_subjects)
-            .join(Candidate, Candidate.generation_id == Generation.id)
-            .where(Candidate.id == comp.candidate_a_id)
-        )
-        if fields["identity"]:
-            bad = sorted(int(s) for s in fields["identity"] if not 0 <= int(s) < num_subjects)
-            if bad:
-                raise InvalidVote(
-                    f"identity choice for slot {bad[0]} but comparison {comp.id} has {num_subjects} subject(s) "
-                    f"(slots 0-{num_subjects - 1})"
-                )
-        assignment = session.scalar(
-            select(Assignment).where(
-                Assignment.comparison_id == comp.id, Assignment.user_id == request.user_id
-            )
-        )
-        if assignment is None:
-            kind = "gold item" if comp.is_gold else "comparison"
-            raise InvalidVote(
-                f"{kind} {comp.id} was not served to user {request.user_id}; votes need next_comparison"
-            )
-        if assignment.status == AssignmentStatus.voted:
-            raise DuplicateVote(f"user {request.user_id} already voted on comparison {comp.id}")
-        now = now or utcnow()
-        vote = Vote(
-            comparison_id=comp.id,
-            user_id=request.user_id,
-            shown_left_id=assignment.shown_left_id,
-            idempotency_key=request.idempotency_key,
-            created_at=now,
-            **fields,
-        )
-        session.add(vote)
-        assignment.status = AssignmentStatus.voted
-        session.flush()
-        session.execute(
-            update(Comparison)
-            .where(Comparison.id == comp.id)
-            .values(vote_count=Comparison.vote_count + 1, last_vote_at=now)
-        )
+        outcome = _apply_votes(session.connection(), [pending])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
         session.commit()
-        return _result(vote, replayed=False)
+        return outcome
     except IntegrityError:
         # A concurrent request with the same key or for the same (comparison, user) won the race.
         session.rollback()
-        replay = _replay(session, request)
-        session.rollback()
-        if replay is not None:
-            return replay
-        raise DuplicateVote(
-            f"user {request.user_id} already voted on comparison {request.comparison_id}"
-        ) from None
+        try:
+            return _Written(_resolve_conflict(session.connection(), pending.request), None)
+        finally:
+            session.rollback()
     except BaseException:
         session.rollback()
         raise

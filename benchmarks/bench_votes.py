@@ -1,16 +1,20 @@
 """Preference store benchmark: vote write latency under concurrent writers, next-pair latency, export time.
 
-    python benchmarks/bench_votes.py                      # 100k candidates, 1M votes (slow to seed)
+    python benchmarks/bench_votes.py                      # 100k candidates, 1M votes
     python benchmarks/bench_votes.py --candidates 20000 --votes 200000 --dir /tmp/bench
+    python benchmarks/bench_votes.py --dir /tmp/bench --reuse   # measure again on the store seeded there
 
 Seeds a SQLite store (WAL, synchronous=FULL) with demo data, then measures record_vote latency at 1, 8 and
-32 concurrent writer threads (each writer is an annotator with pairs already served), next_comparison
-latency, and the time to export every labelled comparison (metadata only). Prints figures, no verdicts.
+32 concurrent writer threads (each writer is an annotator with pairs already served), side by side with
+group commit (the default on SQLite) and with each vote committed in the caller's session, then
+next_comparison latency and the time to export every labelled comparison (metadata only). Prints figures
+and ratios, no verdicts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -36,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--votes-per-writer", type=int, default=40)
     parser.add_argument("--next-draws", type=int, default=200)
     parser.add_argument("--dir", default=None, help="work folder (default: a new temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="use the store already seeded in --dir")
+    parser.add_argument(
+        "--modes", default="group,session", help="vote write modes to compare: group (commit) and/or session"
+    )
     args = parser.parse_args(argv)
 
     from annotation.demo import pattern_images, seed_demo_data
@@ -43,69 +51,55 @@ def main(argv: list[str] | None = None) -> int:
     from annotation.sampling import next_comparison, skip_comparison
     from annotation.testing import make_store
     from annotation.users import create_user
-    from annotation.votes import VoteRequest, record_vote
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="idglow-bench-"))
+    if args.reuse and not (folder / "idglow.db").is_file():
+        parser.error(f"--reuse: no store in {folder}")
     store = make_store(folder)
-    t0 = time.perf_counter()
-    with store.sessions() as s:
-        summary = seed_demo_data(
-            s,
-            folder,
-            candidates=args.candidates,
-            votes=args.votes,
-            annotators=args.annotators,
-            images=pattern_images(8),
-            gold_rate=0.01,
-        )
-    seed_s = time.perf_counter() - t0
-    print(
-        f"seeded {summary.candidates} candidates, {summary.comparisons} comparisons, {summary.votes} votes "
-        f"in {seed_s:.1f}s ({folder})",
-        flush=True,
-    )
+    if args.reuse:
+        from sqlalchemy import func, select
 
-    results = {}
-    for w in [int(x) for x in args.writers.split(",")]:
-        served: dict[int, list[int]] = {}
+        from db.models import Candidate, Vote
+
         with store.sessions() as s:
-            for i in range(w):
-                uid = create_user(s, f"bench-{w}-{i}-{uuid.uuid4().hex[:6]}", "bench-password").id
-                # serve pairs ahead (not timed): skip each so the next one is served, then reopen them
-                comps = []
-                for _ in range(args.votes_per_writer):
-                    sc = next_comparison(s, uid, overlap=10**6, gold_rate=0.0)
-                    comps.append(sc.comparison_id)
-                    skip_comparison(s, uid, sc.comparison_id)
-                served[uid] = comps
-        latencies: list[float] = []
-        lock = threading.Lock()
-        barrier = threading.Barrier(w)
-
-        def writer(uid: int, served=served, barrier=barrier, lock=lock, latencies=latencies) -> None:
-            local = []
-            with store.sessions() as s:
-                barrier.wait()
-                for cid in served[uid]:
-                    t = time.perf_counter()
-                    record_vote(s, VoteRequest(cid, uid, random.choice("ab"), uuid.uuid4().hex))
-                    local.append((time.perf_counter() - t) * 1000)
-            with lock:
-                latencies.extend(local)
-
-        threads = [threading.Thread(target=writer, args=(u,)) for u in served]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.perf_counter() - t
-        results[w] = (_pct(latencies, 50), _pct(latencies, 95), _pct(latencies, 99), len(latencies) / wall)
+            n_cands = s.scalar(select(func.count()).select_from(Candidate))
+            n_votes = s.scalar(select(func.count()).select_from(Vote))
+        print(f"reusing {folder}: {n_cands} candidates, {n_votes} votes", flush=True)
+    else:
+        t0 = time.perf_counter()
+        with store.sessions() as s:
+            summary = seed_demo_data(
+                s,
+                folder,
+                candidates=args.candidates,
+                votes=args.votes,
+                annotators=args.annotators,
+                images=pattern_images(8),
+                gold_rate=0.01,
+            )
+        n_cands, n_votes = summary.candidates, summary.votes
         print(
-            f"votes, {w:>2} writers: p50 {results[w][0]:.1f} ms  p95 {results[w][1]:.1f} ms  "
-            f"p99 {results[w][2]:.1f} ms  ({results[w][3]:.0f} votes/s)",
+            f"seeded {summary.candidates} candidates, {summary.comparisons} comparisons, {summary.votes} votes "
+            f"in {time.perf_counter() - t0:.1f}s ({folder})",
             flush=True,
         )
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ("group", "session")]
+    if unknown or not modes:
+        parser.error(f"--modes: unknown mode {unknown[0] if unknown else ''!r}; expected group,session")
+    results: dict[tuple[str, int], tuple[float, float, float, float]] = {}
+    for w in [int(x) for x in args.writers.split(",")]:
+        for mode in modes:
+            served = _serve_ahead(store, w, args.votes_per_writer)
+            latencies = _write_votes(store, served, group_commit=mode == "group")
+            results[mode, w] = latencies
+            p50, p95, p99, rate = latencies
+            print(
+                f"votes, {w:>2} writers, {_MODE_NAMES[mode]:<12}: p50 {p50:.1f} ms  p95 {p95:.1f} ms  "
+                f"p99 {p99:.1f} ms  ({rate:.0f} votes/s)",
+                flush=True,
+            )
 
     nxt = []
     with store.sessions() as s:
@@ -122,13 +116,90 @@ def main(argv: list[str] | None = None) -> int:
         res = export_preferences(s, folder / f"export-{uuid.uuid4().hex[:6]}")
         export_s = time.perf_counter() - t
     print(f"export: {res.rows} labelled pairs in {export_s:.1f}s ({res.rows / export_s:.0f} rows/s)")
-    w_max = max(results)
-    print(
-        f"RESULT candidates={summary.candidates} votes={summary.votes} vote_p95_{w_max}w_ms={results[w_max][1]:.1f} "
-        f"next_p95_ms={_pct(nxt, 95):.1f} export_s={export_s:.1f} export_rows={res.rows} "
-        f"vote_p95_ratio_{w_max}w_vs_1w={results[w_max][1] / results[min(results)][1]:.1f}"
-    )
+    mode = modes[0]
+    counts = sorted(w for m, w in results if m == mode)
+    w_min, w_max = counts[0], counts[-1]
+    fields = [
+        f"candidates={n_cands}",
+        f"votes={n_votes}",
+        f"vote_p95_{w_max}w_ms={results[mode, w_max][1]:.1f}",
+        f"next_p95_ms={_pct(nxt, 95):.1f}",
+        f"export_s={export_s:.1f}",
+        f"export_rows={res.rows}",
+        f"vote_p95_ratio_{w_max}w_vs_{w_min}w={results[mode, w_max][1] / results[mode, w_min][1]:.1f}",
+    ]
+    if len(modes) == 2:
+        fields.append(
+            f"vote_p95_{w_max}w_session_vs_group={results['session', w_max][1] / results['group', w_max][1]:.1f}"
+        )
+        fields.append(
+            f"votes_per_s_{w_max}w_group_vs_session={results['group', w_max][3] / results['session', w_max][3]:.1f}"
+        )
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"RESULT {' '.join(fields)} (load average {load})")
     return 0
+
+
+_MODE_NAMES = {"group": "group commit", "session": "in session"}
+
+
+def _serve_ahead(store, writers: int, per_writer: int) -> dict[int, list[int]]:  # noqa: ANN001
+    """``writers`` new annotators with ``per_writer`` pairs served to each (not timed); each pair is skipped
+    so that the next one is served, and a skipped pair can still be voted on."""
+    from annotation.sampling import next_comparison, skip_comparison
+    from annotation.users import create_user
+
+    served: dict[int, list[int]] = {}
+    with store.sessions() as s:
+        for i in range(writers):
+            uid = create_user(s, f"bench-{writers}-{i}-{uuid.uuid4().hex[:6]}", "bench-password").id
+            comps = []
+            for _ in range(per_writer):
+                sc = next_comparison(s, uid, overlap=10**6, gold_rate=0.0)
+                comps.append(sc.comparison_id)
+                skip_comparison(s, uid, sc.comparison_id)
+            served[uid] = comps
+    return served
+
+
+def _write_votes(store, served: dict[int, list[int]], *, group_commit: bool) -> tuple[float, ...]:  # noqa: ANN001
+    """Every annotator votes on its pairs in its own thread, all starting at once; latency percentiles (ms)
+    and the overall rate (votes/s)."""
+    from annotation.votes import VoteRequest, record_vote
+
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(served))
+
+    def writer(uid: int) -> None:
+        local = []
+        try:
+            with store.sessions() as s:
+                barrier.wait()
+                for cid in served[uid]:
+                    t = time.perf_counter()
+                    record_vote(
+                        s,
+                        VoteRequest(cid, uid, random.choice("ab"), uuid.uuid4().hex),
+                        group_commit=group_commit,
+                    )
+                    local.append((time.perf_counter() - t) * 1000)
+        except BaseException as err:  # reported below
+            errors.append(err)
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=writer, args=(u,)) for u in served]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    if errors:
+        raise RuntimeError(f"{len(errors)} writer(s) failed") from errors[0]
+    return _pct(latencies, 50), _pct(latencies, 95), _pct(latencies, 99), len(latencies) / wall
 
 
 if __name__ == "__main__":

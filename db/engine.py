@@ -22,6 +22,18 @@ DEFAULT_BUSY_TIMEOUT_MS = 30_000
 _BEGIN_OPTION = "idglow_sqlite_begin"
 
 
+def _sqlite_in_memory(database: str | None) -> bool:
+    database = database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database
+
+
+def is_sqlite_file(engine: Engine) -> bool:
+    """True for a SQLite database in a file (every connection of the engine sees the same data)."""
+    return engine.dialect.name == "sqlite" and not (
+        _sqlite_in_memory(engine.url.database) or engine.url.query.get("mode") == "memory"
+    )
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, **kwargs: Any) -> Engine:
     """Create an engine for any SQLAlchemy URL; SQLite gets the durability settings described above.
 
@@ -33,7 +45,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, **k
         return create_engine(sa_url, **kwargs)
 
     database = sa_url.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    in_memory = _sqlite_in_memory(database) or sa_url.query.get("mode") == "memory"
     if not in_memory:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connect_args = dict(kwargs.pop("connect_args", {}))
