@@ -6,7 +6,8 @@
 Prints, per configuration, the measured time ratios against base and a FLOP-based estimate of the overhead
 (the identity modules' FLOPs over the transformer's), plus peak GPU memory on CUDA. The three variants run
 interleaved (base, on, age, base, …) on the same pipeline and the median is kept, so machine noise hits all
-three alike.
+three alike. Process CPU time is printed beside wall time: on a machine shared with other work it is the
+steadier of the two.
 """
 
 from __future__ import annotations
@@ -101,10 +102,10 @@ def run_once(pipe, variant: str, size: int, steps: int, embeds, text) -> float:
         kwargs.update(subject_embeds=embeds, task="fusion" if variant == "always_on" else "age")
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     sync()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     pipe(**kwargs)
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def measure(config: str, device: str, dtype: torch.dtype, repeats: int) -> dict:
@@ -117,6 +118,7 @@ def measure(config: str, device: str, dtype: torch.dtype, repeats: int) -> dict:
         text = (torch.randn(1, 512, 4096, device=device, dtype=dtype), torch.randn(1, 768, device=device, dtype=dtype))
     variants = ["base", "always_on", "age"]
     times = {v: [] for v in variants}
+    cpu_times = {v: [] for v in variants}
     peak = {}
     for v in variants:  # warm-up
         run_once(pipe, v, size, steps, embeds, text)
@@ -124,10 +126,13 @@ def measure(config: str, device: str, dtype: torch.dtype, repeats: int) -> dict:
         for v in variants:
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            times[v].append(run_once(pipe, v, size, steps, embeds, text))
+            wall, cpu = run_once(pipe, v, size, steps, embeds, text)
+            times[v].append(wall)
+            cpu_times[v].append(cpu)
             if device.startswith("cuda"):
                 peak[v] = max(peak.get(v, 0), torch.cuda.max_memory_allocated())
     med = {v: statistics.median(t) for v, t in times.items()}
+    cpu_med = {v: statistics.median(t) for v, t in cpu_times.items()}
     n_img = (size // (pipe.vae_scale_factor * 2)) ** 2
     n_txt = 512 if text is not None else pipe.tokenizer_2.model_max_length
     base_flops = transformer_flops(pipe.transformer.config, n_img, n_txt)
@@ -138,6 +143,8 @@ def measure(config: str, device: str, dtype: torch.dtype, repeats: int) -> dict:
         "config": config, "device": device, "dtype": str(dtype).replace("torch.", ""), "size": size,
         "steps": steps, "repeats": repeats, "seconds_per_image": med,
         "ratio_always_on": med["always_on"] / med["base"], "ratio_age": med["age"] / med["base"],
+        "cpu_seconds_per_image": cpu_med,
+        "cpu_ratio_always_on": cpu_med["always_on"] / cpu_med["base"], "cpu_ratio_age": cpu_med["age"] / cpu_med["base"],
         "flop_estimate_always_on": 1 + id_flops / base_flops,
         "flop_estimate_age": 1 + age_fraction * id_flops / base_flops,
         "age_window_step_fraction": age_fraction,
@@ -168,7 +175,8 @@ def main() -> None:
             f"base_s={r['seconds_per_image']['base']:.4f} "
             f"always_on/base={r['ratio_always_on']:.3f} (FLOP est {r['flop_estimate_always_on']:.3f}) "
             f"age/base={r['ratio_age']:.3f} (FLOP est {r['flop_estimate_age']:.3f}, "
-            f"{r['age_window_step_fraction']:.2f} of steps in window){mem}",
+            f"{r['age_window_step_fraction']:.2f} of steps in window) "
+            f"process-CPU-time ratios: always_on/base={r['cpu_ratio_always_on']:.3f} age/base={r['cpu_ratio_age']:.3f}{mem}",
             flush=True,
         )
     if args.json:
