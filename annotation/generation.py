@@ -333,10 +333,7 @@ class GenerationService:
         if request.id_window is not None:
             from idglow.schedule import IdentityWindow
 
-            try:
-                IdentityWindow(*request.id_window)
-            except ValueError as err:
-                raise InputError(f"σ window {request.id_window}: {err}") from None
+            IdentityWindow(*request.id_window)  # InputError naming the bad bound
         served = self.model_versions()
         unknown = [v for v in request.model_versions if v not in served]
         if unknown:

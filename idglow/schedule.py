@@ -11,13 +11,15 @@ from typing import Literal
 
 import numpy as np
 
+from idglow.errors import InputError
+
 Task = Literal["fusion", "age"]
 TASKS: tuple[str, ...] = ("fusion", "age")
 
 
 @dataclass(frozen=True)
 class IdentityWindow:
-    """The σ range in which identity is injected (temporal gating).
+    """The σ range in which identity is injected (temporal gating). Bad bounds raise InputError (a ValueError).
 
     gate(σ) is 1 inside [sigma_lo, sigma_hi] and 0 outside; with ``ramp`` > 0 it rises linearly over
     [sigma_lo − ramp, sigma_lo] and falls over [sigma_hi, sigma_hi + ramp].
@@ -31,11 +33,11 @@ class IdentityWindow:
         for name in ("sigma_lo", "sigma_hi"):
             value = getattr(self, name)
             if not (0.0 <= value <= 1.0):
-                raise ValueError(f"identity window {name}={value} is outside [0, 1]")
+                raise InputError(f"identity window {name}={value} is outside [0, 1]")
         if self.sigma_lo > self.sigma_hi:
-            raise ValueError(f"identity window sigma_lo={self.sigma_lo} is greater than sigma_hi={self.sigma_hi}")
+            raise InputError(f"identity window sigma_lo={self.sigma_lo} is greater than sigma_hi={self.sigma_hi}")
         if not (0.0 <= self.ramp <= 1.0):
-            raise ValueError(f"identity window ramp={self.ramp} is outside [0, 1]")
+            raise InputError(f"identity window ramp={self.ramp} is outside [0, 1]")
 
     def gate(self, sigma: float) -> float:
         sigma = float(sigma)
