@@ -3,6 +3,9 @@
 Claim under test: injecting identity only inside σ ∈ [0.3, 0.6] keeps identity while letting structure change
 (a child's proportions), whereas always-on injection drags the adult reference's structure along.
 
+The world is ``learning_world()``: 2–3 people centred in the cells of a 2×2 grid named by the prompt, so the
+base draws every requested person and the scores measure identity and structure, not presence.
+
 Both arms start from the same pretrained base (which draws adults and children where the prompt says), and
 train the adapter with SFT on the age task (adult references → child targets) with the same budget and seeds;
 only the identity window differs. Held-out age requests are then generated with each arm's window and scored:
@@ -30,11 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None):
     from idglow.schedule import IdentityWindow
-    from idglow.synthetic import SyntheticWorld
     from idglow.training.config import SFTConfig
     from idglow.training.data import SyntheticSFTDataset
-    from idglow.training.modeling import build_synthetic_model
-    from idglow.training.synthetic_runs import CachedDataset, evaluate, pretrain_base
+    from idglow.training.synthetic_runs import (
+        CachedDataset,
+        build_learning_model,
+        evaluate,
+        learning_world,
+        pretrain_base,
+    )
     from idglow.training.trainer import SFTTrainer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,9 +53,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     t0 = time.time()
-    world = SyntheticWorld(size=20, adult_shape=(8, 5), child_shape=(5, 5), max_people=3, code_dim=6,
-                           embedding_dim=32, seed=args.seed)
-    base = build_synthetic_model(world, seed=args.seed, heads=4, head_dim=16)
+    world = learning_world(seed=args.seed)
+    base = build_learning_model(world, seed=args.seed)
     pretrain_base(base, CachedDataset(SyntheticSFTDataset(world, 1024, task="mixed", seed=args.seed)),
                   args.pretrain_steps, batch_size=args.batch_size, seed=args.seed)
     train = CachedDataset(SyntheticSFTDataset(world, 1024, task="age", seed=args.seed + 1))

@@ -71,6 +71,10 @@ class SyntheticWorld:
         texture_amplitude: scale of the face texture.
         prompt_dim / pooled_dim / max_slots: shape of the prompt embeddings (joint_attention_dim,
             pooled_projection_dim, and the number of slot tokens).
+        layout: ``"random"`` puts faces anywhere (at least 2 pixels apart); ``"grid"`` splits the scene into
+            ``grid`` = (rows, cols) cells and centres each person in a distinct random cell, people in reading
+            order (slot 0 is the top-left-most person), the way a prompt lists "person 1 on the left, ...".
+            The prompt then also names each person's cell.
     """
 
     size: int = 32
@@ -87,6 +91,8 @@ class SyntheticWorld:
     prompt_dim: int = 32
     pooled_dim: int = 16
     max_slots: int = 6
+    layout: str = "random"
+    grid: tuple[int, int] = (2, 2)
     seed: int = 0
     patterns: np.ndarray = field(init=False, repr=False)
     embed_basis: np.ndarray = field(init=False, repr=False)
@@ -101,6 +107,16 @@ class SyntheticWorld:
         if not (1 <= self.min_people <= self.max_people <= self.max_slots):
             raise ValueError(f"need 1 <= min_people={self.min_people} <= max_people={self.max_people} <= "
                              f"max_slots={self.max_slots}")
+        if self.layout not in ("random", "grid"):
+            raise ValueError(f"layout={self.layout!r}; expected 'random' or 'grid'")
+        if self.layout == "grid":
+            rows, cols = self.grid
+            if self.max_people > rows * cols:
+                raise ValueError(f"max_people={self.max_people} does not fit a {rows}x{cols} grid")
+            for h, w in (self.adult_shape, self.child_shape):
+                if h + 1 > self.size // rows or w + 1 > self.size // cols:
+                    raise ValueError(f"a {h}x{w} face does not fit a {self.size // rows}x{self.size // cols} "
+                                     "cell with a 1-pixel margin")
         if self.embedding_dim < self.code_dim + 1:
             raise ValueError(f"embedding_dim={self.embedding_dim} must be > code_dim={self.code_dim}")
         rng = np.random.default_rng(self.seed)
@@ -108,12 +124,34 @@ class SyntheticWorld:
         self.patterns = rng.standard_normal((self.code_dim, self.channels - 1, p, p)).astype(np.float32)
         q, _ = np.linalg.qr(rng.standard_normal((self.embedding_dim, self.code_dim + 1)))
         self.embed_basis = q.astype(np.float32)  # orthonormal columns
-        slot_features = self.max_slots + 6
+        slot_features = self.max_slots + 6 + self.num_cells
         self.prompt_basis = (rng.standard_normal((slot_features, self.prompt_dim)) /
                              np.sqrt(slot_features)).astype(np.float32)
         self.pooled_basis = (rng.standard_normal((self.max_slots + 1, self.pooled_dim))).astype(np.float32)
 
     # --- identities and rendering -----------------------------------------------------------------------
+
+    @property
+    def num_cells(self) -> int:
+        """Grid cells a prompt can name (0 for the random layout)."""
+        return self.grid[0] * self.grid[1] if self.layout == "grid" else 0
+
+    def cell_box(self, cell: int, child: bool) -> tuple[int, int, int, int]:
+        """The box of a face centred in grid cell ``cell`` (row-major)."""
+        rows, cols = self.grid
+        ch, cw = self.size // rows, self.size // cols
+        h, w = self.face_shape(child)
+        r, c = divmod(cell, cols)
+        y, x = r * ch + (ch - h) // 2, c * cw + (cw - w) // 2
+        return (x, y, x + w, y + h)
+
+    def cell_of(self, box) -> int:
+        """The grid cell holding the centre of ``box``."""
+        rows, cols = self.grid
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        r = min(int(cy // (self.size // rows)), rows - 1)
+        c = min(int(cx // (self.size // cols)), cols - 1)
+        return r * cols + c
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -152,7 +190,13 @@ class SyntheticWorld:
 
     def sample_layout(self, child: list[bool], rng: np.random.Generator, gap: int = 2,
                       tries: int = 200) -> list[tuple[int, int, int, int]]:
-        """Random non-overlapping boxes (x1, y1, x2, y2), at least ``gap`` pixels apart."""
+        """Random non-overlapping boxes (x1, y1, x2, y2), at least ``gap`` pixels apart (random layout), or
+        faces centred in distinct random grid cells, in reading order (grid layout)."""
+        if self.layout == "grid":
+            if len(child) > self.num_cells:
+                raise ValueError(f"cannot place {len(child)} faces in {self.num_cells} grid cells")
+            cells = sorted(rng.choice(self.num_cells, size=len(child), replace=False).tolist())
+            return [self.cell_box(cell, c) for cell, c in zip(cells, child)]
         for _ in range(tries):
             boxes: list[tuple[int, int, int, int]] = []
             for c in child:
@@ -193,6 +237,9 @@ class SyntheticWorld:
         """The same people and centres with a new structure per person (identity codes unchanged)."""
         boxes = []
         for (x1, y1, x2, y2), c in zip(spec.boxes, child):
+            if self.layout == "grid":
+                boxes.append(self.cell_box(self.cell_of((x1, y1, x2, y2)), c))
+                continue
             h, w = self.face_shape(c)
             cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
             nx = int(np.clip(cx - w // 2, 0, self.size - w))
@@ -213,16 +260,19 @@ class SyntheticWorld:
     def encode_prompt(self, spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
         """Prompt embeddings (max_slots + 1, prompt_dim) and pooled embedding (pooled_dim,).
 
-        Token j describes slot j (its position, size and whether it is shown as a child); the last token is a
-        constant. Stands in for "person 1, a child, on the left; ..." through a text encoder.
+        Token j describes slot j (its position, size, whether it is shown as a child and, in the grid layout,
+        its cell); the last token is a constant. Stands in for "person 1, a child, on the left; ..." through a
+        text encoder.
         """
-        feats = np.zeros((self.max_slots + 1, self.max_slots + 6), dtype=np.float32)
+        feats = np.zeros((self.max_slots + 1, self.max_slots + 6 + self.num_cells), dtype=np.float32)
         for j, ((x1, y1, x2, y2), c) in enumerate(zip(spec.boxes, spec.child)):
             s = float(self.size)
             feats[j, j] = 1.0
-            feats[j, self.max_slots:] = [(x1 + x2) / (2 * s), (y1 + y2) / (2 * s), (x2 - x1) / s,
-                                         (y2 - y1) / s, 1.0 if c else -1.0, 1.0]
-        feats[-1, -1] = -1.0
+            feats[j, self.max_slots:self.max_slots + 6] = [(x1 + x2) / (2 * s), (y1 + y2) / (2 * s),
+                                                           (x2 - x1) / s, (y2 - y1) / s, 1.0 if c else -1.0, 1.0]
+            if self.num_cells:
+                feats[j, self.max_slots + 6 + self.cell_of((x1, y1, x2, y2))] = 1.0
+        feats[-1, self.max_slots + 5] = -1.0
         pooled = self.pooled_basis[spec.num_subjects]
         return feats @ self.prompt_basis * 3.0, pooled.copy()
 

@@ -156,11 +156,16 @@ def euler_sample(
     id_mask: torch.Tensor | None,
     window: IdentityWindow | list[IdentityWindow],
     num_steps: int = 10,
-    id_scale: float = 1.0,
+    id_scale: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """Integrate the flow ODE from σ = 1 to 0 with ``num_steps`` Euler steps on unpacked latents
-    (B, C, H, W); identity is injected where the window's gate is on (per sample when a list is given)."""
+    (B, C, H, W); identity is injected where the window's gate is on (per sample when a list is given), at
+    ``id_scale`` (a float, or one value per sample (B,))."""
     b, _, h, w = noise.shape
+    if isinstance(id_scale, torch.Tensor):
+        if id_scale.shape != (b,):
+            raise ValueError(f"id_scale has shape {tuple(id_scale.shape)}; expected a float or ({b},)")
+        id_scale = id_scale.to(noise.device, torch.float32)[:, None]
     img_ids = latent_image_ids(h, w, noise.device)
     x = pack_latents(noise)
     sigmas = torch.linspace(1.0, 0.0, num_steps + 1)
@@ -178,9 +183,17 @@ def euler_sample(
 
 
 def build_synthetic_model(world, *, seed: int = 0, num_layers: int = 1, num_single_layers: int = 2,
-                          heads: int = 4, head_dim: int = 16, num_tokens: int = 2) -> IdGlowDenoiser:
-    """A small real FluxTransformer2DModel + IdGlowAdapter operating on a SyntheticWorld's latents
-    (``head_dim`` a multiple of 8, for the rotary axes)."""
+                          heads: int = 4, head_dim: int = 16, num_tokens: int = 2,
+                          axes_dims_rope: tuple[int, int, int] | None = None) -> IdGlowDenoiser:
+    """A small real FluxTransformer2DModel + IdGlowAdapter operating on a SyntheticWorld's latents.
+
+    ``axes_dims_rope`` splits ``head_dim`` between the rotary axes (default: half to the unused text/frame
+    axis and a quarter to each of y and x, which needs ``head_dim`` a multiple of 8). Image tokens learn where
+    they are only through RoPE, so a model that must draw at prompted positions wants several frequencies per
+    spatial axis, e.g. (8, 12, 12) for ``head_dim=32``."""
+    axes = tuple(axes_dims_rope or (head_dim // 2, head_dim // 4, head_dim // 4))
+    if sum(axes) != head_dim or any(a % 2 for a in axes):
+        raise ValueError(f"axes_dims_rope={axes} must be even and sum to head_dim={head_dim}")
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
@@ -188,7 +201,7 @@ def build_synthetic_model(world, *, seed: int = 0, num_layers: int = 1, num_sing
         patch_size=1, in_channels=4 * world.channels, num_layers=num_layers, num_single_layers=num_single_layers,
         attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=world.prompt_dim,
         pooled_projection_dim=world.pooled_dim, guidance_embeds=False,
-        axes_dims_rope=(head_dim // 2, head_dim // 4, head_dim // 4),
+        axes_dims_rope=axes,
     )
     torch.manual_seed(seed + 1)
     adapter = IdGlowAdapter.from_transformer(

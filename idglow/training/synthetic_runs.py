@@ -11,11 +11,37 @@ import torch
 
 from idglow.losses import add_flow_noise, flow_target
 from idglow.schedule import IdentityWindow, window_for_task
-from idglow.synthetic import SyntheticFaceAnalyzer, oracle_preference, oracle_scores, scene_metrics
+from idglow.synthetic import (
+    SyntheticFaceAnalyzer,
+    SyntheticWorld,
+    oracle_preference,
+    oracle_scores,
+    scene_metrics,
+)
 from idglow.training.data import SyntheticSFTDataset, collate_group_samples
-from idglow.training.modeling import IdGlowDenoiser, euler_sample, latent_image_ids, pack_latents
+from idglow.training.modeling import (
+    IdGlowDenoiser,
+    build_synthetic_model,
+    euler_sample,
+    latent_image_ids,
+    pack_latents,
+)
 
 logger = logging.getLogger(__name__)
+
+
+def learning_world(seed: int = 0) -> SyntheticWorld:
+    """The world of the learning tests and benchmarks: a 16×16 latent split into a 2×2 grid, 2–3 people per
+    scene, each centred in a distinct cell that the prompt names. Where people are is known from the prompt,
+    who they are only from the references, so identity similarity measures identity rather than presence."""
+    return SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), min_people=2, max_people=3,
+                          code_dim=6, embedding_dim=32, layout="grid", grid=(2, 2), seed=seed)
+
+
+def build_learning_model(world: SyntheticWorld, seed: int = 0) -> IdGlowDenoiser:
+    """The model of the learning tests and benchmarks: a real FluxTransformer2DModel (1 double + 2 single
+    blocks, 4 heads of 32 with three rotary frequencies per spatial axis) and an IdGlowAdapter."""
+    return build_synthetic_model(world, seed=seed, heads=4, head_dim=32, axes_dims_rope=(8, 12, 12))
 
 
 def pretrain_base(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, steps: int, *, batch_size: int = 16,
@@ -50,10 +76,13 @@ def pretrain_base(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, steps: in
 
 @torch.no_grad()
 def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *, seed: int = 0,
-             num_steps: int = 10, window: IdentityWindow | None = None, id_scale: float = 1.0,
+             num_steps: int = 10, window: IdentityWindow | None = None, id_scale: float | list[float] = 1.0,
              batch_size: int = 16) -> list[torch.Tensor]:
     """Generated latents (C, S, S) for ``dataset[i]`` (its prompt and references), noise from ``seed + i``;
-    identity injected inside ``window`` (default: each sample's task window)."""
+    identity injected inside ``window`` (default: each sample's task window) at ``id_scale`` (one value, or
+    one per index)."""
+    if not isinstance(id_scale, (int, float)) and len(id_scale) != len(indices):
+        raise ValueError(f"got {len(id_scale)} id scales for {len(indices)} indices")
     was_training = model.training
     model.eval()
     out = []
@@ -63,8 +92,10 @@ def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
         noise = torch.stack([torch.randn(dataset.world.latent_shape, generator=torch.Generator().manual_seed(seed + i))
                              for i in chunk])
         windows = [window or window_for_task(t) for t in batch["task"]]
+        scale = (id_scale if isinstance(id_scale, (int, float))
+                 else torch.tensor(id_scale[start:start + batch_size], dtype=torch.float32))
         lat = euler_sample(model, noise, batch["prompt_embeds"], batch["pooled_prompt_embeds"], batch["id_embeds"],
-                           batch["id_mask"], windows, num_steps=num_steps, id_scale=id_scale)
+                           batch["id_mask"], windows, num_steps=num_steps, id_scale=scale)
         out.extend(lat)
     model.train(was_training)
     return out
@@ -88,12 +119,24 @@ def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
 
 
 def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *,
-                     seed: int = 0, num_steps: int = 10, id_scale: float = 1.0) -> list[dict[str, Any]]:
+                     seed: int = 0, num_steps: int = 10, id_scale: float = 1.0,
+                     id_scale_range: tuple[float, float] | None = None) -> list[dict[str, Any]]:
     """Two samples per prompt (seeds ``seed + i`` and ``seed + 10⁶ + i``), labelled by the oracle, as DPO
-    samples (pairs that tie on every dimension are dropped)."""
+    samples (pairs that tie on every dimension are dropped).
+
+    With ``id_scale_range`` = (lo, hi) each sample draws its identity scale uniformly from that range
+    (seeded by ``seed``), the way annotation candidates are made with varied ID weights, so that a pair
+    differs in how strongly the references come through; otherwise both use ``id_scale``."""
     analyzer = SyntheticFaceAnalyzer(dataset.world)
-    a = generate(model, dataset, indices, seed=seed, num_steps=num_steps, id_scale=id_scale)
-    b = generate(model, dataset, indices, seed=seed + 1_000_000, num_steps=num_steps, id_scale=id_scale)
+    scales: tuple[Any, Any] = (id_scale, id_scale)
+    if id_scale_range is not None:
+        lo, hi = id_scale_range
+        if not 0.0 <= lo <= hi:
+            raise ValueError(f"id_scale_range={id_scale_range} must satisfy 0 <= lo <= hi")
+        rng = np.random.default_rng(seed)
+        scales = tuple(rng.uniform(lo, hi, size=len(indices)).tolist() for _ in range(2))
+    a = generate(model, dataset, indices, seed=seed, num_steps=num_steps, id_scale=scales[0])
+    b = generate(model, dataset, indices, seed=seed + 1_000_000, num_steps=num_steps, id_scale=scales[1])
     pairs = []
     s = float(dataset.world.size)
     for i, la, lb in zip(indices, a, b):
