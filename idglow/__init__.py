@@ -6,8 +6,9 @@ below are resolved lazily on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from idglow._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -35,14 +36,7 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'idglow' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_getattr("idglow", _LAZY, globals())
 
 if TYPE_CHECKING:  # pragma: no cover
     from idglow.adapter import IdGlowAdapter

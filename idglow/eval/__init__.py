@@ -6,8 +6,7 @@ Submodules load lazily, so ``import idglow.eval`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from idglow._lazy import lazy_getattr
 
 _LAZY = {
     "BUILTIN_MANIFESTS": "idglow.eval.manifest",
@@ -39,8 +38,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'idglow.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr("idglow.eval", _LAZY, globals())

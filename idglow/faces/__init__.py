@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from idglow._lazy import lazy_getattr
 from idglow.faces.base import Face, FaceAnalyzer, FaceMatch, l2_normalize, sort_largest_first
 from idglow.faces.match import match_faces
 
@@ -18,8 +16,4 @@ _LAZY = {
 __all__ = ["Face", "FaceAnalyzer", "FaceMatch", "l2_normalize", "match_faces", "sort_largest_first", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'idglow.faces' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr("idglow.faces", _LAZY, globals())

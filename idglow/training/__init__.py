@@ -4,8 +4,7 @@ Names resolve lazily so that ``import idglow.training`` stays cheap."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from idglow._lazy import lazy_getattr
 
 _LAZY = {
     "TrainingConfig": "idglow.training.config",
@@ -29,10 +28,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'idglow.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("idglow.training", _LAZY, globals())
