@@ -141,17 +141,20 @@ def run_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_group(subparsers, name: str, help: str):
+    """``idglow NAME ACTION``: a command whose actions are sub-commands."""
+    group = subparsers.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    group.required = True
+    return group
+
+
 def register(subparsers) -> None:  # noqa: ANN001
-    p = subparsers.add_parser("db", help="manage the preference database")
-    db_sub = p.add_subparsers(dest="db_command", metavar="ACTION")
-    db_sub.required = True
+    db_sub = _command_group(subparsers, "db", "manage the preference database")
     up = db_sub.add_parser("upgrade", help="apply the schema migrations")
     _add_db(up)
     up.set_defaults(func=run_db_upgrade)
 
-    p = subparsers.add_parser("users", help="manage annotation users")
-    users_sub = p.add_subparsers(dest="users_command", metavar="ACTION")
-    users_sub.required = True
+    users_sub = _command_group(subparsers, "users", "manage annotation users")
     add = users_sub.add_parser("add", help="add a user (password prompted, or read from stdin)")
     add.add_argument("name")
     add.add_argument("--role", choices=["annotator", "researcher", "admin"], default="annotator")
@@ -161,9 +164,7 @@ def register(subparsers) -> None:  # noqa: ANN001
     _add_db(add)
     add.set_defaults(func=run_users_add)
 
-    p = subparsers.add_parser("models", help="manage model versions")
-    models_sub = p.add_subparsers(dest="models_command", metavar="ACTION")
-    models_sub.required = True
+    models_sub = _command_group(subparsers, "models", "manage model versions")
     add = models_sub.add_parser("add", help="register a model version")
     add.add_argument("name")
     add.add_argument(

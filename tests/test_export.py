@@ -143,37 +143,13 @@ def test_role_checked_for_export(store, tmp_path):
         with pytest.raises(PermissionDenied, match="annotator1"):
             export_preferences(s, tmp_path / "no", requested_by=ann.id)
     assert not (tmp_path / "no").exists()
-    rc = cli_main(
-        [
-            "export",
-            "--db",
-            store.url,
-            "--data-dir",
-            str(store.data_dir),
-            "--out",
-            str(tmp_path / "cli"),
-            "--user",
-            "annotator1",
-            "--quiet",
-        ]
-    )
-    assert rc == 2
-    rc = cli_main(
-        [
-            "export",
-            "--db",
-            store.url,
-            "--data-dir",
-            str(store.data_dir),
-            "--out",
-            str(tmp_path / "cli"),
-            "--user",
-            "researcher",
-            "--quiet",
-            "--since",
-            "2000-01-01",
-        ]
-    )
+
+    def export_as(user, *extra):
+        return cli_main(["export", "--db", store.url, "--data-dir", str(store.data_dir),
+                         "--out", str(tmp_path / "cli"), "--user", user, "--quiet", *extra])
+
+    assert export_as("annotator1") == 2
+    rc = export_as("researcher", "--since", "2000-01-01")
     assert rc == 0 and (tmp_path / "cli" / "manifest.json").is_file()
 
 
