@@ -393,14 +393,38 @@ def scene_match(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
     return match_faces(faces, list(reference_embeddings)), faces
 
 
+def layout_errors(faces: list[Face], spec: SceneSpec, min_iou: float = 0.25) -> tuple[int, int]:
+    """(absent, surplus): requested people with no face where the scene puts them, and faces that stand
+    where nobody was requested, judged by position alone (Hungarian match of boxes on IoU ≥ ``min_iou``),
+    whoever the faces look like."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not faces or not spec.boxes:
+        return spec.num_subjects, len(faces)
+    iou = np.array([[_iou(f.bbox, box) for box in spec.boxes] for f in faces])
+    rows, cols = linear_sum_assignment(-iou)
+    placed = int((iou[rows, cols] >= min_iou).sum())
+    return spec.num_subjects - placed, len(faces) - placed
+
+
+def _iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
                   reference_embeddings: np.ndarray | None = None) -> dict[str, Any]:
     """Identity and structure of a generated scene against its request.
 
     Returns ``identity`` (mean Hungarian-matched embedding similarity, 0 for missing people),
     ``code_similarity`` per slot (cosine of the recovered code, structure-free), ``structure_ok`` per slot
-    (matched face has the requested child/adult structure), ``missing``/``extra`` counts and
-    ``background_noise`` (mean |deviation| of background pixels from the clean background).
+    (matched face has the requested child/adult structure), ``missing``/``extra`` counts of the identity
+    match (a face that resembles nobody counts as both), ``absent``/``surplus`` counts by position alone
+    (see ``layout_errors``) and ``background_noise`` (mean |deviation| of background pixels from the clean
+    background).
     """
     match, faces = scene_match(analyzer, latent, spec, reference_embeddings)
     code_sim, structure_ok = [], []
@@ -425,6 +449,7 @@ def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
         "structure_ok": structure_ok,
         "missing": len(match.missing),
         "extra": len(match.extra),
+        **dict(zip(("absent", "surplus"), layout_errors(faces, spec))),
         "background_noise": float(bg_dev.mean()) if bg_dev.size else 0.0,
         "match": match,
     }
@@ -436,18 +461,20 @@ def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
 def oracle_scores(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec) -> dict[str, Any]:
     """Per-dimension quality of a generated scene, as an ideal annotator would judge it.
 
-    overall = mean identity similarity + 0.25·(fraction with the requested structure) − 0.25·(missing + extra
-    faces); identity_j = slot j's matched similarity; artifacts = −(missing + extra); texture = −background
-    noise.
+    overall = mean identity similarity + 0.25·(fraction with the requested structure) − 0.25·(absent people +
+    surplus faces); identity_j = slot j's matched similarity; artifacts = −(absent + surplus), by position
+    alone (a face in its place that resembles nobody is an identity failure, not an artifact); texture =
+    −background noise.
     """
     m = scene_metrics(analyzer, latent, spec)
     n = spec.num_subjects
-    overall = m["identity"] + 0.25 * float(np.mean(m["structure_ok"])) - 0.25 * (m["missing"] + m["extra"])
+    defects = m["absent"] + m["surplus"]
+    overall = m["identity"] + 0.25 * float(np.mean(m["structure_ok"])) - 0.25 * defects
     return {
         "overall": overall,
         "identity": list(m["similarity"]),
         "texture": -m["background_noise"],
-        "artifacts": -float(m["missing"] + m["extra"]),
+        "artifacts": -float(defects),
         "num_subjects": n,
     }
 

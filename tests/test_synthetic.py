@@ -3,8 +3,10 @@ import pytest
 
 from idglow.faces.base import l2_normalize
 from idglow.synthetic import (
+    SceneSpec,
     SyntheticFaceAnalyzer,
     SyntheticWorld,
+    layout_errors,
     oracle_preference,
     oracle_scores,
     scene_metrics,
@@ -132,3 +134,26 @@ def test_grid_layout_rejects_faces_that_do_not_fit():
         SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), layout="grid", grid=(2, 2), max_people=5)
     with pytest.raises(ValueError, match="layout='hex'"):
         SyntheticWorld(layout="hex")
+
+
+def test_artifacts_count_faces_by_position_not_by_likeness(grid_world):
+    """A face in its place that resembles nobody is an identity failure (identity match: missing + extra),
+    not an artifact; a person left out or a face where nobody stands is."""
+    analyzer = SyntheticFaceAnalyzer(grid_world)
+    spec = grid_world.sample_scene(np.random.default_rng(7), num_subjects=2)
+    stranger = SceneSpec(codes=-spec.codes, child=spec.child, boxes=spec.boxes)  # anti-correlated identities
+    m = scene_metrics(analyzer, grid_world.render_scene(stranger), spec)
+    assert m["missing"] == 2 and m["extra"] == 2  # nobody is recognised ...
+    assert (m["absent"], m["surplus"]) == (0, 0)  # ... but everyone stands where the prompt put them
+    assert oracle_scores(analyzer, grid_world.render_scene(stranger), spec)["artifacts"] == 0.0
+
+    one = SceneSpec(codes=spec.codes[:1], child=spec.child[:1], boxes=spec.boxes[:1])
+    free = next(c for c in range(grid_world.num_cells) if c not in {grid_world.cell_of(b) for b in spec.boxes})
+    crowd = SceneSpec(codes=np.concatenate([spec.codes, spec.codes[:1]]), child=spec.child + [False],
+                      boxes=spec.boxes + [grid_world.cell_box(free, False)])
+    assert layout_errors(analyzer.detect(grid_world.render_scene(one)), spec) == (1, 0)
+    assert layout_errors(analyzer.detect(grid_world.render_scene(crowd)), spec) == (0, 1)
+    full, missing = (oracle_scores(analyzer, grid_world.render_scene(s), spec) for s in (spec, one))
+    assert missing["artifacts"] == -1.0 and full["artifacts"] == 0.0
+    pref, _ = oracle_preference(full, missing)
+    assert pref[0] == 1 and pref[2] == 1  # the complete scene wins overall and on artifacts

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from idglow.errors import InputError
 from idglow.synthetic import SyntheticFaceAnalyzer, SyntheticWorld
 from idglow.training.buckets import BucketBatchSampler, make_buckets, nearest_bucket
 from idglow.training.config import DPOConfig, SFTConfig
@@ -155,6 +156,15 @@ def test_config_validation_and_yaml_overrides(tmp_path):
     assert (cfg.max_steps, cfg.learning_rate, cfg.face_lambda, cfg.age_window) == (9, 0.001, 2.0, (0.2, 0.5))
     with pytest.raises(ValueError, match="unknown SFTConfig option.*bogus"):
         SFTConfig.from_yaml(path, ["bogus=1"])
+    # YAML reads 1e-4 (no dot) as a string and 2 as an int: both become the number the field declares
+    path.write_text("learning_rate: 1e-4\nbeta: 2\ncheckpoints_total_limit: null\n")
+    cfg = DPOConfig.from_yaml(path, ["max_steps=3.0"])
+    assert (cfg.learning_rate, cfg.beta, cfg.max_steps, cfg.checkpoints_total_limit) == (1e-4, 2.0, 3, None)
+    assert type(cfg.beta) is float and type(cfg.max_steps) is int
+    with pytest.raises(InputError, match="learning_rate='fast' is not a number"):
+        DPOConfig.from_yaml(path, ["learning_rate=fast"])
+    with pytest.raises(InputError, match="max_steps=2.5 is not an integer"):
+        DPOConfig.from_yaml(path, ["max_steps=2.5"])
 
 
 def test_buckets_and_bucket_sampler():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,8 @@ class TrainingConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise InputError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _coerce(name, value, hints[name]) for name, value in values.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, overrides: list[str] | None = None):
@@ -188,3 +190,18 @@ class DPOConfig(TrainingConfig):
     def alpha_vector(self, num_slots: int) -> list[float]:
         """α in the DPO dimension layout (overall, texture, artifacts, identity_0..identity_{n−1})."""
         return [self.alpha_overall, self.alpha_texture, self.alpha_artifacts] + [self.alpha_identity] * num_slots
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the number its field declares: YAML reads ``1e-4`` (no dot) as a string, and ``2`` as
+    an int where a float is meant."""
+    kinds = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+    number = float if float in kinds else int if int in kinds else None
+    if number is None or value is None or isinstance(value, (bool, number)):
+        return value
+    if number is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return number(value) if isinstance(value, (str, int)) else number("invalid")
+    except ValueError:
+        raise InputError(f"{name}={value!r} is not {'an integer' if number is int else 'a number'}") from None

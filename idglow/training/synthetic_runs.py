@@ -120,21 +120,25 @@ def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
 
 def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *,
                      seed: int = 0, num_steps: int = 10, id_scale: float = 1.0,
-                     id_scale_range: tuple[float, float] | None = None) -> list[dict[str, Any]]:
-    """Two samples per prompt (seeds ``seed + i`` and ``seed + 10⁶ + i``), labelled by the oracle, as DPO
-    samples (pairs that tie on every dimension are dropped).
+                     id_scale_ranges: tuple[tuple[float, float], tuple[float, float]] | None = None,
+                     tie: float = 0.02, clear: float = 0.1) -> list[dict[str, Any]]:
+    """Two samples per prompt (seeds ``seed + i`` and ``seed + 10⁶ + i``), labelled by the oracle
+    (``oracle_preference`` with ``tie`` / ``clear``), as DPO samples; pairs that tie on every dimension are
+    dropped.
 
-    With ``id_scale_range`` = (lo, hi) each sample draws its identity scale uniformly from that range
-    (seeded by ``seed``), the way annotation candidates are made with varied ID weights, so that a pair
-    differs in how strongly the references come through; otherwise both use ``id_scale``."""
+    With ``id_scale_ranges`` = ((lo, hi), (lo, hi)) a pair's two candidates draw their identity scales
+    uniformly from the first and the second range, in random order (seeded by ``seed``), the way annotation
+    candidates are made at different ID weights: ((0, 0.3), (0.8, 1)) pairs a weak with a strong one, and
+    two equal ranges give pairs of varied weight. Otherwise both use ``id_scale``."""
     analyzer = SyntheticFaceAnalyzer(dataset.world)
     scales: tuple[Any, Any] = (id_scale, id_scale)
-    if id_scale_range is not None:
-        lo, hi = id_scale_range
-        if not 0.0 <= lo <= hi:
-            raise ValueError(f"id_scale_range={id_scale_range} must satisfy 0 <= lo <= hi")
+    if id_scale_ranges is not None:
+        if len(id_scale_ranges) != 2 or any(not 0.0 <= lo <= hi for lo, hi in id_scale_ranges):
+            raise ValueError(f"id_scale_ranges={id_scale_ranges} must be two (lo, hi) with 0 <= lo <= hi")
         rng = np.random.default_rng(seed)
-        scales = tuple(rng.uniform(lo, hi, size=len(indices)).tolist() for _ in range(2))
+        drawn = np.stack([rng.uniform(lo, hi, size=len(indices)) for lo, hi in id_scale_ranges])
+        swap = rng.random(len(indices)) < 0.5
+        scales = (np.where(swap, drawn[1], drawn[0]).tolist(), np.where(swap, drawn[0], drawn[1]).tolist())
     a = generate(model, dataset, indices, seed=seed, num_steps=num_steps, id_scale=scales[0])
     b = generate(model, dataset, indices, seed=seed + 1_000_000, num_steps=num_steps, id_scale=scales[1])
     pairs = []
@@ -142,7 +146,7 @@ def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indice
     for i, la, lb in zip(indices, a, b):
         target, _ = dataset.spec(i)
         sa, sb = oracle_scores(analyzer, la, target), oracle_scores(analyzer, lb, target)
-        pref, strength = oracle_preference(sa, sb, max_slots=dataset.world.max_slots)
+        pref, strength = oracle_preference(sa, sb, tie=tie, clear=clear, max_slots=dataset.world.max_slots)
         if not pref.any():
             continue
         sample = dataset[i]

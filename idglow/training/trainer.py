@@ -69,11 +69,14 @@ class BaseTrainer:
 
     def __init__(self, config: TrainingConfig, model: IdGlowDenoiser, train_dataset, *, collate_fn=None,
                  vae=None, encode_prompt=None):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, PartialState
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        if config.mixed_precision == "fp16" and PartialState().device.type == "cpu":
+            # accelerate would accept it and silently train in float32
+            raise ValueError("mixed_precision='fp16' needs a GPU; on CPU use mixed_precision='bf16' or 'no'")
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(
@@ -260,8 +263,10 @@ class BaseTrainer:
                 from diffusers import FluxPipeline
                 from peft.utils import get_peft_model_state_dict
 
-                FluxPipeline.save_lora_weights(str(out / "lora"),
-                                               transformer_lora_layers=get_peft_model_state_dict(model.transformer))
+                # the peft config (lora_alpha) travels in the file: without it a loader assumes alpha = rank
+                FluxPipeline.save_lora_weights(
+                    str(out / "lora"), transformer_lora_layers=get_peft_model_state_dict(model.transformer),
+                    transformer_lora_adapter_metadata=model.transformer.peft_config["default"].to_dict())
         return out
 
     # --- the loop -----------------------------------------------------------------------------------------
