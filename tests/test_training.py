@@ -167,6 +167,15 @@ def test_config_validation_and_yaml_overrides(tmp_path):
         DPOConfig.from_yaml(path, ["max_steps=2.5"])
 
 
+@pytest.mark.parametrize("name", ["sft.yaml", "sft_tiny.yaml", "dpo.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    cfg = (DPOConfig if name.startswith("dpo") else SFTConfig).from_yaml(path)
+    assert cfg.output_dir.startswith("runs/") and cfg.output_dir != "runs/idglow"  # read from the file
+
+
 def test_buckets_and_bucket_sampler():
     buckets = make_buckets(512)
     assert (512, 512) in buckets and all(w % 16 == 0 and h % 16 == 0 for w, h in buckets)
