@@ -13,7 +13,11 @@ identity = Hungarian-matched identity similarity (``code_similarity``: cosine of
 structure-free; ``identity``: embedding similarity to the adult reference) and ``structure_accuracy`` = how
 often the matched person has the requested (child) structure.
 
-    python benchmarks/bench_stability_plasticity.py [--pretrain-steps 400] [--sft-steps 300]
+With ``--train-task mixed`` the SFT data alternates fusion (reference and target share the structure) and age
+requests, the way a real training set mixes the tasks; the age-window arm then injects identity for fusion at
+every σ and for age inside its window.
+
+    python benchmarks/bench_stability_plasticity.py [--pretrain-steps 400] [--sft-steps 300] [--train-task mixed]
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-scenes", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-task", choices=["age", "mixed"], default="age",
+                        help="SFT data: age requests only, or fusion and age alternating (fusion teaches the "
+                             "adapter to copy what the reference looks like, structure included)")
     args = parser.parse_args(argv)
 
     t0 = time.time()
@@ -57,7 +64,7 @@ def main(argv=None):
     base = build_learning_model(world, seed=args.seed)
     pretrain_base(base, CachedDataset(SyntheticSFTDataset(world, 1024, task="mixed", seed=args.seed)),
                   args.pretrain_steps, batch_size=args.batch_size, seed=args.seed)
-    train = CachedDataset(SyntheticSFTDataset(world, 1024, task="age", seed=args.seed + 1))
+    train = CachedDataset(SyntheticSFTDataset(world, 1024, task=args.train_task, seed=args.seed + 1))
     held = SyntheticSFTDataset(world, args.eval_scenes, task="age", seed=args.seed + 999)
     idx = list(range(args.eval_scenes))
     results = {}
@@ -78,7 +85,7 @@ def main(argv=None):
                                                  - results["always_on"]["code_similarity"], 3),
         "structure_window_minus_always_on": round(results["window_0.3_0.6"]["structure_accuracy"]
                                                   - results["always_on"]["structure_accuracy"], 3),
-        "pretrain_steps": args.pretrain_steps, "sft_steps": args.sft_steps, "seconds": round(time.time() - t0, 1),
+        "train_task": args.train_task, "pretrain_steps": args.pretrain_steps, "sft_steps": args.sft_steps, "seconds": round(time.time() - t0, 1),
     }
     print(json.dumps(line), flush=True)
 
