@@ -41,3 +41,29 @@ def sample_portraits(tmp_path_factory):
     out = tmp_path_factory.mktemp("samples")
     paths = write_sample_portraits(out, DlibAnalyzer())
     return {p.stem: p for p in paths}
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """A folder of photos for `idglow data build-sft`: one portrait with a caption, one blank image, one note."""
+    import numpy as np
+    from PIL import Image
+
+    skimage = pytest.importorskip("skimage")
+    pytest.importorskip("dlib")
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage.data.astronaut()).save(folder / "astronaut.png")
+    (folder / "astronaut.txt").write_text("a portrait of an adult in a white suit")
+    Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(folder / "blank.png")
+    (folder / "notes.md").write_text("not a photo")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sft_folder(photos, tmp_path_factory):
+    """The SFT set `idglow data build-sft` makes from ``photos``."""
+    from idglow.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("sft") / "set"
+    assert cli_main(["data", "build-sft", "--photos", str(photos), "--out", str(out), "--min-faces", "1"]) == 0
+    return out

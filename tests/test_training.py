@@ -1,50 +1,14 @@
 import numpy as np
 import pytest
 import torch
+from training_helpers import WORLD, sft_config, small_model, snapshot, toy_pairs
 
 from idglow.errors import InputError
-from idglow.synthetic import SyntheticFaceAnalyzer, SyntheticWorld
+from idglow.synthetic import SyntheticFaceAnalyzer
 from idglow.training.buckets import BucketBatchSampler, make_buckets, nearest_bucket
 from idglow.training.config import DPOConfig, SFTConfig
-from idglow.training.data import PreferencePairDataset, SyntheticSFTDataset, collate_group_samples
-from idglow.training.modeling import build_synthetic_model
+from idglow.training.data import SyntheticSFTDataset, collate_group_samples
 from idglow.training.trainer import DPOTrainer, SFTTrainer
-
-WORLD = SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), max_people=3, embedding_dim=16,
-                       code_dim=4, prompt_dim=16, pooled_dim=8)
-
-
-def _model(seed=0):
-    return build_synthetic_model(WORLD, seed=seed, num_layers=1, num_single_layers=1, heads=2, head_dim=8)
-
-
-def _sft_config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "run"), max_steps=3, train_batch_size=2, learning_rate=1e-2,
-                report_to="none", checkpointing_steps=0, seed=1, logit_std=1.0)
-    base.update(kw)
-    return SFTConfig(**base)
-
-
-def _pairs(n=6, seed=0):
-    ds = SyntheticSFTDataset(WORLD, n, task="mixed", seed=seed)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        s = ds[i]
-        other = s["latents"] + 0.5 * torch.from_numpy(rng.standard_normal(s["latents"].shape).astype(np.float32))
-        pref = np.zeros(9, dtype=np.float32)
-        pref[0] = 1.0
-        pref[1] = -1.0
-        pref[3] = 1.0
-        out.append({"latents_0": s["latents"], "latents_1": other, "prompt_embeds": s["prompt_embeds"],
-                    "pooled_prompt_embeds": s["pooled_prompt_embeds"], "id_embeds": s["id_embeds"],
-                    "face_boxes_0": s["face_boxes"], "face_boxes_1": s["face_boxes"], "task": s["task"],
-                    "preference": torch.from_numpy(pref), "strength": torch.full((9,), 0.5)})
-    return PreferencePairDataset(out)
-
-
-def _snapshot(module):
-    return {n: p.detach().clone() for n, p in module.named_parameters()}
 
 
 def _base_name(name):  # peft wraps a layer as <layer>.base_layer
@@ -52,9 +16,9 @@ def _base_name(name):  # peft wraps a layer as <layer>.base_layer
 
 
 def test_sft_three_steps_change_every_trainable_parameter_and_nothing_frozen(tmp_path):
-    model = _model()
-    before_t, before_a = _snapshot(model.transformer), _snapshot(model.adapter)
-    trainer = SFTTrainer(_sft_config(tmp_path, lora_rank=2), model, SyntheticSFTDataset(WORLD, 8, task="fusion"))
+    model = small_model()
+    before_t, before_a = snapshot(model.transformer), snapshot(model.adapter)
+    trainer = SFTTrainer(sft_config(tmp_path, lora_rank=2), model, SyntheticSFTDataset(WORLD, 8, task="fusion"))
     out = trainer.train()
     assert out.global_step == 3 and all(np.isfinite(r["loss"]) for r in out.log_history)
     for name, p in model.adapter.named_parameters():
@@ -77,26 +41,26 @@ def test_gradient_checkpointing_keeps_the_identity_gradients(tmp_path):
     """With checkpointing the adapter must get the same update as without (recomputation re-injects)."""
     results = []
     for checkpointing in (False, True):
-        model = _model()
-        cfg = _sft_config(tmp_path / str(checkpointing), max_steps=1, gradient_checkpointing=checkpointing)
+        model = small_model()
+        cfg = sft_config(tmp_path / str(checkpointing), max_steps=1, gradient_checkpointing=checkpointing)
         trainer = SFTTrainer(cfg, model, SyntheticSFTDataset(WORLD, 8, task="fusion"))
         if checkpointing:  # autograd may recompute in its own threads: the identity-aware checkpoint is required
             from idglow.adapter import identity_checkpoint
 
             assert model.transformer._gradient_checkpointing_func is identity_checkpoint
         trainer.train()
-        results.append(_snapshot(model.adapter))
+        results.append(snapshot(model.adapter))
     plain, checkpointed = results
     for name, p in plain.items():
         torch.testing.assert_close(checkpointed[name], p, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_dpo_three_steps_train_policy_and_keep_reference_frozen(tmp_path):
-    model = _model()
-    before_t, before_a = _snapshot(model.transformer), _snapshot(model.adapter)
+    model = small_model()
+    before_t, before_a = snapshot(model.transformer), snapshot(model.adapter)
     cfg = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=3, train_batch_size=2, learning_rate=1e-2,
                     report_to="none", checkpointing_steps=0, beta=50.0, gamma=1.0, lora_rank=2)
-    trainer = DPOTrainer(cfg, model, _pairs())
+    trainer = DPOTrainer(cfg, model, toy_pairs())
     ref = trainer.unwrapped.ref_adapter
     for name, p in ref.named_parameters():  # reference starts as the SFT adapter
         assert torch.equal(p, before_a[name]) and not p.requires_grad
@@ -113,10 +77,10 @@ def test_dpo_three_steps_train_policy_and_keep_reference_frozen(tmp_path):
 
 
 def test_dpo_at_start_policy_equals_reference_loss_is_log2(tmp_path):
-    model = _model()
+    model = small_model()
     cfg = DPOConfig(output_dir=str(tmp_path / "dpo0"), max_steps=1, train_batch_size=3, learning_rate=1e-12,
                     report_to="none", checkpointing_steps=0, beta=10.0, gamma=0.0, lora_rank=2)
-    trainer = DPOTrainer(cfg, model, _pairs(3))
+    trainer = DPOTrainer(cfg, model, toy_pairs(3))
     batch = next(iter(trainer.dataloader))
     loss, _ = trainer.compute_loss(batch, torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(np.log(2), abs=1e-6)
@@ -124,22 +88,22 @@ def test_dpo_at_start_policy_equals_reference_loss_is_log2(tmp_path):
 
 def test_resume_continues_step_count_and_reproduces_losses(tmp_path):
     ds = SyntheticSFTDataset(WORLD, 6, task="mixed")
-    full = SFTTrainer(_sft_config(tmp_path / "a", max_steps=6), _model(), ds).train()
+    full = SFTTrainer(sft_config(tmp_path / "a", max_steps=6), small_model(), ds).train()
 
-    first = SFTTrainer(_sft_config(tmp_path / "b", max_steps=4, checkpointing_steps=2, checkpoints_total_limit=1),
-                       _model(), ds).train()
+    first = SFTTrainer(sft_config(tmp_path / "b", max_steps=4, checkpointing_steps=2, checkpoints_total_limit=1),
+                       small_model(), ds).train()
     ckpts = sorted(p.name for p in (tmp_path / "b" / "run").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-4"]  # total limit 1 removed checkpoint-2
-    resumed = SFTTrainer(_sft_config(tmp_path / "b", max_steps=6, resume_from_checkpoint="latest"),
-                         _model(), ds).train()
+    resumed = SFTTrainer(sft_config(tmp_path / "b", max_steps=6, resume_from_checkpoint="latest"),
+                         small_model(), ds).train()
     assert [r["step"] for r in resumed.log_history] == [5, 6]
     losses = [r["loss"] for r in first.log_history] + [r["loss"] for r in resumed.log_history]
     np.testing.assert_allclose(losses, [r["loss"] for r in full.log_history], rtol=1e-5)
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
-    cfg = _sft_config(tmp_path, max_steps=2, gradient_accumulation_steps=2, train_batch_size=1)
-    out = SFTTrainer(cfg, _model(), SyntheticSFTDataset(WORLD, 8)).train()
+    cfg = sft_config(tmp_path, max_steps=2, gradient_accumulation_steps=2, train_batch_size=1)
+    out = SFTTrainer(cfg, small_model(), SyntheticSFTDataset(WORLD, 8)).train()
     assert [r["step"] for r in out.log_history] == [1, 2]
 
 

@@ -10,25 +10,6 @@ from PIL import Image
 from idglow.cli import main as cli_main
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    skimage = pytest.importorskip("skimage")
-    pytest.importorskip("dlib")
-    folder = tmp_path_factory.mktemp("photos")
-    Image.fromarray(skimage.data.astronaut()).save(folder / "astronaut.png")
-    (folder / "astronaut.txt").write_text("a portrait of an adult in a white suit")
-    Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(folder / "blank.png")
-    (folder / "notes.md").write_text("not a photo")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sft_folder(photos, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sft") / "set"
-    assert cli_main(["data", "build-sft", "--photos", str(photos), "--out", str(out), "--min-faces", "1"]) == 0
-    return out
-
-
 def test_build_sft_writes_references_and_metadata(sft_folder, capsys):
     rows = [json.loads(x) for x in (sft_folder / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # the blank photo has no face and is skipped

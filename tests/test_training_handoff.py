@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_training import WORLD, _model, _pairs, _sft_config, _snapshot
-from test_training_data import photos, sft_folder  # noqa: F401  (fixtures; they skip without dlib/skimage)
+from training_helpers import WORLD, sft_config, small_model, snapshot, toy_pairs
 
 from idglow.cli import main as cli_main
 from idglow.training.config import DPOConfig
@@ -42,7 +41,7 @@ def _spy_load_model(monkeypatch, captured: list):
 
 
 @pytest.fixture(scope="module")
-def sft_run(sft_folder, tmp_path_factory):  # noqa: F811  (the imported fixture)
+def sft_run(sft_folder, tmp_path_factory):
     """`idglow train sft` with a LoRA for 2 steps: (output folder, the trained model as it is in memory)."""
     out = tmp_path_factory.mktemp("sft-lora") / "run"
     captured = []
@@ -287,9 +286,9 @@ def _train(trainer_cls, config, dataset):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-    model = _model()
+    model = small_model()
     trainer = trainer_cls(config, model, dataset)
-    before = _snapshot(model)  # with the LoRA
+    before = snapshot(model)  # with the LoRA
     seen = []
     hook = _dtype_recorder(model, seen)
     out = trainer.train()
@@ -306,7 +305,7 @@ def test_bf16_autocast_on_cpu_keeps_float32_master_weights(stage, tmp_path):
 
     def config(precision):
         if stage == "sft":
-            return _sft_config(tmp_path / precision, max_steps=2, lora_rank=2, mixed_precision=precision)
+            return sft_config(tmp_path / precision, max_steps=2, lora_rank=2, mixed_precision=precision)
         return DPOConfig(
             output_dir=str(tmp_path / precision),
             max_steps=2,
@@ -321,7 +320,7 @@ def test_bf16_autocast_on_cpu_keeps_float32_master_weights(stage, tmp_path):
         )
 
     trainer_cls = SFTTrainer if stage == "sft" else DPOTrainer
-    dataset = SyntheticSFTDataset(WORLD, 4, task="fusion") if stage == "sft" else _pairs(4)
+    dataset = SyntheticSFTDataset(WORLD, 4, task="fusion") if stage == "sft" else toy_pairs(4)
     full, _, _, full_dtypes = _train(trainer_cls, config("no"), dataset)
     mixed, model, before, mixed_dtypes = _train(trainer_cls, config("bf16"), dataset)
 
@@ -350,4 +349,4 @@ def test_fp16_on_cpu_is_refused(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("fp16 is refused only where accelerate would run on the CPU")
     with pytest.raises(ValueError, match="mixed_precision='fp16' needs a GPU"):
-        SFTTrainer(_sft_config(tmp_path, mixed_precision="fp16"), _model(), SyntheticSFTDataset(WORLD, 2))
+        SFTTrainer(sft_config(tmp_path, mixed_precision="fp16"), small_model(), SyntheticSFTDataset(WORLD, 2))
