@@ -283,9 +283,7 @@ def export_preferences(
     data_path = Path(data_dir) if data_dir is not None else None
 
     read_only(session)
-    where = [Comparison.is_gold.is_(False), Comparison.vote_count >= min_votes]
-    if since is not None:
-        where.append(Comparison.last_vote_at >= since)
+    where = _exported(min_votes, since)
     total = int(session.scalar(select(func.count()).select_from(Comparison).where(*where)) or 0)
 
     schema = _schema()
@@ -299,17 +297,7 @@ def export_preferences(
     pages = _PageBuilder(session, schema.names, data_path, with_images, drop_ties=tie_policy == "drop")
     try:
         while True:
-            comps = session.execute(
-                select(
-                    Comparison.id,
-                    Comparison.candidate_a_id,
-                    Comparison.candidate_b_id,
-                    type_coerce(Comparison.kind, String),
-                )
-                .where(*where, Comparison.id > last_id)
-                .order_by(Comparison.id)
-                .limit(page_size)
-            ).all()
+            comps = session.execute(_page(where, last_id, page_size)).all()
             if not comps:
                 break
             last_id = comps[-1][0]
@@ -356,6 +344,31 @@ def export_preferences(
     session.commit()
     logger.info("exported %d rows to %s", manifest["rows"], out)
     return ExportResult(out, manifest["rows"], counts, dropped_ties, files)
+
+
+def _exported(min_votes: int, since: datetime | None) -> list[Any]:
+    """Conditions on the comparisons an export holds (gold items never)."""
+    # `is_gold IS NOT true` rather than `= false`: with the latter SQLite pages through the sampling index
+    # (is_gold, active, vote_count) and sorts every page; this way a page is a walk along the primary key
+    where = [Comparison.is_gold.is_not(True), Comparison.vote_count >= min_votes]
+    if since is not None:
+        where.append(Comparison.last_vote_at >= since)
+    return where
+
+
+def _page(where: list[Any], after_id: int, size: int):
+    """The next ``size`` exported comparisons with id > ``after_id``: (id, candidate a, candidate b, kind)."""
+    return (
+        select(
+            Comparison.id,
+            Comparison.candidate_a_id,
+            Comparison.candidate_b_id,
+            type_coerce(Comparison.kind, String),
+        )
+        .where(*where, Comparison.id > after_id)
+        .order_by(Comparison.id)
+        .limit(size)
+    )
 
 
 @dataclass(frozen=True)

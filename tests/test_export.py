@@ -193,3 +193,36 @@ def test_rows_match_the_votes_in_the_database(store, tmp_path):
         slot0 = [v.identity["0"] for v in vs if v.identity and "0" in v.identity]
         if slot0 and len(set(slot0)) == 1:
             assert r["identity_labels_0"][0] == {"a": 1.0, "b": 0.0, "tie": 0.5}[slot0[0]]
+
+
+def test_pages_walk_the_primary_key_on_sqlite(store):
+    """A page must not scan the sampling index and sort: that made a 1M-vote export 1.5× slower."""
+    from annotation.export import _exported, _page
+
+    with store.sessions() as s:
+        stmt = _page(_exported(1, None), 0, 2000).compile(s.get_bind(), compile_kwargs={"literal_binds": True})
+        plan = " | ".join(row[-1] for row in s.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {stmt}"))
+    assert "PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.postgres
+def test_postgres_exports_the_same_rows_as_sqlite(store, tmp_path):
+    import os
+
+    from annotation.testing import PG_URL_ENV, open_test_store
+
+    if not os.environ.get(PG_URL_ENV):
+        pytest.skip(f"{PG_URL_ENV} is not set")
+    pg = open_test_store("postgres", tmp_path / "pg")
+    try:
+        with pg.sessions() as s:
+            seed_demo_data(s, tmp_path / "pg", candidates=60, votes=400, annotators=4, seed=3)
+            pg_result = export_preferences(s, tmp_path / "pg-export")
+        with store.sessions() as s:
+            lite_result = export_preferences(s, tmp_path / "sqlite-export")
+    finally:
+        pg.engine.dispose()
+    assert pg_result.rows == lite_result.rows > 50
+    assert pg_result.rows_per_split == lite_result.rows_per_split
+    timeless = lambda t: t.drop_columns(["created_at"]).to_pylist()  # noqa: E731  (vote times are "now")
+    assert timeless(_table(tmp_path / "pg-export")) == timeless(_table(tmp_path / "sqlite-export"))
