@@ -85,7 +85,8 @@ def main(argv=None):
                                                  - results["always_on"]["code_similarity"], 3),
         "structure_window_minus_always_on": round(results["window_0.3_0.6"]["structure_accuracy"]
                                                   - results["always_on"]["structure_accuracy"], 3),
-        "train_task": args.train_task, "pretrain_steps": args.pretrain_steps, "sft_steps": args.sft_steps, "seconds": round(time.time() - t0, 1),
+        "train_task": args.train_task, "pretrain_steps": args.pretrain_steps, "sft_steps": args.sft_steps,
+        "seconds": round(time.time() - t0, 1),
     }
     print(json.dumps(line), flush=True)
 

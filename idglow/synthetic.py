@@ -427,6 +427,7 @@ def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
     background).
     """
     match, faces = scene_match(analyzer, latent, spec, reference_embeddings)
+    absent, surplus = layout_errors(faces, spec)
     code_sim, structure_ok = [], []
     for slot, face_idx in enumerate(match.face_of_slot):
         if face_idx is None:
@@ -449,7 +450,8 @@ def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
         "structure_ok": structure_ok,
         "missing": len(match.missing),
         "extra": len(match.extra),
-        **dict(zip(("absent", "surplus"), layout_errors(faces, spec))),
+        "absent": absent,
+        "surplus": surplus,
         "background_noise": float(bg_dev.mean()) if bg_dev.size else 0.0,
         "match": match,
     }

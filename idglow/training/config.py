@@ -201,7 +201,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return value
     if number is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    error = InputError(f"{name}={value!r} is not {'an integer' if number is int else 'a number'}")
+    if not isinstance(value, (str, int)):
+        raise error
     try:
-        return number(value) if isinstance(value, (str, int)) else number("invalid")
+        return number(value)
     except ValueError:
-        raise InputError(f"{name}={value!r} is not {'an integer' if number is int else 'a number'}") from None
+        raise error from None
