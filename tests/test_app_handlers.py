@@ -13,16 +13,10 @@ from PIL import Image
 from annotation.errors import PermissionDenied
 from annotation.generation import CandidateResult, DetectedSubject, GenerationResult
 from annotation.sampling import ServedComparison, ShownCandidate
+from annotation.ui.annotate_handlers import AnnotateHandlers, PairState
 from annotation.ui.auth import NotSignedIn
-from annotation.ui.handlers import (
-    AnnotateHandlers,
-    ExportForm,
-    GenerateForm,
-    GenerateHandlers,
-    PairState,
-    ResearchHandlers,
-    VisitorState,
-)
+from annotation.ui.generate_handlers import GenerateForm, GenerateHandlers, VisitorState
+from annotation.ui.research_handlers import ExportForm, ResearchHandlers
 from db.models import Role
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from annotation.generation import GenerationRequest, GenerationService, GpuQueue, QueueFullError, SubjectInput
+from annotation.generation import GenerationRequest, GenerationService, SubjectInput
+from annotation.gpu_queue import GpuQueue, QueueFullError
 from annotation.privacy import RetentionSweeper
 from annotation.safety import BlockedPromptError, ImageClassifierSafetyChecker, PromptBlocklist
 from db.models import Candidate, Comparison, ComparisonKind, Generation, ReferencePhoto

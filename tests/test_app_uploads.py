@@ -83,7 +83,7 @@ def test_gps_photo_is_turned_upright_and_stored_without_metadata(tmp_path, sampl
     (dlib finds the face only then), and the stored reference and outputs carry no EXIF at all."""
     from annotation.generation import GenerationService
     from annotation.testing import make_store
-    from annotation.ui.handlers import GenerateForm, GenerateHandlers
+    from annotation.ui.generate_handlers import GenerateForm, GenerateHandlers
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.testing import tiny_pipeline
 

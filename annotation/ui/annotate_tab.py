@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from annotation.ui.handlers import OVERALL_CHOICES, PAIR_CHOICES, STRENGTH_CHOICES, AnnotateHandlers
+from annotation.ui.annotate_handlers import OVERALL_CHOICES, PAIR_CHOICES, STRENGTH_CHOICES, AnnotateHandlers
 from annotation.ui.theme import GUIDELINES_MD, SHORTCUTS_MD
 from annotation.votes import FAILURE_TYPES
 from idglow.subjects import MAX_SUBJECTS

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from annotation.privacy import UploadLimits
+from annotation.ui.annotate_handlers import AnnotateHandlers, SignInHandlers
 from annotation.ui.annotate_tab import build_annotate_tab
+from annotation.ui.generate_handlers import GenerateHandlers
 from annotation.ui.generate_tab import build_generate_tab
-from annotation.ui.handlers import AnnotateHandlers, GenerateHandlers, ResearchHandlers, SignInHandlers
+from annotation.ui.research_handlers import ResearchHandlers
 from annotation.ui.research_tab import build_research_tab
 from annotation.ui.theme import CSS, SHORTCUTS_JS
 

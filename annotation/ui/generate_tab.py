@@ -6,7 +6,7 @@ import inspect
 
 import gradio as gr
 
-from annotation.ui.handlers import SUBJECT_COLUMNS, GenerateForm, GenerateHandlers
+from annotation.ui.generate_handlers import SUBJECT_COLUMNS, GenerateForm, GenerateHandlers
 
 TASK_CHOICES = [("Group fusion", "fusion"), ("Age transformation", "age")]
 TASK_WINDOWS = {"fusion": (0.0, 1.0), "age": (0.3, 0.6)}

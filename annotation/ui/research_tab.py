@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from annotation.ui.handlers import ExportForm, ResearchHandlers
+from annotation.ui.research_handlers import ExportForm, ResearchHandlers
 from annotation.ui.services import dpo_command
 
 

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,3 @@ def dpo_command(export_dir: str | os.PathLike[str] | None = None, fmt: str = "pa
     data = f"{export_dir}/data/train.{fmt}" if export_dir else f"EXPORT_DIR/data/train.{fmt}"
     return (f"idglow train dpo --config configs/dpo.yaml --set train_data={data} --set output_dir=runs/idglow-dpo\n"
             "idglow models add idglow-dpo --adapter runs/idglow-dpo/adapter")
-
-
-def as_rows(items, columns: list[str]) -> list[list[Any]]:
-    return [[getattr(item, c) for c in columns] for item in items]

@@ -8,7 +8,8 @@ from datetime import timedelta
 def build_services(settings):
     """(AppServices, RetentionSweeper) for these settings: database migrated, pipeline loaded, base version
     registered."""
-    from annotation.generation import GenerationService, GpuQueue
+    from annotation.generation import GenerationService
+    from annotation.gpu_queue import GpuQueue
     from annotation.privacy import RetentionSweeper, UploadLimits
     from annotation.safety import PromptBlocklist, load_safety_checker
     from annotation.settings import resolve_data_dir, resolve_db_url
