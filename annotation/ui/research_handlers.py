@@ -93,7 +93,7 @@ class ResearchHandlers:
     def export(self, token: str | None, form: ExportForm):
         """Returns (files to download, status with the DPO command)."""
         user = self._user(token, "export preferences")
-        from annotation.ui.services import ExportFilters
+        from annotation.research import ExportFilters
 
         filters = ExportFilters(format=form.format, with_images=bool(form.with_images), tie_policy=form.tie_policy,
                                 min_votes=int(form.min_votes or 1), since=_parse_since(form.since))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from annotation.research import dpo_command
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
-from annotation.ui.services import dpo_command
 
 
 def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column:

@@ -11,11 +11,12 @@ def build_services(settings):
     from annotation.generation import GenerationService
     from annotation.gpu_queue import GpuQueue
     from annotation.privacy import RetentionSweeper, UploadLimits
+    from annotation.research import ResearchService
     from annotation.safety import PromptBlocklist, load_safety_checker
     from annotation.settings import resolve_data_dir, resolve_db_url
     from annotation.ui.auth import SessionAuth
     from annotation.ui.blocks import AppServices
-    from annotation.ui.services import AnnotationService, ResearchService
+    from annotation.ui.services import AnnotationService
     from annotation.ui.theme import banner
     from db.engine import make_engine, make_session_factory
     from db.migrate import upgrade
