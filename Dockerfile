@@ -25,18 +25,15 @@ RUN useradd --create-home --uid 1000 idglow \
 WORKDIR /app
 
 COPY --chown=idglow:idglow requirements.txt pyproject.toml README.md ./
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --upgrade "pip>=24" "setuptools<81" wheel \
-    && /opt/venv/bin/pip install -r requirements.txt \
-    && /opt/venv/bin/pip install --no-deps "face_recognition==1.3.0"
-ENV PATH=/opt/venv/bin:$PATH
-
 COPY --chown=idglow:idglow idglow ./idglow
 COPY --chown=idglow:idglow annotation ./annotation
 COPY --chown=idglow:idglow db ./db
 COPY --chown=idglow:idglow configs ./configs
 COPY --chown=idglow:idglow app.py ./
-RUN pip install --no-deps -e .
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade "pip>=24" "setuptools<81" wheel \
+    && /opt/venv/bin/pip install -c requirements.txt ".[app,postgres]"
+ENV PATH=/opt/venv/bin:$PATH
 
 USER 1000:1000
 VOLUME ["/data", "/models"]

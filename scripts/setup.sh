@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Create ./.venv and install IdGlow with everything it needs (add --dev for the test tools).
+# Create ./.venv and install IdGlow with the app, training and PostgreSQL extras at the exact versions of
+# requirements.txt (add --dev for the test tools of requirements-dev.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade "pip>=24" "setuptools<81" wheel
-req=requirements.txt
-[ "${1:-}" = "--dev" ] && req=requirements-dev.txt
-.venv/bin/python -m pip install -q -r "$req"
-# face_recognition's own metadata pins dlib (a source build); dlib-bin already provides it.
-.venv/bin/python -m pip install -q --no-deps "face_recognition==1.3.0"
-.venv/bin/python -m pip install -q --no-deps -e .
+extras=app,train,postgres
+constraints=(-c requirements.txt)
+if [ "${1:-}" = "--dev" ]; then
+  extras=$extras,dev
+  constraints+=(-c requirements-dev.txt)
+fi
+.venv/bin/python -m pip install -q "${constraints[@]}" -e ".[$extras]"
