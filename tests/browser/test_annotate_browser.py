@@ -1,0 +1,222 @@
+"""The Annotate tab in Debian's chromium (Playwright) against `python app.py`: every pair starts with an empty
+form, signing in shows a pair, flag and undo by keyboard, untrusted text shown as text, the first screen.
+
+Every stored answer is checked in the SQLite database. Screenshots go to $IDGLOW_SCREENSHOT_DIR (default: a
+temporary folder).
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "correct-horse-battery"
+ANNOTATORS = ("ann1", "ann2", "ann3", "ann4", "ann5", "ann6")
+CHOICE_IDS = ["annotate-overall", "annotate-strength", "annotate-texture", "annotate-artifacts", "flag-side",
+              "flag-types", *[f"annotate-identity-{i}" for i in range(6)]]
+
+
+class _Listener(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - the http.server name
+        self.hits.append(self.path)
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A local HTTP server that records every request: untrusted text must never make the page fetch it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Listener)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Listener.hits
+    server.shutdown()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+def _poison(session, host: str) -> None:
+    """Every prompt and label carries a Markdown image and an <img> tag pointing at the listener."""
+    from sqlalchemy import update
+
+    from db.models import Generation, GenerationSubject
+
+    tags = f" ![x]({host}/md.png) <img src={host}/tag.png>"
+    session.execute(update(Generation).values(final_prompt=Generation.final_prompt + tags))
+    session.execute(update(GenerationSubject).values(label=GenerationSubject.label + tags))
+    session.commit()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, listener):
+    from annotation.demo import pattern_images, seed_demo_data
+    from annotation.testing import make_store
+    from annotation.ui.testing import free_port
+    from annotation.users import create_user
+
+    data = tmp_path_factory.mktemp("annotate-data")
+    store = make_store(data)
+    with store.sessions() as session:
+        seed_demo_data(session, data, candidates=32, votes=0, annotators=1, images=pattern_images(8), gold_rate=0.0)
+        for name in ANNOTATORS:
+            create_user(session, name, PASSWORD, "annotator")
+        _poison(session, listener[0])
+    store.engine.dispose()
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(data / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc)
+        yield f"http://127.0.0.1:{port}/", data
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _page(browser, width: int = 1366, height: int = 768):
+    return browser.new_context(viewport={"width": width, "height": height}).new_page()
+
+
+def _sign_in(page, url: str, user: str, *, by_enter: bool = False) -> None:
+    page.goto(url)
+    page.get_by_text("Sign in (annotators and researchers)").click()
+    page.locator("#signin-user textarea, #signin-user input").first.fill(user)
+    page.locator("#signin-password input").fill(PASSWORD)
+    if by_enter:
+        page.locator("#signin-password input").press("Enter")
+    else:
+        page.locator("#signin-run").click()
+    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+
+
+def _open_pair(page, url: str, user: str) -> None:
+    from playwright.sync_api import expect
+
+    _sign_in(page, url, user)
+    page.get_by_role("tab", name="Annotate").click()
+    expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
+
+
+def _checked(page) -> dict[str, list[str]]:
+    """elem_id → values of its checked inputs, for every choice of the Annotate tab that has one checked."""
+    found = {}
+    for elem in CHOICE_IDS:
+        values = page.locator(f"#{elem} input:checked").evaluate_all("els => els.map(e => e.value)")
+        if values:
+            found[elem] = values
+    return found
+
+
+def _votes(data: Path, user: str) -> list:
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import User, Vote
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return session.scalars(select(Vote).join(User, User.id == Vote.user_id)
+                                   .where(User.username == user).order_by(Vote.id)).all()
+    finally:
+        engine.dispose()
+
+
+def _focus_pair(page) -> None:
+    page.locator("#annotate-progress").click()
+
+
+def _identity_keys(page, sides: str = "abt") -> list[str]:
+    keys = []
+    for i in range(6):
+        if page.locator(f"#annotate-identity-{i}").is_visible():
+            keys += [str(i + 1), sides[i % len(sides)]]
+    return keys
+
+
+def test_every_pair_starts_with_an_empty_form(server, browser):
+    """Answers given on one pair are neither shown nor stored on the next one."""
+    url, data = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _open_pair(page, url, "ann1")
+    page.get_by_text("Flag a bad image").click()
+    page.locator("#flag-side input[value=left]").check()
+    page.locator("#flag-types input[type=checkbox]").first.check()
+    page.locator("#flag-note textarea, #flag-note input").first.fill("looks odd")
+    _focus_pair(page)
+    for key in ["a", "c", *_identity_keys(page), "y", "b", "r", "t"]:
+        page.keyboard.press(key)
+    before = _checked(page)
+    assert {"annotate-overall", "annotate-strength", "annotate-texture", "annotate-artifacts",
+            "annotate-identity-0", "flag-side", "flag-types"} <= set(before), before
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    page.wait_for_timeout(500)
+    assert _checked(page) == {}
+    assert page.locator("#flag-note textarea, #flag-note input").first.input_value() == ""
+
+    _focus_pair(page)
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("2 vote(s) by you", timeout=30_000)
+    first, second = _votes(data, "ann1")
+    assert first.strength is not None and first.texture is not None and first.identity
+    assert second.overall.value in ("a", "b")
+    assert (second.strength, second.texture, second.artifacts, second.identity) == (None, None, None, None)
