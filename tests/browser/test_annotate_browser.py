@@ -220,3 +220,138 @@ def test_every_pair_starts_with_an_empty_form(server, browser):
     assert first.strength is not None and first.texture is not None and first.identity
     assert second.overall.value in ("a", "b")
     assert (second.strength, second.texture, second.artifacts, second.identity) == (None, None, None, None)
+
+
+def _badcases(data: Path, user: str) -> list:
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Badcase, User
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return session.scalars(select(Badcase).join(User, User.id == Badcase.user_id)
+                                   .where(User.username == user)).all()
+    finally:
+        engine.dispose()
+
+
+def test_sign_in_on_the_annotate_tab_shows_a_pair_ready_for_keys(server, browser):
+    """A newcomer opens Annotate, signs in with Enter: the panel collapses, the pair appears without error
+    badges and the keys work without a click."""
+    url, _ = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    page.goto(url)
+    page.get_by_role("tab", name="Annotate").click()
+    expect(page.locator("#annotate-intro")).to_contain_text("sign in above")
+    page.get_by_text("Sign in (annotators and researchers)").click()
+    page.locator("#signin-user textarea, #signin-user input").first.fill("ann2")
+    page.locator("#signin-password input").fill(PASSWORD)
+    page.locator("#signin-password input").press("Enter")
+    expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#signin-bar")).to_contain_text("Signed in as ann2")
+    expect(page.locator("#signin-out")).to_be_visible()
+    expect(page.locator("#signin-password input")).to_be_hidden()
+    expect(page.locator("#annotate-intro")).to_be_hidden()
+    expect(page.locator("#annotate-progress")).to_contain_text("0 vote(s) by you")
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'annotate-pair'",
+                           timeout=10_000)
+    page.keyboard.press("b")
+    expect(page.locator("#annotate-overall input[value=right]")).to_be_checked()
+
+    page.locator("#signin-out").click()
+    expect(page.locator("#annotate-intro")).to_be_visible(timeout=30_000)
+    expect(page.locator("#annotate-left")).to_be_hidden()
+
+
+def test_sign_in_on_another_tab_then_open_annotate(server, browser):
+    url, _ = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _sign_in(page, url, "ann3")
+    page.get_by_role("tab", name="Annotate").click()
+    expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'annotate-pair'",
+                           timeout=10_000)
+    page.keyboard.press("a")
+    expect(page.locator("#annotate-overall input[value=left]")).to_be_checked()
+
+
+def test_flag_by_keyboard_stores_the_taxonomy_name(server, browser):
+    url, data = server
+    from playwright.sync_api import expect
+
+    from annotation.votes import FAILURE_TYPES
+
+    page = _page(browser)
+    _open_pair(page, url, "ann4")
+    _focus_pair(page)
+    page.keyboard.press("f")  # opens the flag form
+    expect(page.locator("#flag-types")).to_contain_text("Identity swap")
+    expect(page.locator("#flag-types")).not_to_contain_text("identity_swap")
+    swap = FAILURE_TYPES.index("identity_swap") + 1
+    for key in ["b", str(swap), "Enter"]:
+        page.keyboard.press(key)
+    expect(page.locator("#flag-status")).to_contain_text("Flagged image B as Identity swap", timeout=30_000)
+    assert _checked(page) == {}  # the flag form is cleared, and Enter did not submit a vote
+    [badcase] = _badcases(data, "ann4")
+    assert badcase.failure_types == ["identity_swap"]
+    assert _votes(data, "ann4") == []
+    page.keyboard.press("Escape")
+    page.keyboard.press("a")
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    [vote] = _votes(data, "ann4")
+    # image B is the candidate that is not on the left
+    assert badcase.candidate_id != vote.shown_left_id
+
+
+def test_undo_brings_back_the_answers_given(server, browser):
+    url, data = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _open_pair(page, url, "ann5")
+    _focus_pair(page)
+    for key in ["b", "s", *_identity_keys(page, "ta"), "y", "a", "r", "b"]:
+        page.keyboard.press(key)
+    given = _checked(page)
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    [vote] = _votes(data, "ann5")
+    assert vote.strength.value == "slight" and vote.texture is not None
+    page.wait_for_timeout(300)
+    assert _checked(page) == {}
+    page.keyboard.press("u")
+    expect(page.locator("#annotate-progress")).to_contain_text("Last vote undone", timeout=30_000)
+    expect(page.locator("#annotate-overall input[value=right]")).to_be_checked()
+    assert _checked(page) == given
+    assert _votes(data, "ann5") == []
+    page.keyboard.press("Enter")  # the restored answers can be submitted again as they are
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    [again] = _votes(data, "ann5")
+    assert (again.comparison_id, again.overall, again.strength, again.texture, again.artifacts, again.identity) == (
+        vote.comparison_id, vote.overall, vote.strength, vote.texture, vote.artifacts, vote.identity)
+
+
+def test_untrusted_prompt_and_labels_are_shown_as_text(server, browser, listener):
+    url, _ = server
+    host, hits = listener
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _open_pair(page, url, "ann6")
+    page.wait_for_timeout(1500)
+    assert hits == []
+    assert page.locator(f"img[src^='{host}']").count() == 0
+    expect(page.locator("#annotate-prompt")).to_contain_text(f"![x]({host}/md.png)")
+    expect(page.locator("#annotate-prompt")).to_contain_text(f"<img src={host}/tag.png>")
+    expect(page.locator("#annotate-identity-0")).to_contain_text("<img src=")
+    expect(page.locator("#annotate-refs")).to_contain_text("<img src=")
+    assert hits == []
