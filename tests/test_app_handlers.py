@@ -13,11 +13,11 @@ from PIL import Image
 from annotation.errors import PermissionDenied
 from annotation.generation import CandidateResult, DetectedSubject, GenerationResult
 from annotation.sampling import ServedComparison, ShownCandidate
-from annotation.votes import UndoResult
 from annotation.ui.annotate_handlers import SHOWN_OUTPUTS, AnnotateHandlers, PairState, SignInHandlers
 from annotation.ui.auth import NotSignedIn
 from annotation.ui.generate_handlers import GenerateForm, GenerateHandlers, VisitorState
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
+from annotation.votes import UndoResult
 from db.models import Role
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,10 +21,11 @@ from annotation.votes import FAILURE_TYPES
 from db.models import Role
 from idglow.subjects import MAX_SUBJECTS
 
-OVERALL_CHOICES = [("A better · a", "left"), ("B better · b", "right"), ("Tie · t", "tie"), ("Both bad · x", "both_bad")]
-PAIR_CHOICES = [("A · a", "left"), ("B · b", "right"), ("Same · t", "tie")]
-STRENGTH_CHOICES = [("Slightly · s", "slight"), ("Clearly · c", "clear")]
-FLAG_SIDE_CHOICES = [("A · a", "left"), ("B · b", "right")]
+# each choice shows its key in brackets
+OVERALL_CHOICES = [("A better [a]", "left"), ("B better [b]", "right"), ("Tie [t]", "tie"), ("Both bad [x]", "both_bad")]
+PAIR_CHOICES = [("A [a]", "left"), ("B [b]", "right"), ("Same [t]", "tie")]
+STRENGTH_CHOICES = [("Slightly [s]", "slight"), ("Clearly [c]", "clear")]
+FLAG_SIDE_CHOICES = [("A [a]", "left"), ("B [b]", "right")]
 
 
 def failure_label(name: str) -> str:
@@ -33,7 +34,7 @@ def failure_label(name: str) -> str:
 
 
 # shown with their number key; the stored value stays the taxonomy name
-FAILURE_CHOICES = [(f"{i + 1} · {failure_label(name)}", name) for i, name in enumerate(FAILURE_TYPES)]
+FAILURE_CHOICES = [(f"{failure_label(name)} [{i + 1}]", name) for i, name in enumerate(FAILURE_TYPES)]
 # refs, A, B, prompt, progress, identity radios, overall, strength, texture, artifacts, flag side, failure types,
 # flag note, flag status, pair state
 SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 2
@@ -110,7 +111,7 @@ def _prompt_html(served) -> str:
 def _identity_updates(served, answers: Answers) -> list[dict]:
     n = served.num_subjects if served is not None else 0
     return [gr.update(visible=i < n, value=answers.identity.get(i) if i < n else None,
-                      label=f"Identity of {_person(served, i)} · {i + 1}, then a/b/t" if i < n else None)
+                      label=f"Identity of {_person(served, i)} (key {i + 1}, then a/b/t)" if i < n else None)
             for i in range(MAX_SUBJECTS)]
 
 
@@ -149,7 +150,7 @@ class AnnotateHandlers:
         refs = [(self.service.image_path(p), _caption(served, i))
                 for i, p in enumerate(served.reference_paths) if p]
         state = PairState(served, self.clock(), uuid.uuid4().hex)
-        return [gr.update(value=refs, columns=1 if len(refs) <= 3 else 2),
+        return [gr.update(value=refs, columns=1 if len(refs) <= 2 else 2),
                 self.service.image_path(served.left.image_path), self.service.image_path(served.right.image_path),
                 _prompt_html(served), text, *_form(served, answers), "", state]
 

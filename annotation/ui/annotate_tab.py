@@ -21,7 +21,7 @@ from annotation.ui.annotate_handlers import (
 from annotation.ui.theme import FOCUS_PAIR_JS, GUIDELINES_MD, SHORTCUTS_MD
 from idglow.subjects import MAX_SUBJECTS
 
-IMAGE_HEIGHT = "58vh"  # each candidate at least ~55% of the viewport height
+IMAGE_HEIGHT = "56vh"  # each candidate at least ~55% of the viewport height
 EVENTS = dict(concurrency_id="annotate", concurrency_limit=16)
 
 
@@ -43,25 +43,25 @@ class AnnotateTab:
 
 def _pair_row():
     with gr.Row(elem_id="annotate-pair", equal_height=True):
-        refs = gr.Gallery(label="The people", columns=1, height=IMAGE_HEIGHT, object_fit="contain",
+        refs = gr.Gallery(label="The people", show_label=False, columns=1, height=IMAGE_HEIGHT, object_fit="contain",
                           allow_preview=False, interactive=False, buttons=[], scale=1, min_width=150,
                           elem_id="annotate-refs")
         left = gr.Image(label="A", elem_id="annotate-left", interactive=False, type="filepath",
-                        height=IMAGE_HEIGHT, buttons=[], scale=3)
+                        height=IMAGE_HEIGHT, buttons=[], scale=3, min_width=320)
         right = gr.Image(label="B", elem_id="annotate-right", interactive=False, type="filepath",
-                         height=IMAGE_HEIGHT, buttons=[], scale=3)
+                         height=IMAGE_HEIGHT, buttons=[], scale=3, min_width=320)
     return refs, left, right
 
 
 def _flag_form():
-    with gr.Accordion("Flag a bad image · f", open=False, elem_id="flag-box"):
+    with gr.Accordion("Flag a bad image [f]", open=False, elem_id="flag-box"):
         with gr.Row():
-            side = gr.Radio(FLAG_SIDE_CHOICES, label="Image · a/b", elem_id="flag-side", scale=1)
-            types = gr.CheckboxGroup(FAILURE_CHOICES, label="Failure types · number keys", elem_id="flag-types",
+            side = gr.Radio(FLAG_SIDE_CHOICES, label="Image (a/b)", elem_id="flag-side", scale=1)
+            types = gr.CheckboxGroup(FAILURE_CHOICES, label="Failure types (number keys)", elem_id="flag-types",
                                      scale=4)
         with gr.Row():
             note = gr.Textbox(label="Note (optional)", elem_id="flag-note", scale=4)
-            flag = gr.Button("Flag · Enter", elem_id="flag-run", scale=1)
+            flag = gr.Button("Flag [Enter]", elem_id="flag-run", scale=1)
         status = gr.Markdown(elem_id="flag-status")
     return side, types, note, flag, status
 
@@ -73,7 +73,7 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
         intro = gr.Markdown("Annotators: sign in above to judge pairs of candidates.", elem_id="annotate-intro")
         with gr.Column(visible=False, elem_id="annotate-content") as content:
             with gr.Row(elem_id="annotate-head"):
-                prompt = gr.HTML(elem_id="annotate-prompt", scale=3)
+                prompt = gr.HTML(elem_id="annotate-prompt", scale=3, padding=False)
                 progress = gr.Markdown(elem_id="annotate-progress")
             refs, left, right = _pair_row()
             with gr.Row(elem_id="annotate-votes"):
@@ -81,17 +81,17 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
                                    elem_id="annotate-overall", scale=3)
                 strength = gr.Radio(STRENGTH_CHOICES, label="By how much?", elem_id="annotate-strength", scale=2)
                 with gr.Column(scale=2, min_width=200):
-                    submit = gr.Button("Submit vote · Enter", variant="primary", elem_id="annotate-submit")
+                    submit = gr.Button("Submit vote [Enter]", variant="primary", elem_id="annotate-submit")
                     with gr.Row():
-                        skip = gr.Button("Skip · k", size="sm", elem_id="annotate-skip")
-                        undo = gr.Button("Undo last · u", size="sm", elem_id="annotate-undo")
+                        skip = gr.Button("Skip [k]", size="sm", elem_id="annotate-skip")
+                        undo = gr.Button("Undo last [u]", size="sm", elem_id="annotate-undo")
             gr.Markdown(elem_id="shortcut-hint")  # filled by the shortcut script
             with gr.Row():
                 identity = [gr.Radio(PAIR_CHOICES, label=f"Identity of person {i + 1}", visible=False,
                                      elem_id=f"annotate-identity-{i}") for i in range(MAX_SUBJECTS)]
             with gr.Row():
-                texture = gr.Radio(PAIR_CHOICES, label="Better texture · y, then a/b/t", elem_id="annotate-texture")
-                artifacts = gr.Radio(PAIR_CHOICES, label="Fewer artifacts · r, then a/b/t",
+                texture = gr.Radio(PAIR_CHOICES, label="Better texture (key y, then a/b/t)", elem_id="annotate-texture")
+                artifacts = gr.Radio(PAIR_CHOICES, label="Fewer artifacts (key r, then a/b/t)",
                                      elem_id="annotate-artifacts")
             side, types, note, flag, flag_status = _flag_form()
             gr.Markdown(SHORTCUTS_MD, elem_classes=["idglow-shortcuts"])

@@ -38,7 +38,7 @@ def build_app(services: AppServices) -> gr.Blocks:
                                 default_size=services.default_size)
     sign_in = SignInHandlers(services.auth)
     with gr.Blocks(title="IdGlow", analytics_enabled=False) as demo:
-        gr.Markdown("# IdGlow · group photos that keep everyone's identity")
+        gr.Markdown("# IdGlow · group photos that keep everyone's identity", elem_id="idglow-title")
         if services.banner:
             gr.Markdown(services.banner, elem_id="idglow-banner")
         token = gr.State(None)

@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
-# The Annotate tab: a compact first screen (candidates and the overall vote), square reference thumbnails
-# that show the whole face, a small legend.
+# The Annotate tab: a compact first screen (title and banner shrink to one line each while the tab is selected,
+# then the candidates and the overall vote), square reference thumbnails that show the whole face, a small legend.
 ANNOTATE_CSS = """
+body:has(#annotate-tab-button.selected) #idglow-title h1 {font-size: 1.3rem !important; margin: 0 !important;}
+body:has(#annotate-tab-button.selected) #idglow-banner {padding-top: 0.1rem; padding-bottom: 0.1rem;}
+body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; margin: 0; font-size: 0.85rem;}
+#annotate-content {gap: 8px;}
+#signin-bar {align-items: center; min-height: 0;}
+#annotate-head {align-items: baseline; gap: 0.5rem;}
+#annotate-head .annotate-prompt-text {font-size: 0.9em; white-space: pre-wrap; overflow-wrap: anywhere;}
+#annotate-progress {font-size: 0.85em; text-align: right;}
+#annotate-left img, #annotate-right img {object-fit: contain;}
+#annotate-refs .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+  grid-auto-rows: auto !important;}
+#annotate-refs .thumbnail-item {display: flex; flex-direction: column; width: 100%; min-width: 0; height: auto;
+  aspect-ratio: auto;}
+#annotate-refs .thumbnail-item img {width: 100%; height: auto; aspect-ratio: 1 / 1; object-fit: contain;}
+#annotate-refs .caption-label {position: static; max-width: 100%; white-space: normal; overflow-wrap: anywhere;
+  text-align: center; background: none; border: none; padding: 2px 0; font-size: 0.8em;}
+#annotate-pair:focus {outline: none;}
+#shortcut-hint {min-height: 1.2em; font-weight: 600;}
+#annotate-content .idglow-shortcuts {font-size: 0.8em; opacity: 0.85;}
+.idglow-shortcuts kbd {border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em;}
+@media (max-width: 640px) {
+  #annotate-left, #annotate-right {height: min(56vh, 100vw) !important;}
+  #annotate-refs, #annotate-refs .grid-wrap {height: auto !important;}
+  #annotate-refs .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr)) !important;}
+  #annotate-head {flex-direction: column; align-items: stretch;}
+  #annotate-progress {text-align: left;}
+}
+"""
+
+CSS = """
 #annotate-left img, #annotate-right img {object-fit: contain;}
 #annotate-head {align-items: baseline; gap: 0.5rem;}
 #annotate-head .annotate-prompt-text {font-size: 0.9em; white-space: pre-wrap; overflow-wrap: anywhere;}

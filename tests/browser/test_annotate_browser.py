@@ -24,7 +24,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-horse-battery"
-ANNOTATORS = ("ann1", "ann2", "ann3", "ann4", "ann5", "ann6")
+ANNOTATORS = ("ann1", "ann2", "ann3", "ann4", "ann5", "ann6", "ann7", "ann8")
 CHOICE_IDS = ["annotate-overall", "annotate-strength", "annotate-texture", "annotate-artifacts", "flag-side",
               "flag-types", *[f"annotate-identity-{i}" for i in range(6)]]
 
@@ -64,20 +64,41 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
-def _poison(session, host: str) -> None:
-    """Every prompt and label carries a Markdown image and an <img> tag pointing at the listener."""
-    from sqlalchemy import update
+def _poison_open_pair(data: Path, user: str, host: str) -> None:
+    """The prompt and labels of the pair served to ``user`` get a Markdown image and an <img> tag pointing at
+    the listener."""
+    from sqlalchemy import select, update
 
-    from db.models import Generation, GenerationSubject
+    from db.engine import make_engine, make_session_factory
+    from db.models import (
+        Assignment,
+        AssignmentStatus,
+        Candidate,
+        Comparison,
+        Generation,
+        GenerationSubject,
+        User,
+    )
 
     tags = f" ![x]({host}/md.png) <img src={host}/tag.png>"
-    session.execute(update(Generation).values(final_prompt=Generation.final_prompt + tags))
-    session.execute(update(GenerationSubject).values(label=GenerationSubject.label + tags))
-    session.commit()
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            generation_id = session.scalar(
+                select(Candidate.generation_id).join(Comparison, Comparison.candidate_a_id == Candidate.id)
+                .join(Assignment, Assignment.comparison_id == Comparison.id).join(User, User.id == Assignment.user_id)
+                .where(User.username == user, Assignment.status == AssignmentStatus.open))
+            session.execute(update(Generation).where(Generation.id == generation_id)
+                            .values(final_prompt=Generation.final_prompt + tags))
+            session.execute(update(GenerationSubject).where(GenerationSubject.generation_id == generation_id)
+                            .values(label=GenerationSubject.label + tags))
+            session.commit()
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, listener):
+def server(tmp_path_factory):
     from annotation.demo import pattern_images, seed_demo_data
     from annotation.testing import make_store
     from annotation.ui.testing import free_port
@@ -86,10 +107,11 @@ def server(tmp_path_factory, listener):
     data = tmp_path_factory.mktemp("annotate-data")
     store = make_store(data)
     with store.sessions() as session:
-        seed_demo_data(session, data, candidates=32, votes=0, annotators=1, images=pattern_images(8), gold_rate=0.0)
+        # seed 5 holds groups of one and three people, one of them an age task with target ages
+        seed_demo_data(session, data, candidates=32, votes=0, annotators=1, images=pattern_images(8), gold_rate=0.0,
+                       seed=5)
         for name in ANNOTATORS:
             create_user(session, name, PASSWORD, "annotator")
-        _poison(session, listener[0])
     store.engine.dispose()
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
@@ -347,6 +369,8 @@ def test_untrusted_prompt_and_labels_are_shown_as_text(server, browser, listener
 
     page = _page(browser)
     _open_pair(page, url, "ann6")
+    _poison_open_pair(server[1], "ann6", host)
+    _open_pair(page, url, "ann6")  # a new page load serves the same pair, now with the visitor's tags
     page.wait_for_timeout(1500)
     assert hits == []
     assert page.locator(f"img[src^='{host}']").count() == 0
@@ -355,3 +379,59 @@ def test_untrusted_prompt_and_labels_are_shown_as_text(server, browser, listener
     expect(page.locator("#annotate-identity-0")).to_contain_text("<img src=")
     expect(page.locator("#annotate-refs")).to_contain_text("<img src=")
     assert hits == []
+
+
+def _skip_to_a_group_with_target_ages(page, tries: int = 40) -> None:
+    """Skip pairs until one of three people with target ages is shown."""
+    for _ in range(tries):
+        if page.locator("#annotate-identity-2").is_visible() and " · age " in page.locator("#annotate-refs").inner_text():
+            return
+        before = page.locator("#annotate-progress").inner_text()
+        page.locator("#annotate-skip").click()
+        page.wait_for_function("(before) => document.querySelector('#annotate-progress').innerText !== before",
+                               arg=before, timeout=30_000)
+        page.wait_for_timeout(300)
+    raise AssertionError("no pair of three people with target ages was served")
+
+
+def _box(page, selector: str) -> dict:
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, f"{selector} is not rendered"
+    return box
+
+
+def test_first_screen_holds_both_candidates_the_vote_and_square_captioned_references(server, browser, shots):
+    url, _ = server
+    from playwright.sync_api import expect
+
+    page = _page(browser, 1366, 768)
+    _open_pair(page, url, "ann7")
+    _skip_to_a_group_with_target_ages(page)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(500)
+    expect(page.get_by_text("sign in above")).to_be_hidden()
+    left, right, overall = (_box(page, s) for s in ("#annotate-left img", "#annotate-right img", "#annotate-overall"))
+    assert min(left["height"], right["height"]) >= 0.55 * 768, (left, right)
+    assert left["y"] >= 0 and right["y"] >= 0
+    assert overall["y"] >= left["y"] + left["height"] and overall["y"] + overall["height"] <= 768, overall
+    refs = page.locator("#annotate-refs img").evaluate_all(
+        "els => els.map(e => [e.clientWidth, e.clientHeight, getComputedStyle(e).objectFit])")
+    assert len(refs) == 3 and all(w == h and w >= 60 and fit == "contain" for w, h, fit in refs), refs
+    captions = page.locator("#annotate-refs .caption-label").all_inner_texts()
+    assert len(captions) == 3 and all(c.startswith("person ") for c in captions), captions
+    assert any(" · age " in c for c in captions), captions
+    for i, caption in enumerate(captions):  # the caption sits below its thumbnail, not over the face
+        image, label = page.locator("#annotate-refs img").nth(i).bounding_box(), \
+            page.locator("#annotate-refs .caption-label").nth(i).bounding_box()
+        assert label["y"] >= image["y"] + image["height"] - 1, (caption, image, label)
+    page.screenshot(path=str(shots / "annotate-1366x768.png"))
+    print(f"screenshot: {shots / 'annotate-1366x768.png'}")
+
+    phone = _page(browser, 390, 844)
+    _open_pair(phone, url, "ann7")  # the same open pair
+    phone.wait_for_timeout(500)
+    for selector in ("#annotate-left img", "#annotate-right img"):
+        assert _box(phone, selector)["width"] >= 0.8 * 390
+    assert len(phone.locator("#annotate-refs img").all()) == 3
+    phone.screenshot(path=str(shots / "annotate-390x844.png"), full_page=True)
+    print(f"screenshot: {shots / 'annotate-390x844.png'}")
