@@ -97,6 +97,21 @@ def _poison_open_pair(data: Path, user: str, host: str) -> None:
         engine.dispose()
 
 
+def _age_task_for_groups_of_three(session) -> None:
+    """Groups of three become age tasks with target ages for persons 1 and 3 (the layout test looks for one)."""
+    from sqlalchemy import select, update
+
+    from db.models import Generation, GenerationSubject
+
+    ids = session.scalars(select(Generation.id).where(Generation.num_subjects == 3)).all()
+    assert ids, "the demo data has no group of three people; pick another seed"
+    session.execute(update(Generation).where(Generation.id.in_(ids)).values(task="age"))
+    for slot, age in [(0, 30.0), (2, 70.0)]:
+        session.execute(update(GenerationSubject).where(GenerationSubject.generation_id.in_(ids),
+                                                        GenerationSubject.slot == slot).values(target_age=age))
+    session.commit()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from annotation.demo import pattern_images, seed_demo_data
@@ -107,11 +122,12 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("annotate-data")
     store = make_store(data)
     with store.sessions() as session:
-        # seed 5 holds groups of one and three people, one of them an age task with target ages
+        # seed 5 holds groups of one and of three people
         seed_demo_data(session, data, candidates=32, votes=0, annotators=1, images=pattern_images(8), gold_rate=0.0,
                        seed=5)
         for name in ANNOTATORS:
             create_user(session, name, PASSWORD, "annotator")
+        _age_task_for_groups_of_three(session)
     store.engine.dispose()
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
