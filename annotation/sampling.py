@@ -63,6 +63,7 @@ class ServedComparison:
     subject_labels: tuple[str | None, ...]
     reference_paths: tuple[str | None, ...]
     is_gold: bool
+    target_ages: tuple[float | None, ...] = ()  # per slot; empty or None entries: no target age
 
     def choice_for_side(self, side: str) -> str:
         """'left'/'right' → 'a'/'b' for this assignment (other values are returned unchanged)."""
@@ -70,6 +71,14 @@ class ServedComparison:
             return side
         cid = self.left.candidate_id if side == "left" else self.right.candidate_id
         return "a" if cid == self.candidate_a_id else "b"
+
+    def side_for_choice(self, choice: str) -> str:
+        """'a'/'b' → 'left'/'right' on this assignment's screen (the inverse of :meth:`choice_for_side`;
+        other values are returned unchanged)."""
+        if choice not in ("a", "b"):
+            return choice
+        cid = self.candidate_a_id if choice == "a" else self.candidate_b_id
+        return "left" if cid == self.left.candidate_id else "right"
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class _Pair:
     num_subjects: int
     subject_labels: tuple[str | None, ...]
     reference_paths: tuple[str | None, ...]
+    target_ages: tuple[float | None, ...]
 
     def served(self, assignment_id: int, shown_left_id: int) -> ServedComparison:
         left, right = (self.a, self.b) if shown_left_id == self.a.candidate_id else (self.b, self.a)
@@ -101,6 +111,7 @@ class _Pair:
             subject_labels=self.subject_labels,
             reference_paths=self.reference_paths,
             is_gold=self.is_gold,
+            target_ages=self.target_ages,
         )
 
 
@@ -126,7 +137,7 @@ def _pair(session: Session, comparison_id: int) -> _Pair:
         .where(Comparison.id == comparison_id)
     ).one()
     subjects = session.execute(
-        select(GenerationSubject.label, ReferencePhoto.path)
+        select(GenerationSubject.label, ReferencePhoto.path, GenerationSubject.target_age)
         .outerjoin(ReferencePhoto, ReferencePhoto.id == GenerationSubject.reference_photo_id)
         .where(GenerationSubject.generation_id == row.generation_id)
         .order_by(GenerationSubject.slot)
@@ -139,8 +150,9 @@ def _pair(session: Session, comparison_id: int) -> _Pair:
         prompt=row.final_prompt,
         task=row.task.value,
         num_subjects=row.num_subjects,
-        subject_labels=tuple(label for label, _ in subjects),
-        reference_paths=tuple(path for _, path in subjects),
+        subject_labels=tuple(s.label for s in subjects),
+        reference_paths=tuple(s.path for s in subjects),
+        target_ages=tuple(s.target_age for s in subjects),
     )
 
 

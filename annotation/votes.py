@@ -536,15 +536,36 @@ def _record_in_session(session: Session, pending: _PendingVote) -> _Written:
 
 @dataclass(frozen=True)
 class UndoResult:
+    """The deleted vote: its ids and the answers it held, in terms of candidates A and B (a|b|tie|both_bad
+    for overall; identity maps slot → a|b|tie), so a form can show them again."""
+
     vote_id: int
     comparison_id: int
+    overall: str | None = None
+    strength: str | None = None
+    identity: Mapping[int, str] = field(default_factory=dict)
+    texture: str | None = None
+    artifacts: str | None = None
+
+
+def _text(value: Enum | None) -> str | None:
+    return None if value is None else value.value
+
+
+def _undone(vote: Vote) -> UndoResult:
+    return UndoResult(
+        vote_id=vote.id, comparison_id=vote.comparison_id, overall=_text(vote.overall),
+        strength=_text(vote.strength), identity={int(k): v for k, v in (vote.identity or {}).items()},
+        texture=_text(vote.texture), artifacts=_text(vote.artifacts),
+    )
 
 
 def undo_last_vote(
     session: Session, user_id: int, *, within: timedelta = DEFAULT_UNDO_WINDOW, now: datetime | None = None
 ) -> UndoResult:
     """Delete the user's most recent vote if it is younger than ``within``; its comparison is served to
-    them again next. Raises UndoExpired when there is no such vote."""
+    them again next, and the returned UndoResult holds the answers it had. Raises UndoExpired when there is
+    no such vote."""
     try:
         now = now or utcnow()
         get_user(session, user_id)
@@ -558,7 +579,7 @@ def undo_last_vote(
             raise UndoExpired(
                 f"user {user_id} has no vote from the last {int(within.total_seconds())} s to undo"
             )
-        comparison_id, vote_id = vote.comparison_id, vote.id
+        comparison_id, undone = vote.comparison_id, _undone(vote)
         session.delete(vote)
         session.flush()
         last = session.scalar(select(func.max(Vote.created_at)).where(Vote.comparison_id == comparison_id))
@@ -573,7 +594,7 @@ def undo_last_vote(
             .values(status=AssignmentStatus.open, created_at=now)
         )
         session.commit()
-        return UndoResult(vote_id, comparison_id)
+        return undone
     except BaseException:
         session.rollback()
         raise

@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from annotation import candidates as C
 from annotation import sampling as S
@@ -17,7 +17,7 @@ from annotation import users as U
 from annotation import votes as V
 from annotation.errors import AuthenticationError, DuplicateVote, InvalidVote, NotFound, PermissionDenied
 from annotation.testing import PG_URL_ENV, open_test_store, pattern_image, small_world
-from db.models import Assignment, Badcase, Comparison, Vote
+from db.models import Assignment, Badcase, Comparison, GenerationSubject, Vote
 from db.types import utcnow
 from idglow.errors import InputError
 
@@ -217,6 +217,38 @@ def test_undo_last_vote_and_badcase(store):
             V.flag_badcase(s, served.candidate_a_id, ["melted"])
         with pytest.raises(NotFound):
             V.flag_badcase(s, 10**9, ["artifact"])
+
+
+def test_undo_returns_the_answers_of_the_undone_vote(store):
+    _, ids = small_world(store, candidates=8, annotators=1)
+    u = ids["annotator1"]
+    with store.sessions() as s:
+        served = S.next_comparison(s, u, gold_rate=0.0)
+        identity = {i: "b" if i % 2 else "tie" for i in range(served.num_subjects)}
+        V.record_vote(s, V.VoteRequest(served.comparison_id, u, "a", "k1", strength="clear", identity=identity,
+                                       texture="b", artifacts="tie"))
+        undone = V.undo_last_vote(s, u)
+        assert (undone.overall, undone.strength, undone.texture, undone.artifacts) == ("a", "clear", "b", "tie")
+        assert undone.identity == identity
+        again = S.next_comparison(s, u, gold_rate=0.0)
+        V.record_vote(s, V.VoteRequest(again.comparison_id, u, "both_bad", "k2"))
+        bare = V.undo_last_vote(s, u)
+        assert (bare.overall, bare.strength, bare.texture, bare.artifacts, bare.identity) == (
+            "both_bad", None, None, None, {})
+
+
+def test_served_sides_map_both_ways_and_carry_target_ages(store):
+    _, ids = small_world(store, candidates=8, annotators=1)
+    u = ids["annotator1"]
+    with store.sessions() as s:
+        s.execute(update(GenerationSubject).values(target_age=GenerationSubject.slot * 10 + 6.0))
+        s.commit()
+        served = S.next_comparison(s, u, gold_rate=0.0)
+    assert served.target_ages == tuple(slot * 10 + 6.0 for slot in range(served.num_subjects))
+    for side in ("left", "right"):
+        assert served.side_for_choice(served.choice_for_side(side)) == side
+    assert {served.choice_for_side("left"), served.choice_for_side("right")} == {"a", "b"}
+    assert served.side_for_choice("tie") == "tie"
 
 
 def test_delete_visitor_data_and_sweep(store):

@@ -13,10 +13,11 @@ from PIL import Image
 from annotation.errors import PermissionDenied
 from annotation.generation import CandidateResult, DetectedSubject, GenerationResult
 from annotation.sampling import ServedComparison, ShownCandidate
-from annotation.ui.annotate_handlers import AnnotateHandlers, PairState
+from annotation.ui.annotate_handlers import SHOWN_OUTPUTS, AnnotateHandlers, PairState, SignInHandlers
 from annotation.ui.auth import NotSignedIn
 from annotation.ui.generate_handlers import GenerateForm, GenerateHandlers, VisitorState
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
+from annotation.votes import UndoResult
 from db.models import Role
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,9 @@ class FakeGeneration:
 class FakeAuth:
     def __init__(self, users):
         self.users = users
+
+    def user(self, token):
+        return self.users.get(token)
 
     def require(self, token, role, action):
         user = self.users.get(token)
@@ -112,8 +116,8 @@ class FakeAnnotation:
 
     def next_pair(self, user_id):
         return ServedComparison(5, 9, 20, 30, left=ShownCandidate(30, "b.png"), right=ShownCandidate(20, "a.png"),
-                                prompt="p", task="fusion", num_subjects=2, subject_labels=("Mum", None),
-                                reference_paths=("r0.png", "r1.png"), is_gold=False)
+                                prompt="p <img src=x>", task="fusion", num_subjects=2, subject_labels=("Mum", None),
+                                reference_paths=("r0.png", "r1.png"), is_gold=False, target_ages=(6.0, None))
 
     def progress(self, user_id):
         return SimpleNamespace(votes=len([c for c in self.calls if c[0] == "vote"]), remaining=3)
@@ -126,6 +130,8 @@ class FakeAnnotation:
 
     def undo(self, user_id):
         self.calls.append(("undo", user_id))
+        return UndoResult(1, 9, overall="a", strength="clear", identity={0: "b", 1: "tie"}, texture="a",
+                          artifacts=None)
 
     def flag(self, user_id, candidate_id, types, note):
         self.calls.append(("flag", user_id, candidate_id, list(types), note))
@@ -136,7 +142,9 @@ def test_vote_translates_screen_sides_to_candidates_and_checks_the_caller():
     handlers = AnnotateHandlers(service, AUTH, clock=lambda: 100.0)
     shown = handlers.show("t-ann")
     pair = shown[-1]
-    assert shown[1] == "/data/b.png" and shown[2] == "/data/a.png" and shown[0][0] == ("/data/r0.png", "Mum")
+    assert shown[1] == "/data/b.png" and shown[2] == "/data/a.png"
+    assert shown[0]["value"] == [("/data/r0.png", "Mum · age 6"), ("/data/r1.png", "Person 2")]
+    assert "p &lt;img src=x&gt;" in shown[3] and "<img" not in shown[3]  # a visitor's text is shown as text
     assert [u["visible"] for u in shown[5:11]] == [True, True, False, False, False, False]
     with pytest.raises(gr.Error, match="sign in as annotator"):
         handlers.vote(None, pair, "left", "clear", None, None, "left")
@@ -151,13 +159,44 @@ def test_vote_translates_screen_sides_to_candidates_and_checks_the_caller():
     assert service.calls[1][3]["strength"] is None  # strength only for a or b
 
 
-def test_undo_reopens_and_flag_names_the_candidate_on_screen():
+def test_every_pair_starts_with_an_empty_form_one_update_per_output():
+    handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
+    shown = handlers.show("t-ann")
+    assert len(shown) == SHOWN_OUTPUTS
+    form = shown[5:-2]  # identity radios, overall, strength, texture, artifacts, flag side, types, note
+    assert len({id(u) for u in form}) == len(form)  # never one update object repeated for several outputs
+    assert [u["value"] for u in form] == [None] * 11 + [[], ""]
+    assert shown[-2] == ""  # the flag status of the previous pair is gone
+
+
+def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
+    handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
+    skipped = handlers.show_if_signed_in(None)
+    assert len(skipped) == SHOWN_OUTPUTS and all(u == gr.skip() for u in skipped)
+    assert handlers.show_if_signed_in("t-ann")[1] == "/data/b.png"
+    signed = SimpleNamespace(token="tok", user=SimpleNamespace(username="anna", role=Role.annotator))
+    sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password: signed, sign_out=lambda token: None))
+    token, status, password, form, bar, content, intro, research = sign_in.sign_in("anna", "pw")
+    assert token == "tok" and status.startswith("Signed in as **anna**") and password == ""
+    assert [u["visible"] for u in (form, bar, content, intro, research)] == [False, True, True, False, False]
+    out = sign_in.sign_out("tok")
+    assert out[0] is None and [u["visible"] for u in out[3:]] == [True, False, False, True, False]
+
+
+def test_undo_shows_the_undone_answers_and_flag_names_the_candidate_on_screen():
     service = FakeAnnotation([])
     handlers = AnnotateHandlers(service, AUTH)
     pair = PairState(FakeAnnotation([]).next_pair(1), 0.0, "k")
-    handlers.undo("t-ann", pair)
+    shown = handlers.undo("t-ann", pair)
     assert service.calls == [("undo", 1), ("skip", 1, 9)]
-    assert "Flagged image B" in handlers.flag("t-ann", pair, "right", ["identity_swap"], "swap")
+    # candidate B (30) is on the left: a → right, b → left
+    identity, (overall, strength, texture, artifacts) = shown[5:7], shown[11:15]
+    assert [u["value"] for u in identity] == ["left", "tie"]
+    assert (overall["value"], strength["value"], texture["value"], artifacts["value"]) == (
+        "right", "clear", "right", None)
+    status, *flag_form = handlers.flag("t-ann", pair, "right", ["identity_swap"], "swap")
+    assert status == "Flagged image B as Identity swap."
+    assert [u["value"] for u in flag_form] == [None, [], ""]
     assert service.calls[-1] == ("flag", 1, 20, ["identity_swap"], "swap")
     with pytest.raises(gr.Error, match="Choose which image"):
         handlers.flag("t-ann", pair, None, ["artifact"], "")

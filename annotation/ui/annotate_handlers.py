@@ -1,40 +1,65 @@
-"""Handlers of sign-in and the Annotate tab. The caller is checked on the server in every handler."""
+"""Handlers of sign-in and the Annotate tab. The caller is checked on the server in every handler.
+
+Every pair is shown with a fresh form: ``_form`` builds one ``gr.update`` per output, with the answers to show
+(none, or those of an undone vote). Text that visitors wrote (prompt, labels) is escaped, never rendered.
+"""
 
 from __future__ import annotations
 
+import html
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
 from annotation.errors import UndoExpired
 from annotation.ui.errors import ui_errors
+from annotation.votes import FAILURE_TYPES
 from db.models import Role
 from idglow.subjects import MAX_SUBJECTS
 
-OVERALL_CHOICES = [("A (left)", "left"), ("B (right)", "right"), ("Tie", "tie"), ("Both bad", "both_bad")]
-PAIR_CHOICES = [("A", "left"), ("B", "right"), ("Same", "tie")]
-STRENGTH_CHOICES = [("Slightly", "slight"), ("Clearly", "clear")]
+# each choice shows its key in brackets
+OVERALL_CHOICES = [("A better [a]", "left"), ("B better [b]", "right"), ("Tie [t]", "tie"), ("Both bad [x]", "both_bad")]
+PAIR_CHOICES = [("A [a]", "left"), ("B [b]", "right"), ("Same [t]", "tie")]
+STRENGTH_CHOICES = [("Slightly [s]", "slight"), ("Clearly [c]", "clear")]
+FLAG_SIDE_CHOICES = [("A [a]", "left"), ("B [b]", "right")]
+
+
+def failure_label(name: str) -> str:
+    """The human-readable name of a taxonomy failure type: identity_swap → 'Identity swap'."""
+    return name.replace("_", " ").capitalize()
+
+
+# shown with their number key; the stored value stays the taxonomy name
+FAILURE_CHOICES = [(f"{failure_label(name)} [{i + 1}]", name) for i, name in enumerate(FAILURE_TYPES)]
+# refs, A, B, prompt, progress, identity radios, overall, strength, texture, artifacts, flag side, failure types,
+# flag note, flag status, pair state
+SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 2
 
 
 class SignInHandlers:
+    """Outputs of sign-in and sign-out: token, status line, password box, sign-in panel, signed-in bar,
+    annotate content, annotate intro, research content."""
+
     def __init__(self, auth):
         self.auth = auth
 
     @ui_errors
     def sign_in(self, username: str, password: str):
-        """Returns (token, status, password field cleared, annotate content, research content)."""
         signed = self.auth.sign_in(username, password)
         user = signed.user
         researcher = user.role in (Role.researcher, Role.admin)
-        status = f"Signed in as **{user.username}** ({user.role.value})."
-        return signed.token, status, "", gr.update(visible=True), gr.update(visible=researcher)
+        status = f"Signed in as **{html.escape(user.username)}** · {user.role.value}"
+        return (signed.token, status, "", gr.update(visible=False), gr.update(visible=True),
+                gr.update(visible=True), gr.update(visible=False), gr.update(visible=researcher))
 
     def sign_out(self, token: str | None):
         self.auth.sign_out(token)
-        return None, "Signed out.", gr.update(visible=False), gr.update(visible=False)
+        return (None, "", "", gr.update(visible=True), gr.update(visible=False),
+                gr.update(visible=False), gr.update(visible=True), gr.update(visible=False))
 
 
 @dataclass
@@ -44,9 +69,64 @@ class PairState:
     key: str = ""
 
 
+@dataclass(frozen=True)
+class Answers:
+    """Answers on the screen's sides (left|right|tie|both_bad); None = not chosen."""
+
+    overall: str | None = None
+    strength: str | None = None
+    texture: str | None = None
+    artifacts: str | None = None
+    identity: Mapping[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_undone(cls, undone, served) -> Answers:
+        """The answers of an undone vote (candidates A/B) on the sides where ``served`` shows them."""
+        side = served.side_for_choice
+        return cls(
+            overall=side(undone.overall) if undone.overall else None, strength=undone.strength,
+            texture=side(undone.texture) if undone.texture else None,
+            artifacts=side(undone.artifacts) if undone.artifacts else None,
+            identity={slot: side(v) for slot, v in (undone.identity or {}).items()},
+        )
+
+
+def _person(served, i: int) -> str:
+    return served.subject_labels[i] or f"Person {i + 1}"
+
+
+def _caption(served, i: int) -> str:
+    ages = served.target_ages or ()
+    age = ages[i] if i < len(ages) else None
+    return _person(served, i) if age is None else f"{_person(served, i)} · age {age:g}"
+
+
+def _prompt_html(served) -> str:
+    """Task and prompt as escaped text: a visitor's Markdown or HTML is shown, never rendered or fetched."""
+    task = "age transformation" if served.task == "age" else "group fusion"
+    return (f'<div class="annotate-prompt-text"><b>Task:</b> {task} · <b>Prompt:</b> '
+            f"{html.escape(served.prompt or '')}</div>")
+
+
+def _identity_updates(served, answers: Answers) -> list[dict]:
+    n = served.num_subjects if served is not None else 0
+    return [gr.update(visible=i < n, value=answers.identity.get(i) if i < n else None,
+                      label=f"Identity of {_person(served, i)} (key {i + 1}, then a/b/t)" if i < n else None)
+            for i in range(MAX_SUBJECTS)]
+
+
+def _form(served, answers: Answers) -> list[dict]:
+    """One update per choice: 6 identity radios, overall, strength, texture, artifacts, flag side, failure
+    types, flag note."""
+    return [*_identity_updates(served, answers), gr.update(value=answers.overall),
+            gr.update(value=answers.strength), gr.update(value=answers.texture), gr.update(value=answers.artifacts),
+            gr.update(value=None), gr.update(value=[]), gr.update(value="")]
+
+
 class AnnotateHandlers:
-    """Outputs of ``show``: refs gallery, left image, right image, prompt, progress, 6 identity radios
-    (visibility), then the reset choices (overall, strength, texture, artifacts), the pair state."""
+    """Outputs of ``show``/``vote``/``skip``/``undo``: refs gallery, left image, right image, prompt, progress,
+    6 identity radios, overall, strength, texture, artifacts, flag side, failure types, flag note, flag status,
+    the pair state."""
 
     def __init__(self, service, auth, clock=time.monotonic):
         self.service = service
@@ -56,31 +136,34 @@ class AnnotateHandlers:
     def _user(self, token):
         return self.auth.require(token, Role.annotator, "annotate")
 
-    def _show(self, user, note: str = ""):
+    def _show(self, user, note: str = "", undone=None):
         served = self.service.next_pair(user.id)
         progress = self.service.progress(user.id)
         text = f"{progress.votes} vote(s) by you · {progress.remaining} pair(s) left in the pool"
         if note:
             text = f"{note} · {text}"
-        reset = [gr.update(value=None)] * 4
         if served is None:
-            hidden = [gr.update(visible=False, value=None)] * MAX_SUBJECTS
-            return [[], None, None, "No pair is waiting for you. Thank you!", text, *hidden, *reset, PairState()]
-        refs = [(self.service.image_path(p), label or f"Person {i + 1}")
-                for i, (p, label) in enumerate(zip(served.reference_paths, served.subject_labels)) if p]
-        radios = [gr.update(visible=i < served.num_subjects, value=None,
-                            label=f"Identity of {served.subject_labels[i] or f'Person {i + 1}'} (key {i + 1})"
-                            if i < served.num_subjects else None)
-                  for i in range(MAX_SUBJECTS)]
-        task = "age transformation" if served.task == "age" else "group fusion"
-        prompt = f"**Task:** {task}  \n**Prompt:** {served.prompt}"
+            return [gr.update(value=[]), None, None, "<p>No pair is waiting for you. Thank you!</p>", text,
+                    *_form(None, Answers()), "", PairState()]
+        answers = (Answers.of_undone(undone, served)
+                   if undone is not None and undone.comparison_id == served.comparison_id else Answers())
+        refs = [(self.service.image_path(p), _caption(served, i))
+                for i, p in enumerate(served.reference_paths) if p]
         state = PairState(served, self.clock(), uuid.uuid4().hex)
-        return [refs, self.service.image_path(served.left.image_path), self.service.image_path(served.right.image_path),
-                prompt, text, *radios, *reset, state]
+        return [gr.update(value=refs, columns=1 if len(refs) <= 2 else 2),
+                self.service.image_path(served.left.image_path), self.service.image_path(served.right.image_path),
+                _prompt_html(served), text, *_form(served, answers), "", state]
 
     @ui_errors
     def show(self, token: str | None):
         return self._show(self._user(token))
+
+    def show_if_signed_in(self, token: str | None):
+        """``show`` for the page itself (tab selected, signed in): nothing changes when nobody is signed in,
+        so the tab shows no errors before sign-in."""
+        if self.auth.user(token) is None:
+            return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
+        return self.show(token)
 
     @ui_errors
     def vote(self, token: str | None, pair: PairState | None, overall: str | None, strength: str | None,
@@ -111,22 +194,27 @@ class AnnotateHandlers:
 
     @ui_errors
     def undo(self, token: str | None, pair: PairState | None):
+        """The last vote is deleted and its pair shown again with the answers it had."""
         user = self._user(token)
         try:
-            self.service.undo(user.id)
+            undone = self.service.undo(user.id)
         except UndoExpired as err:
             raise gr.Error(f"Nothing to undo: {err}", print_exception=False) from None
         if pair is not None and pair.served is not None:  # the pair on screen goes back in the queue
             self.service.skip(user.id, pair.served.comparison_id)
-        return self._show(user, "Last vote undone")
+        return self._show(user, "Last vote undone", undone=undone)
 
     @ui_errors
     def flag(self, token: str | None, pair: PairState | None, side: str | None, failure_types, note: str):
+        """Outputs: flag status, then a cleared flag form (side, failure types, note)."""
         user = self._user(token)
         if pair is None or pair.served is None:
             raise gr.Error("There is no pair on screen to flag.", print_exception=False)
         if side not in ("left", "right"):
             raise gr.Error("Choose which image (A or B) to flag.", print_exception=False)
         shown = pair.served.left if side == "left" else pair.served.right
-        self.service.flag(user.id, shown.candidate_id, failure_types or [], note or "")
-        return f"Flagged image {'A' if side == 'left' else 'B'} as {', '.join(failure_types)}."
+        types = list(failure_types or [])
+        self.service.flag(user.id, shown.candidate_id, types, note or "")
+        names = ", ".join(failure_label(t) for t in types)
+        return (f"Flagged image {'A' if side == 'left' else 'B'} as {names}.",
+                gr.update(value=None), gr.update(value=[]), gr.update(value=""))

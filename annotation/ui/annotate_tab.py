@@ -1,59 +1,113 @@
-"""The Annotate tab (signed-in annotators): references above candidates A and B, keyboard-driven votes."""
+"""The Annotate tab (signed-in annotators): references beside candidates A and B, keyboard-driven votes.
+
+Laid out so that at 1366×768 the two candidates and the overall vote fit the first screen; the shortcut legend,
+the flag form and the guidelines follow below.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
-from annotation.ui.annotate_handlers import OVERALL_CHOICES, PAIR_CHOICES, STRENGTH_CHOICES, AnnotateHandlers
-from annotation.ui.theme import GUIDELINES_MD, SHORTCUTS_MD
-from annotation.votes import FAILURE_TYPES
+from annotation.ui.annotate_handlers import (
+    FAILURE_CHOICES,
+    FLAG_SIDE_CHOICES,
+    OVERALL_CHOICES,
+    PAIR_CHOICES,
+    STRENGTH_CHOICES,
+    AnnotateHandlers,
+)
+from annotation.ui.theme import FOCUS_PAIR_JS, GUIDELINES_MD, SHORTCUTS_MD
 from idglow.subjects import MAX_SUBJECTS
 
+IMAGE_HEIGHT = "56vh"  # each candidate at least ~55% of the viewport height
+EVENTS = dict(concurrency_id="annotate", concurrency_limit=16)
 
-def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> gr.Column:
-    """The tab's content column, shown after an annotator signs in (the handlers check the caller anyway)."""
-    with gr.Tab("Annotate") as tab:
+
+@dataclass
+class AnnotateTab:
+    """The tab's widgets that sign-in and sign-out change, and how to load a pair after sign-in."""
+
+    content: gr.Column
+    intro: gr.Markdown
+    shown: list
+    handlers: AnnotateHandlers
+    token: gr.State
+
+    def load_after(self, event) -> None:
+        """After ``event`` succeeds (a sign-in), show the annotator's pair and move the focus to it."""
+        event.success(self.handlers.show_if_signed_in, [self.token], self.shown, api_visibility="private",
+                      **EVENTS).success(None, js=FOCUS_PAIR_JS)
+
+
+def _pair_row():
+    with gr.Row(elem_id="annotate-pair", equal_height=True):
+        refs = gr.Gallery(label="The people", show_label=False, columns=1, height=IMAGE_HEIGHT, object_fit="contain",
+                          allow_preview=False, interactive=False, buttons=[], scale=1, min_width=150,
+                          elem_id="annotate-refs")
+        left = gr.Image(label="A", elem_id="annotate-left", interactive=False, type="filepath",
+                        height=IMAGE_HEIGHT, buttons=[], scale=3, min_width=320)
+        right = gr.Image(label="B", elem_id="annotate-right", interactive=False, type="filepath",
+                         height=IMAGE_HEIGHT, buttons=[], scale=3, min_width=320)
+    return refs, left, right
+
+
+def _flag_form():
+    with gr.Accordion("Flag a bad image [f]", open=False, elem_id="flag-box"):
+        with gr.Row():
+            side = gr.Radio(FLAG_SIDE_CHOICES, label="Image (a/b)", elem_id="flag-side", scale=1)
+            types = gr.CheckboxGroup(FAILURE_CHOICES, label="Failure types (number keys)", elem_id="flag-types",
+                                     scale=4)
+        with gr.Row():
+            note = gr.Textbox(label="Note (optional)", elem_id="flag-note", scale=4)
+            flag = gr.Button("Flag [Enter]", elem_id="flag-run", scale=1)
+        status = gr.Markdown(elem_id="flag-status")
+    return side, types, note, flag, status
+
+
+def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateTab:
+    """The Annotate tab; its content is shown after sign-in (the handlers check the caller anyway)."""
+    with gr.Tab("Annotate", elem_id="annotate-tab") as tab:
         pair = gr.State(None)
-        gr.Markdown("Annotators: sign in above to judge pairs of candidates.")
-        with gr.Column(visible=False) as content:
-            with gr.Accordion("Guidelines", open=False):
-                gr.Markdown(GUIDELINES_MD)
-            gr.Markdown(SHORTCUTS_MD, elem_classes=["idglow-shortcuts"])
-            hint = gr.Markdown(elem_id="shortcut-hint")  # noqa: F841 - filled by the shortcut script
-            progress = gr.Markdown(elem_id="annotate-progress")
-            prompt = gr.Markdown(elem_id="annotate-prompt")
-            refs = gr.Gallery(label="The people (references)", columns=6, height=180, elem_id="annotate-refs",
-                              interactive=False)
-            with gr.Row():
-                left = gr.Image(label="A", elem_id="annotate-left", interactive=False, type="filepath", height=360)
-                right = gr.Image(label="B", elem_id="annotate-right", interactive=False, type="filepath", height=360)
-            with gr.Row():
+        intro = gr.Markdown("Annotators: sign in above to judge pairs of candidates.", elem_id="annotate-intro")
+        with gr.Column(visible=False, elem_id="annotate-content") as content:
+            with gr.Row(elem_id="annotate-head"):
+                prompt = gr.HTML(elem_id="annotate-prompt", scale=3, padding=False)
+                progress = gr.Markdown(elem_id="annotate-progress")
+            refs, left, right = _pair_row()
+            with gr.Row(elem_id="annotate-votes"):
                 overall = gr.Radio(OVERALL_CHOICES, label="Overall: which group photo is better?",
-                                   elem_id="annotate-overall")
-                strength = gr.Radio(STRENGTH_CHOICES, label="By how much?", elem_id="annotate-strength")
+                                   elem_id="annotate-overall", scale=3)
+                strength = gr.Radio(STRENGTH_CHOICES, label="By how much?", elem_id="annotate-strength", scale=2)
+                with gr.Column(scale=2, min_width=200):
+                    submit = gr.Button("Submit vote [Enter]", variant="primary", elem_id="annotate-submit")
+                    with gr.Row():
+                        skip = gr.Button("Skip [k]", size="sm", elem_id="annotate-skip")
+                        undo = gr.Button("Undo last [u]", size="sm", elem_id="annotate-undo")
+            gr.Markdown(elem_id="shortcut-hint")  # filled by the shortcut script
             with gr.Row():
                 identity = [gr.Radio(PAIR_CHOICES, label=f"Identity of person {i + 1}", visible=False,
                                      elem_id=f"annotate-identity-{i}") for i in range(MAX_SUBJECTS)]
             with gr.Row():
-                texture = gr.Radio(PAIR_CHOICES, label="Better texture", elem_id="annotate-texture")
-                artifacts = gr.Radio(PAIR_CHOICES, label="Fewer artifacts", elem_id="annotate-artifacts")
-            with gr.Row():
-                submit = gr.Button("Submit vote (Enter)", variant="primary", elem_id="annotate-submit")
-                skip = gr.Button("Skip (k)", elem_id="annotate-skip")
-                undo = gr.Button("Undo last vote (u)", elem_id="annotate-undo")
-            with gr.Accordion("Flag a bad image", open=False):
-                side = gr.Radio([("A", "left"), ("B", "right")], label="Image", elem_id="flag-side")
-                types = gr.CheckboxGroup(list(FAILURE_TYPES), label="Failure types", elem_id="flag-types")
-                note = gr.Textbox(label="Note (optional)", elem_id="flag-note")
-                flag = gr.Button("Flag", elem_id="flag-run")
-                flag_status = gr.Markdown(elem_id="flag-status")
+                texture = gr.Radio(PAIR_CHOICES, label="Better texture (key y, then a/b/t)", elem_id="annotate-texture")
+                artifacts = gr.Radio(PAIR_CHOICES, label="Fewer artifacts (key r, then a/b/t)",
+                                     elem_id="annotate-artifacts")
+            side, types, note, flag, flag_status = _flag_form()
+            gr.Markdown(SHORTCUTS_MD, elem_classes=["idglow-shortcuts"])
+            with gr.Accordion("Guidelines", open=False):
+                gr.Markdown(GUIDELINES_MD)
+            reload = gr.Button("Reload pair", visible=False, elem_id="annotate-reload")
 
-    shown = [refs, left, right, prompt, progress, *identity, overall, strength, texture, artifacts, pair]
-    opts = dict(concurrency_id="annotate", concurrency_limit=16)
-    tab.select(handlers.show, [token], shown, api_name="annotate_show", **opts)
+    shown = [refs, left, right, prompt, progress, *identity, overall, strength, texture, artifacts,
+             side, types, note, flag_status, pair]
+    tab.select(handlers.show_if_signed_in, [token], shown, api_visibility="private", **EVENTS).success(
+        None, js=FOCUS_PAIR_JS)
+    reload.click(handlers.show, [token], shown, api_name="annotate_show", **EVENTS)
     submit.click(handlers.vote, [token, pair, overall, strength, texture, artifacts, *identity], shown,
-                 api_name="vote", **opts)
-    skip.click(handlers.skip, [token, pair], shown, api_name="skip", **opts)
-    undo.click(handlers.undo, [token, pair], shown, api_name="undo", **opts)
-    flag.click(handlers.flag, [token, pair, side, types, note], [flag_status], api_name="flag", **opts)
-    return content
+                 api_name="vote", **EVENTS)
+    skip.click(handlers.skip, [token, pair], shown, api_name="skip", **EVENTS)
+    undo.click(handlers.undo, [token, pair], shown, api_name="undo", **EVENTS)
+    flag.click(handlers.flag, [token, pair, side, types, note], [flag_status, side, types, note], api_name="flag",
+               **EVENTS)
+    return AnnotateTab(content, intro, shown, handlers, token)

@@ -8,7 +8,7 @@ import gradio as gr
 
 from annotation.privacy import UploadLimits
 from annotation.ui.annotate_handlers import AnnotateHandlers, SignInHandlers
-from annotation.ui.annotate_tab import build_annotate_tab
+from annotation.ui.annotate_tab import AnnotateTab, build_annotate_tab
 from annotation.ui.generate_handlers import GenerateHandlers
 from annotation.ui.generate_tab import build_generate_tab
 from annotation.ui.research_handlers import ResearchHandlers
@@ -38,33 +38,59 @@ def build_app(services: AppServices) -> gr.Blocks:
                                 default_size=services.default_size)
     sign_in = SignInHandlers(services.auth)
     with gr.Blocks(title="IdGlow", analytics_enabled=False) as demo:
-        gr.Markdown("# IdGlow · group photos that keep everyone's identity")
+        gr.Markdown("# IdGlow · group photos that keep everyone's identity", elem_id="idglow-title")
         if services.banner:
             gr.Markdown(services.banner, elem_id="idglow-banner")
         token = gr.State(None)
-        with gr.Accordion("Sign in (annotators and researchers)", open=False, elem_id="signin"):
-            with gr.Row():
-                username = gr.Textbox(label="User name", elem_id="signin-user")
-                password = gr.Textbox(label="Password", type="password", elem_id="signin-password")
-            with gr.Row():
-                sign_in_btn = gr.Button("Sign in", variant="primary", elem_id="signin-run")
-                sign_out_btn = gr.Button("Sign out", elem_id="signin-out")
-            signed = gr.Markdown(elem_id="signin-status")
+        signin = _sign_in_panel()
         with gr.Tabs():
             build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny,
                                concurrency_limit=services.concurrency + services.max_queue)
             annotate_tab = build_annotate_tab(AnnotateHandlers(services.annotation, services.auth), token)
             research_tab = build_research_tab(ResearchHandlers(services.research, services.auth), token)
-        opts = dict(concurrency_id="signin", concurrency_limit=4)
-        sign_in_btn.click(sign_in.sign_in, [username, password], [token, signed, password, annotate_tab, research_tab],
-                          api_name="sign_in", **opts)
-        password.submit(sign_in.sign_in, [username, password], [token, signed, password, annotate_tab, research_tab],
-                        api_visibility="private", **opts)
-        sign_out_btn.click(sign_in.sign_out, [token], [token, signed, annotate_tab, research_tab],
-                           api_name="sign_out", **opts)
+        _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab)
         demo.load(None, js=SHORTCUTS_JS)
     demo.queue(max_size=max(64, 4 * (services.concurrency + services.max_queue)), default_concurrency_limit=4)
     return demo
+
+
+@dataclass
+class SignInPanel:
+    username: gr.Textbox
+    password: gr.Textbox
+    run: gr.Button
+    form: gr.Accordion  # shown while signed out
+    bar: gr.Row  # "Signed in as NAME · Sign out", shown while signed in
+    status: gr.Markdown
+    sign_out: gr.Button
+
+
+def _sign_in_panel() -> SignInPanel:
+    with gr.Accordion("Sign in (annotators and researchers)", open=False, elem_id="signin") as form:
+        with gr.Row():
+            username = gr.Textbox(label="User name", elem_id="signin-user")
+            password = gr.Textbox(label="Password", type="password", elem_id="signin-password")
+        run = gr.Button("Sign in", variant="primary", elem_id="signin-run")
+    with gr.Row(visible=False, elem_id="signin-bar") as bar:
+        status = gr.Markdown(elem_id="signin-status")
+        sign_out = gr.Button("Sign out", size="sm", scale=0, min_width=100, elem_id="signin-out")
+    return SignInPanel(username, password, run, form, bar, status, sign_out)
+
+
+def _wire_sign_in(handlers: SignInHandlers, panel: SignInPanel, token: gr.State, annotate_tab: AnnotateTab,
+                  research_tab: gr.Column) -> None:
+    """Sign-in collapses the panel to the signed-in bar and loads the annotator's pair; sign-out reverses it."""
+    opts = dict(concurrency_id="signin", concurrency_limit=4)
+    toggled = [panel.form, panel.bar, annotate_tab.content, annotate_tab.intro, research_tab]
+    signed_in = [token, panel.status, panel.password, *toggled]
+    by_button = panel.run.click(handlers.sign_in, [panel.username, panel.password], signed_in, api_name="sign_in",
+                                **opts)
+    by_enter = panel.password.submit(handlers.sign_in, [panel.username, panel.password], signed_in,
+                                     api_visibility="private", **opts)
+    for event in (by_button, by_enter):
+        annotate_tab.load_after(event)
+    panel.sign_out.click(handlers.sign_out, [token], [token, panel.status, panel.password, *toggled],
+                         api_name="sign_out", **opts)
 
 
 def launch_options(host: str, port: int, max_upload_mb: int) -> dict:

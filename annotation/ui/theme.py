@@ -2,21 +2,68 @@
 
 from __future__ import annotations
 
-CSS = """
-#idglow-banner {border-left: 4px solid #f59e0b; padding: 0.4rem 0.8rem; background: rgba(245,158,11,0.08);}
+# The Annotate tab: a compact first screen (title and banner shrink to one line each while the tab is selected,
+# then the candidates and the overall vote), square reference thumbnails that show the whole face, a small legend.
+ANNOTATE_CSS = """
+body:has(#annotate-tab-button.selected) #idglow-title h1 {font-size: 1.3rem !important; margin: 0 !important;}
+body:has(#annotate-tab-button.selected) #idglow-banner {padding-top: 0.1rem; padding-bottom: 0.1rem;}
+body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; margin: 0; font-size: 0.85rem;}
+#annotate-content {gap: 8px;}
+#signin-bar {align-items: center; min-height: 0;}
+#annotate-head {align-items: baseline; gap: 0.5rem;}
+#annotate-head .annotate-prompt-text {font-size: 0.9em; white-space: pre-wrap; overflow-wrap: anywhere;}
+#annotate-progress {font-size: 0.85em; text-align: right;}
 #annotate-left img, #annotate-right img {object-fit: contain;}
+#annotate-refs .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+  grid-auto-rows: auto !important;}
+#annotate-refs .thumbnail-item {display: flex; flex-direction: column; width: 100%; min-width: 0; height: auto;
+  aspect-ratio: auto;}
+#annotate-refs .thumbnail-item img {width: 100%; height: auto; aspect-ratio: 1 / 1; object-fit: contain;}
+#annotate-refs .caption-label {position: static; max-width: 100%; white-space: normal; overflow-wrap: anywhere;
+  text-align: center; background: none; border: none; padding: 2px 0; font-size: 0.8em;}
+#annotate-pair:focus {outline: none;}
+#shortcut-hint {min-height: 1.2em; font-weight: 600;}
+#annotate-content .idglow-shortcuts {font-size: 0.8em; opacity: 0.85;}
 .idglow-shortcuts kbd {border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em;}
-#shortcut-hint {min-height: 1.5em; font-weight: 600;}
+@media (max-width: 640px) {
+  #annotate-left, #annotate-right {height: min(56vh, 100vw) !important;}
+  #annotate-refs, #annotate-refs .grid-wrap {height: auto !important;}
+  #annotate-refs .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr)) !important;}
+  #annotate-head {flex-direction: column; align-items: stretch;}
+  #annotate-progress {text-align: left;}
+}
 """
 
+CSS = """
+#annotate-left img, #annotate-right img {object-fit: contain;}
+#annotate-head {align-items: baseline; gap: 0.5rem;}
+#annotate-head .annotate-prompt-text {font-size: 0.9em; white-space: pre-wrap; overflow-wrap: anywhere;}
+#annotate-progress {font-size: 0.85em; text-align: right;}
+#annotate-refs .thumbnail-item {aspect-ratio: 1 / 1; height: auto;}
+#annotate-refs img {object-fit: contain;}
+#annotate-refs .caption-label {white-space: normal; overflow-wrap: anywhere; max-width: 100%;}
+#annotate-content .idglow-shortcuts {font-size: 0.8em; opacity: 0.85;}
+.idglow-shortcuts kbd {border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em;}
+#shortcut-hint {min-height: 1.2em; font-weight: 600;}
+#signin-bar {align-items: center;}
+#annotate-pair:focus {outline: none;}
+"""
+
+CSS = """
+#idglow-banner {border-left: 4px solid #f59e0b; padding: 0.4rem 0.8rem; background: rgba(245,158,11,0.08);}
+""" + ANNOTATE_CSS
+
 SHORTCUTS_MD = """
-**Keyboard shortcuts** (when no text box has the focus):
+**Keys** (outside text boxes):
 <kbd>a</kbd> A better · <kbd>b</kbd> B better · <kbd>t</kbd> tie · <kbd>x</kbd> both bad ·
 <kbd>s</kbd> slightly · <kbd>c</kbd> clearly ·
 <kbd>1</kbd>–<kbd>6</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> identity of person 1–6 ·
 <kbd>y</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> texture ·
 <kbd>r</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> fewer artifacts ·
-<kbd>Enter</kbd> submit · <kbd>k</kbd> skip · <kbd>u</kbd> undo last vote · <kbd>Esc</kbd> cancel a prefix
+<kbd>Enter</kbd> submit · <kbd>k</kbd> skip · <kbd>u</kbd> undo last vote ·
+<kbd>f</kbd> flag: <kbd>a</kbd>/<kbd>b</kbd> image, number keys failure types, <kbd>Enter</kbd> flag ·
+<kbd>Esc</kbd> cancel
 """
 
 GUIDELINES_MD = """
@@ -35,7 +82,7 @@ GUIDELINES_MD = """
    Skip a pair you cannot judge. Undo works for your last vote within 5 minutes.
 """
 
-# Runs once on page load. Keys map to clicks on the radio inputs of the Annotate tab (by elem_id and value).
+# Runs once on page load. Keys map to clicks on the inputs of the Annotate tab (by elem_id and value).
 SHORTCUTS_JS = """
 () => {
   if (window.__idglowShortcuts) return;
@@ -58,6 +105,22 @@ SHORTCUTS_JS = """
     const el = document.querySelector(`#${id}`);
     if (el) el.click();
   };
+  const openFlagForm = () => {
+    const toggle = document.querySelector('#flag-box .label-wrap');
+    if (toggle && !toggle.classList.contains('open')) toggle.click();
+  };
+  const FLAG_HINT = 'flag: a or b picks the image, number keys the failure types, Enter flags, Esc cancels';
+  const flagKey = (key) => {
+    if (key === 'a' || key === 'b') { pick('flag-side', key === 'a' ? 'left' : 'right'); return true; }
+    if (/^[1-9]$/.test(key)) {
+      const boxes = document.querySelectorAll('#flag-types input[type=checkbox]');
+      const box = boxes[Number(key) - 1];
+      if (box) box.click();
+      return true;
+    }
+    if (key === 'enter') { click('flag-run'); prefix = null; hint(''); return true; }
+    return false;
+  };
   const SIDE = {a: 'left', b: 'right', t: 'tie'};
   document.addEventListener('keydown', (ev) => {
     const tag = (ev.target && ev.target.tagName || '').toLowerCase();
@@ -65,6 +128,7 @@ SHORTCUTS_JS = """
     if (ev.ctrlKey || ev.metaKey || ev.altKey || !annotateVisible()) return;
     const key = ev.key.toLowerCase();
     if (key === 'escape') { prefix = null; hint(''); return; }
+    if (prefix === 'f') { if (flagKey(key)) ev.preventDefault(); return; }
     if (prefix !== null && key in SIDE) {
       const target = prefix === 'y' ? 'annotate-texture' : prefix === 'r' ? 'annotate-artifacts' : `annotate-identity-${prefix}`;
       pick(target, SIDE[key]);
@@ -73,6 +137,7 @@ SHORTCUTS_JS = """
     if (/^[1-6]$/.test(key)) { prefix = Number(key) - 1; hint(`person ${key}: press a, b or t`); ev.preventDefault(); return; }
     if (key === 'y') { prefix = 'y'; hint('texture: press a, b or t'); ev.preventDefault(); return; }
     if (key === 'r') { prefix = 'r'; hint('fewer artifacts: press a, b or t'); ev.preventDefault(); return; }
+    if (key === 'f') { prefix = 'f'; openFlagForm(); hint(FLAG_HINT); ev.preventDefault(); return; }
     const overall = {a: 'left', b: 'right', t: 'tie', x: 'both_bad'};
     if (key in overall) { pick('annotate-overall', overall[key]); ev.preventDefault(); return; }
     if (key === 's') { pick('annotate-strength', 'slight'); ev.preventDefault(); return; }
@@ -81,6 +146,17 @@ SHORTCUTS_JS = """
     if (key === 'k') { click('annotate-skip'); ev.preventDefault(); return; }
     if (key === 'u') { click('annotate-undo'); ev.preventDefault(); return; }
   });
+}
+"""
+
+# After a pair is shown on a visible Annotate tab: the focus leaves the sign-in form for the pair, so the
+# shortcut keys work at once.
+FOCUS_PAIR_JS = """
+() => {
+  const pair = document.querySelector('#annotate-pair');
+  if (!pair || pair.offsetParent === null) return;
+  pair.setAttribute('tabindex', '-1');
+  pair.focus({preventScroll: true});
 }
 """
 

@@ -1,0 +1,453 @@
+"""The Annotate tab in Debian's chromium (Playwright) against `python app.py`: every pair starts with an empty
+form, signing in shows a pair, flag and undo by keyboard, untrusted text shown as text, the first screen.
+
+Every stored answer is checked in the SQLite database. Screenshots go to $IDGLOW_SCREENSHOT_DIR (default: a
+temporary folder).
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "correct-horse-battery"
+ANNOTATORS = ("ann1", "ann2", "ann3", "ann4", "ann5", "ann6", "ann7", "ann8")
+CHOICE_IDS = ["annotate-overall", "annotate-strength", "annotate-texture", "annotate-artifacts", "flag-side",
+              "flag-types", *[f"annotate-identity-{i}" for i in range(6)]]
+
+
+class _Listener(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - the http.server name
+        self.hits.append(self.path)
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A local HTTP server that records every request: untrusted text must never make the page fetch it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Listener)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Listener.hits
+    server.shutdown()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+def _poison_open_pair(data: Path, user: str, host: str) -> None:
+    """The prompt and labels of the pair served to ``user`` get a Markdown image and an <img> tag pointing at
+    the listener."""
+    from sqlalchemy import select, update
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import (
+        Assignment,
+        AssignmentStatus,
+        Candidate,
+        Comparison,
+        Generation,
+        GenerationSubject,
+        User,
+    )
+
+    tags = f" ![x]({host}/md.png) <img src={host}/tag.png>"
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            generation_id = session.scalar(
+                select(Candidate.generation_id).join(Comparison, Comparison.candidate_a_id == Candidate.id)
+                .join(Assignment, Assignment.comparison_id == Comparison.id).join(User, User.id == Assignment.user_id)
+                .where(User.username == user, Assignment.status == AssignmentStatus.open))
+            session.execute(update(Generation).where(Generation.id == generation_id)
+                            .values(final_prompt=Generation.final_prompt + tags))
+            session.execute(update(GenerationSubject).where(GenerationSubject.generation_id == generation_id)
+                            .values(label=GenerationSubject.label + tags))
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def _age_task_for_groups_of_three(session) -> None:
+    """Groups of three become age tasks with target ages for persons 1 and 3 (the layout test looks for one)."""
+    from sqlalchemy import select, update
+
+    from db.models import Generation, GenerationSubject
+
+    ids = session.scalars(select(Generation.id).where(Generation.num_subjects == 3)).all()
+    assert ids, "the demo data has no group of three people; pick another seed"
+    session.execute(update(Generation).where(Generation.id.in_(ids)).values(task="age"))
+    for slot, age in [(0, 30.0), (2, 70.0)]:
+        session.execute(update(GenerationSubject).where(GenerationSubject.generation_id.in_(ids),
+                                                        GenerationSubject.slot == slot).values(target_age=age))
+    session.commit()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from annotation.demo import pattern_images, seed_demo_data
+    from annotation.testing import make_store
+    from annotation.ui.testing import free_port
+    from annotation.users import create_user
+
+    data = tmp_path_factory.mktemp("annotate-data")
+    store = make_store(data)
+    with store.sessions() as session:
+        # seed 5 holds groups of one and of three people
+        seed_demo_data(session, data, candidates=32, votes=0, annotators=1, images=pattern_images(8), gold_rate=0.0,
+                       seed=5)
+        for name in ANNOTATORS:
+            create_user(session, name, PASSWORD, "annotator")
+        _age_task_for_groups_of_three(session)
+    store.engine.dispose()
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(data / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc)
+        yield f"http://127.0.0.1:{port}/", data
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _page(browser, width: int = 1366, height: int = 768):
+    return browser.new_context(viewport={"width": width, "height": height}).new_page()
+
+
+def _sign_in(page, url: str, user: str, *, by_enter: bool = False) -> None:
+    page.goto(url)
+    page.get_by_text("Sign in (annotators and researchers)").click()
+    page.locator("#signin-user textarea, #signin-user input").first.fill(user)
+    page.locator("#signin-password input").fill(PASSWORD)
+    if by_enter:
+        page.locator("#signin-password input").press("Enter")
+    else:
+        page.locator("#signin-run").click()
+    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+
+
+def _open_pair(page, url: str, user: str) -> None:
+    from playwright.sync_api import expect
+
+    _sign_in(page, url, user)
+    page.get_by_role("tab", name="Annotate").click()
+    expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
+
+
+def _checked(page) -> dict[str, list[str]]:
+    """elem_id → values of its checked inputs, for every choice of the Annotate tab that has one checked."""
+    found = {}
+    for elem in CHOICE_IDS:
+        values = page.locator(f"#{elem} input:checked").evaluate_all("els => els.map(e => e.value)")
+        if values:
+            found[elem] = values
+    return found
+
+
+def _votes(data: Path, user: str) -> list:
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import User, Vote
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return session.scalars(select(Vote).join(User, User.id == Vote.user_id)
+                                   .where(User.username == user).order_by(Vote.id)).all()
+    finally:
+        engine.dispose()
+
+
+def _focus_pair(page) -> None:
+    page.locator("#annotate-progress").click()
+
+
+def _identity_keys(page, sides: str = "abt") -> list[str]:
+    keys = []
+    for i in range(6):
+        if page.locator(f"#annotate-identity-{i}").is_visible():
+            keys += [str(i + 1), sides[i % len(sides)]]
+    return keys
+
+
+def test_every_pair_starts_with_an_empty_form(server, browser):
+    """Answers given on one pair are neither shown nor stored on the next one."""
+    url, data = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _open_pair(page, url, "ann1")
+    page.get_by_text("Flag a bad image").click()
+    page.locator("#flag-side input[value=left]").check()
+    page.locator("#flag-types input[type=checkbox]").first.check()
+    page.locator("#flag-note textarea, #flag-note input").first.fill("looks odd")
+    _focus_pair(page)
+    for key in ["a", "c", *_identity_keys(page), "y", "b", "r", "t"]:
+        page.keyboard.press(key)
+    before = _checked(page)
+    assert {"annotate-overall", "annotate-strength", "annotate-texture", "annotate-artifacts",
+            "annotate-identity-0", "flag-side", "flag-types"} <= set(before), before
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    page.wait_for_timeout(500)
+    assert _checked(page) == {}
+    assert page.locator("#flag-note textarea, #flag-note input").first.input_value() == ""
+
+    _focus_pair(page)
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("2 vote(s) by you", timeout=30_000)
+    first, second = _votes(data, "ann1")
+    assert first.strength is not None and first.texture is not None and first.identity
+    assert second.overall.value in ("a", "b")
+    assert (second.strength, second.texture, second.artifacts, second.identity) == (None, None, None, None)
+
+
+def _badcases(data: Path, user: str) -> list:
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Badcase, User
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return session.scalars(select(Badcase).join(User, User.id == Badcase.user_id)
+                                   .where(User.username == user)).all()
+    finally:
+        engine.dispose()
+
+
+def test_sign_in_on_the_annotate_tab_shows_a_pair_ready_for_keys(server, browser):
+    """A newcomer opens Annotate, signs in with Enter: the panel collapses, the pair appears without error
+    badges and the keys work without a click."""
+    url, _ = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    page.goto(url)
+    page.get_by_role("tab", name="Annotate").click()
+    expect(page.locator("#annotate-intro")).to_contain_text("sign in above")
+    page.get_by_text("Sign in (annotators and researchers)").click()
+    page.locator("#signin-user textarea, #signin-user input").first.fill("ann2")
+    page.locator("#signin-password input").fill(PASSWORD)
+    page.locator("#signin-password input").press("Enter")
+    expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#signin-bar")).to_contain_text("Signed in as ann2")
+    expect(page.locator("#signin-out")).to_be_visible()
+    expect(page.locator("#signin-password input")).to_be_hidden()
+    expect(page.locator("#annotate-intro")).to_be_hidden()
+    expect(page.locator("#annotate-progress")).to_contain_text("0 vote(s) by you")
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'annotate-pair'",
+                           timeout=10_000)
+    page.keyboard.press("b")
+    expect(page.locator("#annotate-overall input[value=right]")).to_be_checked()
+
+    page.locator("#signin-out").click()
+    expect(page.locator("#annotate-intro")).to_be_visible(timeout=30_000)
+    expect(page.locator("#annotate-left")).to_be_hidden()
+
+
+def test_sign_in_on_another_tab_then_open_annotate(server, browser):
+    url, _ = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _sign_in(page, url, "ann3")
+    page.get_by_role("tab", name="Annotate").click()
+    expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'annotate-pair'",
+                           timeout=10_000)
+    page.keyboard.press("a")
+    expect(page.locator("#annotate-overall input[value=left]")).to_be_checked()
+
+
+def test_flag_by_keyboard_stores_the_taxonomy_name(server, browser):
+    url, data = server
+    from playwright.sync_api import expect
+
+    from annotation.votes import FAILURE_TYPES
+
+    page = _page(browser)
+    _open_pair(page, url, "ann4")
+    _focus_pair(page)
+    page.keyboard.press("f")  # opens the flag form
+    expect(page.locator("#flag-types")).to_contain_text("Identity swap")
+    expect(page.locator("#flag-types")).not_to_contain_text("identity_swap")
+    swap = FAILURE_TYPES.index("identity_swap") + 1
+    for key in ["b", str(swap), "Enter"]:
+        page.keyboard.press(key)
+    expect(page.locator("#flag-status")).to_contain_text("Flagged image B as Identity swap", timeout=30_000)
+    assert _checked(page) == {}  # the flag form is cleared, and Enter did not submit a vote
+    [badcase] = _badcases(data, "ann4")
+    assert badcase.failure_types == ["identity_swap"]
+    assert _votes(data, "ann4") == []
+    page.keyboard.press("Escape")
+    page.keyboard.press("a")
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    [vote] = _votes(data, "ann4")
+    # image B is the candidate that is not on the left
+    assert badcase.candidate_id != vote.shown_left_id
+
+
+def test_undo_brings_back_the_answers_given(server, browser):
+    url, data = server
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _open_pair(page, url, "ann5")
+    _focus_pair(page)
+    for key in ["b", "s", *_identity_keys(page, "ta"), "y", "a", "r", "b"]:
+        page.keyboard.press(key)
+    given = _checked(page)
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    [vote] = _votes(data, "ann5")
+    assert vote.strength.value == "slight" and vote.texture is not None
+    page.wait_for_timeout(300)
+    assert _checked(page) == {}
+    page.keyboard.press("u")
+    expect(page.locator("#annotate-progress")).to_contain_text("Last vote undone", timeout=30_000)
+    expect(page.locator("#annotate-overall input[value=right]")).to_be_checked()
+    assert _checked(page) == given
+    assert _votes(data, "ann5") == []
+    page.keyboard.press("Enter")  # the restored answers can be submitted again as they are
+    expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
+    [again] = _votes(data, "ann5")
+    assert (again.comparison_id, again.overall, again.strength, again.texture, again.artifacts, again.identity) == (
+        vote.comparison_id, vote.overall, vote.strength, vote.texture, vote.artifacts, vote.identity)
+
+
+def test_untrusted_prompt_and_labels_are_shown_as_text(server, browser, listener):
+    url, _ = server
+    host, hits = listener
+    from playwright.sync_api import expect
+
+    page = _page(browser)
+    _open_pair(page, url, "ann6")
+    _poison_open_pair(server[1], "ann6", host)
+    _open_pair(page, url, "ann6")  # a new page load serves the same pair, now with the visitor's tags
+    page.wait_for_timeout(1500)
+    assert hits == []
+    assert page.locator(f"img[src^='{host}']").count() == 0
+    expect(page.locator("#annotate-prompt")).to_contain_text(f"![x]({host}/md.png)")
+    expect(page.locator("#annotate-prompt")).to_contain_text(f"<img src={host}/tag.png>")
+    expect(page.locator("#annotate-identity-0")).to_contain_text("<img src=")
+    expect(page.locator("#annotate-refs")).to_contain_text("<img src=")
+    assert hits == []
+
+
+def _skip_to_a_group_with_target_ages(page, tries: int = 40) -> None:
+    """Skip pairs until one of three people with target ages is shown."""
+    for _ in range(tries):
+        if page.locator("#annotate-identity-2").is_visible() and " · age " in page.locator("#annotate-refs").inner_text():
+            return
+        before = page.locator("#annotate-progress").inner_text()
+        page.locator("#annotate-skip").click()
+        page.wait_for_function("(before) => document.querySelector('#annotate-progress').innerText !== before",
+                               arg=before, timeout=30_000)
+        page.wait_for_timeout(300)
+    raise AssertionError("no pair of three people with target ages was served")
+
+
+def _box(page, selector: str) -> dict:
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, f"{selector} is not rendered"
+    return box
+
+
+def test_first_screen_holds_both_candidates_the_vote_and_square_captioned_references(server, browser, shots):
+    url, _ = server
+    from playwright.sync_api import expect
+
+    page = _page(browser, 1366, 768)
+    _open_pair(page, url, "ann7")
+    _skip_to_a_group_with_target_ages(page)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(500)
+    expect(page.get_by_text("sign in above")).to_be_hidden()
+    left, right, overall = (_box(page, s) for s in ("#annotate-left img", "#annotate-right img", "#annotate-overall"))
+    assert min(left["height"], right["height"]) >= 0.55 * 768, (left, right)
+    assert left["y"] >= 0 and right["y"] >= 0
+    assert overall["y"] >= left["y"] + left["height"] and overall["y"] + overall["height"] <= 768, overall
+    refs = page.locator("#annotate-refs img").evaluate_all(
+        "els => els.map(e => [e.clientWidth, e.clientHeight, getComputedStyle(e).objectFit])")
+    assert len(refs) == 3 and all(w == h and w >= 60 and fit == "contain" for w, h, fit in refs), refs
+    captions = page.locator("#annotate-refs .caption-label").all_inner_texts()
+    assert len(captions) == 3 and all(c.startswith("person ") for c in captions), captions
+    assert any(" · age " in c for c in captions), captions
+    for i, caption in enumerate(captions):  # the caption sits below its thumbnail, not over the face
+        image, label = page.locator("#annotate-refs img").nth(i).bounding_box(), \
+            page.locator("#annotate-refs .caption-label").nth(i).bounding_box()
+        assert label["y"] >= image["y"] + image["height"] - 1, (caption, image, label)
+    page.screenshot(path=str(shots / "annotate-1366x768.png"))
+    print(f"screenshot: {shots / 'annotate-1366x768.png'}")
+
+    phone = _page(browser, 390, 844)
+    _open_pair(phone, url, "ann7")  # the same open pair
+    phone.wait_for_timeout(500)
+    for selector in ("#annotate-left img", "#annotate-right img"):
+        assert _box(phone, selector)["width"] >= 0.8 * 390
+    assert len(phone.locator("#annotate-refs img").all()) == 3
+    phone.screenshot(path=str(shots / "annotate-390x844.png"), full_page=True)
+    print(f"screenshot: {shots / 'annotate-390x844.png'}")
