@@ -272,14 +272,16 @@ def quantized_transformer(transformer, folder: Path, dtype: torch.dtype, backend
 
 def quant_backend(choice: str) -> str:
     """"torchao" or "quanto": the one asked for, or with "auto" the first that imports."""
-    import importlib.util
+    import importlib
 
     if choice != "auto":
         return choice
-    for name, module in (("torchao", "torchao"), ("quanto", "optimum.quanto")):
-        with contextlib.suppress(ModuleNotFoundError):
-            if importlib.util.find_spec(module) is not None:
-                return name
+    for name, module in (("torchao", "torchao.quantization"), ("quanto", "optimum.quanto")):
+        try:
+            importlib.import_module(module)
+        except Exception:  # not installed, or built for another torch
+            continue
+        return name
     raise RuntimeError("no quantization backend: install torchao or optimum-quanto")
 
 
