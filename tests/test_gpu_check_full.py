@@ -36,6 +36,7 @@ def test_trainer_and_pipeline_sections_on_cpu(tmp_path, capsys):
     trainer, pipeline = report["sections"]["trainer"], report["sections"]["pipeline"]
     assert "error" not in trainer, trainer.get("traceback")
     assert "error" not in pipeline, pipeline.get("traceback")
+    assert code == 0
 
     for run in ("sft", "sft_resumed", "dpo"):
         assert trainer[run]["frozen_dtype"] == "bfloat16" and trainer[run]["trainable_dtype"] == ["float32"]

@@ -80,7 +80,7 @@ class TrainingConfig:
                 "every batch."})
     cache_latents: bool = field(default=False, metadata={
         "help": "Encode every image with the VAE once before the first step and train on the stored latents "
-                "(the latent distribution's mean); the VAE then leaves the accelerator."})
+                "(one draw of each latent distribution, kept for the run); the VAE then leaves the accelerator."})
     tracker_project_name: str = "idglow"
 
     def __post_init__(self) -> None:
