@@ -295,8 +295,11 @@ def section_pipeline(pipe, meter, args, text, embeds) -> dict:
                                                for p in m.parameters())}
     full.to(device)
     reference, result["gpu"] = _generate(full, args, embeds, meter, device)
-    # the scale of "the identity is missing": an offload mode that lost the hooks would differ by this much
+    # two scales for the modes' differences: the same call again (run-to-run noise), and the image without
+    # identity (what an offload mode that lost the identity hooks would differ by)
+    again, _ = _generate(full, args, embeds, meter, device)
     plain, _ = _generate(full, args, embeds, meter, device, identity=False)
+    result["gpu"]["max_diff_repeat"] = float(np.abs(again - reference).max())
     result["gpu"]["max_diff_without_identity"] = float(np.abs(plain - reference).max())
     full.to("cpu")
     meter.free()

@@ -51,6 +51,7 @@ def test_trainer_and_pipeline_sections_on_cpu(tmp_path, capsys):
 
     gpu = pipeline["gpu"]
     assert gpu["seconds"] > 0 and gpu["max_diff_without_identity"] > 0.05
+    assert gpu["max_diff_repeat"] < gpu["max_diff_without_identity"] / 10
     offload = pipeline["model_cpu_offload"]
     # the identity hooks survive offloading: the image is the on-device one, far from the image without identity
     assert offload["max_diff_vs_gpu"] < gpu["max_diff_without_identity"] / 10
