@@ -78,14 +78,10 @@ def _samples(cfg, n, dpo):
 
 
 def _time_trainer(trainer, batch, steps):
-    acc = trainer.accelerator
-    device = acc.device
+    device = trainer.accelerator.device
 
     def one(k):
-        gen = trainer.step_generator(k)
-        with acc.autocast():
-            loss, _ = trainer.compute_loss(batch, gen)
-        acc.backward(loss)
+        trainer.forward_backward(batch, trainer.step_generator(k))
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
 

@@ -10,12 +10,17 @@ Sections, in order (each one is timed and guarded; an error is recorded and the 
 2. ``cache``   — the same with diffusers' FirstBlockCache (``diffusers.hooks.apply_first_block_cache``);
 3. ``train``   — one SFT step and one group-DPO step at full size: adapter + peft LoRA on the transformer,
                  gradient checkpointing, losses from ``idglow.losses`` (seconds, peak memory, loss);
-4. ``compile`` — the same three variants with the transformer's repeated blocks compiled by torch.compile
-                 (compile time reported separately).
+4. ``trainer`` — the real SFT and DPO trainers through accelerate (bf16, gradient checkpointing, LoRA, prompt
+                 cache with T5-XXL/CLIP-L text encoders) on a generated data folder: checkpoint, resume, adapter +
+                 LoRA reloaded into the pipeline, one image (``benchmarks/gpu_check_full.py``);
+5. ``compile`` — the same three variants with the transformer's repeated blocks compiled by torch.compile
+                 (compile time reported separately);
+6. ``pipeline`` — prompt text → image with the text encoders at FLUX's dims in each memory mode: on the GPU,
+                 model CPU offload, sequential CPU offload, int8 transformer (torchao / optimum-quanto) + offload.
 
 A section that would start after ``--budget-s`` seconds is skipped and marked so. Prints one table and writes
-the figures as JSON to ``--out``. Prompts enter as random embeddings (no text encoders); images are decoded by
-a random VAE of FLUX's shape. The figures are timings of the architecture, not of image quality.
+the figures as JSON to ``--out``. Sections 1–5 take prompts as random embeddings or through the prompt cache;
+images are decoded by a random VAE of FLUX's shape. The figures are timings of the architecture, not of image quality.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch  # noqa: E402
 from idglow.adapter import identity_checkpoint  # noqa: E402
 
 VARIANTS = ("base", "always_on", "age")
-SECTIONS = ("eager", "cache", "train", "compile")
+SECTIONS = ("eager", "cache", "train", "trainer", "compile", "pipeline")
 NUM_SUBJECTS = 3
 
 
@@ -337,6 +342,9 @@ def table(report: dict) -> str:
             lines.append(f"{kind.upper()} step (LoRA r={train['lora_rank']}, {train['tokens']} tokens, batch "
                          f"{t['batch']}{' pair' if kind == 'dpo' else ''}): {t['seconds']:.2f} s, peak "
                          f"{_fmt(t['peak_memory_gb'])} GB, loss {t['loss']:.4g}")
+    from benchmarks.gpu_check_full import summary_lines
+
+    lines.extend(summary_lines(s))
     for name in SECTIONS:
         if name in s and ("error" in s[name] or "skipped" in s[name]):
             lines.append(f"{name}: {s[name].get('error') or s[name].get('skipped')}")
@@ -355,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-threshold", type=float, default=0.2, help="FirstBlockCache threshold")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--memory-steps", type=int, help="denoising steps per memory mode (default 4; tiny: 2)")
+    parser.add_argument("--quant-backend", choices=["auto", "torchao", "quanto"], default="auto",
+                        help="diffusers quantization backend of the int8 transformer (auto: torchao, else quanto)")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="skip sections that would start later than this (seconds since start)")
     args = parser.parse_args(argv)
@@ -366,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda, but no CUDA device is available (use --tiny --device cpu to try the code)")
     args.steps = args.steps or (4 if args.tiny else 28)
     args.size = args.size or (64 if args.tiny else 1024)
+    args.memory_steps = args.memory_steps or (2 if args.tiny else 4)
     if args.repeats < 1 or args.steps < 1:
         parser.error("--repeats and --steps must be at least 1")
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -387,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         "build_s": time.perf_counter() - start,
         "sections": {},
     }
-    runners = {"eager": section_eager, "cache": section_cache, "train": section_train, "compile": section_compile}
+    from benchmarks.gpu_check_full import section_pipeline, section_trainer
+
+    runners = {"eager": section_eager, "cache": section_cache, "train": section_train, "trainer": section_trainer,
+               "compile": section_compile, "pipeline": section_pipeline}
     for name in SECTIONS:
         if name not in sections:
             continue

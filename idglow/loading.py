@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from idglow.errors import InputError
 from idglow.faces.base import FaceAnalyzer
+
+if TYPE_CHECKING:
+    import torch
+
+    from idglow.pipeline import IdGlowPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -56,41 +62,79 @@ def load_face_analyzer(settings: ModelSettings) -> FaceAnalyzer:
     raise InputError(f"unknown face backend {settings.faces!r}; expected dlib or insightface")
 
 
+def resolve_dtype(name: str | None, device: str) -> torch.dtype:
+    """A torch dtype from its name; default bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    dtype_name = name or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = getattr(torch, dtype_name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"unknown dtype {dtype_name!r}; use e.g. bfloat16 or float32")
+    return dtype
+
+
+def load_flux_pipeline(model: str | None, *, dtype: torch.dtype, adapter_dir: str | None = None,
+                       adapter_dtype: torch.dtype | None = None, face_analyzer: FaceAnalyzer | None = None,
+                       seed: int = 0) -> IdGlowPipeline:
+    """The one loader of "the tiny model or a folder": ``model`` None or ``"tiny"`` gives the embedded tiny model
+    (``idglow.tiny``, built from ``seed``), anything else a local FLUX folder in diffusers format.
+
+    The frozen components (transformer, text encoders, VAE) come in ``dtype``; the adapter in ``adapter_dtype``
+    (default ``dtype``) — from ``adapter_dir`` when given, else the folder's own ``adapter/`` or the tiny one. The
+    pipeline stays on the CPU; callers move it."""
+    from idglow.adapter import IdGlowAdapter
+    from idglow.pipeline import IdGlowPipeline, check_adapter_folder, check_flux_folder
+
+    tiny = model in (None, "tiny")
+    if not tiny:
+        check_flux_folder(model)
+    adapter_dtype = adapter_dtype or dtype
+    adapter = None
+    if adapter_dir:
+        adapter = IdGlowAdapter.from_pretrained(str(check_adapter_folder(adapter_dir)), torch_dtype=adapter_dtype)
+    if tiny:
+        from idglow.tiny import tiny_pipeline
+
+        pipe = tiny_pipeline(seed=seed, face_analyzer=face_analyzer)
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            _cast(getattr(pipe, name), dtype)
+        if adapter is not None:
+            pipe.adapter = adapter
+        if pipe.adapter is not None:
+            _cast(pipe.adapter, adapter_dtype)
+        return pipe
+    torch_dtype = dtype if adapter_dtype == dtype else {"default": dtype, "adapter": adapter_dtype}
+    return IdGlowPipeline.from_pretrained(model, adapter=adapter, face_analyzer=face_analyzer,
+                                          torch_dtype=torch_dtype)
+
+
+def _cast(module, dtype) -> None:
+    """``module.to(dtype)`` unless it is in ``dtype`` already (diffusers warns on every cast)."""
+    if any(p.dtype != dtype for p in module.parameters()):
+        module.to(dtype)
+
+
 def load_pipeline(settings: ModelSettings, face_analyzer: FaceAnalyzer | None = None):
     """The pipeline these settings describe, on its device, with a face analyzer attached."""
     import torch
 
-    from idglow.pipeline import IdGlowPipeline, check_adapter_folder, check_flux_folder
-    from idglow.testing import tiny_pipeline
-
     if settings.adapter_dir and not settings.model_dir:
         raise InputError("--adapter needs --model (the FLUX checkpoint the adapter was trained on)")
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = settings.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    dtype = getattr(torch, dtype_name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise InputError(f"unknown dtype {dtype_name!r}")
+    dtype = resolve_dtype(settings.dtype or ("float32" if settings.is_tiny else None), device)
     analyzer = face_analyzer if face_analyzer is not None else load_face_analyzer(settings)
     if settings.is_tiny:
         logger.info(TINY_MODEL_NOTE)
-        pipe = tiny_pipeline(seed=0, face_analyzer=analyzer)
-        if analyzer.embedding_dim != pipe.adapter.config.id_dim:
-            raise InputError(
-                f"the tiny model expects {pipe.adapter.config.id_dim}-d face embeddings (dlib); "
-                f"the {settings.faces} analyzer gives {analyzer.embedding_dim}"
-            )
-        return pipe.to(device)
-    check_flux_folder(settings.model_dir)
-    if settings.adapter_dir:
-        check_adapter_folder(settings.adapter_dir)
-    elif not (Path(settings.model_dir) / "adapter").is_dir():
-        raise InputError(f"{settings.model_dir} holds no adapter/ folder; pass --adapter DIR")
-    pipe = IdGlowPipeline.from_pretrained(
-        settings.model_dir, adapter=settings.adapter_dir, face_analyzer=analyzer, torch_dtype=dtype
-    )
+    else:
+        from idglow.pipeline import check_flux_folder
+
+        check_flux_folder(settings.model_dir)
+        if not settings.adapter_dir and not (Path(settings.model_dir) / "adapter").is_dir():
+            raise InputError(f"{settings.model_dir} holds no adapter/ folder; pass --adapter DIR")
+    pipe = load_flux_pipeline(settings.model_dir, dtype=dtype, adapter_dir=settings.adapter_dir,
+                              face_analyzer=analyzer)
     if pipe.adapter.config.id_dim != analyzer.embedding_dim:
-        raise InputError(
-            f"adapter expects {pipe.adapter.config.id_dim}-d face embeddings but the {settings.faces} analyzer "
-            f"gives {analyzer.embedding_dim}-d"
-        )
+        model = "the tiny model" if settings.is_tiny else "the adapter"
+        raise InputError(f"{model} expects {pipe.adapter.config.id_dim}-d face embeddings but the "
+                         f"{settings.faces} analyzer gives {analyzer.embedding_dim}-d")
     return pipe.to(device)

@@ -29,30 +29,25 @@ def register(subparsers) -> None:
 
 
 def _load_model(config, face_analyzer=None):
-    """(denoiser, vae, encode_prompt, face_analyzer) for ``config.model``."""
+    """(denoiser, vae, encode_prompt) for ``config.model``: the frozen transformer, text encoders and VAE in the
+    compute dtype of ``config.mixed_precision``, the adapter in float32; ``encode_prompt`` is a
+    ``PromptEmbedder`` (each prompt embedded once when ``config.cache_prompt_embeds``)."""
     import torch
+    from accelerate import PartialState
 
     from idglow.adapter import IdGlowAdapter
     from idglow.errors import InputError
+    from idglow.loading import load_flux_pipeline
+    from idglow.training.caching import PromptEmbedder
     from idglow.training.modeling import IdGlowDenoiser
+    from idglow.training.trainer import FROZEN_DTYPES
 
     if config.model == "synthetic":
         raise InputError("model 'synthetic' is trained by the tests and benchmarks (see idglow.training."
                          "synthetic_runs), not from the command line")
-    if config.model == "tiny":
-        from idglow.testing import tiny_pipeline
-
-        pipe = tiny_pipeline(seed=config.seed, face_analyzer=face_analyzer)
-    else:
-        from idglow.pipeline import IdGlowPipeline
-
-        pipe = IdGlowPipeline.from_pretrained(config.model, face_analyzer=face_analyzer,
-                                              torch_dtype=torch.float32)
-    if config.adapter:
-        from idglow.pipeline import check_adapter_folder
-
-        pipe.adapter = IdGlowAdapter.from_pretrained(str(check_adapter_folder(config.adapter)))
-    elif pipe.adapter is None:
+    pipe = load_flux_pipeline(config.model, dtype=FROZEN_DTYPES[config.mixed_precision], adapter_dir=config.adapter,
+                              adapter_dtype=torch.float32, face_analyzer=face_analyzer, seed=config.seed)
+    if pipe.adapter is None:
         dim = face_analyzer.embedding_dim if face_analyzer is not None else 512
         pipe.adapter = IdGlowAdapter.from_transformer(pipe.transformer, id_dim=dim)
     if config.lora:
@@ -60,16 +55,8 @@ def _load_model(config, face_analyzer=None):
         pipe.fuse_lora()
         pipe.unload_lora_weights()
     model = IdGlowDenoiser(pipe.transformer, pipe.adapter, guidance_scale=config.guidance_scale)
-
-    def encode_prompt(prompts):
-        device = model.transformer.device
-        pipe.text_encoder.to(device)
-        pipe.text_encoder_2.to(device)
-        embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
-                                                      max_sequence_length=min(config.max_sequence_length,
-                                                                              pipe.tokenizer_2.model_max_length))
-        return embeds, pooled, text_ids
-
+    encode_prompt = PromptEmbedder(pipe, PartialState().device, config.max_sequence_length,
+                                   cache=config.cache_prompt_embeds)
     return model, pipe.vae, encode_prompt
 
 
@@ -98,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
                                           data_dir=args.data_dir)
         model, vae, encode_prompt = _load_model(config, analyzer)
         trainer = DPOTrainer(config, model, dataset, vae=vae, encode_prompt=encode_prompt)
+    if config.cache_prompt_embeds:
+        from idglow.training.caching import dataset_prompts
+
+        encode_prompt.precompute(dataset_prompts(dataset))
     out = trainer.train()
     path = trainer.save_model()
     if trainer.accelerator.is_main_process:

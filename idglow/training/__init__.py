@@ -14,6 +14,8 @@ _LAZY = {
     "SFTTrainer": "idglow.training.trainer",
     "DPOTrainer": "idglow.training.trainer",
     "TrainOutput": "idglow.training.trainer",
+    "PromptEmbedder": "idglow.training.caching",
+    "CachedLatentsDataset": "idglow.training.caching",
     "IdGlowDenoiser": "idglow.training.modeling",
     "build_synthetic_model": "idglow.training.modeling",
     "euler_sample": "idglow.training.modeling",

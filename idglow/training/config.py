@@ -15,6 +15,17 @@ from idglow.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+# scaled_dot_product_attention kernels a training step may use (``torch.nn.attention.SDPBackend`` names). cuDNN's
+# fused attention is left out by default: on Hopper (torch 2.11) its backward in FLUX hits an illegal memory access
+# and bf16 losses turn NaN.
+ATTENTION_BACKENDS: dict[str, tuple[str, ...] | None] = {
+    "no_cudnn": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "flash": ("FLASH_ATTENTION",),
+    "efficient": ("EFFICIENT_ATTENTION",),
+    "math": ("MATH",),
+    "auto": None,  # torch's own choice, cuDNN included
+}
+
 
 @dataclass
 class TrainingConfig:
@@ -59,6 +70,17 @@ class TrainingConfig:
     max_sequence_length: int = 512
     dataloader_num_workers: int = 0
     gradient_checkpointing: bool = False
+    attention_backend: Literal["no_cudnn", "flash", "efficient", "math", "auto"] = field(default="no_cudnn", metadata={
+        "help": "Attention kernels of the training step: 'no_cudnn' (flash, memory-efficient or math; cuDNN's "
+                "fused attention crashes in FLUX's backward on Hopper), one of them alone, or 'auto' (torch's "
+                "choice)."})
+    cache_prompt_embeds: bool = field(default=True, metadata={
+        "help": "Embed each distinct prompt once (all of the data set's prompts before the first step) and keep "
+                "the text encoders off the accelerator between encodings; false keeps them on it and encodes "
+                "every batch."})
+    cache_latents: bool = field(default=False, metadata={
+        "help": "Encode every image with the VAE once before the first step and train on the stored latents "
+                "(one draw of each latent distribution, kept for the run); the VAE then leaves the accelerator."})
     tracker_project_name: str = "idglow"
 
     def __post_init__(self) -> None:
@@ -84,6 +106,9 @@ class TrainingConfig:
             raise ValueError(f"max_grad_norm={self.max_grad_norm} must be >= 0")
         if self.sigma_shift <= 0:
             raise ValueError(f"sigma_shift={self.sigma_shift} must be > 0")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend={self.attention_backend!r}; expected one of "
+                             f"{', '.join(ATTENTION_BACKENDS)}")
         if self.resolution < 16 or self.resolution % 16:
             raise ValueError(f"resolution={self.resolution} must be a positive multiple of 16")
 

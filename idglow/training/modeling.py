@@ -4,6 +4,7 @@ used on latent-space worlds (no VAE)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable
@@ -14,8 +15,23 @@ from torch import nn
 
 from idglow.adapter import IdGlowAdapter
 from idglow.schedule import IdentityWindow
+from idglow.training.config import ATTENTION_BACKENDS
 
 logger = logging.getLogger(__name__)
+
+
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """A context that limits ``F.scaled_dot_product_attention`` to the kernels ``name`` stands for
+    (see ``ATTENTION_BACKENDS``); ``"auto"`` changes nothing. The selection is process-wide, so a backward
+    pass run inside the context (in autograd's device threads too) uses the same kernels."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend={name!r}; expected one of {', '.join(ATTENTION_BACKENDS)}")
+    kernels = ATTENTION_BACKENDS[name]
+    if kernels is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, k) for k in kernels])
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

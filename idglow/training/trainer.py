@@ -32,12 +32,20 @@ from idglow.schedule import IdentityWindow, window_for_task
 from idglow.training.buckets import BucketBatchSampler
 from idglow.training.config import DPOConfig, SFTConfig, TrainingConfig
 from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks, collate_group_samples
-from idglow.training.modeling import IdGlowDenoiser, latent_image_ids, pack_latents, pack_masks
+from idglow.training.modeling import (
+    IdGlowDenoiser,
+    attention_backend,
+    latent_image_ids,
+    pack_latents,
+    pack_masks,
+)
 
 logger = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "trainer_state.json"
+# the dtype the frozen modules (transformer, VAE, text encoders) are kept in under each mixed precision
+FROZEN_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -63,6 +71,10 @@ class BaseTrainer:
             ``bucket_ids`` (one aspect bucket per sample; all 0 when absent).
         vae / encode_prompt: needed only when samples carry pixels / prompt text instead of latents /
             prompt embeddings; ``encode_prompt(list[str]) -> (prompt_embeds, pooled, txt_ids)``.
+
+    Under ``mixed_precision`` bf16 / fp16 the frozen transformer and the VAE are cast to that dtype
+    (``frozen_dtype``) while every trainable parameter (adapter, LoRA) is kept in float32 and the step runs
+    under autocast. The step runs inside ``config.attention_backend``'s kernel selection.
     """
 
     config_class = TrainingConfig
@@ -94,17 +106,14 @@ class BaseTrainer:
         self.global_step = 0
         self.log_history: list[dict[str, float]] = []
 
-        model.transformer.requires_grad_(False)
-        if config.lora_rank > 0:
-            model.add_lora(config.lora_rank, config.lora_alpha, list(config.lora_target_modules))
-        model.adapter.requires_grad_(True)
-        if config.gradient_checkpointing:
-            # recomputation must see the forward's identity injection (autograd may run it in another thread)
-            model.transformer.enable_gradient_checkpointing(gradient_checkpointing_func=identity_checkpoint)
+        self.frozen_dtype = FROZEN_DTYPES[config.mixed_precision]
+        self._set_trainable(model)
         self.setup_model(model)
         model.train()
         if vae is not None:
-            vae.requires_grad_(False).eval().to(self.accelerator.device)
+            vae.requires_grad_(False).eval().to(self.accelerator.device, self.frozen_dtype)
+        if config.cache_latents:
+            train_dataset = self.cache_latents(train_dataset)
         self.trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
@@ -125,6 +134,34 @@ class BaseTrainer:
         self.accelerator.register_save_state_pre_hook(self._save_hook)
         self.accelerator.register_load_state_pre_hook(self._load_hook)
 
+    def _set_trainable(self, model: IdGlowDenoiser) -> None:
+        """Freeze the transformer in ``frozen_dtype``; add the LoRA; adapter and LoRA trainable in float32."""
+        cfg = self.config
+        model.transformer.requires_grad_(False)
+        if model.transformer.dtype != self.frozen_dtype:  # load it in this dtype to skip the float32 copy
+            logger.info("casting the frozen transformer to %s", self.frozen_dtype)
+            model.transformer.to(self.frozen_dtype)
+        if cfg.lora_rank > 0:
+            model.add_lora(cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_target_modules))
+        model.adapter.requires_grad_(True)
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        if cfg.gradient_checkpointing:
+            # recomputation must see the forward's identity injection (autograd may run it in another thread)
+            model.transformer.enable_gradient_checkpointing(gradient_checkpointing_func=identity_checkpoint)
+
+    def cache_latents(self, dataset):
+        """``dataset`` with its images encoded by the VAE once; the VAE then leaves the accelerator."""
+        from idglow.training.caching import CachedLatentsDataset
+
+        if self.vae is None:
+            logger.warning("cache_latents is set but the trainer has no VAE; the data set is used as it is")
+            return dataset
+        cached = CachedLatentsDataset(dataset, lambda pixels: self.latents_of({"pixel_values": pixels}))
+        self.vae.to("cpu")
+        return cached
+
     # --- hooks for subclasses ---------------------------------------------------------------------------
 
     def setup_model(self, model: IdGlowDenoiser) -> None:
@@ -132,6 +169,15 @@ class BaseTrainer:
 
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def forward_backward(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """One micro-step's loss and gradients: the forward under autocast, both passes inside the configured
+        attention kernels."""
+        with attention_backend(self.config.attention_backend):
+            with self.accelerator.autocast():
+                loss, logs = self.compute_loss(batch, generator)
+            self.accelerator.backward(loss)
+        return loss, logs
 
     # --- shared pieces ----------------------------------------------------------------------------------
 
@@ -292,9 +338,7 @@ class BaseTrainer:
             for batch in self.dataloader:
                 with acc.accumulate(self.model):
                     generator = self.step_generator(micro % cfg.gradient_accumulation_steps)
-                    with acc.autocast():
-                        loss, logs = self.compute_loss(batch, generator)
-                    acc.backward(loss)
+                    loss, logs = self.forward_backward(batch, generator)
                     if acc.sync_gradients and cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                             cfg.max_grad_norm)

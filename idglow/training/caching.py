@@ -1,0 +1,129 @@
+"""What a training run computes once instead of every step: prompt embeddings (the text encoders visit the
+accelerator only to encode) and, optionally, VAE latents."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+PIXEL_KEYS = ("pixel_values", "pixel_values_0", "pixel_values_1")
+
+
+class PromptEmbedder:
+    """``encode_prompt`` for the trainers: ``embedder(prompts) -> (prompt_embeds, pooled, txt_ids)`` with a
+    FLUX pipeline's text encoders.
+
+    With ``cache`` each distinct prompt is encoded once and its embeddings kept in host memory (in the text
+    encoders' dtype: about 4 MB per prompt for T5 at 512 tokens × 4096 in bf16); the encoders live on the CPU
+    and move to ``device`` only while encoding a batch of new prompts. Without ``cache`` they move to ``device``
+    at the first call, stay there, and every batch is encoded.
+
+    Args:
+        pipe: a FluxPipeline (or IdGlowPipeline) holding text_encoder(_2) and tokenizer(_2).
+        device: where encoding runs (the accelerator).
+        max_sequence_length: T5 tokens per prompt (capped at the tokenizer's maximum).
+    """
+
+    def __init__(self, pipe, device: torch.device | str, max_sequence_length: int = 512, cache: bool = True):
+        self.pipe = pipe
+        self.device = torch.device(device)
+        self.max_sequence_length = min(max_sequence_length, pipe.tokenizer_2.model_max_length)
+        self.cache = cache
+        self.encoder_calls = 0  # batches the text encoders ran on
+        self._stored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._txt_ids: torch.Tensor | None = None
+
+    @property
+    def encoders(self) -> list[torch.nn.Module]:
+        return [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2) if m is not None]
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def _offload(self) -> None:
+        if self.device.type != "cpu":
+            for encoder in self.encoders:
+                encoder.to("cpu")
+
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for encoder in self.encoders:
+            encoder.to(self.device)
+        with torch.no_grad():
+            embeds, pooled, txt_ids = self.pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length)
+        self.encoder_calls += 1
+        return embeds, pooled, txt_ids
+
+    def _store(self, prompts: list[str]) -> None:
+        embeds, pooled, txt_ids = self._encode(prompts)
+        self._txt_ids = txt_ids.cpu()
+        for i, prompt in enumerate(prompts):
+            self._stored[prompt] = (embeds[i].cpu(), pooled[i].cpu())
+
+    def precompute(self, prompts: Iterable[str], batch_size: int = 8) -> None:
+        """Encode every prompt not seen yet, ``batch_size`` at a time, in one trip of the encoders to the
+        accelerator (nothing to do without ``cache``)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._stored]
+        if not missing or not self.cache:
+            return
+        logger.info("embedding %d distinct prompts", len(missing))
+        try:
+            for start in range(0, len(missing), batch_size):
+                self._store(missing[start:start + batch_size])
+        finally:
+            self._offload()
+
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.cache:
+            return self._encode(list(prompts))
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._stored]
+        if missing:
+            try:
+                self._store(missing)
+            finally:
+                self._offload()
+        embeds = torch.stack([self._stored[p][0] for p in prompts]).to(self.device)
+        pooled = torch.stack([self._stored[p][1] for p in prompts]).to(self.device)
+        return embeds, pooled, self._txt_ids.to(self.device)
+
+
+def dataset_prompts(dataset) -> list[str]:
+    """The prompt of every sample, read without loading images where the data set lists its rows
+    (``SFTFolderDataset.rows``, ``PreferenceExportDataset.items``); else by reading every sample."""
+    if hasattr(dataset, "rows"):
+        return [row["prompt"] for row in dataset.rows]
+    if hasattr(dataset, "items") and isinstance(dataset.items, list):
+        return [item["row"]["caption"] or "" for item in dataset.items]
+    samples = (dataset[i] for i in range(len(dataset)))
+    return [sample["prompt"] for sample in samples if "prompt" in sample]
+
+
+class CachedLatentsDataset(Dataset):
+    """``dataset`` with every ``pixel_values*`` replaced by ``latents*``, encoded once at construction.
+
+    ``encode(pixels (1, 3, H, W)) -> latents (1, C, h, w)`` (scaled and shifted as the trainer expects); latents
+    are kept on the CPU. ``bucket_ids`` are passed through for the bucketed sampler."""
+
+    def __init__(self, dataset, encode: Callable[[torch.Tensor], torch.Tensor]):
+        self.bucket_ids = getattr(dataset, "bucket_ids", None)
+        self.samples: list[dict[str, Any]] = []
+        for index in range(len(dataset)):
+            sample = dict(dataset[index])
+            for key in PIXEL_KEYS:
+                if key in sample:
+                    pixels = torch.as_tensor(sample.pop(key)).unsqueeze(0)
+                    sample[key.replace("pixel_values", "latents")] = encode(pixels)[0].cpu()
+            self.samples.append(sample)
+        logger.info("cached the VAE latents of %d samples", len(self.samples))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.samples[index]
