@@ -93,8 +93,12 @@ class ResearchService:
         from annotation.export import export_preferences
         from db.types import utcnow
 
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        stamp = utcnow().strftime("%Y%m%d-%H%M%S")
         out = self.data_dir / "exports" / f"export-{stamp}-u{user_id}"
+        for k in range(2, 1000):  # two exports in the same second
+            if not out.exists():
+                break
+            out = self.data_dir / "exports" / f"export-{stamp}-u{user_id}-{k}"
         with self.sessions() as session:
             result = export_preferences(
                 session, out, data_dir=self.data_dir, format=filters.format, with_images=filters.with_images,
@@ -111,9 +115,10 @@ def dpo_command(archive_name: str | None = None, fmt: str = "parquet") -> str:
     """The commands that unzip a downloaded export beside a checkout, train DPO on it (relative paths only,
     so they work on the researcher's machine) and register the result for the app."""
     name = Path(archive_name).stem if archive_name else "EXPORT"
+    model = "dpo-" + name.removeprefix("export-").rsplit("-u", 1)[0] if archive_name else "dpo-v1"
     lines = [f"unzip {name}.zip -d {name}"]
     if fmt != "parquet":
         lines.append(f"# the trainer reads Parquet: export as parquet to train on {name}")
-    lines += [f"idglow train dpo --config configs/dpo.yaml --set train_data={name} --set output_dir=runs/{name}-dpo",
-              f"idglow models add {name}-dpo --adapter runs/{name}-dpo/adapter"]
+    lines += [f"idglow train dpo --config configs/dpo.yaml --set train_data={name} --set output_dir=runs/{model}",
+              f"idglow models add {model} --adapter runs/{model}/adapter"]
     return "\n".join(lines)

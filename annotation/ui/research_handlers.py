@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import gradio as gr
 
 from annotation.ui.errors import ui_errors
+from annotation.users import has_role
 from db.models import Role
 
 
@@ -79,7 +80,7 @@ def _gold_cell(stats) -> str | None:
     if not stats.gold_votes:
         return None
     text = f"{stats.gold_accuracy:.2f}"
-    return text if stats.gold_votes >= MIN_GOLD_VOTES else f"{text} (only {stats.gold_votes} gold vote(s))"
+    return text if stats.gold_votes >= MIN_GOLD_VOTES else f"{text} ⚠ n={stats.gold_votes}"
 
 
 def annotator_table(stats) -> tuple[dict, str]:
@@ -123,12 +124,14 @@ def leaderboard_table(board) -> tuple[dict, str]:
     return {"headers": headers, "data": data}, notes
 
 
-def _strip_front_matter(card: str) -> str:
+def card_preview(card: str) -> str:
+    """The dataset card for the page: without its YAML front matter, headings three levels down."""
     if card.startswith("---\n"):
         end = card.find("\n---\n", 4)
         if end != -1:
-            return card[end + 5:].lstrip()
-    return card.lstrip()
+            card = card[end + 5:]
+    lines = card.strip().splitlines()
+    return "\n".join("###" + line if line.startswith("#") else line for line in lines)
 
 
 def export_summary(download) -> str:
@@ -162,7 +165,7 @@ def export_status(download) -> str:
     card = getattr(getattr(download, "result", None), "card", "")
     if card:
         parts.append(f"<details><summary>Dataset card (README.md in the zip)</summary>\n\n"
-                     f"{_strip_front_matter(card)}\n</details>")
+                     f"{card_preview(card)}\n</details>")
     return "\n\n".join(parts)
 
 
@@ -173,6 +176,17 @@ class ResearchHandlers:
 
     def _user(self, token, action: str):
         return self.auth.require(token, Role.researcher, action)
+
+    def intro(self, token: str | None):
+        """The sign-in hint above the tab: shown until a researcher is signed in, and then hidden."""
+        user = self.auth.user(token)
+        if user is None:
+            return gr.update(value="Researchers: sign in above to see the statistics, the leaderboard and the "
+                                   "export.", visible=True)
+        if not has_role(user, Role.researcher):
+            return gr.update(value=f"Signed in as {user.username} ({user.role.value}): the Research tab needs a "
+                                   "researcher account.", visible=True)
+        return gr.update(visible=False)
 
     @ui_errors
     def refresh(self, token: str | None):

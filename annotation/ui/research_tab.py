@@ -11,7 +11,8 @@ from annotation.ui.research_handlers import ExportForm, ResearchHandlers
 def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column:
     """The tab's content column, shown after a researcher signs in (the handlers check the caller anyway)."""
     with gr.Tab("Research") as tab:
-        gr.Markdown("Researchers: sign in above to see the statistics, the leaderboard and the export.")
+        intro = gr.Markdown("Researchers: sign in above to see the statistics, the leaderboard and the export.",
+                            elem_id="research-intro")
         with gr.Column(visible=False) as content:
             refresh = gr.Button("Refresh", elem_id="research-refresh")
             counts = gr.Markdown(elem_id="research-counts")
@@ -49,6 +50,7 @@ def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column
 
     outputs = [counts, annotators, agreement, leaderboard, plot, annotator_notes, agreement_notes, board_notes]
     opts = dict(concurrency_id="research", concurrency_limit=2)
+    token.change(handlers.intro, [token], [intro], queue=False, api_visibility="private")
     tab.select(handlers.refresh, [token], outputs, api_name="research_refresh", **opts)
     refresh.click(handlers.refresh, [token], outputs, api_name="research_refresh_button", **opts)
     export.click(run_export, [token, *form.values()], [files, status], api_name="export", **opts)
