@@ -61,3 +61,24 @@ def test_mixed_precision_no_is_not_read_as_a_yaml_boolean(cls):
     assert cls.from_yaml(None, ["mixed_precision=bf16", "train_data=x"]).mixed_precision == "bf16"
     with pytest.raises(ValueError, match="mixed_precision"):
         cls.from_yaml(None, ["mixed_precision=yes", "train_data=x"])
+
+
+def test_the_app_offers_the_default_version_first_and_skips_missing_adapters(tmp_path):
+    import shutil
+
+    from annotation.generation import GenerationService
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.testing import tiny_pipeline
+
+    store = make_store(tmp_path / "dd")
+    db = ["--db", store.url]
+    service = GenerationService(tiny_pipeline(seed=0, face_analyzer=DlibAnalyzer()), store.sessions,
+                                store.data_dir, base_version="base")
+    service.ensure_base_version()
+    assert cli_main(["models", "add", "v1", "--adapter", str(_adapter(tmp_path / "a1")), *db]) == 0
+    assert cli_main(["models", "add", "v2", "--adapter", str(_adapter(tmp_path / "a2")), *db]) == 0
+    assert service.model_versions() == ["base", "v1", "v2"]
+    assert cli_main(["models", "default", "v2", *db]) == 0
+    assert service.model_versions() == ["v2", "base", "v1"]  # read from the database: no restart needed here
+    shutil.rmtree(tmp_path / "a2")
+    assert service.model_versions() == ["base", "v1"]  # a version whose adapter folder is gone is not served

@@ -17,7 +17,7 @@ from idglow.errors import InputError
 from idglow.training.files import PreferenceExportDataset
 
 
-def _references(n: int = 4, dim: int = 8) -> list[DemoReference]:
+def _references(n: int = 4, dim: int = 128) -> list[DemoReference]:
     rng = np.random.default_rng(0)
     return [DemoReference(Image.fromarray(pattern_image(500 + i, 64)), [float(v) for v in rng.normal(size=dim)],
                           "dlib") for i in range(n)]
@@ -104,3 +104,15 @@ def test_export_summary_explains_votes_rows_ties_and_what_was_left_out(store, tm
     assert any(k.startswith("gold item") for k in result.dropped)
     assert f"{result.votes} vote(s) on {result.rows} comparison(s)" in result.card
     assert (tmp_path / "e" / "README.md").read_text() == result.card
+
+
+@pytest.mark.slow
+def test_train_from_db_exports_to_a_temporary_folder_and_trains(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli_main(["train-from-db", "--db", store.url, "--set", "model=tiny", "--set", f"output_dir={out}",
+                   "--set", "max_steps=1", "--set", "resolution=64", "--set", "mixed_precision=no",
+                   "--set", "report_to=none", "--set", "split=train"])
+    assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "rows from the database for training" in printed and "trained 1 steps" in printed
+    assert (out / "adapter" / "config.json").is_file()
