@@ -91,10 +91,9 @@ def demo_references(analyzer, size: int = 256) -> list[DemoReference]:
     with the embedding of its largest face."""
     from PIL import Image
 
-    from idglow.faces.base import sort_largest_first
+    from idglow.faces.base import face_backend_name, sort_largest_first
     from idglow.images import decode_image
     from idglow.samples import crop_box, group_photo, portrait_photos
-    from idglow.training.files import face_backend_name
 
     backend = face_backend_name(analyzer)
     photos = [decode_image(group_photo())] + [decode_image(p) for p in portrait_photos()]

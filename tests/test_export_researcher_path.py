@@ -116,3 +116,35 @@ def test_train_from_db_exports_to_a_temporary_folder_and_trains(store, tmp_path,
     printed = capsys.readouterr().out
     assert "rows from the database for training" in printed and "trained 1 steps" in printed
     assert (out / "adapter" / "config.json").is_file()
+
+
+def test_the_app_stores_the_embeddings_it_generated_with_and_the_export_carries_them(tmp_path, sample_portraits):
+    from annotation.generation import GenerationRequest, GenerationService, SubjectInput
+    from annotation.sampling import next_comparison
+    from annotation.users import create_user
+    from annotation.votes import VoteRequest, record_vote
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.images import decode_image
+    from idglow.subjects import SubjectRef
+    from idglow.testing import tiny_pipeline
+
+    st = make_store(tmp_path / "app")
+    pipe = tiny_pipeline(seed=0, face_analyzer=DlibAnalyzer())
+    service = GenerationService(pipe, st.sessions, st.data_dir, base_version="base")
+    service.ensure_base_version()
+    portraits = [decode_image(sample_portraits["person1"]), decode_image(sample_portraits["person2"])]
+    result = service.generate(GenerationRequest(
+        subjects=[SubjectInput(p) for p in portraits], prompt="two friends", num_images=2, num_inference_steps=1,
+        height=64, width=64, consent=True, seed=0, visitor_id="v1"))
+    service.add_to_pool("v1", result.generation_ids)
+    with st.sessions() as s:
+        user = create_user(s, "ann", "annotate-pass-1", "annotator")
+        served = next_comparison(s, user.id, gold_rate=0.0)
+        record_vote(s, VoteRequest(comparison_id=served.comparison_id, user_id=user.id, overall="a",
+                                   idempotency_key="k1"), group_commit=False)
+        export_preferences(s, tmp_path / "e", data_dir=st.data_dir, with_images=True)
+    row = pq.read_table(tmp_path / "e/data").to_pylist()[0]
+    expected = pipe.encode_subjects([SubjectRef(p) for p in portraits]).numpy()
+    assert row["face_backend"] == "dlib"
+    assert np.allclose(np.asarray(row["reference_embeddings"]), expected, atol=1e-5)
+    assert PreferenceExportDataset(tmp_path / "e", DlibAnalyzer(), resolution=64, split=None).redetected == 0

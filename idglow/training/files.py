@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from idglow.errors import InputError
+from idglow.faces.base import face_backend_name
 from idglow.losses import DPO_DIMENSIONS
 from idglow.training.buckets import make_buckets, nearest_bucket
 
@@ -104,11 +105,6 @@ def _pair_label(value) -> float:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return 0.0
     return 1.0 if value > 0.5 else (-1.0 if value < 0.5 else 0.0)
-
-
-def face_backend_name(analyzer) -> str:
-    """The name a face backend is recorded under beside the embeddings it made (``dlib``, ``insightface``)."""
-    return getattr(analyzer, "backend_name", None) or type(analyzer).__name__.removesuffix("Analyzer").lower()
 
 
 class PreferenceExportDataset(Dataset):
