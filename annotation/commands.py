@@ -1,6 +1,11 @@
-"""``idglow`` sub-commands of the preference store: ``db upgrade``, ``users add``, ``models add``, ``export``
-and ``demo-data``. Every command takes ``--db URL`` (default: $IDGLOW_DB_URL, else the SQLite file in the
-data dir). Heavy imports (SQLAlchemy, pyarrow) happen inside the commands."""
+"""``idglow`` sub-commands of the preference store: ``db upgrade``, ``users add``, ``models
+add|list|remove|default``, ``export``, ``demo-data`` and ``train-from-db``. Every command takes ``--db URL``
+(default: $IDGLOW_DB_URL, else the SQLite file in the data dir) and ``--data-dir`` (default:
+$IDGLOW_DATA_DIR, else the folder of the SQLite file, else ./data). Heavy imports (SQLAlchemy, pyarrow)
+happen inside the commands.
+
+They reach the ``idglow`` command through the ``idglow.commands`` entry point (see pyproject.toml);
+:func:`main` runs ``idglow`` with them registered whether or not the package metadata is installed."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import argparse
 import getpass
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 from idglow.errors import InputError
 
@@ -16,7 +22,11 @@ def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db", default=None, metavar="URL", help="SQLAlchemy URL (default: $IDGLOW_DB_URL or the data dir)"
     )
-    p.add_argument("--data-dir", default=None, help="data folder (default: $IDGLOW_DATA_DIR or ./data)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of the images (default: $IDGLOW_DATA_DIR, else the SQLite file's folder, else ./data)",
+    )
 
 
 def _open(args: argparse.Namespace, migrate: bool = True):
@@ -24,10 +34,11 @@ def _open(args: argparse.Namespace, migrate: bool = True):
     from db.engine import make_engine, make_session_factory
     from db.migrate import upgrade
 
-    engine = make_engine(resolve_db_url(args.db, args.data_dir))
+    url = resolve_db_url(args.db, args.data_dir)
+    engine = make_engine(url)
     if migrate:
         upgrade(engine)
-    return engine, make_session_factory(engine), resolve_data_dir(args.data_dir)
+    return engine, make_session_factory(engine), resolve_data_dir(args.data_dir, url)
 
 
 def run_db_upgrade(args: argparse.Namespace) -> int:
@@ -68,6 +79,41 @@ def run_models_add(args: argparse.Namespace) -> int:
             session, args.name, args.adapter, base_model=args.base_model, notes=args.notes
         )
     print(f"added model version {mv.name}, id {mv.id}")
+    return 0
+
+
+def run_models_list(args: argparse.Namespace) -> int:
+    from annotation.model_versions import list_model_versions
+
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        versions = list_model_versions(session)
+    if not versions:
+        print("no model versions (add one with `idglow models add NAME --adapter DIR`)")
+    for v in versions:
+        flags = " (default)" if v.is_default else ""
+        flags += "" if v.servable else " (adapter folder missing: not served)"
+        print(f"{v.name}{flags}\tadapter: {v.adapter_dir or '-'}\tgenerations: {v.generations}")
+    return 0
+
+
+def run_models_remove(args: argparse.Namespace) -> int:
+    from annotation.model_versions import remove_model_version
+
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        remove_model_version(session, args.name)
+    print(f"removed model version {args.name}")
+    return 0
+
+
+def run_models_default(args: argparse.Namespace) -> int:
+    from annotation.model_versions import set_default_model_version
+
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        set_default_model_version(session, args.name)
+    print(f"model version {args.name} is now offered first (restart the app to see it)")
     return 0
 
 
@@ -117,9 +163,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
-    from annotation.demo import pattern_images, seed_demo_data, tiny_model_images
+    from annotation.demo import demo_references, pattern_images, seed_demo_data, tiny_model_images
+    from idglow.faces.dlib_backend import DlibAnalyzer
 
     images = tiny_model_images(8, args.seed) if args.images == "tiny" else pattern_images(8, args.seed)
+    references = demo_references(DlibAnalyzer())
     _, sessions, data_dir = _open(args)
     with sessions() as session:
         summary = seed_demo_data(
@@ -130,15 +178,36 @@ def run_demo_data(args: argparse.Namespace) -> int:
             annotators=args.annotators,
             images=images,
             seed=args.seed,
+            references=references,
         )
     print(
         f"demo data: {summary.generations} generations, {summary.candidates} candidates, "
         f"{summary.comparisons} comparisons ({summary.gold} gold), {summary.votes} votes"
     )
+    print(f"people: {len(references)} portraits cropped from bundled photos; data dir: {data_dir}")
     print(f"users: {', '.join(summary.annotators)}, researcher; password: {summary.password}")
     order = " > ".join(sorted(summary.models, key=summary.models.get, reverse=True))
     print(f"true model order: {order}")
     return 0
+
+
+def run_train_from_db(args: argparse.Namespace) -> int:
+    """Export the store with images into a temporary folder, then run ``idglow train dpo`` on it."""
+    import tempfile
+
+    from annotation.export import export_preferences
+    from idglow.commands import train
+
+    _, sessions, data_dir = _open(args)
+    with tempfile.TemporaryDirectory(prefix="idglow-dpo-") as tmp:
+        out = Path(tmp) / "export"
+        with sessions() as session:
+            result = export_preferences(session, out, data_dir=data_dir, with_images=True,
+                                        min_votes=args.min_votes)
+        print(f"exported {result.rows} rows from the database for training")
+        args.set = [*args.set, f"train_data={out}"]
+        args.stage = "dpo"
+        return train.run(args)
 
 
 def _command_group(subparsers, name: str, help: str):
@@ -174,6 +243,17 @@ def register(subparsers) -> None:  # noqa: ANN001
     add.add_argument("--notes", default=None)
     _add_db(add)
     add.set_defaults(func=run_models_add)
+    ls = models_sub.add_parser("list", help="list the registered versions (the default is marked)")
+    _add_db(ls)
+    ls.set_defaults(func=run_models_list)
+    rm = models_sub.add_parser("remove", help="remove a version that has no generations")
+    rm.add_argument("name")
+    _add_db(rm)
+    rm.set_defaults(func=run_models_remove)
+    default = models_sub.add_parser("default", help="make a version the one the app offers first")
+    default.add_argument("name")
+    _add_db(default)
+    default.set_defaults(func=run_models_default)
 
     p = subparsers.add_parser("export", help="export the preferences (Pick-a-Pic v2 columns + group columns)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty or absent)")
@@ -202,3 +282,22 @@ def register(subparsers) -> None:  # noqa: ANN001
     p.add_argument("--seed", type=int, default=0)
     _add_db(p)
     p.set_defaults(func=run_demo_data)
+
+    p = subparsers.add_parser(
+        "train-from-db", help="export the preference store (with images) to a temporary folder and run DPO on it"
+    )
+    p.add_argument("--config", metavar="YAML", help="DPO config file (see configs/dpo.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option")
+    p.add_argument("--faces", choices=["dlib", "insightface"], default="dlib",
+                   help="face backend of the identity embeddings")
+    p.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
+    p.add_argument("--min-votes", type=int, default=1, metavar="N")
+    _add_db(p)
+    p.set_defaults(func=run_train_from_db)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``idglow`` with these commands registered (also when the package's entry points are not installed)."""
+    from idglow.cli import main as idglow_main
+
+    return idglow_main(argv, extra=[register])

@@ -75,11 +75,56 @@ def tiny_model_images(count: int = 8, seed: int = 0) -> list[Any]:
     return list(out.images)
 
 
+@dataclass(frozen=True)
+class DemoReference:
+    """A real portrait (a face cropped from a photo bundled with an installed package) and its identity
+    embedding, computed by the face backend named ``face_backend``."""
+
+    image: Any
+    embedding: list[float]
+    face_backend: str
+
+
+def demo_references(analyzer, size: int = 256) -> list[DemoReference]:
+    """Reference portraits for the demo people: every face of insightface's bundled group photo and the
+    bundled single portraits, cropped square around the face (dlib or the given analyzer finds it), each
+    with the embedding of its largest face."""
+    from PIL import Image
+
+    from idglow.faces.base import face_backend_name, sort_largest_first
+    from idglow.images import decode_image
+    from idglow.samples import crop_box, group_photo, portrait_photos
+
+    backend = face_backend_name(analyzer)
+    photos = [decode_image(group_photo())] + [decode_image(p) for p in portrait_photos()]
+    refs: list[DemoReference] = []
+    for k, photo in enumerate(photos):
+        faces = sort_largest_first(analyzer.detect(photo))
+        faces = sorted(faces, key=lambda f: f.bbox[0]) if k == 0 else faces[:1]  # the group: everyone
+        for face in faces:
+            crop = photo.crop(crop_box(face.bbox, *photo.size)).resize((size, size), Image.LANCZOS)
+            found = sort_largest_first(analyzer.detect(crop))
+            if found and found[0].embedding is not None:
+                refs.append(DemoReference(crop, [round(float(v), 6) for v in found[0].embedding], backend))
+    if len(refs) < 3:
+        raise InputError(f"only {len(refs)} bundled portraits had a detectable face; the demo needs 3")
+    return refs
+
+
 def pattern_images(count: int = 8, seed: int = 0) -> list[Any]:
     """``count`` distinct procedural images (no model needed)."""
     from annotation.testing import pattern_image
 
     return [pattern_image(seed * 1000 + i) for i in range(count)]
+
+
+def _demo_params(group: int, refs: list[DemoReference | None]) -> dict[str, Any]:
+    """A demo generation's params; with real portraits, their embeddings as the app stores them."""
+    params: dict[str, Any] = {"demo": True, "seed": group}
+    if refs and all(r is not None for r in refs):
+        params["subject_embeddings"] = [r.embedding for r in refs]
+        params["face_backend"] = refs[0].face_backend
+    return params
 
 
 def _sigmoid(x: float) -> float:
@@ -106,6 +151,7 @@ def seed_demo_data(
     seed: int = 0,
     password: str = DEMO_PASSWORD,
     user_prefix: str = "annotator",
+    references: list[DemoReference] | None = None,
 ) -> DemoSummary:
     """Fill an (empty or existing) store with demo generations, users and noisy votes.
 
@@ -113,6 +159,10 @@ def seed_demo_data(
     (``researcher``) with ``password``, ``candidates`` candidates in the pool, their within-generation and
     cross-model comparisons (``gold_rate`` of them gold items with the true answer) and ``votes`` votes of at
     most ``overlap`` annotators per comparison. Raises InputError if the comparisons cannot hold that many votes.
+
+    ``references``: the people's portraits with their embeddings (see :func:`demo_references`), stored with
+    each generation as the app stores them; without, the people's "portraits" are candidate images and no
+    embeddings are stored.
     """
     if candidates < 2 or annotators < 1 or votes < 0:
         raise InputError(
@@ -125,6 +175,7 @@ def seed_demo_data(
     stored: list[StoredImage] = [store_image(data_dir, im) for im in images]
     if len({s.sha256 for s in stored}) < candidates_per_generation:
         raise InputError("the demo images are not distinct enough")
+    people = [(store_image(data_dir, r.image), r) for r in references] if references else [(s, None) for s in stored]
     now = utcnow()
 
     # model versions
@@ -176,9 +227,9 @@ def seed_demo_data(
         n_sub = rng.randint(1, 3)
         task = "age" if rng.random() < 0.3 else "fusion"
         ages = [rng.choice([None, 6.0, 30.0, 70.0]) if task == "age" else None for _ in range(n_sub)]
-        refs = (
-            rng.sample(stored, n_sub) if n_sub <= len(stored) else [rng.choice(stored) for _ in range(n_sub)]
-        )
+        chosen = rng.sample(people, n_sub) if n_sub <= len(people) else [rng.choice(people) for _ in range(n_sub)]
+        refs = [r for r, _ in chosen]
+        gen_params = _demo_params(group, [d for _, d in chosen])
         key = subjects_key(task, [(f"demo{seed}-{group}-{r.sha256}", a) for r, a in zip(refs, ages)])
         photo_ids = []
         for r in refs:
@@ -195,7 +246,7 @@ def seed_demo_data(
                 user_prompt="",
                 final_prompt=f"a group photo of {n_sub} {'person' if n_sub == 1 else 'people'} (demo {group})",
                 prompt_source="template",
-                params={"demo": True, "seed": group},
+                params=gen_params,
                 model_version_id=mid,
                 subjects_key=key,
                 num_subjects=n_sub,

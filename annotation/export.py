@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +79,8 @@ def _schema():
             ("num_subjects", pa.int32()),
             ("reference_uids", pa.list_(pa.string())),
             ("reference_images", pa.list_(pa.binary())),
+            ("reference_embeddings", pa.list_(pa.list_(pa.float32()))),
+            ("face_backend", pa.string()),
             ("target_ages", pa.list_(pa.float64())),
             ("subject_labels", pa.list_(pa.string())),
             ("identity_labels_0", pa.list_(pa.float64())),
@@ -215,11 +219,23 @@ class _JsonlSink:
 
 @dataclass
 class ExportResult:
+    """What an export wrote and what it left out.
+
+    ``votes``: votes behind the exported rows (one row per comparison, several votes each); ``ties`` and
+    ``both_bad``: exported rows whose majority was a tie (labels 0.5/0.5) or "both bad" (``has_label``
+    false); ``dropped``: comparisons with votes that were left out, per reason.
+    """
+
     out_dir: Path
     rows: int
     rows_per_split: dict[str, int]
     dropped_ties: int
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    votes: int = 0
+    ties: int = 0
+    both_bad: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    card: str = ""
 
 
 def _sha256(path: Path) -> str:
@@ -237,7 +253,10 @@ def _read(data_dir: Path | None, rel: str | None) -> bytes | None:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"image file {path} is missing from the data dir") from None
+        raise InputError(
+            f"image file {path} is missing: the images are looked up under the data dir {data_dir.resolve()} "
+            "(set it with --data-dir or $IDGLOW_DATA_DIR; by default the folder of the SQLite file)"
+        ) from None
 
 
 def export_preferences(
@@ -262,6 +281,9 @@ def export_preferences(
     and the reference photos (then ``data_dir`` is needed). ``requested_by``: a user id that must be a
     researcher or admin (the CLI, run by whoever holds the database credentials, passes none).
     ``progress(done, total)`` is called after every page.
+
+    Files are written to a temporary folder beside ``out_dir`` that is renamed at the end: a failed export
+    leaves nothing behind, and the same command can be run again.
     """
     if format not in ("parquet", "jsonl"):
         raise InputError(f"unknown export format {format!r}; expected parquet|jsonl")
@@ -277,35 +299,75 @@ def export_preferences(
         require_role(get_user(session, requested_by), Role.researcher, "export preferences")
         session.commit()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"export folder {out} is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"export folder {out} is not empty; choose a new --out folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = {
+        "format": format,
+        "with_images": with_images,
+        "tie_policy": tie_policy,
+        "min_votes": min_votes,
+        "since": since.isoformat() if since else None,
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = _write_export(session, staging, params, data_dir, page_size, progress)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        session.rollback()
+        raise
+    result.out_dir = out
+    manifest_path = out / "manifest.json"
+    session.add(
+        Export(
+            user_id=requested_by,
+            out_dir=str(out.resolve()),
+            format=format,
+            num_rows=result.rows,
+            params=params,
+            manifest_sha256=_sha256(manifest_path),
+        )
+    )
+    session.commit()
+    logger.info("exported %d rows to %s", result.rows, out)
+    return result
+
+
+def _write_export(
+    session: Session,
+    out: Path,
+    params: dict[str, Any],
+    data_dir: str | os.PathLike[str] | None,
+    page_size: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> ExportResult:
+    """Write the data files, the dataset card and the manifest into ``out``."""
+    fmt, with_images = params["format"], params["with_images"]
+    since = datetime.fromisoformat(params["since"]) if params["since"] else None
     page_size = page_size or (64 if with_images else 2000)
     data_path = Path(data_dir) if data_dir is not None else None
-
     read_only(session)
-    where = _exported(min_votes, since)
+    where = _exported(params["min_votes"], since)
     total = int(session.scalar(select(func.count()).select_from(Comparison).where(*where)) or 0)
+    left_out = _left_out(session, params["min_votes"], since)
 
     schema = _schema()
     (out / "data").mkdir(parents=True, exist_ok=True)
     sinks: dict[str, Any] = {}
     rows_per_split: Counter[str] = Counter()
-    dropped_ties = 0
-    done = 0
-    last_id = 0
-    sink_cls = _ParquetSink if format == "parquet" else _JsonlSink
-    pages = _PageBuilder(session, schema.names, data_path, with_images, drop_ties=tie_policy == "drop")
+    done = last_id = 0
+    sink_cls = _ParquetSink if fmt == "parquet" else _JsonlSink
+    pages = _PageBuilder(session, schema.names, data_path, with_images, drop_ties=params["tie_policy"] == "drop")
     try:
-        while True:
-            comps = session.execute(_page(where, last_id, page_size)).all()
-            if not comps:
-                break
+        while comps := session.execute(_page(where, last_id, page_size)).all():
             last_id = comps[-1][0]
-            by_split, dropped = pages.build(comps)
-            dropped_ties += dropped
+            by_split, _ = pages.build(comps)
             for split in sorted(by_split):
                 if split not in sinks:
-                    sinks[split] = sink_cls(out / "data" / f"{split}.{format}", schema)
+                    sinks[split] = sink_cls(out / "data" / f"{split}.{fmt}", schema)
                 sinks[split].write(by_split[split])
                 rows_per_split[split] += len(by_split[split]["ranking_id"])
             done += len(comps)
@@ -316,34 +378,34 @@ def export_preferences(
             sink.close()
         session.commit()
 
-    params = {
-        "format": format,
-        "with_images": with_images,
-        "tie_policy": tie_policy,
-        "min_votes": min_votes,
-        "since": since.isoformat() if since else None,
-    }
     counts = {s: rows_per_split[s] for s, _ in SPLITS if rows_per_split[s]}
-    (out / "README.md").write_text(_card(counts, params, dropped_ties, format), encoding="utf-8")
-    files = {}
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        files[path.relative_to(out).as_posix()] = _sha256(path)
+    if pages.dropped_ties:
+        left_out["tie (tie policy drop)"] = pages.dropped_ties
+    card = _card(counts, params, pages.dropped_ties, fmt, _provenance(pages.votes, counts, pages, left_out))
+    (out / "README.md").write_text(card, encoding="utf-8")
+    files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {"rows": sum(counts.values()), "rows_per_split": counts, "params": params, "files": files}
-    manifest_path = out / "manifest.json"
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    session.add(
-        Export(
-            user_id=requested_by,
-            out_dir=str(out.resolve()),
-            format=format,
-            num_rows=manifest["rows"],
-            params=params,
-            manifest_sha256=_sha256(manifest_path),
-        )
-    )
-    session.commit()
-    logger.info("exported %d rows to %s", manifest["rows"], out)
-    return ExportResult(out, manifest["rows"], counts, dropped_ties, files)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return ExportResult(out, manifest["rows"], counts, pages.dropped_ties, files, votes=pages.votes,
+                        ties=pages.ties, both_bad=pages.both_bad, dropped=left_out, card=card)
+
+
+def _left_out(session: Session, min_votes: int, since: datetime | None) -> dict[str, int]:
+    """Comparisons with votes that the export leaves out, per reason (gold items, too few votes, too old)."""
+    voted = Comparison.vote_count > 0
+    reasons = {
+        "gold item (kept for annotator checks)": [voted, Comparison.is_gold.is_(True)],
+        f"fewer than {min_votes} vote(s)": [voted, Comparison.is_gold.is_not(True), Comparison.vote_count < min_votes],
+    }
+    if since is not None:
+        reasons[f"last vote before {since.date().isoformat()}"] = [
+            Comparison.is_gold.is_not(True), Comparison.vote_count >= min_votes, Comparison.last_vote_at < since
+        ]
+    counts = {
+        reason: int(session.scalar(select(func.count()).select_from(Comparison).where(*where)) or 0)
+        for reason, where in reasons.items()
+    }
+    return {reason: n for reason, n in counts.items() if n}
 
 
 def _exported(min_votes: int, since: datetime | None) -> list[Any]:
@@ -391,6 +453,8 @@ class _GenerationInfo:
     reference_paths: list[str | None]
     target_ages: list[float | None]
     subject_labels: list[str | None]
+    reference_embeddings: list[list[float]] | None  # per slot, as stored by the app (None: not stored)
+    face_backend: str | None  # the face backend that computed them
 
 
 _SLOT_KEYS = tuple(str(slot) for slot in range(MAX_SUBJECTS))
@@ -426,6 +490,7 @@ class _PageBuilder:
         self.candidates: dict[int, _CandidateInfo] = {}
         self.generations: dict[int, _GenerationInfo] = {}
         self.identity_cache: dict[str, dict[str, str] | None] = {}
+        self.votes = self.ties = self.both_bad = self.dropped_ties = 0
 
     def _col(self, column, type_):  # noqa: ANN001
         """``column`` as stored (no result processing) on SQLite; typed elsewhere."""
@@ -492,7 +557,7 @@ class _PageBuilder:
         ):
             subjects[r.generation_id].append(r)
         splits: dict[str, str] = {}
-        for gid, task, caption, num_subjects, key, model in self.conn.execute(
+        for gid, task, caption, num_subjects, key, model, params in self.conn.execute(
             select(
                 Generation.id,
                 type_coerce(Generation.task, String),
@@ -500,11 +565,13 @@ class _PageBuilder:
                 Generation.num_subjects,
                 Generation.subjects_key,
                 ModelVersion.name,
+                self._col(Generation.params, Text),
             )
             .join(ModelVersion, ModelVersion.id == Generation.model_version_id)
             .where(Generation.id.in_(missing))
         ):
             subj = subjects[gid]
+            embeddings, backend = _stored_embeddings(self._json(params) or {}, num_subjects)
             if key not in splits:
                 splits[key] = split_for(key)
             self.generations[gid] = _GenerationInfo(
@@ -517,6 +584,8 @@ class _PageBuilder:
                 reference_paths=[s.path for s in subj],
                 target_ages=[s.target_age for s in subj],
                 subject_labels=[s.label for s in subj],
+                reference_embeddings=embeddings,
+                face_backend=backend,
             )
 
     def _identity(self, value: Any) -> dict[str, str] | None:
@@ -558,9 +627,13 @@ class _PageBuilder:
             if not vs:
                 continue
             agg, overall = _aggregate_counts([v[2] for v in vs], [v[3] for v in vs])
-            if self.drop_ties and agg.has_label and agg.label_0 == 0.5:
+            tie = agg.has_label and agg.label_0 == 0.5
+            if self.drop_ties and tie:
                 dropped += 1
                 continue
+            self.votes += len(vs)
+            self.ties += tie
+            self.both_bad += not agg.has_label
             ca, cb = self.candidates[a_id], self.candidates[b_id]
             ga, gb = self.generations[ca.generation_id], self.generations[cb.generation_id]
             identities = [self._identity(v[4]) for v in vs]
@@ -593,6 +666,8 @@ class _PageBuilder:
                     ga.num_subjects,
                     ga.reference_uids,
                     [_read(data_dir, p) for p in ga.reference_paths] if images else None,
+                    ga.reference_embeddings,
+                    ga.face_backend,
                     ga.target_ages,
                     ga.subject_labels,
                     identity,
@@ -617,10 +692,32 @@ class _PageBuilder:
         out = {
             split: dict(zip(self.names, map(list, zip(*split_rows)))) for split, split_rows in rows.items()
         }
+        self.dropped_ties += dropped
         return out, dropped
 
 
-def _card(counts: dict[str, int], params: dict[str, Any], dropped_ties: int, fmt: str) -> str:
+def _stored_embeddings(params: dict[str, Any], num_subjects: int) -> tuple[list[list[float]] | None, str | None]:
+    """The identity embeddings the app stored with a generation (``params["subject_embeddings"]``, one per
+    slot) and their ``face_backend``; (None, None) when absent or incomplete."""
+    embeddings = params.get("subject_embeddings")
+    if not isinstance(embeddings, list) or len(embeddings) != num_subjects or any(e is None for e in embeddings):
+        return None, None
+    return [[float(v) for v in e] for e in embeddings], params.get("face_backend")
+
+
+def _provenance(votes: int, counts: dict[str, int], pages: _PageBuilder, left_out: dict[str, int]) -> str:
+    """Markdown lines: votes → comparisons → rows, ties and both-bad rows, and what was left out."""
+    rows = sum(counts.values())
+    lines = [
+        f"- {votes} vote(s) on {rows} comparison(s) give {rows} row(s), one per comparison "
+        "(several annotators' votes are aggregated by majority).",
+        f"- {pages.ties} row(s) are ties and {pages.both_bad} row(s) are \"both bad\" (`has_label = false`).",
+    ]
+    lines += [f"- left out: {n} comparison(s), {reason}." for reason, n in left_out.items()]
+    return "\n".join(lines)
+
+
+def _card(counts: dict[str, int], params: dict[str, Any], dropped_ties: int, fmt: str, provenance: str = "") -> str:
     configs = "\n".join(f"  - split: {s}\n    path: data/{s}.{fmt}" for s in counts)
     split_lines = "\n".join(f"| {s} | {n} |" for s, n in counts.items()) or "| (none) | 0 |"
     ties = (
@@ -645,6 +742,8 @@ with the columns of Pick-a-Pic v2 (`caption`, `jpg_0`, `jpg_1`, `label_0`, `labe
 
 Splits are assigned by a hash of the subjects (the same people never appear in two splits).
 
+{provenance}
+
 ## Labels
 
 - `label_0`/`label_1`: majority of the annotators' overall votes (1/0; ties {ties}).
@@ -658,7 +757,9 @@ Splits are assigned by a hash of the subjects (the same people never appear in t
 - `faces_0`/`faces_1`: JSON with the per-slot face matches (similarity, bbox, missing, duplicates) and the
   detected faces; `metrics_0`/`metrics_1`: JSON metrics of each image.
 - `reference_uids`, `target_ages`, `subject_labels` (and `reference_images` when exported with images)
-  are per person in slot order. `jpg_0`/`jpg_1` hold PNG bytes when exported with images, else null.
+  are per person in slot order. `reference_embeddings` holds each person's identity embedding as the app
+  computed it, made by the face backend named in `face_backend` (null when the app stored none); the DPO
+  trainer uses them instead of detecting the faces again. `jpg_0`/`jpg_1` hold PNG bytes when exported with images, else null.
 
 ## DPO convention
 

@@ -193,16 +193,19 @@ class GenerationService:
                                        notes="served by the app")
 
     def model_versions(self) -> list[str]:
-        """The base version first, then every registered version with an adapter folder that exists."""
+        """The servable versions: the base and every registered version with an adapter folder that exists,
+        read from the database on each call; the default version (`idglow models default`) first, else the base."""
         from sqlalchemy import select
 
         from db.models import ModelVersion
 
         with self.sessions() as session:
-            rows = session.execute(select(ModelVersion.name, ModelVersion.adapter_dir).order_by(ModelVersion.id)).all()
+            rows = session.execute(select(ModelVersion.name, ModelVersion.adapter_dir, ModelVersion.is_default)
+                                   .order_by(ModelVersion.id)).all()
         names = [self.base_version]
-        names += [n for n, d in rows if n != self.base_version and d and Path(d).is_dir()]
-        return names
+        names += [n for n, d, _ in rows if n != self.base_version and d and Path(d).is_dir()]
+        default = next((n for n, _, is_default in rows if is_default and n in names), self.base_version)
+        return [default] + [n for n in names if n != default]
 
     def adapter_for(self, version: str):
         """The IdGlowAdapter of a model version (loaded once), or None for the base pipeline's own."""

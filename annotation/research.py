@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,26 @@ class ExportFilters:
 
 @dataclass(frozen=True)
 class ExportDownload:
+    """A finished export: the folder, its zip and data files, what it holds (``result``: rows per split,
+    votes, ties, both-bad rows, what was left out, the dataset card) and the command that trains on the
+    unzipped download."""
+
     out_dir: Path
     archive: Path
     data_files: list[Path]
     rows: int
     command: str
+    result: Any = None
+    with_images: bool = True
+    store_votes: int | None = None  # every vote in the store, gold and filtered-out ones included
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """The ranked model versions and when the newest vote behind them was cast (None without votes)."""
+
+    rows: list[Any]
+    last_vote_at: datetime | None
 
 
 class ResearchService:
@@ -61,18 +77,28 @@ class ResearchService:
         with self.sessions() as session:
             return agreement(session)
 
-    def leaderboard(self):
+    def leaderboard(self) -> Leaderboard:
+        from sqlalchemy import func, select
+
         from annotation.stats import leaderboard
+        from db.models import Comparison
 
         with self.sessions() as session:
-            return leaderboard(session)
+            rows = leaderboard(session)
+            last = session.scalar(select(func.max(Comparison.last_vote_at)).where(Comparison.is_gold.is_not(True)))
+            session.commit()
+        return Leaderboard(rows, last)
 
     def export(self, user_id: int, filters: ExportFilters) -> ExportDownload:
         from annotation.export import export_preferences
         from db.types import utcnow
 
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+        stamp = utcnow().strftime("%Y%m%d-%H%M%S")
         out = self.data_dir / "exports" / f"export-{stamp}-u{user_id}"
+        for k in range(2, 1000):  # two exports in the same second
+            if not out.exists():
+                break
+            out = self.data_dir / "exports" / f"export-{stamp}-u{user_id}-{k}"
         with self.sessions() as session:
             result = export_preferences(
                 session, out, data_dir=self.data_dir, format=filters.format, with_images=filters.with_images,
@@ -81,11 +107,18 @@ class ResearchService:
             )
         archive = Path(shutil.make_archive(str(out), "zip", root_dir=out))
         data_files = sorted((out / "data").glob(f"*.{filters.format}"))
-        return ExportDownload(out, archive, data_files, result.rows, dpo_command(out, filters.format))
+        return ExportDownload(out, archive, data_files, result.rows, dpo_command(archive.name, filters.format),
+                              result=result, with_images=filters.with_images, store_votes=self.counts()["votes"])
 
 
-def dpo_command(export_dir: str | os.PathLike[str] | None = None, fmt: str = "parquet") -> str:
-    """The commands that train DPO on an export (``idglow train dpo``) and serve the result in the app."""
-    data = f"{export_dir}/data/train.{fmt}" if export_dir else f"EXPORT_DIR/data/train.{fmt}"
-    return (f"idglow train dpo --config configs/dpo.yaml --set train_data={data} --set output_dir=runs/idglow-dpo\n"
-            "idglow models add idglow-dpo --adapter runs/idglow-dpo/adapter")
+def dpo_command(archive_name: str | None = None, fmt: str = "parquet") -> str:
+    """The commands that unzip a downloaded export beside a checkout, train DPO on it (relative paths only,
+    so they work on the researcher's machine) and register the result for the app."""
+    name = Path(archive_name).stem if archive_name else "EXPORT"
+    model = "dpo-" + name.removeprefix("export-").rsplit("-u", 1)[0] if archive_name else "dpo-v1"
+    lines = [f"unzip {name}.zip -d {name}"]
+    if fmt != "parquet":
+        lines.append(f"# the trainer reads Parquet: export as parquet to train on {name}")
+    lines += [f"idglow train dpo --config configs/dpo.yaml --set train_data={name} --set output_dir=runs/{model}",
+              f"idglow models add {model} --adapter runs/{model}/adapter"]
+    return "\n".join(lines)

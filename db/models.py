@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -124,6 +125,8 @@ class ModelVersion(Base):
     adapter_dir: Mapped[str | None] = mapped_column(String(1024))
     base_model: Mapped[str | None] = mapped_column(String(256))
     notes: Mapped[str | None] = mapped_column(Text)
+    # the version the app offers first (`idglow models default NAME`); at most one is set
+    is_default: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
     created_at: Mapped[datetime] = _created()
 
     __table_args__ = (UniqueConstraint("name", name="model_version_name_uq"),)

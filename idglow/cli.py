@@ -1,5 +1,10 @@
 """The ``idglow`` command. Each sub-command lives in its own module with ``register(subparsers)``.
 
+Packages that build on the library add their own sub-commands through the ``idglow.commands`` entry-point
+group (a ``register(subparsers)`` function); the annotation app registers its preference-store commands
+(``db``, ``users``, ``models``, ``export``, ``demo-data``, ``train-from-db``) this way, so they are listed
+whenever the app is installed, while the library never imports the app.
+
 Errors a user can fix (IdGlowError, ValueError from input checks) print one line and exit with code 2;
 set IDGLOW_DEBUG=1 to see the traceback instead.
 """
@@ -11,6 +16,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 
 from idglow import __version__
 from idglow.errors import IdGlowError
@@ -18,7 +24,6 @@ from idglow.errors import IdGlowError
 # Modules that add sub-commands. Heavy imports stay inside their command functions.
 COMMAND_MODULES = [
     "idglow.commands.generate",
-    "annotation.commands",
     "idglow.commands.samples",
     "idglow.commands.prompt",
     "idglow.commands.eval",
@@ -26,7 +31,29 @@ COMMAND_MODULES = [
     "idglow.commands.data",
 ]
 
+ENTRY_POINT_GROUP = "idglow.commands"
 EXIT_USAGE = 2
+
+logger = logging.getLogger(__name__)
+
+Registrar = Callable[[argparse._SubParsersAction], None]
+
+
+def plugin_registrars() -> list[Registrar]:
+    """The ``register`` functions of the installed ``idglow.commands`` entry points, by entry-point name.
+    One that fails to load is skipped with a warning (the library's own commands still work)."""
+    from importlib.metadata import entry_points
+
+    found: list[Registrar] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
+        try:
+            registrar = ep.load()
+        except Exception as err:  # a broken plugin must not take the library's commands down
+            logger.warning("skipping idglow command plugin %s = %s: %s", ep.name, ep.value, err)
+            continue
+        if registrar not in found:
+            found.append(registrar)
+    return found
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +61,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
+    """The ``idglow`` parser: the library's commands, then the installed plugins' and ``extra`` (each
+    registrar once)."""
     parser = _Parser(prog="idglow", description="Identity-preserving multi-subject group photos.")
     parser.add_argument("--version", action="version", version=f"idglow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -42,11 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    registrars = plugin_registrars()
+    registrars += [r for r in extra if r not in registrars]
+    for registrar in registrars:
+        registrar(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, extra: Sequence[Registrar] = ()) -> int:
+    """Run ``idglow`` with ``argv``; ``extra``: more command registrars (see :func:`build_parser`)."""
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -20,7 +20,7 @@ from diffusers import FluxPipeline
 
 from idglow.adapter import IdGlowAdapter, InjectionState
 from idglow.errors import ModelFolderError, NoFaceError
-from idglow.faces.base import FaceAnalyzer, FaceMatch, sort_largest_first
+from idglow.faces.base import FaceAnalyzer, FaceMatch, face_backend_name, sort_largest_first
 from idglow.faces.match import match_faces
 from idglow.images import to_rgb_array
 from idglow.schedule import TASKS, IdentityWindow, window_for_task
@@ -285,6 +285,9 @@ class IdGlowPipeline(FluxPipeline):
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
         }
+        if subjects:  # the identity inputs as the face analyzer computed them (kept with the generation)
+            params["subject_embeddings"] = [[round(float(v), 6) for v in e] for e in subject_embeds.float().cpu()]
+            params["face_backend"] = face_backend_name(self.face_analyzer)
         return IdGlowOutput(
             images=list(images) if output_type == "pil" else images,
             seeds=seeds,

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from annotation import users as U
+from annotation.commands import main as cli_main
 from annotation.demo import seed_demo_data
 from annotation.errors import PermissionDenied
 from annotation.export import aggregate_overall, export_preferences
 from annotation.testing import make_store
 from db.models import Overall, Strength
-from idglow.cli import main as cli_main
 
 PICKAPIC = {
     "caption": pa.string(),

@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from idglow.errors import InputError
+
 pytest.importorskip("dlib")
 
 
@@ -26,10 +28,10 @@ def test_votes_export_dpo_dataset_and_one_dpo_step(tmp_path):
         register_generation,
         register_model_version,
     )
+    from annotation.commands import main as cli_main
     from annotation.sampling import next_comparison
     from annotation.testing import make_store
     from annotation.votes import VoteRequest, record_vote
-    from idglow.cli import main as cli_main
     from idglow.faces.base import FaceMatch
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.testing import tiny_pipeline
@@ -80,10 +82,10 @@ def test_votes_export_dpo_dataset_and_one_dpo_step(tmp_path):
     box = sample["face_boxes_0"][0]
     assert box == pytest.approx(tuple(v / 64 for v in face_box))
     assert sample["id_embeds"].shape == (1, 128)
-    # the same rows straight from the database URL
-    direct = PreferenceExportDataset(store.url, DlibAnalyzer(), resolution=64, split=None, data_dir=store.data_dir)
-    assert len(direct) == 1
-    assert torch.equal(direct[0]["preference"], sample["preference"])
+    # the generation stored no embeddings, so the reference was embedded again; a database URL is refused
+    assert dataset.redetected == 1
+    with pytest.raises(InputError, match="database URL"):
+        PreferenceExportDataset(store.url, DlibAnalyzer(), resolution=64, split=None)
 
     pipe = tiny_pipeline(seed=0)
     model = IdGlowDenoiser(pipe.transformer, pipe.adapter)

@@ -11,16 +11,24 @@ from annotation.ui.research_handlers import ExportForm, ResearchHandlers
 def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column:
     """The tab's content column, shown after a researcher signs in (the handlers check the caller anyway)."""
     with gr.Tab("Research") as tab:
-        gr.Markdown("Researchers: sign in above to see the statistics, the leaderboard and the export.")
+        intro = gr.Markdown("Researchers: sign in above to see the statistics, the leaderboard and the export.",
+                            elem_id="research-intro")
         with gr.Column(visible=False) as content:
             refresh = gr.Button("Refresh", elem_id="research-refresh")
             counts = gr.Markdown(elem_id="research-counts")
-            with gr.Row():
-                annotators = gr.Dataframe(label="Annotators", interactive=False, elem_id="research-annotators")
-                agreement = gr.Dataframe(label="Agreement", interactive=False, elem_id="research-agreement")
-            leaderboard = gr.Dataframe(label="Model leaderboard (Bradley–Terry)", interactive=False,
+            leaderboard = gr.Dataframe(label="Model leaderboard (Bradley–Terry)", interactive=False, wrap=True,
                                        elem_id="research-leaderboard")
+            board_notes = gr.Markdown(elem_id="research-leaderboard-notes")
             plot = gr.Plot(label="Scores with 95% intervals", elem_id="research-plot")
+            with gr.Row(equal_height=False):
+                with gr.Column(min_width=300):
+                    annotators = gr.Dataframe(label="Annotators", interactive=False, wrap=True,
+                                              elem_id="research-annotators")
+                    annotator_notes = gr.Markdown(elem_id="research-annotator-notes")
+                with gr.Column(min_width=300):
+                    agreement = gr.Dataframe(label="Agreement", interactive=False, wrap=True,
+                                             elem_id="research-agreement")
+                    agreement_notes = gr.Markdown(elem_id="research-agreement-notes")
             gr.Markdown("### Export (the filters of `idglow export`)")
             with gr.Row():
                 fmt = gr.Radio(["parquet", "jsonl"], value="parquet", label="Format", elem_id="export-format")
@@ -31,7 +39,8 @@ def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column
                                    elem_id="export-since")
             export = gr.Button("Export", variant="primary", elem_id="export-run")
             files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="export-files")
-            status = gr.Markdown(f"Train DPO on an export:\n\n```bash\n{dpo_command()}\n```", elem_id="export-status")
+            status = gr.Markdown("Export to see what the rows hold, the dataset card and the command that trains DPO "
+                                 f"on the download:\n\n```bash\n{dpo_command()}\n```", elem_id="export-status")
 
     form = dict(format=fmt, with_images=with_images, tie_policy=tie_policy, min_votes=min_votes, since=since)
     assert list(form) == ExportForm.names()
@@ -39,8 +48,9 @@ def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column
     def run_export(token_value, format, with_images, tie_policy, min_votes, since):  # noqa: A002 - API names
         return handlers.export(token_value, ExportForm(format, with_images, tie_policy, min_votes, since))
 
-    outputs = [counts, annotators, agreement, leaderboard, plot]
+    outputs = [counts, annotators, agreement, leaderboard, plot, annotator_notes, agreement_notes, board_notes]
     opts = dict(concurrency_id="research", concurrency_limit=2)
+    token.change(handlers.intro, [token], [intro], queue=False, api_visibility="private")
     tab.select(handlers.refresh, [token], outputs, api_name="research_refresh", **opts)
     refresh.click(handlers.refresh, [token], outputs, api_name="research_refresh_button", **opts)
     export.click(run_export, [token, *form.values()], [files, status], api_name="export", **opts)

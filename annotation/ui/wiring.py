@@ -22,7 +22,7 @@ def build_services(settings):
     from db.migrate import upgrade
     from idglow.loading import TINY_MODEL_NOTE, ModelSettings, load_pipeline
 
-    data_dir = resolve_data_dir(settings.data_dir)
+    data_dir = resolve_data_dir(settings.data_dir, settings.db_url)
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(resolve_db_url(settings.db_url, data_dir))
     upgrade(engine)

@@ -1,7 +1,7 @@
 """Alembic environment of the preference store.
 
 The engine comes from ``config.attributes["engine"]`` (``db.migrate``), else from ``-x url=...``, the
-``sqlalchemy.url`` option, or the default database URL. Batch mode is on so that SQLite can alter tables.
+``sqlalchemy.url`` option, or ``$IDGLOW_DB_URL``. Batch mode is on so that SQLite can alter tables.
 On SQLite, foreign keys are switched off while tables are rebuilt (a batch rebuild drops the old table,
 which would otherwise fire ON DELETE CASCADE) and checked afterwards.
 """
@@ -9,6 +9,7 @@ which would otherwise fire ON DELETE CASCADE) and checked afterwards.
 from __future__ import annotations
 
 import logging
+import os
 
 from alembic import context
 from sqlalchemy import Engine
@@ -26,11 +27,16 @@ def _engine() -> Engine:
         return engine
     from db.engine import make_engine
 
-    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    url = (
+        context.get_x_argument(as_dictionary=True).get("url")
+        or config.get_main_option("sqlalchemy.url")
+        or os.environ.get("IDGLOW_DB_URL")
+    )
     if not url:
-        from annotation.settings import resolve_db_url
-
-        url = resolve_db_url(None)
+        raise RuntimeError(
+            "no database URL: pass `alembic -x url=URL ...`, set sqlalchemy.url in alembic.ini or $IDGLOW_DB_URL "
+            "(or run `idglow db upgrade`, which finds the default database)"
+        )
     return make_engine(url)
 
 

@@ -16,15 +16,15 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="train_command", metavar="STAGE")
     sub.required = True
     for stage, text in (("sft", "supervised fine-tuning on group photos (a `data build-sft` folder)"),
-                        ("dpo", "group-level weighted-margin Flow-DPO on the preference export or database")):
+                        ("dpo", "group-level weighted-margin Flow-DPO on the preference export folder")):
         s = sub.add_parser(stage, help=text, description=f"{text}. Options come from the YAML config; "
                            "--set overrides single options.")
         s.add_argument("--config", metavar="YAML", help="config file (see configs/)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option")
         s.add_argument("--faces", choices=["dlib", "insightface"], default="dlib",
-                       help="DPO: face backend that embeds the reference photos")
+                       help="DPO: face backend of the identity embeddings (references the export holds no "
+                       "embeddings of this backend for are embedded again)")
         s.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
-        s.add_argument("--data-dir", metavar="DIR", help="DPO from a database URL: the app's data folder")
         s.set_defaults(func=run, stage=stage)
 
 
@@ -81,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
         analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root))
         dataset = PreferenceExportDataset(config.train_data, analyzer, resolution=config.resolution,
-                                          split=config.split, use_agreement_as_strength=config.use_agreement_as_strength,
-                                          data_dir=args.data_dir)
+                                          split=config.split, use_agreement_as_strength=config.use_agreement_as_strength)
         model, vae, encode_prompt = _load_model(config, analyzer)
         trainer = DPOTrainer(config, model, dataset, vae=vae, encode_prompt=encode_prompt)
     if config.cache_prompt_embeds:

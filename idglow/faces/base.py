@@ -50,6 +50,12 @@ class FaceAnalyzer(Protocol):
         ...
 
 
+def face_backend_name(analyzer) -> str:
+    """The name embeddings are recorded under (``dlib``, ``insightface``): ``analyzer.backend_name`` when set,
+    else the class name without ``Analyzer``. Embeddings of different backends are not comparable."""
+    return getattr(analyzer, "backend_name", None) or type(analyzer).__name__.removesuffix("Analyzer").lower()
+
+
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / max(float(np.linalg.norm(x)), eps)

@@ -217,9 +217,19 @@ class DPOConfig(TrainingConfig):
         return [self.alpha_overall, self.alpha_texture, self.alpha_artifacts] + [self.alpha_identity] * num_slots
 
 
+def _literal_from_bool(value: bool, choices: tuple[Any, ...]) -> Any:
+    """YAML 1.1 reads ``no``/``yes``/``off``/``on`` as booleans: give back the one choice written that way."""
+    import yaml
+
+    matches = [c for c in choices if isinstance(c, str) and yaml.safe_load(c) is value]
+    return matches[0] if len(matches) == 1 else value
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` as the number its field declares: YAML reads ``1e-4`` (no dot) as a string, and ``2`` as
-    an int where a float is meant."""
+    an int where a float is meant; a string choice that YAML read as a boolean (``no``) is the string again."""
+    if typing.get_origin(hint) is typing.Literal and isinstance(value, bool):
+        return _literal_from_bool(value, typing.get_args(hint))
     kinds = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
     number = float if float in kinds else int if int in kinds else None
     if number is None or value is None or isinstance(value, (bool, number)):

@@ -1,5 +1,5 @@
-"""Datasets on disk: the SFT folder made by ``idglow data build-sft`` and the DPO preference export
-(Parquet from ``idglow export``, or read straight from the database)."""
+"""Datasets on disk: the SFT folder made by ``idglow data build-sft`` and the DPO preference export folder
+(Parquet from ``idglow export``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from idglow.errors import InputError
+from idglow.faces.base import face_backend_name
 from idglow.losses import DPO_DIMENSIONS
 from idglow.training.buckets import make_buckets, nearest_bucket
 
@@ -107,26 +108,30 @@ def _pair_label(value) -> float:
 
 
 class PreferenceExportDataset(Dataset):
-    """DPO pairs from the preference export (Pick-a-Pic v2 columns plus group columns).
+    """DPO pairs from the preference export folder of ``idglow export`` (Pick-a-Pic v2 columns plus group
+    columns), or one of its Parquet files.
 
-    Needs the export made with images (``jpg_0``/``jpg_1`` and ``reference_images`` bytes). References are
-    embedded once with ``face_analyzer`` (largest face); per-person identity regions come from the per-slot
-    boxes of ``faces_0``/``faces_1``. Rows without an overall label (both bad) keep their other dimensions.
+    Needs the export made with images (``jpg_0``/``jpg_1``). Each person's identity embedding is the one the
+    app stored (``reference_embeddings``, made by ``face_backend``); only rows without stored embeddings, or
+    with embeddings of another backend than ``face_analyzer``, embed the ``reference_images`` again with
+    ``face_analyzer`` (largest face). Per-person identity regions come from the per-slot boxes of
+    ``faces_0``/``faces_1``. Rows without an overall label (both bad) keep their other dimensions.
     """
 
-    def __init__(self, source: str | Path, face_analyzer, *, resolution: int = 1024, split: str | None = "train",
-                 use_agreement_as_strength: bool = False, data_dir: str | Path | None = None):
+    def __init__(self, source: str | Path, face_analyzer=None, *, resolution: int = 1024, split: str | None = "train",
+                 use_agreement_as_strength: bool = False):
         import pyarrow.parquet as pq
 
         from idglow.images import decode_image
 
         source_str = str(source)
         if "://" in source_str:
-            source = self._export_from_database(source_str, data_dir)
+            raise InputError(f"train_data {source_str!r} is a database URL; the trainer reads an export folder: run "
+                             f"`idglow export --db {source_str} --out DIR --with-images` first, or "
+                             f"`idglow train-from-db --db {source_str} ...`")
         rows: list[dict[str, Any]] = []
         for f in _export_files(Path(source)):
-            table = pq.read_table(str(f))
-            rows.extend(table.to_pylist())
+            rows.extend(pq.read_table(str(f)).to_pylist())
         if split is not None and rows and "split" in rows[0]:
             rows = [r for r in rows if r["split"] == split]
         rows = [r for r in rows if r.get("jpg_0") is not None and r.get("jpg_1") is not None]
@@ -134,37 +139,42 @@ class PreferenceExportDataset(Dataset):
             raise InputError(f"{source_str}: no rows with images for split={split!r} (export with images)")
         self.buckets = make_buckets(resolution)
         self.use_agreement = use_agreement_as_strength
+        self.face_analyzer = face_analyzer
+        self.redetected = 0  # rows whose references were embedded again
         self.items: list[dict[str, Any]] = []
         self.bucket_ids: list[int] = []
         for r in rows:
             img0 = decode_image(r["jpg_0"])
-            refs = r.get("reference_images") or []
-            if len(refs) != r["num_subjects"]:
-                raise InputError(f"row {r['ranking_id']}: {len(refs)} reference images for "
-                                 f"{r['num_subjects']} subjects (export with images)")
-            embeds = []
-            for slot, ref in enumerate(refs):
-                faces = face_analyzer.detect(np.asarray(decode_image(ref)))
-                if not faces or faces[0].embedding is None:
-                    raise InputError(f"row {r['ranking_id']}: no face found in the reference of subject {slot + 1}")
-                embeds.append(max(faces, key=lambda f: f.area).embedding)
-            self.items.append({"row": r, "id_embeds": np.stack(embeds).astype(np.float32)})
+            self.items.append({"row": r, "id_embeds": self._reference_embeddings(r)})
             self.bucket_ids.append(nearest_bucket(img0.width, img0.height, self.buckets))
 
-    @staticmethod
-    def _export_from_database(url: str, data_dir) -> Path:
-        import tempfile
+    def _reference_embeddings(self, row: dict[str, Any]) -> np.ndarray:
+        """(N, id_dim): the stored embeddings when usable, else the references embedded again."""
+        stored = row.get("reference_embeddings")
+        backend = row.get("face_backend")
+        wanted = None if self.face_analyzer is None else face_backend_name(self.face_analyzer)
+        if stored and len(stored) == row["num_subjects"] and (wanted is None or backend == wanted):
+            return np.asarray(stored, dtype=np.float32)
+        return self._detect_references(row)
 
-        from annotation.export import export_preferences
-        from db.engine import make_engine, make_session_factory
+    def _detect_references(self, row: dict[str, Any]) -> np.ndarray:
+        from idglow.images import decode_image
 
-        if data_dir is None:
-            raise InputError("reading preferences from a database URL needs data_dir (where the images live)")
-        out = Path(tempfile.mkdtemp(prefix="idglow-dpo-"))
-        engine = make_engine(url)
-        with make_session_factory(engine)() as session:
-            export_preferences(session, out / "export", data_dir=data_dir, with_images=True)
-        return out / "export"
+        if self.face_analyzer is None:
+            raise InputError(f"row {row['ranking_id']}: the export holds no identity embeddings for its people; "
+                             "pass a face analyzer to embed the reference images")
+        refs = row.get("reference_images") or []
+        if len(refs) != row["num_subjects"]:
+            raise InputError(f"row {row['ranking_id']}: {len(refs)} reference images for "
+                             f"{row['num_subjects']} subjects (export with images)")
+        embeds = []
+        for slot, ref in enumerate(refs):
+            faces = self.face_analyzer.detect(np.asarray(decode_image(ref)))
+            if not faces or faces[0].embedding is None:
+                raise InputError(f"row {row['ranking_id']}: no face found in the reference of subject {slot + 1}")
+            embeds.append(max(faces, key=lambda f: f.area).embedding)
+        self.redetected += 1
+        return np.stack(embeds).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.items)

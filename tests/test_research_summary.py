@@ -1,0 +1,98 @@
+"""The Research tab's words on a real store: export summary, command for the download, leaderboard columns,
+agreement guide and small-sample warnings."""
+
+from __future__ import annotations
+
+import shlex
+import zipfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from annotation.demo import seed_demo_data
+from annotation.research import ExportFilters, ResearchService
+from annotation.testing import make_store
+from annotation.ui.research_handlers import (
+    MIN_GOLD_VOTES,
+    agreement_table,
+    annotator_table,
+    export_status,
+    leaderboard_table,
+)
+from annotation.users import get_user_by_name
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    store = make_store(tmp_path_factory.mktemp("research"))
+    with store.sessions() as s:
+        seed_demo_data(s, store.data_dir, candidates=24, votes=80, annotators=3, seed=3, gold_rate=0.05)
+    return ResearchService(store.sessions, store.data_dir), store
+
+
+def test_export_summary_matches_the_files(service):
+    research, store = service
+    with store.sessions() as s:
+        uid = get_user_by_name(s, "researcher").id
+    download = research.export(uid, ExportFilters(with_images=True, min_votes=3))
+    rows = pq.read_table(download.out_dir / "data").to_pylist()
+    result = download.result
+    text = export_status(download)
+    assert f"**Exported {len(rows)} row(s)**" in text
+    votes = sum(r["num_votes"] for r in rows)
+    assert f"**{votes}** vote(s) on **{len(rows)}** comparison(s)" in text
+    assert f"the store holds {research.counts()['votes']} votes in all" in text
+    ties = sum(r["label_0"] == 0.5 for r in rows)
+    assert f"Ties: **{ties}** row(s) kept with labels 0.5/0.5" in text
+    assert f"Both bad: **{sum(not r['has_label'] for r in rows)}** row(s)" in text
+    for reason, n in result.dropped.items():
+        assert f"**{n}** comparison(s), {reason}" in text
+    assert "fewer than 3 vote(s)" in " ".join(result.dropped)
+    for split, n in result.rows_per_split.items():
+        assert f"{split} **{n}**" in text
+    assert "Dataset card" in text and "# IdGlow group preferences" in text and "config_name" not in text
+
+
+def test_training_command_uses_relative_paths_that_work_after_unzipping(service, tmp_path):
+    research, store = service
+    with store.sessions() as s:
+        uid = get_user_by_name(s, "researcher").id
+    download = research.export(uid, ExportFilters(with_images=True))
+    lines = download.command.splitlines()
+    assert lines[0] == f"unzip {download.archive.name} -d {download.archive.stem}"
+    for line in lines:
+        assert str(store.data_dir) not in line and not any(a.startswith("/") for a in shlex.split(line))
+    # do what the first line says, then read train_data as the trainer does
+    zipfile.ZipFile(download.archive).extractall(tmp_path / download.archive.stem)
+    train_data = next(a.split("=", 1)[1] for a in shlex.split(lines[1]) if a.startswith("train_data="))
+    from idglow.training.files import _export_files
+
+    assert _export_files(tmp_path / train_data)
+
+
+def test_leaderboard_columns_and_guide(service):
+    research, _ = service
+    board = research.leaderboard()
+    table, notes = leaderboard_table(board)
+    assert table["headers"][:5] == ["model", "votes", "win rate", "score", "95% interval"]
+    for row, r in zip(table["data"], board.rows):
+        assert row[1] == int(r.wins + r.losses + r.ties)
+        assert row[2] == f"{(r.wins + 0.5 * r.ties) / row[1]:.0%}"
+    assert board.last_vote_at is not None and board.last_vote_at.strftime("%Y-%m-%d %H:%M UTC") in notes
+    assert "How to read it" in notes
+
+
+def test_small_sample_warnings(service):
+    research, _ = service
+    stats = research.annotator_stats()
+    table, notes = annotator_table(stats)
+    few = [s for s in stats if 0 < s.gold_votes < MIN_GOLD_VOTES]
+    assert few, "the demo store should hold annotators with a few gold votes"
+    row = next(r for r in table["data"] if r[0] == few[0].username)
+    assert row[4].endswith(f"⚠ n={few[0].gold_votes}")
+    assert few[0].username in notes and "too few" in notes
+    agreements = list(research.agreement().values())
+    _, guide = agreement_table(agreements)
+    assert "How to read α" in guide
+    if any(a.alpha is not None and a.units < 20 for a in agreements):
+        assert "rough estimate" in guide
