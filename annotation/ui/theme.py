@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
-CSS = """
-#idglow-banner {border-left: 4px solid #f59e0b; padding: 0.4rem 0.8rem; background: rgba(245,158,11,0.08);}
+GENERATE_CSS = """
+#idglow-banner {border-left: 4px solid #f59e0b; padding: 0.15rem 0.6rem; background: rgba(245,158,11,0.08);}
+#idglow-banner p {margin: 0;}
+#gen-cards {gap: 8px;}
+#gen-cards .gen-card {flex: 1 1 150px; max-width: calc(33.3% - 6px); gap: 4px; padding: 4px;
+  border: 1px solid var(--border-color-primary); border-radius: 8px;}
+#gen-cards .gen-card-crop img {object-fit: cover; border-radius: 6px;}
+#gen-cards .gen-card-advanced {padding: 0;}
+#gen-inputs {gap: 8px;}
+#gen-consent-row {align-items: center;}
+#gen-task .wrap {flex-wrap: nowrap;}
+#gen-task label {white-space: nowrap;}
+#gen-files button {padding: 0;}
+#gen-photo-status p {margin: 0;}
+#gen-scores table {table-layout: fixed; width: 100%;}
+#gen-scores td, #gen-scores th {white-space: normal; word-break: break-word;}
+@media (max-width: 640px) {
+  #idglow-banner {font-size: 11.5px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+  #gen-cards .gen-card {max-width: calc(50% - 4px);}
+}
+"""
+
+CSS = GENERATE_CSS + """
 #annotate-left img, #annotate-right img {object-fit: contain;}
 .idglow-shortcuts kbd {border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em;}
 #shortcut-hint {min-height: 1.5em; font-weight: 600;}
@@ -85,8 +106,22 @@ SHORTCUTS_JS = """
 """
 
 
-def banner(tiny: bool, note: str) -> str:
+DEMO_BANNER = "**Demo model:** images are abstract — see README to serve real weights"
+
+OPERATOR_NOTES = """
+This server runs the embedded **tiny demo model**: random, untrained weights that make abstract images, so that
+the whole app (upload, generation, annotation, export) can be tried on any computer. To serve real photos, start it
+with a FLUX checkpoint in diffusers format and IdGlow adapter weights:
+
+`python app.py --model models/flux --adapter models/idglow-adapter`
+
+(or set `IDGLOW_MODEL_DIR` and `IDGLOW_ADAPTER_DIR`). README lists every flag.
+"""
+
+
+def banner(tiny: bool, note: str = "") -> str:
+    """The one-line notice above the tabs (``note`` is kept for callers; the details live in README and the
+    Generate tab's operator section)."""
     if not tiny:
         return "**IdGlow** · identity-preserving group photos."
-    return (f"**Demo model.** {note} Start the app with `python app.py --model models/flux --adapter "
-            "models/idglow-adapter` (or set `IDGLOW_MODEL_DIR` / `IDGLOW_ADAPTER_DIR`) to serve real weights.")
+    return DEMO_BANNER
