@@ -37,7 +37,7 @@ def _card(i: int, w: dict[str, Any]) -> None:
 def _inputs(handlers: GenerateHandlers, versions, tiny: bool, w: dict[str, Any]) -> None:
     sizes = [64, 128] if tiny else [512, 768, 1024, 1280]
     w["files"] = gr.File(label="Portraits (1–6, one per person) or one group photo · JPEG, PNG, WebP, HEIC",
-                         file_count="multiple", type="filepath", height=100, elem_id="gen-files")
+                         file_count="multiple", type="filepath", height=118, elem_id="gen-files")
     with gr.Row(elem_id="gen-consent-row"):
         w["consent"] = gr.Checkbox(label="I may use these photos, and the people in them agreed", scale=2,
                                    container=False, elem_id="gen-consent")
