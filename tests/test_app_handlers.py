@@ -129,11 +129,11 @@ def test_generate_builds_a_typed_request_and_shows_scores_in_words():
         ("Mum", 6.0, 1.5, 1), (None, None, 1.0, 0)]
     assert progress[0] == (0.0, "In the queue: 2 ahead of you") and [v for v, _ in progress[1:]] == [
         (1, 3), (2, 3), (3, 3)]
-    rows = out["scores"]["value"]["data"]
+    rows = out["scores"]["data"]
     assert rows[0] == ["#1 · seed 41", "Mum: 0.50 (looks 36, target 6) · Person 2: face not found"]
     assert rows[1] == ["#2 · seed 42", "withheld by the safety checker (nsfw, 0.99)"]
     assert len(out["gallery"]) == 1 and "**41**" in out["seed_used"] and "1 image(s) withheld" in out["status"]
-    assert out["pngs"]["value"] == ["/d/idglow_41.png"] and out["archive"]["value"].endswith("seed41.zip")
+    assert out["pngs"] == ["/d/idglow_41.png"] and out["archive"]["value"].endswith("seed41.zip")
     assert out["state"].generation_ids == [7]
 
 
@@ -156,7 +156,8 @@ def test_the_generate_wiring_passes_widget_values_by_name():
     from annotation.ui.generate_tab import FORM_FIELDS, build_generate_tab
 
     with gr.Blocks() as demo:
-        build_generate_tab(GenerateHandlers(FakeGeneration()), lambda: ["tiny-demo"], tiny=True, concurrency_limit=2)
+        build_generate_tab(GenerateHandlers(FakeGeneration(), default_size=64), lambda: ["tiny-demo"], tiny=True,
+                           concurrency_limit=2)
     deps = {d.api_name: d for d in demo.fns.values() if d.api_name}
     names = set(deps["generate"].input_keyword_names)
     cards = {f"{k}_{i}" for i in range(6) for k in ("label", "age", "weight")}

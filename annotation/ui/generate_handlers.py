@@ -23,6 +23,7 @@ from idglow.subjects import MAX_SUBJECTS, SubjectRef
 
 NUM_CARDS = MAX_SUBJECTS
 EXAMPLE_SCENE = "a family picnic in a sunny park"
+SCORE_HEADERS = ["Image", "Identity (1 = same face)"]
 
 
 @dataclass
@@ -313,11 +314,9 @@ class GenerateHandlers:
         downloads = result.downloads
         return {
             "gallery": gallery,
-            "scores": gr.update(value={"headers": ["Image", "Identity (1 = same face)"], "data": rows},
-                                visible=True),
+            "scores": {"headers": SCORE_HEADERS, "data": rows},
             "seed_used": f"Used seed: **{result.seed}** (image i uses seed + i − 1)", "status": status,
-            "pngs": gr.update(value=[str(p) for p in downloads.images] if downloads else None,
-                              visible=downloads is not None),
+            "pngs": [str(p) for p in downloads.images] if downloads else None,
             "archive": gr.update(value=str(downloads.archive) if downloads else None, visible=downloads is not None),
             "state": state,
         }
@@ -334,8 +333,8 @@ class GenerateHandlers:
     def delete_my_data(self, state: VisitorState | None) -> dict:
         """Remove this visitor's generations, uploads and files; returns cleared widgets and a fresh state."""
         fresh = VisitorState()
-        cleared = {**self.view(fresh), "files": None, "gallery": [], "pngs": gr.update(value=None, visible=False),
-                   "archive": gr.update(value=None, visible=False), "scores": gr.update(value=None, visible=False)}
+        cleared = {**self.view(fresh), "files": None, "gallery": [], "pngs": None,
+                   "archive": gr.update(value=None, visible=False), "scores": {"headers": SCORE_HEADERS, "data": []}}
         if state is None:
             return {**cleared, "status": "Nothing of yours is stored."}
         result = self.service.delete_visitor_data(state.visitor_id)

@@ -4,12 +4,20 @@ one column on a phone. Events pass widget values by name (``inputs_kwargs``) and
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import gradio as gr
 
 from annotation.generation_request import MAX_LABEL_CHARS, MAX_PROMPT_CHARS, MAX_SCENE_CHARS
-from annotation.ui.generate_handlers import NUM_CARDS, GenerateForm, GenerateHandlers, card_names, cards_from
+from annotation.ui.generate_handlers import (
+    NUM_CARDS,
+    SCORE_HEADERS,
+    GenerateForm,
+    GenerateHandlers,
+    card_names,
+    cards_from,
+)
 from annotation.ui.theme import OPERATOR_NOTES
 from idglow.schedule import window_for_task
 
@@ -79,9 +87,10 @@ def _outputs(w: dict[str, Any]) -> None:
     w["gallery"] = gr.Gallery(label="Result", columns=2, height=420, format="png", interactive=False,
                               elem_id="gen-gallery")
     w["seed_used"] = gr.Markdown(elem_id="gen-seed")
-    w["scores"] = gr.Dataframe(label="How well each person's identity was kept", interactive=False, wrap=True,
-                               column_widths=["30%", "70%"], visible=False, elem_id="gen-scores")
-    w["pngs"] = gr.File(label="Download PNG", file_count="multiple", interactive=False, visible=False,
+    w["scores"] = gr.Dataframe(value={"headers": SCORE_HEADERS, "data": []}, headers=SCORE_HEADERS,
+                               label="How well each person's identity was kept", interactive=False, wrap=True,
+                               column_widths=["30%", "70%"], elem_id="gen-scores")
+    w["pngs"] = gr.File(label="Download PNG", file_count="multiple", interactive=False, height=90,
                         elem_id="gen-pngs")
     w["archive"] = gr.DownloadButton("Download all + parameters", visible=False, elem_id="gen-archive")
     w["status"] = gr.Markdown(elem_id="gen-status")
@@ -108,12 +117,21 @@ def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool, conc
     _wire(handlers, w, concurrency_limit)
 
 
-def _by_name(w: dict[str, Any], names: list[str]):
-    """Wrap a handler answering by widget name into one answering by component."""
+def _by_name(w: dict[str, Any], names: list[str], inputs: dict[str, Any] | None = None):
+    """Wrap a handler answering by widget name into one answering by component. ``inputs`` (name → component):
+    the keyword inputs, declared on the wrapper with default None so that API clients may leave out any whose
+    widget has no value of its own (e.g. a blank target age)."""
     def wrap(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             return {w[k]: v for k, v in fn(*args, **kwargs).items() if k in names}
+
+        if inputs:
+            params = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind not in (p.VAR_KEYWORD, p.KEYWORD_ONLY)]
+            params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in inputs
+                       if k not in {p.name for p in params}]
+            wrapper.__signature__ = inspect.Signature(params)
         return wrapper
     return wrap
 
@@ -132,17 +150,18 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any], concurrency_limit: int)
     form_in = {**{k: w[k] for k in FORM_FIELDS}, **card_in, "state": w["state"]}
     faces = dict(concurrency_limit=4, concurrency_id="faces")
 
-    @_by_name(w, cards_out)
+    inputs = {"state": w["state"], "files": w["files"], "consent": w["consent"], **card_in}
+
+    @_by_name(w, cards_out, inputs)
     def photos(state, files, consent, **cards):
         return handlers.photos(state, files, consent, cards_from(cards))
 
-    inputs = {"state": w["state"], "files": w["files"], "consent": w["consent"], **card_in}
     w["files"].change(photos, inputs_kwargs=inputs, outputs=[w[k] for k in cards_out], api_name="upload", **faces)
     w["consent"].change(photos, inputs_kwargs=inputs, outputs=[w[k] for k in cards_out], api_visibility="private",
                         **faces)
     for i in range(NUM_CARDS):
-        remove = _by_name(w, cards_out)(
-            lambda state, _i=i, **cards: handlers.remove_person(state, cards_from(cards), _i))
+        remove = _by_name(w, cards_out, {"state": w["state"], **card_in})(
+            functools.partial(_remove, handlers, i))
         w[card_names(i)["remove"]].click(remove, inputs_kwargs={"state": w["state"], **card_in},
                                          outputs=[w[k] for k in cards_out], api_visibility="private")
     example_out = [*cards_out, "files", "scene"]
@@ -151,17 +170,17 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any], concurrency_limit: int)
     w["task"].change(_window_preset, inputs_kwargs={"task": w["task"]}, outputs=[w["window_lo"], w["window_hi"]],
                      api_visibility="private", queue=False)
 
-    @_by_name(w, ["prompt", "status"])
-    def write_prompt(state, **values):
-        return handlers.write_prompt(state, _form(values))
+    @_by_name(w, ["prompt", "status"], form_in)
+    def write_prompt(**values):
+        return handlers.write_prompt(values["state"], _form(values))
 
     w["write"].click(write_prompt, inputs_kwargs=form_in, outputs=[w["prompt"], w["status"]],
                      api_name="write_prompt", **faces)
     results = ["gallery", "scores", "seed_used", "status", "pngs", "archive", "state"]
 
-    @_by_name(w, results)
-    def generate(progress=gr.Progress(), *, state, **values):
-        return handlers.generate(state, _form(values), progress=progress)
+    @_by_name(w, results, form_in)
+    def generate(progress=gr.Progress(), **values):
+        return handlers.generate(values["state"], _form(values), progress=progress)
 
     w["run"].click(generate, inputs_kwargs=form_in, outputs=[w[k] for k in results], api_name="generate",
                    concurrency_limit=concurrency_limit, concurrency_id="generate", show_progress="full",
@@ -172,6 +191,10 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any], concurrency_limit: int)
     w["delete"].click(_by_name(w, cleared)(handlers.delete_my_data), inputs_kwargs={"state": w["state"]},
                       outputs=[w[k] for k in cleared], api_name="delete_my_data", concurrency_id="db",
                       concurrency_limit=8)
+
+
+def _remove(handlers: GenerateHandlers, index: int, **values) -> dict:
+    return handlers.remove_person(values["state"], cards_from(values), index)
 
 
 def _window_preset(task: str) -> tuple[float, float]:
