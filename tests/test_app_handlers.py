@@ -110,6 +110,10 @@ def test_remove_one_person_and_try_the_example_family(tmp_path):
     assert [p.subject.source for p in view["state"].people] == ["person1.jpg", "person3.jpg", "person6.jpg"]
     assert view["files"] is None and view["scene"] and "Example family" in view["photo_status"]
     assert handlers.request(view["state"], GenerateForm()).consent, "bundled example photos need no consent"
+    assert len(handlers.photos(view["state"], None, False, [])["state"].people) == 3  # clearing the list keeps them
+    view = handlers.photos(view["state"], [_photo(tmp_path, "me.png")], True, [])
+    assert [p.subject.source for p in view["state"].people] == ["me.png"], "own photos replace the example family"
+    assert not handlers.request(view["state"], GenerateForm()).consent
 
 
 def test_generate_builds_a_typed_request_and_shows_scores_in_words():

@@ -185,12 +185,14 @@ class GenerateHandlers:
     @ui_errors
     def photos(self, state: VisitorState | None, files: Any, consent: bool, cards: list[CardValues]) -> dict:
         """The upload list or the consent box changed: process new photos (after consent), drop the people of
-        removed photos, keep everything else. Returns the cards, the photo status and the state by name."""
+        removed photos (and the example family once photos are chosen), keep everything else. Returns the cards,
+        the photo status and the state by name."""
         state = state or VisitorState()
         self._remember(state, cards)
         paths = _paths(files)
         order = {key: i for i, key in enumerate(paths)}
-        state.people = [p for p in state.people if p.key in order or p.key.startswith("example:")]
+        keep_examples = not paths  # the visitor's own photos replace the example family
+        state.people = [p for p in state.people if p.key in order or (keep_examples and p.key.startswith("example:"))]
         known = {photo.key: photo for photo in state.photos if photo.key in order}
         group = len(paths) == 1 and not state.people
         photos = []

@@ -190,6 +190,7 @@ def test_first_screen_on_desktop_and_phone(server, browser, shots):
     _shot(page, shots, "generate-desktop-example")
 
     page = _page(browser, url, PHONE)
+    _shot(page, shots, "generate-phone-first-screen")
     banner = page.locator("#idglow-banner").bounding_box()
     assert banner["height"] < 40, f"the banner takes {banner['height']} px; it must be one line on a phone"
     assert _bottom(page, "#gen-files") <= PHONE["height"], "the upload is on a phone's first screen"
