@@ -290,8 +290,14 @@ def _identity_scores(match, num_people: int) -> list[float | None]:
 
 
 def _estimated_ages(match, num_people: int) -> list[float | None]:
-    """The face analyzer's age estimate per person, when the match carries one (``ages``), else None."""
-    ages = getattr(match, "ages", None) if match is not None else None
+    """The face analyzer's age estimate of each person's face in the image, where the match carries one: as
+    ``ages`` (per slot) or through the matched ``faces`` (``Face.age``); else None."""
+    if match is None:
+        return [None] * num_people
+    ages = getattr(match, "ages", None)
+    faces = getattr(match, "faces", None)
+    if ages is None and faces is not None:
+        ages = [None if i is None else faces[i].age for i in match.face_of_slot]
     if not ages:
         return [None] * num_people
     return [None if a is None else float(a) for a in ages]

@@ -295,3 +295,18 @@ def test_prompt_scene_and_names_have_bounded_lengths(pipe, store, sample_portrai
         service.check_request(req)
     with pytest.raises(InputError, match="the name of person 1 has 41 characters"):
         service.compose_prompt(req.subjects, "fusion", "")
+
+
+def test_scores_and_estimated_ages_per_person_from_a_face_match():
+    from types import SimpleNamespace
+
+    from annotation.generation import _estimated_ages, _identity_scores
+    from idglow.faces.base import Face, FaceMatch
+
+    match = FaceMatch(similarity=[0.61234, 0.0, 0.4], bboxes=[(0, 0, 1, 1), None, (2, 2, 3, 3)],
+                      face_of_slot=[1, None, 0], missing=[1])
+    assert _identity_scores(match, 3) == [0.6123, None, 0.4]
+    assert _identity_scores(None, 2) == [None, None]
+    assert _estimated_ages(match, 3) == [None, None, None]
+    with_faces = SimpleNamespace(face_of_slot=[1, None, 0], faces=[Face((2, 2, 3, 3), age=7.2), Face((0, 0, 1, 1), age=41.0)])
+    assert _estimated_ages(with_faces, 3) == [41.0, None, 7.2]
