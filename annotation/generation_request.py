@@ -68,6 +68,9 @@ class Downloads:
 
 @dataclass
 class GenerationResult:
+    """What one request produced: the prompt used (and who wrote it), the first seed, the candidates of every
+    model version, the stored generation ids, the pipeline parameters and the download files."""
+
     prompt: str
     prompt_source: str
     seed: int

@@ -58,6 +58,7 @@ class PeakRss:
 
 
 def make_photo(folder: Path, side: int) -> Path:
+    """A flat ``side``×``side`` PNG with one bundled portrait pasted in."""
     from PIL import Image
 
     from idglow.faces.dlib_backend import DlibAnalyzer
@@ -84,6 +85,7 @@ def bounded_path(path: Path, analyzer) -> tuple[float, float]:
 
 
 def full_size_path(path: Path, analyzer) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one upload decoded and searched at full size."""
     from idglow.images import decode_image
 
     start, cpu = time.perf_counter(), time.thread_time()
@@ -94,6 +96,7 @@ def full_size_path(path: Path, analyzer) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the bounded uploads concurrently, then the full-size path once; print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", type=int, default=4, help="concurrent uploads")
     parser.add_argument("--side", type=int, default=6300)

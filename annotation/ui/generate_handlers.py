@@ -39,6 +39,8 @@ class Person:
 
 @dataclass
 class PhotoStatus:
+    """One chosen photo: how many people it gave, or why it gave none, or that it waits for consent."""
+
     key: str
     name: str
     people: int = 0
@@ -156,6 +158,7 @@ class GenerateHandlers:
         self._seconds_per_run: float | None = None  # moving average, for the queue's wait estimate
 
     def new_state(self) -> VisitorState:
+        """A fresh visitor (new random id, nothing uploaded)."""
         return VisitorState()
 
     # -- photos and person cards ---------------------------------------------------------------------------
@@ -280,6 +283,7 @@ class GenerateHandlers:
 
     @ui_errors
     def write_prompt(self, state: VisitorState | None, form: GenerateForm) -> dict:
+        """Write the prompt from the people and the scene (the prompt box can then be edited)."""
         prompt = self.service.compose_prompt(self._subjects(state, form.cards), form.task, form.scene or "")
         source = "vision-language model" if prompt.source == "vlm" else "template"
         return {"prompt": prompt.text, "status": f"Prompt written by the {source}; edit it as you like."}
@@ -326,6 +330,7 @@ class GenerateHandlers:
     # -- visitor data --------------------------------------------------------------------------------------
     @ui_errors
     def add_to_pool(self, state: VisitorState | None) -> dict:
+        """Put the visitor's last results in the annotation pool (they are then kept)."""
         if state is None or not state.generation_ids:
             raise gr.Error("Generate some images first.", print_exception=False)
         n = self.service.add_to_pool(state.visitor_id, state.generation_ids)
