@@ -24,6 +24,7 @@ from idglow.subjects import MAX_SUBJECTS, SubjectRef
 NUM_CARDS = MAX_SUBJECTS
 EXAMPLE_SCENE = "a family picnic in a sunny park"
 SCORE_HEADERS = ["Image", "Identity (1 = same face)"]
+UPLOAD_HINT = "Choose 1–6 portraits (one per person) or one group photo, or try the example family."
 
 
 @dataclass
@@ -367,7 +368,7 @@ def _photo_status(state: VisitorState) -> str:
         lines.append(f"{n} {'person' if n == 1 else 'people'} ready · target age is optional (blank: keeps their age)"
                      + (" · photo metadata (EXIF, GPS) removed." if uploads else "."))
     elif not state.photos:
-        lines.append("Choose 1–6 portraits (one per person) or one group photo, or try the example family.")
+        lines.append(UPLOAD_HINT)
     return "\n\n".join(lines)
 
 

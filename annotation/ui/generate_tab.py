@@ -13,6 +13,7 @@ from annotation.generation_request import MAX_LABEL_CHARS, MAX_PROMPT_CHARS, MAX
 from annotation.ui.generate_handlers import (
     NUM_CARDS,
     SCORE_HEADERS,
+    UPLOAD_HINT,
     GenerateForm,
     GenerateHandlers,
     card_names,
@@ -48,9 +49,9 @@ def _inputs(handlers: GenerateHandlers, versions, tiny: bool, w: dict[str, Any])
                          file_count="multiple", type="filepath", height=118, elem_id="gen-files")
     with gr.Row(elem_id="gen-consent-row"):
         w["consent"] = gr.Checkbox(label="I may use these photos, and the people in them agreed", scale=2,
-                                   container=False, elem_id="gen-consent")
+                                   min_width=300, container=False, elem_id="gen-consent")
         w["example"] = gr.Button("Try an example family", size="sm", scale=0, min_width=180, elem_id="gen-example")
-    w["photo_status"] = gr.Markdown(elem_id="gen-photo-status")
+    w["photo_status"] = gr.Markdown(UPLOAD_HINT, elem_id="gen-photo-status")
     with gr.Row(elem_id="gen-cards"):
         for i in range(NUM_CARDS):
             _card(i, w)

@@ -21,6 +21,7 @@ GENERATE_CSS = """
 @media (max-width: 640px) {
   #idglow-banner {font-size: 11.5px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
   #gen-cards .gen-card {max-width: calc(50% - 4px);}
+  #gen-consent-row {flex-direction: column; align-items: stretch;}
 }
 """
 
