@@ -251,3 +251,12 @@ def test_app_py_is_a_small_composition_root():
     text = (ROOT / "app.py").read_text()
     assert len(text.splitlines()) < 100
     assert "import gradio" not in text and "share=True" not in text
+
+
+def test_photos_beyond_six_people_are_not_decoded(tmp_path):
+    service = FakeGeneration()
+    handlers = GenerateHandlers(service)
+    files = [_photo(tmp_path, f"p{i}.png") for i in range(8)]
+    view = handlers.photos(None, files, True, [])
+    assert len(view["state"].people) == 6 and "p6.png: not used; at most 6 people" in view["photo_status"]
+    assert not any(Path(f).exists() for f in files)

@@ -186,6 +186,15 @@ class GenerateHandlers:
         state.people.extend(Person(path, subject) for subject in found)
         return PhotoStatus(path, name, people=len(found))
 
+    def _new_photo(self, state: VisitorState, path: str, group: bool, consent: bool) -> PhotoStatus:
+        name = Path(path).name
+        if not consent:
+            return PhotoStatus(path, name, pending=True)
+        if len(state.people) >= NUM_CARDS:  # never decode more than a group can use
+            discard_upload(path)
+            return PhotoStatus(path, name, error=f"{name}: not used; at most {NUM_CARDS} people fit in one photo")
+        return self._process(state, path, group)
+
     @ui_errors
     def photos(self, state: VisitorState | None, files: Any, consent: bool, cards: list[CardValues]) -> dict:
         """The upload list or the consent box changed: process new photos (after consent), drop the people of
@@ -203,8 +212,7 @@ class GenerateHandlers:
         for path in paths:
             status = known.get(path)
             if status is None or status.pending:
-                status = self._process(state, path, group) if consent else PhotoStatus(path, Path(path).name,
-                                                                                        pending=True)
+                status = self._new_photo(state, path, group, consent)
             photos.append(status)
         state.photos = photos
         state.people.sort(key=lambda p: order.get(p.key, -1))
