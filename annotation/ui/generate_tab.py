@@ -91,7 +91,7 @@ def _outputs(w: dict[str, Any]) -> None:
     w["scores"] = gr.Dataframe(value={"headers": SCORE_HEADERS, "data": []}, headers=SCORE_HEADERS,
                                label="How well each person's identity was kept", interactive=False, wrap=True,
                                column_widths=["30%", "70%"], elem_id="gen-scores")
-    w["pngs"] = gr.File(label="Download PNG", file_count="multiple", interactive=False, height=90,
+    w["pngs"] = gr.File(label="Download PNG", file_count="multiple", interactive=False, height=140,
                         elem_id="gen-pngs")
     w["archive"] = gr.DownloadButton("Download all + parameters", visible=False, elem_id="gen-archive")
     w["status"] = gr.Markdown(elem_id="gen-status")
