@@ -24,7 +24,7 @@ from idglow.faces.base import FaceAnalyzer, FaceMatch, face_backend_name, sort_l
 from idglow.faces.match import match_faces
 from idglow.images import to_rgb_array
 from idglow.schedule import TASKS, IdentityWindow, window_for_task
-from idglow.subjects import MAX_SUBJECTS, SubjectRef
+from idglow.subjects import MAX_SUBJECTS, SubjectRef, validate_group
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +156,8 @@ class IdGlowPipeline(FluxPipeline):
             raise ValueError("`subjects` need a face_analyzer on the pipeline; pass `subject_embeds` instead")
         if not isinstance(id_scale, (int, float)) and len(id_scale) != n:
             raise ValueError(f"id_scale has {len(id_scale)} per-person values for {n} subjects")
-        if task == "age" and subjects:
-            ages = [s.target_age for s in subjects]
-            if any(a is None for a in ages):
-                raise ValueError(f"task 'age' needs a target_age for every subject; got {ages}")
-            if any(not (0 <= a <= 120) for a in ages):
-                raise ValueError(f"target ages must be between 0 and 120; got {ages}")
+        if subjects:
+            validate_group(subjects, task)  # the age task needs one target age; a blank one keeps the age
         if num_images < 1:
             raise ValueError(f"num_images={num_images} must be at least 1")
         if id_window is not None and not isinstance(id_window, IdentityWindow):

@@ -42,12 +42,17 @@ def portrait_photos() -> list[Path]:
     return [p for p in found if p is not None]
 
 
-def crop_box(bbox, width: int, height: int, margin: float = 0.8) -> tuple[int, int, int, int]:
-    """A square box around a face bbox, enlarged by ``margin`` of its size on each side, clipped to the image."""
+def crop_box(bbox, width: int, height: int, margin: float = 0.8, lift: float = 0.15) -> tuple[int, int, int, int]:
+    """A square box around a face bbox, enlarged by ``margin`` of the face's size on each side and moved up by
+    ``lift`` of its height (a face box ends at the eyebrows: this keeps the hair). The box is shifted to lie
+    inside the image, and shrunk only when the image is smaller than the box."""
     x1, y1, x2, y2 = bbox
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    half = max(x2 - x1, y2 - y1) * (0.5 + margin)
-    return (max(0, int(cx - half)), max(0, int(cy - half)), min(width, int(cx + half)), min(height, int(cy + half)))
+    side = min(max(x2 - x1, y2 - y1) * (1 + 2 * margin), width, height)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 - lift * (y2 - y1)
+    left = int(round(min(max(cx - side / 2, 0.0), width - side)))
+    top = int(round(min(max(cy - side / 2, 0.0), height - side)))
+    size = int(side)
+    return left, top, left + size, top + size
 
 
 def write_sample_portraits(out_dir: str | Path, analyzer: FaceAnalyzer, size: int = 256) -> list[Path]:
@@ -68,3 +73,16 @@ def write_sample_portraits(out_dir: str | Path, analyzer: FaceAnalyzer, size: in
         decode_image(src).save(path, quality=95)
         written.append(path)
     return written
+
+
+EXAMPLE_FAMILY = ("person1", "person3", "person6")
+
+
+def example_family(out_dir: str | Path, analyzer: FaceAnalyzer) -> list[Path]:
+    """The portraits of the "example family" (three faces of the bundled group photo), written to ``out_dir``
+    on first use."""
+    out = Path(out_dir)
+    paths = [out / f"{name}.jpg" for name in EXAMPLE_FAMILY]
+    if not all(p.is_file() for p in paths):
+        write_sample_portraits(out, analyzer)
+    return paths

@@ -12,7 +12,6 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 PASSWORD = "correct-horse-battery"
-TABLE = {"headers": ["person", "label", "target age", "ID weight"], "data": [[1, "Ann", None, 1.0], [2, "Bob", None, 1.0]]}
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +29,23 @@ def client(app) -> Client:
 
 
 def generate(c: Client, portraits, seed=7, num_images=2):
-    c.predict([handle_file(str(portraits["person1"])), handle_file(str(portraits["person2"]))], True, api_name="/upload")
-    return c.predict(TABLE, "fusion", "a picnic in a park", "", True, seed, 4, 3.5, 1.0, 0.0, 1.0, num_images, 64,
-                     ["tiny-demo"], api_name="/generate")
+    """Upload two portraits and generate, passing widget values by name."""
+    c.predict(files=[handle_file(str(portraits["person1"])), handle_file(str(portraits["person2"]))], consent=True,
+              api_name="/upload")
+    return c.predict(task="fusion", scene="a picnic in a park", consent=True, seed=seed, steps=4,
+                     num_images=num_images, size=64, model_versions=["tiny-demo"], label_0="Ann", label_1="Bob",
+                     api_name="/generate")
 
 
 def test_anonymous_generate_works_and_logs_no_address(app, sample_portraits, caplog):
     c = client(app)
     with caplog.at_level(logging.DEBUG):
-        gallery, scores, seed_text, status, download = generate(c, sample_portraits)
+        gallery, scores, seed_text, status, pngs, archive = generate(c, sample_portraits)
     assert len(gallery) == 2
     assert "seed 7" in gallery[0]["caption"] and "seed 8" in gallery[1]["caption"]
     assert "Used seed: **7**" in seed_text
-    assert scores["headers"][-2:] == ["Ann", "Bob"] and len(scores["data"]) == 2
-    assert download is not None
+    assert len(scores["data"]) == 2 and "Ann: " in scores["data"][0][1] and "Bob: " in scores["data"][0][1]
+    assert [p["orig_name"] for p in pngs] == ["idglow_7.png", "idglow_8.png"] and archive["visible"]
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore", "gradio_client"))]
     assert server_side, "the server logged nothing at DEBUG level"
     assert not [r.getMessage() for r in server_side if "127.0.0.1" in r.getMessage()]

@@ -11,34 +11,44 @@ import pytest
 from PIL import Image
 
 from annotation.errors import PermissionDenied
-from annotation.generation import CandidateResult, DetectedSubject, GenerationResult
+from annotation.generation_request import CandidateResult, Downloads, GenerationResult
+from annotation.reference_faces import DetectedSubject
 from annotation.sampling import ServedComparison, ShownCandidate
 from annotation.ui.annotate_handlers import SHOWN_OUTPUTS, AnnotateHandlers, PairState, SignInHandlers
 from annotation.ui.auth import NotSignedIn
-from annotation.ui.generate_handlers import GenerateForm, GenerateHandlers, VisitorState
+from annotation.ui.generate_handlers import CardValues, GenerateForm, GenerateHandlers, Person, VisitorState
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
 from annotation.votes import UndoResult
 from db.models import Role
+from idglow.errors import NoFaceError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeGeneration:
+    """Finds one person per photo, none in a photo whose name starts with "landscape"."""
+
     def __init__(self):
         self.requests = []
 
-    def detect_subjects(self, images):
-        return [DetectedSubject(img, 0, name) for name, img in images]
+    def people_in_photo(self, name, image, group=False):
+        if name.startswith("landscape"):
+            raise NoFaceError(0, name)
+        return [DetectedSubject(image, 0, name)]
+
+    def example_people(self):
+        return [DetectedSubject(Image.new("RGB", (4, 4)), 0, f"person{i}.jpg") for i in (1, 3, 6)]
 
     def generate(self, request, on_step=None, on_wait=None):
         self.requests.append(request)
+        on_wait(2)
         for i in range(3):
             on_step(i + 1, 3)
         img = Image.new("RGB", (8, 8))
         return GenerationResult("a prompt", "template", 41, [
-            CandidateResult(img, 41, "tiny-demo", [0.5, 0.25], candidate_id=1),
-            CandidateResult(None, 42, "tiny-demo", [0.0, 0.0], withheld="withheld by the safety checker (nsfw, 0.99)"),
-        ], generation_ids=[7])
+            CandidateResult(img, 41, "tiny-demo", [0.5, None], candidate_id=1, estimated_ages=[36.4, None]),
+            CandidateResult(None, 42, "tiny-demo", [None, None], withheld="withheld by the safety checker (nsfw, 0.99)"),
+        ], generation_ids=[7], downloads=Downloads([Path("/d/idglow_41.png")], Path("/d/idglow_x_seed41.zip")))
 
 
 class FakeAuth:
@@ -61,50 +71,106 @@ AUTH = FakeAuth({"t-ann": SimpleNamespace(id=1, username="anna", role=Role.annot
                  "t-res": SimpleNamespace(id=2, username="rita", role=Role.researcher)})
 
 
-def test_upload_needs_consent_and_deletes_the_temporary_file(tmp_path):
-    path = tmp_path / "me.png"
+def _photo(folder: Path, name: str) -> str:
+    path = folder / name
     Image.new("RGB", (16, 16)).save(path)
+    return str(path)
+
+
+def test_photos_chosen_before_consent_wait_and_are_processed_when_it_is_ticked(tmp_path):
     handlers = GenerateHandlers(FakeGeneration())
-    with pytest.raises(gr.Error, match="consent"):
-        handlers.upload([str(path)], False, None)
-    assert not path.exists()
-    Image.new("RGB", (16, 16)).save(path)
-    crops, table, status, state = handlers.upload([str(path)], True, None)
-    assert table == [[1, "Person 1", None, 1.0]] and "Found 1 people in me.png" in status
-    assert isinstance(state, VisitorState) and len(state.visitor_id) == 32 and not path.exists()
+    files = [_photo(tmp_path, "mum.png"), _photo(tmp_path, "dad.png")]
+    view = handlers.photos(None, files, False, [])
+    assert "Tick the consent box" in view["photo_status"] and "mum.png, dad.png" in view["photo_status"]
+    assert view["state"].people == [] and all(Path(f).exists() for f in files), "nothing is read before consent"
+    view = handlers.photos(view["state"], files, True, [])
+    assert [p.subject.source for p in view["state"].people] == ["mum.png", "dad.png"]
+    assert "2 people ready" in view["photo_status"] and not any(Path(f).exists() for f in files)
+    assert view["card_0"]["visible"] and view["card_1"]["visible"] and not view["card_2"]["visible"]
 
 
-def test_generate_builds_a_typed_request_and_shows_scores_and_seed():
+def test_a_bad_photo_is_named_alone_and_the_good_ones_are_kept(tmp_path):
+    handlers = GenerateHandlers(FakeGeneration())
+    files = [_photo(tmp_path, "mum.png"), _photo(tmp_path, "landscape.png"), str(tmp_path / "notes.png")]
+    (tmp_path / "notes.png").write_text("not an image")
+    view = handlers.photos(None, files, True, [])
+    status = view["photo_status"]
+    assert "landscape.png: no face found" in status and "notes.png: not a JPEG/PNG/WEBP/HEIC image" in status
+    assert [p.subject.source for p in view["state"].people] == ["mum.png"] and "1 person ready" in status
+    # the visitor removes the bad files from the list: the good person (and what was typed) stays
+    view = handlers.photos(view["state"], files[:1], True, [CardValues("Mum", 40, 1.2)])
+    assert "no face" not in view["photo_status"] and view["label_0"]["value"] == "Mum" and view["age_0"] == 40
+    view = handlers.photos(view["state"], files[:1] + [_photo(tmp_path, "dad.png")], True,
+                           [CardValues("Mum", 40, 1.2)])
+    assert [(p.label, p.subject.source) for p in view["state"].people] == [("Mum", "mum.png"), ("", "dad.png")]
+
+
+def test_remove_one_person_and_try_the_example_family(tmp_path):
+    handlers = GenerateHandlers(FakeGeneration())
+    view = handlers.photos(None, [_photo(tmp_path, "a.png"), _photo(tmp_path, "b.png")], True, [])
+    view = handlers.remove_person(view["state"], [CardValues("Ann"), CardValues("Bob")], 0)
+    assert [p.label for p in view["state"].people] == ["Bob"] and not view["card_1"]["visible"]
+    view = handlers.example_family(view["state"])
+    assert [p.subject.source for p in view["state"].people] == ["person1.jpg", "person3.jpg", "person6.jpg"]
+    assert view["files"] is None and view["scene"] and "Example family" in view["photo_status"]
+    assert handlers.request(view["state"], GenerateForm()).consent, "bundled example photos need no consent"
+    assert len(handlers.photos(view["state"], None, False, [])["state"].people) == 3  # clearing the list keeps them
+    view = handlers.photos(view["state"], [_photo(tmp_path, "me.png")], True, [])
+    assert [p.subject.source for p in view["state"].people] == ["me.png"], "own photos replace the example family"
+    assert not handlers.request(view["state"], GenerateForm()).consent
+
+
+def test_generate_builds_a_typed_request_and_shows_scores_in_words():
     service = FakeGeneration()
     handlers = GenerateHandlers(service, default_steps=8, default_size=64)
-    state = VisitorState(subjects=[DetectedSubject(Image.new("RGB", (4, 4)), 1, "a.jpg"),
-                                   DetectedSubject(Image.new("RGB", (4, 4)), 0, "b.jpg")])
-    table = {"headers": [], "data": [[1, "Mum", "38", 1.5], [2, "", None, None]]}
-    form = GenerateForm(table, "fusion", "park", "", True, -1, 12, 3.0, 0.8, 0.1, 0.9, 2, 128, "tiny-demo")
+    state = VisitorState(people=[Person("a", DetectedSubject(Image.new("RGB", (4, 4)), 1, "a.jpg")),
+                                 Person("b", DetectedSubject(Image.new("RGB", (4, 4)), 0, "b.jpg"))])
+    form = GenerateForm(task="age", scene="park", consent=True, seed=-1, steps=12, guidance=3.0, id_scale=0.8,
+                        window_lo=0.1, window_hi=0.9, num_images=2, size=128, model_versions="tiny-demo",
+                        cards=[CardValues("Mum", 6, 1.5), CardValues("", None, None)])
     progress = []
-    gallery, scores, seed, status, download, out_state = handlers.generate(
-        state, form, progress=lambda value, desc=None, unit=None: progress.append(value))
+    out = handlers.generate(state, form, progress=lambda value, desc=None, unit=None: progress.append((value, desc)))
     req = service.requests[0]
     assert req.seed is None and req.num_inference_steps == 12 and (req.height, req.width) == (128, 128)
     assert req.id_window == (0.1, 0.9) and req.model_versions == ["tiny-demo"] and req.visitor_id == state.visitor_id
     assert [(s.label, s.target_age, s.weight, s.face_index) for s in req.subjects] == [
-        ("Mum", 38.0, 1.5, 1), ("Person 2", None, 1.0, 0)]
-    assert progress == [(1, 3), (2, 3), (3, 3)]
-    assert len(gallery) == 1 and "seed 41 · identity: Mum 0.50, Person 2 0.25" in gallery[0][1]
-    assert scores["headers"] == ["#", "model", "seed", "Mum", "Person 2"] and len(scores["data"]) == 2
-    assert "**41**" in seed and "1 image(s) withheld" in status and download.endswith(".zip")
-    assert out_state.generation_ids == [7]
+        ("Mum", 6.0, 1.5, 1), (None, None, 1.0, 0)]
+    assert progress[0] == (0.0, "In the queue: 2 ahead of you") and [v for v, _ in progress[1:]] == [
+        (1, 3), (2, 3), (3, 3)]
+    rows = out["scores"]["data"]
+    assert rows[0] == ["#1 · seed 41", "Mum: 0.50 (looks 36, target 6) · Person 2: face not found"]
+    assert rows[1] == ["#2 · seed 42", "withheld by the safety checker (nsfw, 0.99)"]
+    assert len(out["gallery"]) == 1 and "**41**" in out["seed_used"] and "1 image(s) withheld" in out["status"]
+    assert out["pngs"] == ["/d/idglow_41.png"] and out["archive"]["value"].endswith("seed41.zip")
+    assert out["state"].generation_ids == [7]
 
 
-def test_generate_without_upload_and_bad_numbers_are_clear_errors():
+def test_generate_without_people_and_bad_numbers_are_clear_errors():
     handlers = GenerateHandlers(FakeGeneration())
-    form = GenerateForm([], "fusion", "", "", True, 1, 2, 3.5, 1.0, 0.0, 1.0, 1, 64, [])
-    with pytest.raises(gr.Error, match="Upload 1–6 portraits"):
-        handlers.generate(None, form)
-    state = VisitorState(subjects=[DetectedSubject(Image.new("RGB", (4, 4)), 0, "a.jpg")])
-    form.subjects_table = [[1, "A", "six", 1.0]]
+    with pytest.raises(gr.Error, match="Add 1–6 people first"):
+        handlers.generate(None, GenerateForm(consent=True))
+    state = VisitorState(people=[Person("a", DetectedSubject(Image.new("RGB", (4, 4)), 0, "a.jpg"))])
     with pytest.raises(gr.Error, match="person 1: target age 'six' is not a number"):
-        handlers.generate(state, form)
+        handlers.generate(state, GenerateForm(consent=True, cards=[CardValues("A", "six", 1.0)]))
+    with pytest.raises(gr.Error, match="'person 1: target age 130.0 must be between 0 and 120"):
+        handlers.generate(state, GenerateForm(consent=True, cards=[CardValues("", 130, 1.0)]))
+    with pytest.raises(gr.Error, match="'Gran: ID weight 5.0 must be between 0 and 3"):
+        handlers.generate(state, GenerateForm(consent=True, cards=[CardValues("Gran", None, 5)]))
+
+
+def test_the_generate_wiring_passes_widget_values_by_name():
+    """Every Generate event names its inputs (no positional lists): the generate event's keyword inputs are
+    exactly the form's fields, the cards and the state."""
+    from annotation.ui.generate_tab import FORM_FIELDS, build_generate_tab
+
+    with gr.Blocks() as demo:
+        build_generate_tab(GenerateHandlers(FakeGeneration(), default_size=64), lambda: ["tiny-demo"], tiny=True,
+                           concurrency_limit=2)
+    deps = {d.api_name: d for d in demo.fns.values() if d.api_name}
+    names = set(deps["generate"].input_keyword_names)
+    cards = {f"{k}_{i}" for i in range(6) for k in ("label", "age", "weight")}
+    assert names == {*FORM_FIELDS, *cards, "state"}
+    assert all(not d.inputs or d.input_keyword_names for d in demo.fns.values() if d.api_name)
 
 
 @dataclass
@@ -224,3 +290,12 @@ def test_app_py_is_a_small_composition_root():
     text = (ROOT / "app.py").read_text()
     assert len(text.splitlines()) < 100
     assert "import gradio" not in text and "share=True" not in text
+
+
+def test_photos_beyond_six_people_are_not_decoded(tmp_path):
+    service = FakeGeneration()
+    handlers = GenerateHandlers(service)
+    files = [_photo(tmp_path, f"p{i}.png") for i in range(8)]
+    view = handlers.photos(None, files, True, [])
+    assert len(view["state"].people) == 6 and "p6.png: not used; at most 6 people" in view["photo_status"]
+    assert not any(Path(f).exists() for f in files)

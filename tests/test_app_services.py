@@ -12,13 +12,15 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from annotation.generation import GenerationRequest, GenerationService, SubjectInput
+from annotation.generation import GenerationRequest, GenerationService
 from annotation.gpu_queue import GpuQueue, QueueFullError
 from annotation.privacy import RetentionSweeper
 from annotation.safety import BlockedPromptError, ImageClassifierSafetyChecker, PromptBlocklist
 from db.models import Candidate, Comparison, ComparisonKind, Generation, ReferencePhoto
 from db.types import utcnow
+from idglow.errors import InputError
 from idglow.images import decode_image
+from idglow.subjects import SubjectRef
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +48,7 @@ def make_service(pipe, store, **kwargs) -> GenerationService:
 
 
 def request(portraits, visitor="v1", **kwargs) -> GenerationRequest:
-    subjects = [SubjectInput(decode_image(portraits[n]), label=n) for n in ("person1", "person2")]
+    subjects = [SubjectRef(decode_image(portraits[n]), label=n) for n in ("person1", "person2")]
     kwargs = {"seed": 5, "num_images": 2, **kwargs}
     return GenerationRequest(subjects=subjects, visitor_id=visitor, consent=True, **kwargs)
 
@@ -243,3 +245,68 @@ def test_settings_from_flags_and_environment():
     assert (s.port, s.host, s.public, s.version_name) == (9000, "0.0.0.0", True, "tiny-demo")
     with pytest.raises(Exception, match="IDGLOW_MAX_QUEUE='many' is not a valid int"):
         parse_settings([], {"IDGLOW_MAX_QUEUE": "many"})
+
+
+def test_downloads_are_named_by_seed_under_the_visitors_folder(pipe, store, sample_portraits):
+    import json
+    import zipfile
+
+    from PIL import Image
+
+    result = make_service(pipe, store).generate(request(sample_portraits, visitor="c0ffee", seed=40))
+    folder = store.data_dir / "downloads" / "c0ffee"
+    assert [p.name for p in result.downloads.images] == ["idglow_40.png", "idglow_41.png"]
+    assert all(p.parent == folder for p in result.downloads.images)
+    with Image.open(result.downloads.images[1]) as im:
+        assert im.tobytes() == result.candidates[1].image.tobytes()
+    archive = result.downloads.archive
+    assert archive.parent == folder and archive.name.startswith("idglow_") and archive.name.endswith("_seed40.zip")
+    with zipfile.ZipFile(archive) as zf:
+        assert sorted(zf.namelist()) == ["idglow_40.png", "idglow_41.png", "parameters.json"]
+        params = json.loads(zf.read("parameters.json"))
+    assert params["seed"] == 40 and params["people"] == ["person1", "person2"] and params["prompt"] == result.prompt
+
+
+def test_missing_faces_have_no_score_rather_than_zero(pipe, store, sample_portraits):
+    """The tiny model's abstract images contain no face: every score is None (shown as "face not found")."""
+    result = make_service(pipe, store).generate(request(sample_portraits))
+    assert all(c.identity_scores == [None, None] for c in result.candidates)
+
+
+def test_the_age_task_needs_one_target_age_not_one_per_person(pipe, store, sample_portraits):
+    service = make_service(pipe, store)
+    with pytest.raises(InputError, match="at least one person"):
+        service.check_request(request(sample_portraits, task="age"))
+    req = request(sample_portraits, task="age", num_images=1)
+    req.subjects[1].target_age = 70.0
+    result = service.generate(req)
+    assert len(result.candidates) == 1 and "70-year-old" in result.prompt
+
+
+def test_prompt_scene_and_names_have_bounded_lengths(pipe, store, sample_portraits):
+    service = make_service(pipe, store)
+    with pytest.raises(InputError, match="the prompt has 200000 characters; please shorten it to 1000"):
+        service.check_request(request(sample_portraits, prompt="x" * 200_000))
+    with pytest.raises(InputError, match="the scene has 301 characters"):
+        service.check_request(request(sample_portraits, scene="y" * 301))
+    req = request(sample_portraits)
+    req.subjects[0].label = "z" * 41
+    with pytest.raises(InputError, match="the name of person 1 has 41 characters"):
+        service.check_request(req)
+    with pytest.raises(InputError, match="the name of person 1 has 41 characters"):
+        service.compose_prompt(req.subjects, "fusion", "")
+
+
+def test_scores_and_estimated_ages_per_person_from_a_face_match():
+    from types import SimpleNamespace
+
+    from annotation.generation import _estimated_ages, _identity_scores
+    from idglow.faces.base import Face, FaceMatch
+
+    match = FaceMatch(similarity=[0.61234, 0.0, 0.4], bboxes=[(0, 0, 1, 1), None, (2, 2, 3, 3)],
+                      face_of_slot=[1, None, 0], missing=[1])
+    assert _identity_scores(match, 3) == [0.6123, None, 0.4]
+    assert _identity_scores(None, 2) == [None, None]
+    assert _estimated_ages(match, 3) == [None, None, None]
+    with_faces = SimpleNamespace(face_of_slot=[1, None, 0], faces=[Face((2, 2, 3, 3), age=7.2), Face((0, 0, 1, 1), age=41.0)])
+    assert _estimated_ages(with_faces, 3) == [41.0, None, 7.2]

@@ -43,10 +43,10 @@ def _gps_jpeg(source) -> bytes:
         ("bomb.png", lambda: _png_claiming(60_000, 60_000), "decompression bomb|over the limit"),
         ("big.png", lambda: _png_claiming(8_000, 6_000), "8000x6000 pixels is over the limit of 40,000,000"),
         ("cut.jpg", lambda: _jpeg_bytes()[:1500], "damaged or truncated"),
-        ("eps.jpg", lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "not a JPEG/PNG/WEBP image"),
-        ("tiff.jpg", lambda: _encoded("TIFF"), "not a JPEG/PNG/WEBP image"),
+        ("eps.jpg", lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "not a JPEG/PNG/WEBP/HEIC image"),
+        ("tiff.jpg", lambda: _encoded("TIFF"), "not a JPEG/PNG/WEBP/HEIC image"),
         ("svg.jpg", lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
-         "not a JPEG/PNG/WEBP image"),
+         "not a JPEG/PNG/WEBP/HEIC image"),
     ],
 )
 def test_bad_uploads_give_a_clear_message(tmp_path, name, make, message):
@@ -98,12 +98,13 @@ def test_gps_photo_is_turned_upright_and_stored_without_metadata(tmp_path, sampl
                                 base_version="tiny-demo", default_steps=2, default_size=64)
     service.ensure_base_version()
     handlers = GenerateHandlers(service, default_steps=2, default_size=64)
-    crops, table, status, state = handlers.upload([str(upload)], True, None)
-    assert "metadata (EXIF, GPS location) was removed" in status
+    view = handlers.photos(None, [str(upload)], True, [])
+    state = view["state"]
+    assert "photo metadata (EXIF, GPS) removed" in view["photo_status"]
     assert not upload.exists(), "the server's temporary copy of the upload must be deleted"
-    assert state.subjects and len(crops) == 1
-    form = GenerateForm(table, "fusion", "", "", True, 3, 2, 3.5, 1.0, 0.0, 1.0, 1, 64, ["tiny-demo"])
-    handlers.generate(state, form)
+    assert len(state.people) == 1 and view["crop_0"] is state.people[0].subject.crop
+    handlers.generate(state, GenerateForm(consent=True, seed=3, steps=2, num_images=1, size=64,
+                                          model_versions=["tiny-demo"]))
 
     stored = sorted((store.data_dir / "images").rglob("*.png"))
     assert len(stored) == 2  # the reference crop and one candidate
@@ -122,3 +123,88 @@ def test_exif_orientation_is_applied(tmp_path):
     image.save(path, exif=exif.tobytes())
     decoded = decode_upload(path)
     assert decoded.size == (20, 40) and not decoded.getexif()
+
+
+def _jpeg_of(width: int, height: int, quality: int = 70) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_a_50_megapixel_phone_photo_is_accepted_and_decoded_small(tmp_path):
+    """8160x6120 (49.9 MP) is over the 40 MP cap for full decodes, but a JPEG is decoded in draft mode."""
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(_jpeg_of(8160, 6120))
+    image = decode_upload(path, UploadLimits(max_pixels=40_000_000))
+    assert max(image.size) == 2048 and image.size == (2048, 1536)
+
+
+def test_a_jpeg_bomb_is_still_refused_before_decoding(tmp_path):
+    """A JPEG whose header claims 20000x20000 pixels (400 MP) is refused from its header alone."""
+    data = bytearray(_jpeg_of(16, 16))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 20000, 20000)
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="bomb.jpg: .*(over the limit|decompression bomb)"):
+        decode_upload(path)
+
+
+def test_a_large_png_is_decoded_at_a_bounded_size(tmp_path):
+    path = tmp_path / "flat.png"
+    Image.new("RGB", (6300, 6300), (10, 200, 30)).save(path)
+    image = decode_upload(path)
+    assert image.size == (2048, 2048) and image.getpixel((5, 5)) == (10, 200, 30)
+
+
+def test_heic_photos_are_read_when_pillow_heif_is_installed(tmp_path):
+    pytest.importorskip("pillow_heif")
+    from annotation.privacy import heif_supported
+
+    assert heif_supported()
+    path = tmp_path / "IMG_0001.HEIC"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(path, format="HEIF")
+    image = decode_upload(path)
+    assert image.size == (64, 48) and abs(image.getpixel((32, 24))[0] - 200) < 20 and not image.getexif()
+
+
+def test_heic_is_refused_in_a_plain_sentence_where_it_cannot_be_read(tmp_path):
+    path = tmp_path / "IMG_0002.HEIC"
+    path.write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
+    limits = UploadLimits(allowed_formats=("JPEG", "PNG", "WEBP"))
+    with pytest.raises(InputError, match="IMG_0002.HEIC: HEIC photos .* cannot be read on this server; please send it "
+                                         "as JPEG"):
+        decode_upload(path, limits)
+
+
+def test_size_error_is_plain_words_from_the_app(tmp_path):
+    path = tmp_path / "big.jpg"
+    path.write_bytes(b"\xff\xd8\xff" + b"\0" * (3 * 2**20))
+    with pytest.raises(InputError, match=r"big.jpg: file is 3.0 MB, over the 2 MB limit; please send a smaller copy"):
+        decode_upload(path, UploadLimits(max_bytes=2 * 2**20))
+
+
+def test_faces_are_found_on_a_bounded_copy_and_boxed_in_the_photo(sample_portraits):
+    """A portrait pasted into a 6300x6300 canvas: the detector sees at most 2048 px, the box is in 6300 px."""
+    from annotation.reference_faces import detect_bounded, people_in_photo
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.sizes = inner, []
+
+        def detect(self, image):
+            self.sizes.append(image.size)
+            return self.inner.detect(image)
+
+    from idglow.faces.dlib_backend import DlibAnalyzer
+
+    analyzer = Recording(DlibAnalyzer())
+    face = Image.open(sample_portraits["person1"]).convert("RGB").resize((1200, 1200))
+    canvas = Image.new("RGB", (6300, 6300), (128, 128, 128))
+    canvas.paste(face, (3000, 2000))
+    faces = detect_bounded(analyzer, canvas)
+    assert analyzer.sizes == [(2048, 2048)] and len(faces) == 1
+    x1, y1, x2, y2 = faces[0].bbox
+    assert 3000 < x1 < x2 < 4200 and 2000 < y1 < y2 < 3200
+    people = people_in_photo(analyzer, "big.png", canvas)
+    assert len(people) == 1 and people[0].crop.size == (256, 256)

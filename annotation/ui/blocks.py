@@ -95,5 +95,7 @@ def _wire_sign_in(handlers: SignInHandlers, panel: SignInPanel, token: gr.State,
 
 def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
     """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped."""
-    return dict(server_name=host, server_port=port, share=False, max_file_size=f"{max_upload_mb}mb",
+    # The app refuses files over max_upload_mb itself, in plain words; the web server's own limit (whose message
+    # is "exceed the maximum allowed size") is only a backstop for much larger files.
+    return dict(server_name=host, server_port=port, share=False, max_file_size=f"{4 * max_upload_mb}mb",
                 css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True)

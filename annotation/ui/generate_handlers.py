@@ -1,26 +1,52 @@
-"""Handlers of the Generate tab: widget values → a typed request → one service call → widget values."""
+"""Handlers of the Generate tab: named widget values → a typed request → one service call → named widget values.
+
+Handlers take and return values by widget name (the tab maps names to components), never positional lists.
+Photos are checked one at a time: a good photo's people are kept while a bad photo is named on its own; photos
+chosen before the consent box is ticked wait, and are processed when it is.
+"""
 
 from __future__ import annotations
 
-import io
-import json
-import tempfile
 import time
-import uuid
-import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from annotation.generation import GenerationRequest, SubjectInput
+from annotation.generation_request import GenerationRequest
 from annotation.privacy import UploadLimits, decode_upload, discard_upload, new_visitor_id
+from annotation.reference_faces import DetectedSubject, no_face_message
 from annotation.ui.errors import ui_errors
-from idglow.subjects import MAX_SUBJECTS
+from idglow.errors import InputError, NoFaceError
+from idglow.subjects import MAX_SUBJECTS, SubjectRef
 
-SUBJECT_COLUMNS = ["person", "label", "target age", "ID weight"]
-DOWNLOAD_MAX_AGE_S = 3600
+NUM_CARDS = MAX_SUBJECTS
+EXAMPLE_SCENE = "a family picnic in a sunny park"
+SCORE_HEADERS = ["Image", "Identity (1 = same face)"]
+UPLOAD_HINT = "Choose 1–6 portraits (one per person) or one group photo, or try the example family."
+
+
+@dataclass
+class Person:
+    """One person card: the detected face and what the visitor typed for it."""
+
+    key: str  # the upload it came from ("example:..." for the example family)
+    subject: DetectedSubject
+    label: str = ""
+    target_age: float | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class PhotoStatus:
+    """One chosen photo: how many people it gave, or why it gave none, or that it waits for consent."""
+
+    key: str
+    name: str
+    people: int = 0
+    error: str | None = None
+    pending: bool = False  # chosen before consent: processed when the box is ticked
 
 
 @dataclass
@@ -28,42 +54,49 @@ class VisitorState:
     """Per browser session, kept on the server (gr.State)."""
 
     visitor_id: str = field(default_factory=new_visitor_id)
-    subjects: list = field(default_factory=list)  # DetectedSubject
+    people: list[Person] = field(default_factory=list)
+    photos: list[PhotoStatus] = field(default_factory=list)
     generation_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
+class CardValues:
+    """What one person card holds: name, optional target age, ID weight."""
+
+    label: str | None = None
+    target_age: float | None = None
+    weight: float | None = 1.0
+
+
+@dataclass
 class GenerateForm:
-    """The Generate tab's widget values by name (the tab maps each field to its component)."""
+    """The Generate tab's settings, by name."""
 
-    subjects_table: Any
-    task: str
-    scene: str
-    prompt: str
-    consent: bool
-    seed: float | None
-    steps: float | None
-    guidance: float
-    id_scale: float
-    window_lo: float
-    window_hi: float
-    num_images: float
-    size: float
-    model_versions: list[str] | str | None
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+    task: str = "fusion"
+    scene: str = ""
+    prompt: str = ""
+    consent: bool = False
+    seed: float | None = -1
+    steps: float | None = None
+    guidance: float = 3.5
+    id_scale: float = 1.0
+    window_lo: float = 0.0
+    window_hi: float = 1.0
+    num_images: float = 2
+    size: float | None = None
+    model_versions: list[str] | str | None = None
+    cards: list[CardValues] = field(default_factory=list)
 
 
-def _rows(table: Any) -> list[list[Any]]:
-    if table is None:
-        return []
-    if hasattr(table, "values") and hasattr(table, "columns"):  # a pandas DataFrame
-        return table.values.tolist()
-    if isinstance(table, dict) and "data" in table:
-        return list(table["data"])
-    return [list(r) for r in table]
+def card_names(i: int) -> dict[str, str]:
+    """Widget names of card ``i``."""
+    return {k: f"{k}_{i}" for k in ("card", "crop", "label", "age", "weight", "remove")}
+
+
+def cards_from(values: dict[str, Any]) -> list[CardValues]:
+    """The cards' values out of a name → value mapping."""
+    return [CardValues(values.get(f"label_{i}"), values.get(f"age_{i}"), values.get(f"weight_{i}"))
+            for i in range(NUM_CARDS)]
 
 
 def _number(value: Any, what: str, slot: int) -> float | None:
@@ -73,7 +106,7 @@ def _number(value: Any, what: str, slot: int) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         raise gr.Error(f"person {slot + 1}: {what} {value!r} is not a number", print_exception=False) from None
-    return None if number != number else number  # NaN from an empty cell
+    return None if number != number else number  # NaN from an empty field
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -88,153 +121,278 @@ def _seed(value: Any) -> int | None:
     return None if seed is None or seed < 0 else seed
 
 
+def _paths(files: Any) -> list[str]:
+    items = files if isinstance(files, list) else [files] if files else []
+    return [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in items]
+
+
+def _score_text(label: str, score: float | None, age: float | None, target: float | None = None) -> str:
+    """"Mum: 0.62 (looks 7, target 6)"; a person whose face is missing reads "face not found"."""
+    if score is None:
+        return f"{label}: face not found"
+    if age is None:
+        return f"{label}: {score:.2f}"
+    return f"{label}: {score:.2f} (looks {age:.0f}" + (f", target {target:.0f})" if target is not None else ")")
+
+
+def _eta(seconds: float) -> str:
+    return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+
+
+def _lenient(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else number
+
+
 class GenerateHandlers:
+    """The Generate tab's event handlers on a ``GenerationService`` (or anything with its methods)."""
+
     def __init__(self, service, limits: UploadLimits = UploadLimits(), *, default_steps: int = 28,
                  default_size: int = 1024):
         self.service = service
         self.limits = limits
         self.default_steps = default_steps
         self.default_size = default_size
+        self._seconds_per_run: float | None = None  # moving average, for the queue's wait estimate
 
     def new_state(self) -> VisitorState:
+        """A fresh visitor (new random id, nothing uploaded)."""
         return VisitorState()
 
-    @ui_errors
-    def upload(self, files, consent: bool, state: VisitorState | None):
-        """Decode the uploads (nothing is kept from the original files), find the people, show their crops."""
-        state = state or VisitorState()
-        paths = [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in (files or [])]
-        try:
-            if not paths:
-                state.subjects = []
-                return [], [], "Upload 1–6 portraits, or one group photo.", state
-            if not consent:
-                raise gr.Error("Tick the consent box first: your photos are processed only after you confirm that "
-                               "you may use them.", print_exception=False)
-            if len(paths) > MAX_SUBJECTS:
-                raise gr.Error(f"{len(paths)} photos uploaded; at most {MAX_SUBJECTS} people are supported",
-                               print_exception=False)
-            images = [(Path(p).name, decode_upload(p, self.limits)) for p in paths]
-        finally:
-            for p in paths:
-                discard_upload(p)
-        state.subjects = self.service.detect_subjects(images)
-        crops = [(s.crop, f"Person {i + 1}") for i, s in enumerate(state.subjects)]
-        table = [[i + 1, f"Person {i + 1}", None, 1.0] for i in range(len(state.subjects))]
-        names = sorted({s.source for s in state.subjects})
-        status = (f"Found {len(crops)} people in {', '.join(names)}. The photos' metadata (EXIF, GPS location) "
-                  "was removed.")
-        return crops, table, status, state
+    # -- photos and person cards ---------------------------------------------------------------------------
+    @staticmethod
+    def _remember(state: VisitorState, cards: list[CardValues]) -> None:
+        """Keep what the visitor typed on the cards (so that adding or removing a photo does not lose it)."""
+        for person, card in zip(state.people, cards):
+            person.label = str(card.label or "").strip()
+            person.target_age = _lenient(card.target_age)
+            weight = _lenient(card.weight)
+            person.weight = 1.0 if weight is None else weight
 
-    def _subjects(self, state: VisitorState | None, table: Any) -> list[SubjectInput]:
-        if state is None or not state.subjects:
-            raise gr.Error("Upload 1–6 portraits (or one group photo) first.", print_exception=False)
-        rows = _rows(table)
-        out = []
-        for slot, subject in enumerate(state.subjects):
-            row = rows[slot] if slot < len(rows) else []
-            label = str(row[1]).strip() if len(row) > 1 and row[1] is not None else ""
-            age = _number(row[2], "target age", slot) if len(row) > 2 else None
-            weight = _number(row[3], "ID weight", slot) if len(row) > 3 else None
-            out.append(SubjectInput(subject.crop, label=label or f"Person {slot + 1}", target_age=age,
-                                    weight=1.0 if weight is None else weight, face_index=subject.face_index))
+    def _process(self, state: VisitorState, path: str, group: bool) -> PhotoStatus:
+        name = Path(path).name
+        try:
+            image = decode_upload(path, self.limits, name=name)
+            found = self.service.people_in_photo(name, image, group=group)
+        except NoFaceError:
+            return PhotoStatus(path, name, error=no_face_message(name))
+        except InputError as err:
+            return PhotoStatus(path, name, error=str(err))
+        finally:
+            discard_upload(path)
+        state.people.extend(Person(path, subject) for subject in found)
+        return PhotoStatus(path, name, people=len(found))
+
+    def _new_photo(self, state: VisitorState, path: str, group: bool, consent: bool) -> PhotoStatus:
+        name = Path(path).name
+        if not consent:
+            return PhotoStatus(path, name, pending=True)
+        if len(state.people) >= NUM_CARDS:  # never decode more than a group can use
+            discard_upload(path)
+            return PhotoStatus(path, name, error=f"{name}: not used; at most {NUM_CARDS} people fit in one photo")
+        return self._process(state, path, group)
+
+    @ui_errors
+    def photos(self, state: VisitorState | None, files: Any, consent: bool, cards: list[CardValues]) -> dict:
+        """The upload list or the consent box changed: process new photos (after consent), drop the people of
+        removed photos (and the example family once photos are chosen), keep everything else. Returns the cards,
+        the photo status and the state by name."""
+        state = state or VisitorState()
+        self._remember(state, cards)
+        paths = _paths(files)
+        order = {key: i for i, key in enumerate(paths)}
+        keep_examples = not paths  # the visitor's own photos replace the example family
+        state.people = [p for p in state.people if p.key in order or (keep_examples and p.key.startswith("example:"))]
+        known = {photo.key: photo for photo in state.photos if photo.key in order}
+        group = len(paths) == 1 and not state.people
+        photos = []
+        for path in paths:
+            status = known.get(path)
+            if status is None or status.pending:
+                status = self._new_photo(state, path, group, consent)
+            photos.append(status)
+        state.photos = photos
+        state.people.sort(key=lambda p: order.get(p.key, -1))
+        return self.view(state)
+
+    @ui_errors
+    def remove_person(self, state: VisitorState | None, cards: list[CardValues], index: int) -> dict:
+        """Remove the person of card ``index`` (the other cards keep their values)."""
+        state = state or VisitorState()
+        self._remember(state, cards)
+        if 0 <= index < len(state.people):
+            removed = state.people.pop(index)
+            for photo in state.photos:
+                if photo.key == removed.key:
+                    photo.people -= 1
+        return self.view(state)
+
+    @ui_errors
+    def example_family(self, state: VisitorState | None) -> dict:
+        """Replace the people with the example family (bundled sample portraits) and suggest a scene."""
+        state = state or VisitorState()
+        found = self.service.example_people()
+        state.people = [Person(f"example:{s.source}", s) for s in found]
+        state.photos = []
+        view = self.view(state, note="Example family loaded: press **Generate**, or upload your own photos.")
+        return {**view, "files": None, "scene": EXAMPLE_SCENE}
+
+    def view(self, state: VisitorState, note: str = "") -> dict:
+        """Cards, photo status and state, by widget name."""
+        out: dict[str, Any] = {"state": state, "photo_status": note or _photo_status(state)}
+        for i in range(NUM_CARDS):
+            n = card_names(i)
+            person = state.people[i] if i < len(state.people) else None
+            if person is None:
+                out.update({n["card"]: gr.update(visible=False), n["crop"]: None, n["label"]: "",
+                            n["age"]: None, n["weight"]: 1.0})
+                continue
+            out.update({n["card"]: gr.update(visible=True), n["crop"]: person.subject.crop,
+                        n["label"]: gr.update(value=person.label, placeholder=f"Name (Person {i + 1})"),
+                        n["age"]: person.target_age, n["weight"]: person.weight})
         return out
 
-    @ui_errors
-    def write_prompt(self, state: VisitorState | None, table: Any, task: str, scene: str):
-        prompt = self.service.compose_prompt(self._subjects(state, table), task, scene or "")
-        return prompt.text, f"Prompt written by the {'vision-language model' if prompt.source == 'vlm' else 'template'}."
+    # -- request and generation ----------------------------------------------------------------------------
+    def _subjects(self, state: VisitorState | None, cards: list[CardValues]) -> list[SubjectRef]:
+        if state is None or not state.people:
+            raise gr.Error("Add 1–6 people first: upload portraits, or press \"Try an example family\".",
+                           print_exception=False)
+        out = []
+        for slot, person in enumerate(state.people):
+            card = cards[slot] if slot < len(cards) else CardValues(person.label, person.target_age, person.weight)
+            label = str(card.label or "").strip() or None
+            age = _number(card.target_age, "target age", slot)
+            weight = _number(card.weight, "ID weight", slot)
+            try:
+                out.append(SubjectRef(person.subject.crop, target_age=age, weight=1.0 if weight is None else weight,
+                                      label=label, face_index=person.subject.face_index))
+            except InputError as err:
+                message = str(err) if label else f"person {slot + 1}: {err}"  # a label already names them
+                raise gr.Error(message, print_exception=False) from None
+        return out
 
     def request(self, state: VisitorState, form: GenerateForm) -> GenerationRequest:
+        """The typed request of these widget values (examples need no consent: they are bundled photos)."""
         versions = form.model_versions or []
         versions = [versions] if isinstance(versions, str) else list(versions)
         size = _int_or_none(form.size) or self.default_size
+        examples_only = bool(state.people) and all(p.key.startswith("example:") for p in state.people)
         return GenerationRequest(
-            subjects=self._subjects(state, form.subjects_table),
-            task=form.task,
-            scene=form.scene or "",
-            prompt=form.prompt or "",
-            seed=_seed(form.seed),
+            subjects=self._subjects(state, form.cards), task=form.task, scene=form.scene or "",
+            prompt=form.prompt or "", seed=_seed(form.seed),
             num_inference_steps=_int_or_none(form.steps) or self.default_steps,
-            guidance_scale=float(form.guidance),
-            id_scale=float(form.id_scale),
-            id_window=(float(form.window_lo), float(form.window_hi)),
-            num_images=int(form.num_images),
-            height=size,
-            width=size,
-            model_versions=versions,
-            visitor_id=state.visitor_id,
-            consent=bool(form.consent),
+            guidance_scale=float(form.guidance), id_scale=float(form.id_scale),
+            id_window=(float(form.window_lo), float(form.window_hi)), num_images=int(form.num_images),
+            height=size, width=size, model_versions=versions, visitor_id=state.visitor_id,
+            consent=bool(form.consent) or examples_only,
         )
 
     @ui_errors
-    def generate(self, state: VisitorState | None, form: GenerateForm, progress=None):
-        """Returns (gallery, scores table, seed text, status, download file, state). ``progress`` is a
-        ``gr.Progress`` (or any callable taking ``((done, total), desc=..., unit=...)``)."""
-        state = state or VisitorState()
-        request = self.request(state, form)
+    def write_prompt(self, state: VisitorState | None, form: GenerateForm) -> dict:
+        """Write the prompt from the people and the scene (the prompt box can then be edited)."""
+        prompt = self.service.compose_prompt(self._subjects(state, form.cards), form.task, form.scene or "")
+        source = "vision-language model" if prompt.source == "vlm" else "template"
+        return {"prompt": prompt.text, "status": f"Prompt written by the {source}; edit it as you like."}
 
+    def _progress(self, progress):
         def on_step(done: int, total: int) -> None:
             if progress is not None:
-                progress((done, total), desc="denoising", unit="steps")
+                progress((done, total), desc="Generating", unit="steps")
 
         def on_wait(ahead: int) -> None:
             if progress is not None:
-                progress(0.0, desc=f"waiting for the GPU ({ahead} ahead)")
+                wait = f" · {_eta(ahead * self._seconds_per_run)} wait" if self._seconds_per_run else ""
+                progress(0.0, desc=f"In the queue: {ahead} ahead of you{wait}")
 
-        result = self.service.generate(request, on_step=on_step, on_wait=on_wait)
-        state.generation_ids = list(result.generation_ids)
-        labels = [s.label for s in request.subjects]
-        gallery, rows = [], []
-        for k, cand in enumerate(result.candidates, start=1):
-            scores = ", ".join(f"{lab} {v:.2f}" for lab, v in zip(labels, cand.identity_scores))
-            rows.append([k, cand.model_version, cand.seed, *cand.identity_scores])
-            if cand.image is not None:
-                gallery.append((cand.image, f"#{k} · {cand.model_version} · seed {cand.seed} · identity: {scores}"))
-        withheld = sum(c.image is None for c in result.candidates)
-        status = f"{len(gallery)} candidate(s) from prompt ({result.prompt_source}): {result.prompt}"
-        if withheld:
-            status += f"\n\n{withheld} image(s) withheld by the safety checker."
-        table = {"headers": ["#", "model", "seed", *labels], "data": rows}
-        download = self._download(result, request)
-        return gallery, table, f"Used seed: **{result.seed}** (candidate i uses seed + i)", status, download, state
-
-    def _download(self, result, request: GenerationRequest) -> str | None:
-        shown = [c for c in result.candidates if c.image is not None]
-        if not shown:
-            return None
-        folder = Path(tempfile.gettempdir()) / "idglow-downloads"
-        folder.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        for old in folder.glob("*.zip"):  # downloads are copied by the server on return; keep the folder small
-            if now - old.stat().st_mtime > DOWNLOAD_MAX_AGE_S:
-                old.unlink(missing_ok=True)
-        path = folder / f"idglow-{uuid.uuid4().hex}.zip"
-        with zipfile.ZipFile(path, "w") as zf:
-            for k, cand in enumerate(shown, start=1):
-                buf = io.BytesIO()
-                cand.image.save(buf, format="PNG")
-                zf.writestr(f"idglow_{k}_{cand.model_version}_{cand.seed}.png", buf.getvalue())
-            zf.writestr("params.json", json.dumps({
-                "prompt": result.prompt, "prompt_source": result.prompt_source, "seed": result.seed,
-                "params": result.params, "candidates": [
-                    {"model_version": c.model_version, "seed": c.seed, "identity": c.identity_scores} for c in shown],
-            }, indent=2, default=str))
-        return str(path)
+        return on_step, on_wait
 
     @ui_errors
-    def add_to_pool(self, state: VisitorState | None):
+    def generate(self, state: VisitorState | None, form: GenerateForm, progress=None) -> dict:
+        """Gallery, identity scores, seed, status, download files and state by name. ``progress`` is a
+        ``gr.Progress`` (or any callable taking ``((done, total), desc=..., unit=...)``)."""
+        state = state or VisitorState()
+        request = self.request(state, form)
+        on_step, on_wait = self._progress(progress)
+        started = time.monotonic()
+        result = self.service.generate(request, on_step=on_step, on_wait=on_wait)
+        took = time.monotonic() - started
+        self._seconds_per_run = took if self._seconds_per_run is None else 0.7 * self._seconds_per_run + 0.3 * took
+        state.generation_ids = list(result.generation_ids)
+        gallery, rows = _results(result, request)
+        withheld = sum(c.image is None for c in result.candidates)
+        status = f"{len(gallery)} image(s). Prompt ({result.prompt_source}): {result.prompt}"
+        if withheld:
+            status += f"\n\n{withheld} image(s) withheld by the safety checker."
+        downloads = result.downloads
+        return {
+            "gallery": gallery,
+            "scores": {"headers": SCORE_HEADERS, "data": rows},
+            "seed_used": f"Used seed: **{result.seed}** (image i uses seed + i − 1)", "status": status,
+            "pngs": [str(p) for p in downloads.images] if downloads else None,
+            "archive": gr.update(value=str(downloads.archive) if downloads else None, visible=downloads is not None),
+            "state": state,
+        }
+
+    # -- visitor data --------------------------------------------------------------------------------------
+    @ui_errors
+    def add_to_pool(self, state: VisitorState | None) -> dict:
+        """Put the visitor's last results in the annotation pool (they are then kept)."""
         if state is None or not state.generation_ids:
             raise gr.Error("Generate some images first.", print_exception=False)
         n = self.service.add_to_pool(state.visitor_id, state.generation_ids)
-        return f"Thank you: {n} image(s) added to the annotation pool (they are kept for research)."
+        return {"status": f"Thank you: {n} image(s) added to the annotation pool (they are kept for research)."}
 
     @ui_errors
-    def delete_my_data(self, state: VisitorState | None):
+    def delete_my_data(self, state: VisitorState | None) -> dict:
         """Remove this visitor's generations, uploads and files; returns cleared widgets and a fresh state."""
+        fresh = VisitorState()
+        cleared = {**self.view(fresh), "files": None, "gallery": [], "pngs": None,
+                   "archive": gr.update(value=None, visible=False), "scores": {"headers": SCORE_HEADERS, "data": []}}
         if state is None:
-            return [], [], None, "Nothing of yours is stored.", VisitorState()
+            return {**cleared, "status": "Nothing of yours is stored."}
         result = self.service.delete_visitor_data(state.visitor_id)
         msg = (f"Deleted {result.generations} generation(s), {result.reference_photos} uploaded photo(s) and "
                f"{result.files} file(s).")
-        return [], [], None, msg, VisitorState()
+        return {**cleared, "status": msg}
+
+
+def _photo_status(state: VisitorState) -> str:
+    """One line per problem, then what is ready."""
+    lines = []
+    pending = [p.name for p in state.photos if p.pending]
+    if pending:
+        lines.append(f"**Tick the consent box** to process {len(pending)} photo(s): {', '.join(pending)}.")
+    for photo in state.photos:
+        if photo.error:
+            lines.append(f"⚠ {photo.error}. Remove it from the list with its ×; the other photos are kept.")
+    n = len(state.people)
+    if n > NUM_CARDS:
+        lines.append(f"{n} people found; at most {NUM_CARDS} can be in one photo: remove {n - NUM_CARDS}.")
+    elif n:
+        uploads = any(not p.key.startswith("example:") for p in state.people)
+        lines.append(f"{n} {'person' if n == 1 else 'people'} ready · target age is optional (blank: keeps their age)"
+                     + (" · photo metadata (EXIF, GPS) removed." if uploads else "."))
+    elif not state.photos:
+        lines.append(UPLOAD_HINT)
+    return "\n\n".join(lines)
+
+
+def _results(result, request: GenerationRequest) -> tuple[list, list[list[str]]]:
+    """Gallery items and score rows: missing faces read "face not found", never 0."""
+    labels = [s.label or f"Person {i}" for i, s in enumerate(request.subjects, start=1)]
+    targets = [s.target_age for s in request.subjects]
+    several = len({c.model_version for c in result.candidates}) > 1
+    gallery, rows = [], []
+    for k, cand in enumerate(result.candidates, start=1):
+        name = f"#{k} · seed {cand.seed}" + (f" · {cand.model_version}" if several else "")
+        if cand.image is None:
+            rows.append([name, cand.withheld or "withheld"])
+            continue
+        ages = cand.estimated_ages or [None] * len(labels)
+        scores = " · ".join(_score_text(lab, s, a, t) for lab, s, a, t in zip(labels, cand.identity_scores, ages, targets))
+        rows.append([name, scores])
+        gallery.append((cand.image, f"{name} · {scores}"))
+    return gallery, rows

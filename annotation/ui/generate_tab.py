@@ -1,88 +1,204 @@
-"""The Generate tab (public): uploads → people → prompt → candidates with identity scores."""
+"""The Generate tab (public). Inputs on the left (photos, one card per person, Generate), results on the right;
+one column on a phone. Events pass widget values by name (``inputs_kwargs``) and handlers answer by name."""
 
 from __future__ import annotations
 
+import functools
 import inspect
+from typing import Any
 
 import gradio as gr
 
-from annotation.ui.generate_handlers import SUBJECT_COLUMNS, GenerateForm, GenerateHandlers
+from annotation.generation_request import MAX_LABEL_CHARS, MAX_PROMPT_CHARS, MAX_SCENE_CHARS
+from annotation.ui.generate_handlers import (
+    NUM_CARDS,
+    SCORE_HEADERS,
+    UPLOAD_HINT,
+    GenerateForm,
+    GenerateHandlers,
+    card_names,
+    cards_from,
+)
+from annotation.ui.theme import OPERATOR_NOTES
+from idglow.schedule import window_for_task
 
-TASK_CHOICES = [("Group fusion", "fusion"), ("Age transformation", "age")]
-TASK_WINDOWS = {"fusion": (0.0, 1.0), "age": (0.3, 0.6)}
+TASK_CHOICES = [("Group photo", "fusion"), ("Change ages", "age")]
+FORM_FIELDS = ("task", "scene", "prompt", "consent", "seed", "steps", "guidance", "id_scale", "window_lo",
+               "window_hi", "num_images", "size", "model_versions")
+
+
+def _card(i: int, w: dict[str, Any]) -> None:
+    n = card_names(i)
+    with gr.Column(visible=False, min_width=150, elem_classes=["gen-card"], elem_id=f"gen-card-{i}") as card:
+        w[n["crop"]] = gr.Image(show_label=False, interactive=False, height=100, buttons=[], container=False,
+                                elem_classes=["gen-card-crop"])
+        w[n["label"]] = gr.Textbox(label="Name", show_label=False, container=False, max_lines=1,
+                                   max_length=MAX_LABEL_CHARS, placeholder="Name", elem_id=f"gen-label-{i}")
+        w[n["age"]] = gr.Number(label="Target age (optional)", show_label=False, container=False, minimum=0,
+                                maximum=120, value=None, placeholder="Target age",
+                                elem_id=f"gen-age-{i}")
+        with gr.Accordion("Advanced", open=False, elem_classes=["gen-card-advanced"]):
+            w[n["weight"]] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="ID weight", elem_id=f"gen-weight-{i}")
+            w[n["remove"]] = gr.Button("Remove this person", size="sm", elem_id=f"gen-remove-{i}")
+    w[n["card"]] = card
+
+
+def _inputs(handlers: GenerateHandlers, versions, tiny: bool, w: dict[str, Any]) -> None:
+    sizes = [64, 128] if tiny else [512, 768, 1024, 1280]
+    w["files"] = gr.File(label="Portraits (1–6, one per person) or one group photo · JPEG, PNG, WebP, HEIC",
+                         file_count="multiple", type="filepath", height=118, elem_id="gen-files")
+    with gr.Row(elem_id="gen-consent-row"):
+        w["consent"] = gr.Checkbox(label="I may use these photos, and the people in them agreed", scale=2,
+                                   min_width=300, container=False, elem_id="gen-consent")
+        w["example"] = gr.Button("Try an example family", size="sm", scale=0, min_width=180, elem_id="gen-example")
+    w["photo_status"] = gr.Markdown(UPLOAD_HINT, elem_id="gen-photo-status")
+    with gr.Row(elem_id="gen-cards"):
+        for i in range(NUM_CARDS):
+            _card(i, w)
+    with gr.Row(elem_id="gen-what", equal_height=True):
+        w["task"] = gr.Radio(TASK_CHOICES, value="fusion", label="Task", show_label=False, container=False,
+                             elem_id="gen-task", scale=0, min_width=280)
+        w["scene"] = gr.Textbox(label="Scene", show_label=False, container=False, max_lines=1, scale=1,
+                                placeholder="Scene, e.g. a picnic in a park", max_length=MAX_SCENE_CHARS,
+                                elem_id="gen-scene")
+    w["run"] = gr.Button("Generate", variant="primary", elem_id="gen-run")
+    with gr.Accordion("Prompt and image settings", open=False, elem_id="gen-settings"):
+        w["write"] = gr.Button("Write the prompt for me", size="sm", elem_id="gen-write")
+        w["prompt"] = gr.Textbox(label="Prompt (empty: written from the people and the scene)", lines=2,
+                                 max_length=MAX_PROMPT_CHARS, elem_id="gen-prompt")
+        with gr.Row():
+            w["seed"] = gr.Number(label="Seed (-1 = random)", precision=0, value=-1, minimum=-1,
+                                  elem_id="gen-seed-input")
+            w["num_images"] = gr.Slider(1, 8, value=2, step=1, label="Images", elem_id="gen-num")
+            w["size"] = gr.Dropdown(sizes, value=handlers.default_size, label="Size (pixels)", elem_id="gen-size")
+        with gr.Row():
+            w["steps"] = gr.Slider(1, 60, value=handlers.default_steps, step=1, label="Steps", elem_id="gen-steps")
+            w["guidance"] = gr.Slider(0.0, 10.0, value=3.5, step=0.5, label="Guidance")
+    with gr.Accordion("Research settings", open=False, elem_id="gen-research"):
+        with gr.Row():
+            w["id_scale"] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Global ID weight")
+            w["window_lo"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="σ window: from")
+            w["window_hi"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="σ window: to")
+        w["model_versions"] = gr.Dropdown(versions(), value=versions()[:1], multiselect=True,
+                                          label="Model versions (several: same people and seeds on each)",
+                                          elem_id="gen-versions")
+
+
+def _outputs(w: dict[str, Any]) -> None:
+    w["gallery"] = gr.Gallery(label="Result", columns=2, height=420, format="png", interactive=False,
+                              elem_id="gen-gallery")
+    w["seed_used"] = gr.Markdown(elem_id="gen-seed")
+    w["scores"] = gr.Dataframe(value={"headers": SCORE_HEADERS, "data": []}, headers=SCORE_HEADERS,
+                               label="How well each person's identity was kept", interactive=False, wrap=True,
+                               column_widths=["30%", "70%"], elem_id="gen-scores")
+    w["pngs"] = gr.File(label="Download PNG", file_count="multiple", interactive=False, height=140,
+                        elem_id="gen-pngs")
+    w["archive"] = gr.DownloadButton("Download all + parameters", visible=False, elem_id="gen-archive")
+    w["status"] = gr.Markdown(elem_id="gen-status")
+    with gr.Row():
+        w["pool"] = gr.Button("Add my results to the annotation pool", size="sm", elem_id="gen-pool")
+        w["delete"] = gr.Button("Delete my data", variant="stop", size="sm", elem_id="gen-delete")
 
 
 def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool, concurrency_limit: int) -> None:
     """``versions()`` lists the servable model versions (the base first)."""
-    sizes = [64, 128] if tiny else [512, 768, 1024, 1280]
-    with gr.Tab("Generate"):
-        visitor = gr.State(None)
-        gr.Markdown("Upload one portrait per person (up to 6), or one group photo whose faces become the people. "
-                    "Photos are kept for 24 hours at most, unless you add your results to the annotation pool.")
-        consent = gr.Checkbox(label="I confirm that I may use these photos and that the people in them agreed "
-                                    "(required before any photo is processed)", elem_id="gen-consent")
-        files = gr.File(label="Portraits (1–6) or one group photo · JPEG, PNG or WebP", file_count="multiple",
-                        type="filepath", elem_id="gen-files")
-        crops = gr.Gallery(label="People found (slot order)", columns=6, height=200, object_fit="contain", format="png",
-                           elem_id="gen-crops", interactive=False)
-        subjects = gr.Dataframe(headers=SUBJECT_COLUMNS, datatype=["number", "str", "number", "number"],
-                                column_count=(4, "fixed"), interactive=True, label="Label, optional target age and "
-                                "ID weight per person", elem_id="gen-subjects")
-        task = gr.Radio(TASK_CHOICES, value="fusion", label="Task", elem_id="gen-task")
-        scene = gr.Textbox(label="Scene", placeholder="a picnic in a park", elem_id="gen-scene")
-        write = gr.Button("Write the prompt for me", elem_id="gen-write")
-        prompt = gr.Textbox(label="Prompt (leave empty to write it from the people and the scene)", lines=3,
-                            elem_id="gen-prompt")
-        with gr.Accordion("Advanced", open=False):
-            with gr.Row():
-                seed = gr.Number(label="Seed (-1 = random)", precision=0, value=-1, minimum=-1,
-                                 elem_id="gen-seed-input")
-                steps = gr.Slider(1, 60, value=handlers.default_steps, step=1, label="Steps")
-                guidance = gr.Slider(0.0, 10.0, value=3.5, step=0.5, label="Guidance")
-            with gr.Row():
-                id_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Global ID weight")
-                window_lo = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="σ window: from")
-                window_hi = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="σ window: to")
-            with gr.Row():
-                num_images = gr.Slider(1, 8, value=2, step=1, label="Candidates", elem_id="gen-num")
-                size = gr.Dropdown(sizes, value=handlers.default_size, label="Size (pixels)")
-                model_versions = gr.Dropdown(versions(), value=versions()[:1], multiselect=True,
-                                             label="Model versions (several: same people and seeds on each)",
-                                             elem_id="gen-versions")
-        run = gr.Button("Generate", variant="primary", elem_id="gen-run")
-        seed_used = gr.Markdown(elem_id="gen-seed")
-        gallery = gr.Gallery(label="Candidates", columns=4, format="png", elem_id="gen-gallery", interactive=False)
-        scores = gr.Dataframe(label="Identity score per person (cosine similarity to the reference; 0 = not found)",
-                              interactive=False, elem_id="gen-scores")
-        status = gr.Markdown(elem_id="gen-status")
-        download = gr.File(label="Download (PNG + parameters)", elem_id="gen-download", interactive=False)
-        with gr.Row():
-            pool = gr.Button("Add my results to the annotation pool", elem_id="gen-pool")
-            delete = gr.Button("Delete my data", variant="stop", elem_id="gen-delete")
+    w: dict[str, Any] = {}
+    with gr.Tab("Generate", elem_id="gen-tab"):
+        w["state"] = gr.State(None)
+        with gr.Row(equal_height=False, elem_id="gen-layout"):
+            with gr.Column(scale=6, min_width=330, elem_id="gen-inputs"):
+                _inputs(handlers, versions, tiny, w)
+            with gr.Column(scale=5, min_width=330, elem_id="gen-outputs"):
+                _outputs(w)
+        gr.Markdown("Photos and results are kept for 24 hours at most, unless you add your results to the "
+                    "annotation pool. “Delete my data” removes them at once.", elem_id="gen-privacy")
+        if tiny:
+            with gr.Accordion("About this demo server (for its operator)", open=False, elem_id="gen-operator"):
+                gr.Markdown(OPERATOR_NOTES)
+    _wire(handlers, w, concurrency_limit)
 
-    form = dict(subjects_table=subjects, task=task, scene=scene, prompt=prompt, consent=consent, seed=seed,
-                steps=steps, guidance=guidance, id_scale=id_scale, window_lo=window_lo, window_hi=window_hi,
-                num_images=num_images, size=size, model_versions=model_versions)
-    assert list(form) == GenerateForm.names()
 
-    def generate(state, subjects_table, task, scene, prompt, consent, seed, steps, guidance, id_scale, window_lo,
-                 window_hi, num_images, size, model_versions, progress=gr.Progress()):
-        form = GenerateForm(subjects_table, task, scene, prompt, consent, seed, steps, guidance, id_scale, window_lo,
-                            window_hi, num_images, size, model_versions)
-        return handlers.generate(state, form, progress=progress)
+def _by_name(w: dict[str, Any], names: list[str], inputs: dict[str, Any] | None = None):
+    """Wrap a handler answering by widget name into one answering by component. ``inputs`` (name → component):
+    the keyword inputs, declared on the wrapper with default None so that API clients may leave out any whose
+    widget has no value of its own (e.g. a blank target age)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return {w[k]: v for k, v in fn(*args, **kwargs).items() if k in names}
 
-    assert list(inspect.signature(generate).parameters)[1:-1] == GenerateForm.names()
+        if inputs:
+            params = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind not in (p.VAR_KEYWORD, p.KEYWORD_ONLY)]
+            params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in inputs
+                       if k not in {p.name for p in params}]
+            wrapper.__signature__ = inspect.Signature(params)
+        return wrapper
+    return wrap
 
-    files.upload(handlers.upload, [files, consent, visitor], [crops, subjects, status, visitor],
-                 api_name="upload", concurrency_limit=4, concurrency_id="faces")
-    task.change(lambda t: [gr.update(value=v) for v in TASK_WINDOWS.get(t, (0.0, 1.0))], task,
-                [window_lo, window_hi], api_visibility="private", queue=False)
-    write.click(handlers.write_prompt, [visitor, subjects, task, scene], [prompt, status], api_name="write_prompt",
-                concurrency_limit=4, concurrency_id="faces")
-    run.click(generate, [visitor, *form.values()], [gallery, scores, seed_used, status, download, visitor],
-              api_name="generate", concurrency_limit=concurrency_limit, concurrency_id="generate",
-              show_progress="full")
-    pool.click(handlers.add_to_pool, [visitor], [status], api_name="add_to_pool", concurrency_id="db",
-               concurrency_limit=8)
-    delete.click(handlers.delete_my_data, [visitor], [crops, gallery, download, status, visitor],
-                 api_name="delete_my_data", concurrency_id="db", concurrency_limit=8)
+
+def _card_widgets(w: dict[str, Any], kinds: tuple[str, ...]) -> dict[str, Any]:
+    return {card_names(i)[k]: w[card_names(i)[k]] for i in range(NUM_CARDS) for k in kinds}
+
+
+def _form(values: dict[str, Any]) -> GenerateForm:
+    return GenerateForm(**{k: values[k] for k in FORM_FIELDS}, cards=cards_from(values))
+
+
+def _wire(handlers: GenerateHandlers, w: dict[str, Any], concurrency_limit: int) -> None:
+    card_in = _card_widgets(w, ("label", "age", "weight"))
+    cards_out = ["state", "photo_status", *_card_widgets(w, ("card", "crop", "label", "age", "weight"))]
+    form_in = {**{k: w[k] for k in FORM_FIELDS}, **card_in, "state": w["state"]}
+    faces = dict(concurrency_limit=4, concurrency_id="faces")
+
+    inputs = {"state": w["state"], "files": w["files"], "consent": w["consent"], **card_in}
+
+    @_by_name(w, cards_out, inputs)
+    def photos(state, files, consent, **cards):
+        return handlers.photos(state, files, consent, cards_from(cards))
+
+    w["files"].change(photos, inputs_kwargs=inputs, outputs=[w[k] for k in cards_out], api_name="upload", **faces)
+    w["consent"].change(photos, inputs_kwargs=inputs, outputs=[w[k] for k in cards_out], api_visibility="private",
+                        **faces)
+    for i in range(NUM_CARDS):
+        remove = _by_name(w, cards_out, {"state": w["state"], **card_in})(
+            functools.partial(_remove, handlers, i))
+        w[card_names(i)["remove"]].click(remove, inputs_kwargs={"state": w["state"], **card_in},
+                                         outputs=[w[k] for k in cards_out], api_visibility="private")
+    example_out = [*cards_out, "files", "scene"]
+    w["example"].click(_by_name(w, example_out)(handlers.example_family), inputs_kwargs={"state": w["state"]},
+                       outputs=[w[k] for k in example_out], api_name="example_family", **faces)
+    w["task"].change(_window_preset, inputs_kwargs={"task": w["task"]}, outputs=[w["window_lo"], w["window_hi"]],
+                     api_visibility="private", queue=False)
+
+    @_by_name(w, ["prompt", "status"], form_in)
+    def write_prompt(**values):
+        return handlers.write_prompt(values["state"], _form(values))
+
+    w["write"].click(write_prompt, inputs_kwargs=form_in, outputs=[w["prompt"], w["status"]],
+                     api_name="write_prompt", **faces)
+    results = ["gallery", "scores", "seed_used", "status", "pngs", "archive", "state"]
+
+    @_by_name(w, results, form_in)
+    def generate(progress=gr.Progress(), **values):
+        return handlers.generate(values["state"], _form(values), progress=progress)
+
+    w["run"].click(generate, inputs_kwargs=form_in, outputs=[w[k] for k in results], api_name="generate",
+                   concurrency_limit=concurrency_limit, concurrency_id="generate", show_progress="full",
+                   show_progress_on=[w["gallery"]])
+    w["pool"].click(_by_name(w, ["status"])(handlers.add_to_pool), inputs_kwargs={"state": w["state"]},
+                    outputs=[w["status"]], api_name="add_to_pool", concurrency_id="db", concurrency_limit=8)
+    cleared = [*cards_out, "files", "gallery", "pngs", "archive", "scores", "status"]
+    w["delete"].click(_by_name(w, cleared)(handlers.delete_my_data), inputs_kwargs={"state": w["state"]},
+                      outputs=[w[k] for k in cleared], api_name="delete_my_data", concurrency_id="db",
+                      concurrency_limit=8)
+
+
+def _remove(handlers: GenerateHandlers, index: int, **values) -> dict:
+    return handlers.remove_person(values["state"], cards_from(values), index)
+
+
+def _window_preset(task: str) -> tuple[float, float]:
+    """The σ window of a task's preset (from :mod:`idglow.schedule`)."""
+    window = window_for_task(task)
+    return window.sigma_lo, window.sigma_hi

@@ -2,6 +2,29 @@
 
 from __future__ import annotations
 
+GENERATE_CSS = """
+#idglow-banner {border-left: 4px solid #f59e0b; padding: 0.15rem 0.6rem; background: rgba(245,158,11,0.08);}
+#idglow-banner p {margin: 0;}
+#gen-cards {gap: 8px;}
+#gen-cards .gen-card {flex: 1 1 150px; max-width: calc(33.3% - 6px); gap: 4px; padding: 4px;
+  border: 1px solid var(--border-color-primary); border-radius: 8px;}
+#gen-cards .gen-card-crop img {object-fit: cover; border-radius: 6px;}
+#gen-cards .gen-card-advanced {padding: 0;}
+#gen-inputs {gap: 8px;}
+#gen-consent-row {align-items: center;}
+#gen-task .wrap {flex-wrap: nowrap;}
+#gen-task label {white-space: nowrap;}
+#gen-files button {padding: 0;}
+#gen-photo-status p {margin: 0;}
+#gen-scores table {table-layout: fixed; width: 100%;}
+#gen-scores td, #gen-scores th {white-space: normal; word-break: break-word;}
+@media (max-width: 640px) {
+  #idglow-banner {font-size: 11.5px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+  #gen-cards .gen-card {max-width: calc(50% - 4px);}
+  #gen-consent-row {flex-direction: column; align-items: stretch;}
+}
+"""
+
 # The Annotate tab: a compact first screen (title and banner shrink to one line each while the tab is selected,
 # then the candidates and the overall vote), square reference thumbnails that show the whole face, a small legend.
 ANNOTATE_CSS = """
@@ -35,24 +58,7 @@ body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; o
 }
 """
 
-CSS = """
-#annotate-left img, #annotate-right img {object-fit: contain;}
-#annotate-head {align-items: baseline; gap: 0.5rem;}
-#annotate-head .annotate-prompt-text {font-size: 0.9em; white-space: pre-wrap; overflow-wrap: anywhere;}
-#annotate-progress {font-size: 0.85em; text-align: right;}
-#annotate-refs .thumbnail-item {aspect-ratio: 1 / 1; height: auto;}
-#annotate-refs img {object-fit: contain;}
-#annotate-refs .caption-label {white-space: normal; overflow-wrap: anywhere; max-width: 100%;}
-#annotate-content .idglow-shortcuts {font-size: 0.8em; opacity: 0.85;}
-.idglow-shortcuts kbd {border: 1px solid #999; border-radius: 3px; padding: 0 4px; font-size: 0.85em;}
-#shortcut-hint {min-height: 1.2em; font-weight: 600;}
-#signin-bar {align-items: center;}
-#annotate-pair:focus {outline: none;}
-"""
-
-CSS = """
-#idglow-banner {border-left: 4px solid #f59e0b; padding: 0.4rem 0.8rem; background: rgba(245,158,11,0.08);}
-""" + ANNOTATE_CSS
+CSS = GENERATE_CSS + ANNOTATE_CSS
 
 SHORTCUTS_MD = """
 **Keys** (outside text boxes):
@@ -160,9 +166,22 @@ FOCUS_PAIR_JS = """
 }
 """
 
+DEMO_BANNER = "**Demo model:** images are abstract — see README to serve real weights"
 
-def banner(tiny: bool, note: str) -> str:
+OPERATOR_NOTES = """
+This server runs the embedded **tiny demo model**: random, untrained weights that make abstract images, so that
+the whole app (upload, generation, annotation, export) can be tried on any computer. To serve real photos, start it
+with a FLUX checkpoint in diffusers format and IdGlow adapter weights:
+
+`python app.py --model models/flux --adapter models/idglow-adapter`
+
+(or set `IDGLOW_MODEL_DIR` and `IDGLOW_ADAPTER_DIR`). README lists every flag.
+"""
+
+
+def banner(tiny: bool, note: str = "") -> str:
+    """The one-line notice above the tabs (``note`` is kept for callers; the details live in README and the
+    Generate tab's operator section)."""
     if not tiny:
         return "**IdGlow** · identity-preserving group photos."
-    return (f"**Demo model.** {note} Start the app with `python app.py --model models/flux --adapter "
-            "models/idglow-adapter` (or set `IDGLOW_MODEL_DIR` / `IDGLOW_ADAPTER_DIR`) to serve real weights.")
+    return DEMO_BANNER

@@ -118,6 +118,9 @@ class TemplateComposer:
         if expression:
             parts.append(expression)
         label = clean_phrase(person.label)
+        if parts == ["a person"]:  # nothing is known about this person: never "X is a person"
+            place = marker(person.position, num_people)
+            return _sentence(f"{place} is {label}" if label else f"{place}, as in the reference photo")
         subject = marker(person.position, num_people) + (f" ({label})" if label else "")
         return _sentence(f"{subject} is " + ", ".join(parts))
 

@@ -108,13 +108,13 @@ def test_visitor_annotator_researcher(server, browser, shots, sample_portraits, 
     # --- visitor: two portraits → two crops → two candidates with progress, seed and per-person scores → pool
     page = browser.new_context(viewport={"width": 1280, "height": 1600}).new_page()
     page.goto(url)
-    expect(page.locator("#idglow-banner")).to_contain_text("tiny demo model")
+    expect(page.locator("#idglow-banner")).to_contain_text("Demo model")
     page.locator("#gen-consent input[type=checkbox]").check()
     page.locator("#gen-files input[type=file]").set_input_files(
         [str(sample_portraits["person1"]), str(sample_portraits["person2"])])
-    expect(page.locator("#gen-crops img")).to_have_count(2, timeout=60_000)
-    expect(page.locator("#gen-status")).to_contain_text("Found 2 people")
-    page.get_by_text("Advanced").click()
+    expect(page.locator(".gen-card:visible")).to_have_count(2, timeout=60_000)
+    expect(page.locator("#gen-photo-status")).to_contain_text("2 people ready")
+    page.get_by_text("Prompt and image settings").click()
     steps = page.get_by_label("number input for Steps")
     steps.fill("40")
     steps.press("Tab")

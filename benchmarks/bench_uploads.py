@@ -1,0 +1,132 @@
+"""Upload benchmark: memory and latency of concurrent 6300×6300 PNG uploads through the Generate tab's photo path.
+
+    python benchmarks/bench_uploads.py                 # 4 concurrent uploads, then the full-size path once
+    python benchmarks/bench_uploads.py --uploads 8 --no-full-size
+
+Each upload is a cheap file (a flat 6300×6300 PNG with one portrait pasted in, ~40 MP, a few hundred KB) that
+goes through ``decode_upload`` (decoded, then reduced to 2048 px) and ``people_in_photo`` (faces found on a
+bounded copy, one shared dlib analyzer as in the app). Side by side: the same photo decoded and searched at full
+size (the path before bounded decoding). Prints the process's peak resident memory above its idle level and
+per-upload latency; no verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+QUICK_ARGS = ["--no-full-size"]
+
+
+class PeakRss:
+    """Samples the process's resident memory every 10 ms; ``peak_mb`` is the highest above the start."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def make_photo(folder: Path, side: int) -> Path:
+    """A flat ``side``×``side`` PNG with one bundled portrait pasted in."""
+    from PIL import Image
+
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.samples import write_sample_portraits
+
+    portrait = Image.open(write_sample_portraits(folder / "samples", DlibAnalyzer())[0]).convert("RGB")
+    canvas = Image.new("RGB", (side, side), (128, 128, 128))
+    canvas.paste(portrait.resize((side // 5, side // 5)), (side // 2, side // 3))
+    path = folder / "big.png"
+    canvas.save(path, optimize=True)
+    return path
+
+
+def bounded_path(path: Path, analyzer) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this thread) of one upload."""
+    from annotation.privacy import decode_upload
+    from annotation.reference_faces import people_in_photo
+
+    start, cpu = time.perf_counter(), time.thread_time()
+    image = decode_upload(path)
+    people = people_in_photo(analyzer, path.name, image)
+    assert len(people) == 1
+    return time.perf_counter() - start, time.thread_time() - cpu
+
+
+def full_size_path(path: Path, analyzer) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one upload decoded and searched at full size."""
+    from idglow.images import decode_image
+
+    start, cpu = time.perf_counter(), time.thread_time()
+    image = decode_image(path)
+    faces = analyzer.detect(image)
+    assert len(faces) == 1
+    return time.perf_counter() - start, time.thread_time() - cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bounded uploads concurrently, then the full-size path once; print one line each."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uploads", type=int, default=4, help="concurrent uploads")
+    parser.add_argument("--side", type=int, default=6300)
+    parser.add_argument("--no-full-size", action="store_true", help="skip the full-size comparison")
+    args = parser.parse_args(argv)
+
+    from idglow.faces.dlib_backend import DlibAnalyzer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_photo(Path(tmp), args.side)
+        analyzer = DlibAnalyzer()
+        bounded_path(path, analyzer)  # warm-up (model files loaded)
+        with PeakRss() as rss, ThreadPoolExecutor(args.uploads) as pool:
+            started = time.perf_counter()
+            runs = list(pool.map(lambda _: bounded_path(path, analyzer), range(args.uploads)))
+            wall = time.perf_counter() - started
+        latencies, cpus = [r[0] for r in runs], [r[1] for r in runs]
+        print(f"bounded: {args.uploads} concurrent {args.side}x{args.side} PNG uploads "
+              f"({path.stat().st_size / 1024:.0f} KB each): peak +{rss.peak_mb:.0f} MB RSS, latency max "
+              f"{max(latencies):.2f} s, mean {statistics.mean(latencies):.2f} s, all done in {wall:.2f} s; CPU "
+              f"{statistics.mean(cpus):.2f} s per upload (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+              "cores)")
+        if not args.no_full_size:
+            with PeakRss() as rss_full:
+                full, full_cpu = full_size_path(path, analyzer)
+            print(f"full size: one upload: peak +{rss_full.peak_mb:.0f} MB RSS, {full:.2f} s, CPU {full_cpu:.2f} s; "
+                  f"a bounded upload needs {statistics.mean(cpus) / full_cpu:.2f}x the CPU and "
+                  f"{rss.peak_mb / args.uploads / max(rss_full.peak_mb, 1):.2f}x the memory of a full-size one")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

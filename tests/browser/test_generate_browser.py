@@ -1,0 +1,208 @@
+"""The Generate tab in Debian's chromium (Playwright) on `python app.py`: consent in either order, a mixed batch,
+one target age in the age task, the example family and the first screen at 1366×768 and 390×844.
+
+Screenshots are saved under $IDGLOW_SCREENSHOT_DIR (default: a temporary folder) and printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.browser.test_app_browser import CHROMIUM, ROOT, _wait_http
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1366, "height": 768}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from annotation.ui.testing import free_port
+
+    data = tmp_path_factory.mktemp("generate-data")
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    log = open(data / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port),
+                             "--max-upload-mb", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc)
+        yield f"http://127.0.0.1:{port}/", data
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _page(browser, url: str, viewport: dict):
+    page = browser.new_context(viewport=viewport).new_page()
+    page.goto(url)
+    page.locator("#gen-run").wait_for(timeout=60_000)
+    return page
+
+
+def _shot(page, folder: Path, name: str, full_page: bool = False) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    print(f"screenshot: {path}")
+
+
+def _cards(page):
+    return page.locator(".gen-card:visible")
+
+
+def test_consent_ticked_before_or_after_choosing_photos(server, browser, sample_portraits):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    files = [str(sample_portraits["person1"]), str(sample_portraits["person2"])]
+    # after: the photos wait, nothing is processed, then ticking the box processes them
+    page = _page(browser, url, DESKTOP)
+    page.locator("#gen-files input[type=file]").set_input_files(files)
+    expect(page.locator("#gen-photo-status")).to_contain_text("Tick the consent box to process 2 photo(s)",
+                                                              timeout=60_000)
+    expect(_cards(page)).to_have_count(0)
+    page.locator("#gen-consent input[type=checkbox]").check()
+    expect(_cards(page)).to_have_count(2, timeout=60_000)
+    expect(page.locator("#gen-photo-status")).to_contain_text("2 people ready")
+    # before: the usual order
+    page = _page(browser, url, DESKTOP)
+    page.locator("#gen-consent input[type=checkbox]").check()
+    page.locator("#gen-files input[type=file]").set_input_files(files)
+    expect(_cards(page)).to_have_count(2, timeout=60_000)
+
+
+def test_mixed_batch_keeps_good_faces_and_names_each_bad_file(server, browser, sample_portraits, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    url, _ = server
+    landscape = tmp_path / "landscape.png"
+    Image.linear_gradient("L").resize((320, 200)).convert("RGB").save(landscape)
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(b"\xff\xd8\xff" + b"\0" * (3 * 2**20))
+    page = _page(browser, url, DESKTOP)
+    page.locator("#gen-consent input[type=checkbox]").check()
+    page.locator("#gen-files input[type=file]").set_input_files(
+        [str(sample_portraits["person1"]), str(landscape), str(huge), str(sample_portraits["person3"])])
+    status = page.locator("#gen-photo-status")
+    expect(status).to_contain_text("2 people ready", timeout=60_000)
+    expect(status).to_contain_text("landscape.png: no face found")
+    expect(status).to_contain_text("huge.jpg: file is 3.0 MB, over the 2 MB limit")
+    expect(page.get_by_text("exceed the maximum allowed size")).to_have_count(0)
+    expect(_cards(page)).to_have_count(2)
+    page.locator("#gen-label-0 input").fill("Rachel")
+    for name in ("landscape.png", "huge.jpg"):
+        page.locator(f'#gen-files tr.file:has(td[aria-label="{name}"]) button[aria-label="Remove this file"]').click()
+        expect(status).not_to_contain_text(name, timeout=30_000)
+    expect(_cards(page)).to_have_count(2)
+    expect(page.locator("#gen-label-0 input")).to_have_value("Rachel")
+
+
+def test_age_task_needs_one_target_age_and_the_example_family_generates(server, browser, shots):
+    from playwright.sync_api import expect
+
+    url, data = server
+    page = _page(browser, url, DESKTOP)
+    page.locator("#gen-example").click()
+    expect(_cards(page)).to_have_count(3, timeout=90_000)
+    expect(page.locator("#gen-scene input")).to_have_value("a family picnic in a sunny park")
+    page.get_by_text("Change ages").click()
+    page.locator("#gen-run").click()
+    expect(page.get_by_text("needs a target age for at least one person").first).to_be_visible(timeout=60_000)
+    page.locator("#gen-age-1 input").fill("70")
+    page.locator("#gen-age-1 input").press("Tab")
+    page.locator("#gen-run").click()
+    expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=180_000)
+    expect(page.locator("#gen-scores")).to_contain_text("face not found")
+    expect(page.locator("#gen-pngs")).to_contain_text("idglow_")
+    expect(page.locator("#gen-archive")).to_be_visible()
+    _shot(page, shots, "generate-desktop-result")
+
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Generation, GenerationSubject
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    with make_session_factory(engine)() as session:
+        gen = session.scalars(select(Generation).order_by(Generation.id.desc())).first()
+        ages = session.scalars(select(GenerationSubject.target_age).where(GenerationSubject.generation_id == gen.id)
+                               .order_by(GenerationSubject.slot)).all()
+    engine.dispose()
+    assert gen.task.value == "age" and ages == [None, 70.0, None]
+    assert list((data / "downloads").glob(f"{gen.visitor_id}/idglow_*.png"))
+
+
+def _bottom(page, selector: str) -> float:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not on the page"
+    return box["y"] + box["height"]
+
+
+def test_first_screen_on_desktop_and_phone(server, browser, shots):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    page = _page(browser, url, DESKTOP)
+    expect(page.locator("#idglow-banner")).to_have_text(
+        "Demo model: images are abstract — see README to serve real weights")
+    expect(page.locator("#gen-research")).to_contain_text("Research settings")
+    expect(page.get_by_label("Global ID weight")).to_be_hidden()
+    _shot(page, shots, "generate-desktop-empty")
+    page.locator("#gen-example").click()
+    expect(_cards(page)).to_have_count(3, timeout=90_000)
+    page.wait_for_timeout(1000)
+    for selector in ("#gen-files", "#gen-card-0", "#gen-card-2", "#gen-run"):
+        assert _bottom(page, selector) <= DESKTOP["height"], f"{selector} is below the first screen at 1366×768"
+    inputs, result = page.locator("#gen-inputs").bounding_box(), page.locator("#gen-gallery").bounding_box()
+    assert result["x"] >= inputs["x"] + inputs["width"] - 1 and result["y"] < 300, "the result sits beside the inputs"
+    _shot(page, shots, "generate-desktop-example")
+
+    page = _page(browser, url, PHONE)
+    _shot(page, shots, "generate-phone-first-screen")
+    banner = page.locator("#idglow-banner").bounding_box()
+    assert banner["height"] < 40, f"the banner takes {banner['height']} px; it must be one line on a phone"
+    assert _bottom(page, "#gen-files") <= PHONE["height"], "the upload is on a phone's first screen"
+    page.locator("#gen-example").click()
+    expect(_cards(page)).to_have_count(3, timeout=90_000)
+    files, run, gallery = (page.locator(s).bounding_box() for s in ("#gen-files", "#gen-run", "#gen-gallery"))
+    assert files["y"] < run["y"] < gallery["y"] and abs(files["x"] - gallery["x"]) < 2, "one column, upload first"
+    page.locator("#gen-run").click()
+    expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=180_000)
+    table = page.locator("#gen-scores").bounding_box()
+    assert table["x"] >= 0 and table["x"] + table["width"] <= PHONE["width"], "the score table fits 390 px"
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll <= PHONE["width"], f"the page scrolls sideways ({scroll} px)"
+    _shot(page, shots, "generate-phone-example")
+    _shot(page, shots, "generate-phone-result", full_page=True)
