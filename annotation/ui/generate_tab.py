@@ -6,10 +6,17 @@ import inspect
 
 import gradio as gr
 
+from idglow.schedule import window_for_task
+
 from annotation.ui.generate_handlers import SUBJECT_COLUMNS, GenerateForm, GenerateHandlers
 
 TASK_CHOICES = [("Group fusion", "fusion"), ("Age transformation", "age")]
-TASK_WINDOWS = {"fusion": (0.0, 1.0), "age": (0.3, 0.6)}
+
+
+def task_window_bounds(task: str) -> tuple[float, float]:
+    """The σ window preset of a task (from ``idglow.schedule``), for the window sliders."""
+    window = window_for_task(task)
+    return window.sigma_lo, window.sigma_hi
 
 
 def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool, concurrency_limit: int) -> None:
@@ -75,7 +82,7 @@ def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool, conc
 
     files.upload(handlers.upload, [files, consent, visitor], [crops, subjects, status, visitor],
                  api_name="upload", concurrency_limit=4, concurrency_id="faces")
-    task.change(lambda t: [gr.update(value=v) for v in TASK_WINDOWS.get(t, (0.0, 1.0))], task,
+    task.change(lambda t: [gr.update(value=v) for v in task_window_bounds(t)], task,
                 [window_lo, window_hi], api_visibility="private", queue=False)
     write.click(handlers.write_prompt, [visitor, subjects, task, scene], [prompt, status], api_name="write_prompt",
                 concurrency_limit=4, concurrency_id="faces")
