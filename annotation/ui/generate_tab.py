@@ -6,9 +6,8 @@ import inspect
 
 import gradio as gr
 
-from idglow.schedule import window_for_task
-
 from annotation.ui.generate_handlers import SUBJECT_COLUMNS, GenerateForm, GenerateHandlers
+from idglow.schedule import window_for_task
 
 TASK_CHOICES = [("Group fusion", "fusion"), ("Age transformation", "age")]
 
