@@ -144,3 +144,27 @@ def test_per_slot_windows_gate_each_person(denoiser):
     assert outside.tolist() == [[0.0] * k + [1.0] * k]
     assert inside.tolist() == [[1.0] * (2 * k)]
     assert state.active_sigmas == [pytest.approx(0.9), pytest.approx(0.45)]
+
+
+def test_timestep_given_by_position_is_read_from_the_signature(denoiser):
+    inputs = _inputs(1)
+    embeds = random_embeddings(1, seed=10)
+    args = (inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["pooled_projections"],
+            torch.tensor([0.45]), inputs["img_ids"], torch.zeros(8, 3), torch.full((1,), 3.5))
+    with torch.no_grad():
+        with denoiser.adapter.inject(embeds, 1.0, IdentityWindow(0.3, 0.6)) as state:
+            positional = denoiser.transformer(*args, return_dict=False)[0]
+        keyword = denoiser(**{**inputs, "sigmas": torch.tensor([0.45])}, id_embeds=embeds.unsqueeze(0),
+                           id_scales=torch.ones(1, 1))
+    assert state.active_sigmas == [pytest.approx(0.45)]
+    assert (positional - keyword).abs().max() <= 1e-5
+
+
+def test_attaching_after_a_cache_warns(caplog):
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    transformer = tiny_components(seed=1)["transformer"]
+    apply_first_block_cache(transformer, FirstBlockCacheConfig(threshold=0.1))
+    with caplog.at_level("WARNING", logger="idglow.adapter"):
+        tiny_adapter(transformer).attach(transformer)
+    assert "attach IdGlow before enabling caches" in caplog.text

@@ -304,3 +304,29 @@ def test_bfloat16_pipeline_gates_from_the_float32_schedule():
     out, _ = run(pipe, steps=steps, subject_embeds=random_embeddings(2), id_window=(0.0, edge))
     assert out.active_sigmas == pytest.approx([s for s in sigmas if s <= edge + 1e-6])
     assert any(s == pytest.approx(edge) for s in out.active_sigmas)
+
+
+def test_first_block_cache_computes_as_many_steps_with_identity_as_without():
+    """FirstBlockCache decides from the first block's change between steps; the identity residual must not hide
+    that change (it made the cache reuse nearly every step), nor should caching drift further from the uncached
+    image than it does for the base model."""
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    pipe = tiny_pipeline(seed=0)
+    emb = random_embeddings(3, seed=1)
+    variants = {"base": {}, "always_on": dict(subject_embeds=emb), "age": dict(subject_embeds=emb, task="age")}
+    uncached = {name: run(pipe, steps=20, **kw)[1] for name, kw in variants.items()}
+    apply_first_block_cache(pipe.transformer, FirstBlockCacheConfig(threshold=0.2))
+    computed = []  # the last block's output projection runs only on computed steps
+    pipe.transformer.single_transformer_blocks[-1].proj_out.register_forward_hook(lambda *_: computed.append(1))
+    steps, deviation = {}, {}
+    for name, kw in variants.items():
+        computed.clear()
+        _, cached = run(pipe, steps=20, **kw)
+        steps[name] = len(computed)
+        deviation[name] = float(np.abs(cached - uncached[name]).mean())
+    assert 0 < steps["base"] < 20  # the threshold does skip some steps
+    for name in ("always_on", "age"):
+        assert steps[name] >= steps["base"] - 1, steps
+        assert deviation[name] <= 2 * deviation["base"] + 1e-4, deviation
+    assert np.abs(uncached["always_on"] - uncached["base"]).mean() > 10 * deviation["always_on"]
