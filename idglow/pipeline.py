@@ -266,22 +266,14 @@ class IdGlowPipeline(FluxPipeline):
             face_matches = self.match_generated(images, subject_embeds)
         task_window = self._task_window(task, id_window, id_profile)
         params = {
-            "prompt": flux_args["prompt"],
-            "task": task,
-            "num_subjects": n,
-            "id_scale": per_slot,
-            "weights": weights,
+            "prompt": flux_args["prompt"], "task": task, "num_subjects": n, "id_scale": per_slot, "weights": weights,
             "id_window": [task_window.sigma_lo, task_window.sigma_hi, task_window.ramp],
-            "id_profile": task_window.profile,
-            "slot_windows": [w.to_dict() for w in windows],
-            "target_ages": ages,
-            "labels": [s.label for s in subjects] if subjects else [None] * n,
-            "num_images": num_images,
-            **seed_record,
+            "id_profile": task_window.profile, "slot_windows": [w.to_dict() for w in windows],
+            "target_ages": ages, "labels": [s.label for s in subjects] if subjects else [None] * n,
+            "num_images": num_images, **seed_record,
             "height": height or self.default_sample_size * self.vae_scale_factor,
             "width": width or self.default_sample_size * self.vae_scale_factor,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
+            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
         }
         return IdGlowOutput(
             images=list(images) if output_type == "pil" else images,
@@ -294,17 +286,17 @@ class IdGlowPipeline(FluxPipeline):
     # --- call helpers -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _task_window(task: str, id_window, id_profile: str | None) -> IdentityWindow:
-        window = id_window if isinstance(id_window, IdentityWindow) else (
-            IdentityWindow(*id_window) if id_window is not None else None)
-        return slot_windows(task, [0.0], window, id_profile)[0]
+    def _window(id_window: IdentityWindow | tuple[float, float] | None) -> IdentityWindow | None:
+        return id_window if isinstance(id_window, IdentityWindow) or id_window is None else IdentityWindow(*id_window)
+
+    def _task_window(self, task: str, id_window, id_profile: str | None) -> IdentityWindow:
+        """The window of the people the task acts on (everyone in fusion, those with a target age in age)."""
+        return slot_windows(task, [0.0], self._window(id_window), id_profile)[0]
 
     def _slot_windows(self, task: str, ages: list, id_window, id_profile: str | None) -> list[IdentityWindow]:
-        window = id_window if isinstance(id_window, IdentityWindow) else (
-            IdentityWindow(*id_window) if id_window is not None else None)
         if task == "age" and ages and all(a is None for a in ages):
             ages = [0.0] * len(ages)  # no per-person ages known (bare embeddings): everyone gets the age window
-        return slot_windows(task, ages, window, id_profile)
+        return slot_windows(task, ages, self._window(id_window), id_profile)
 
     def _schedule_sigma(self) -> torch.Tensor | None:
         """σ of the denoising step in progress, in float32 from the scheduler (the transformer's ``timestep``
