@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -150,6 +151,25 @@ class InjectionState:
 
 
 _ACTIVE: ContextVar[InjectionState | None] = ContextVar("idglow_injection", default=None)
+# Whether any thread is inside ``inject`` right now. The block hooks test this plain flag before reading the
+# ContextVar, which TorchDynamo cannot trace: compiled blocks run without graph breaks while nothing is injected.
+_injecting = 0
+_ANY_INJECTING = False
+_INJECTING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _injecting_scope() -> Iterator[None]:
+    global _injecting, _ANY_INJECTING
+    with _INJECTING_LOCK:
+        _injecting += 1
+        _ANY_INJECTING = True
+    try:
+        yield
+    finally:
+        with _INJECTING_LOCK:
+            _injecting -= 1
+            _ANY_INJECTING = _injecting > 0
 
 
 def active_injection() -> InjectionState | None:
@@ -174,7 +194,8 @@ def identity_checkpoint(function, *args, **kwargs):
         if state is not None:
             state.token_scale = saved
         try:
-            yield
+            with _injecting_scope():  # backward may run after the forward's inject() has exited
+                yield
         finally:
             if state is not None:
                 state.token_scale = current
@@ -230,8 +251,10 @@ class _BlockHook(ModelHook):
         self.previous = previous
 
     def pre_forward(self, module, *args, **kwargs):
+        if self.previous is None or not _ANY_INJECTING:
+            return args, kwargs
         state = _ACTIVE.get()
-        if self.previous is None or state is None or state.token_scale is None:
+        if state is None or state.token_scale is None:
             return args, kwargs
         hidden = _argument(module, "hidden_states", args, kwargs)
         delta = state.residual(self.previous, hidden)
@@ -240,8 +263,10 @@ class _BlockHook(ModelHook):
         return _replace_argument(module, "hidden_states", hidden + delta, args, kwargs)
 
     def post_forward(self, module, output):
+        if self.key is None or not _ANY_INJECTING:
+            return output
         state = _ACTIVE.get()
-        if self.key is None or state is None or state.token_scale is None:
+        if state is None or state.token_scale is None:
             return output
         encoder_hidden, hidden = output
         delta = state.residual(self.key, hidden)
@@ -402,7 +427,8 @@ class IdGlowAdapter(ModelMixin, ConfigMixin):
         )
         token = _ACTIVE.set(state)
         try:
-            yield state
+            with _injecting_scope():
+                yield state
         finally:
             _ACTIVE.reset(token)
 
