@@ -168,3 +168,25 @@ def test_attaching_after_a_cache_warns(caplog):
     with caplog.at_level("WARNING", logger="idglow.adapter"):
         tiny_adapter(transformer).attach(transformer)
     assert "attach IdGlow before enabling caches" in caplog.text
+
+
+def test_injection_flag_follows_every_inject_scope(denoiser):
+    import idglow.adapter as adapter_module
+
+    embeds = random_embeddings(1, seed=11)
+    assert not adapter_module._ANY_INJECTING
+    with pytest.raises(RuntimeError, match="boom"):
+        with denoiser.adapter.inject(embeds):
+            assert adapter_module._ANY_INJECTING
+            with denoiser.adapter.inject(embeds):
+                pass
+            assert adapter_module._ANY_INJECTING  # the outer call is still injecting
+            raise RuntimeError("boom")
+    assert not adapter_module._ANY_INJECTING
+    inputs = _inputs(1)
+    base = _predict(denoiser, inputs)
+    with torch.no_grad():  # a transformer call outside any inject() is the base model
+        assert torch.equal(denoiser.transformer(
+            hidden_states=inputs["hidden_states"], timestep=inputs["sigmas"], guidance=torch.full((1,), 3.5),
+            pooled_projections=inputs["pooled_projections"], encoder_hidden_states=inputs["encoder_hidden_states"],
+            txt_ids=torch.zeros(8, 3), img_ids=inputs["img_ids"], return_dict=False)[0], base)
