@@ -3,8 +3,12 @@
 Each subject's face embedding goes through a shared resampler to K tokens of the transformer's inner width,
 plus a learned slot embedding so that person i stays person i without masks. Small identity cross-attention
 modules sit after every ``double_interval``-th double-stream block and every ``single_interval``-th
-single-stream block and add ``gate(σ) · IDAttn(h, tokens)`` to the image tokens, with each slot's scale applied
-to that slot's value vectors.
+single-stream block and add ``IDAttn(h, tokens; s)`` to the image tokens, where each slot's scale s = weight ×
+gate(σ) weighs that slot's tokens (value × s, attention logit + log s, so s = 0 masks the slot out) and the
+output bias is scaled by the sample's largest s: the whole residual vanishes, continuously, as the scales go to
+0, and a sample gated off equals the base model whatever its batch-mates get. The first block's residual is
+added at the second block's input (the same sum), so that caches deciding from the first block's output see
+the base model's change between steps.
 
 The modules are attached with diffusers' ``HookRegistry`` (no copy of FLUX's forward). Per-call state (tokens,
 scales, window) lives in a ``ContextVar`` that the hooks read, so one transformer can serve several adapters
