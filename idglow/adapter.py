@@ -3,8 +3,12 @@
 Each subject's face embedding goes through a shared resampler to K tokens of the transformer's inner width,
 plus a learned slot embedding so that person i stays person i without masks. Small identity cross-attention
 modules sit after every ``double_interval``-th double-stream block and every ``single_interval``-th
-single-stream block and add ``gate(σ) · IDAttn(h, tokens)`` to the image tokens, with each slot's scale applied
-to that slot's value vectors.
+single-stream block and add ``IDAttn(h, tokens; s)`` to the image tokens, where each slot's scale s = weight ×
+gate(σ) weighs that slot's tokens (value × s, attention logit + log s, so s = 0 masks the slot out) and the
+output bias is scaled by the sample's largest s: the whole residual vanishes, continuously, as the scales go to
+0, and a sample gated off equals the base model whatever its batch-mates get. The first block's residual is
+added at the second block's input (the same sum), so that caches deciding from the first block's output see
+the base model's change between steps.
 
 The modules are attached with diffusers' ``HookRegistry`` (no copy of FLUX's forward). Per-call state (tokens,
 scales, window) lives in a ``ContextVar`` that the hooks read, so one transformer can serve several adapters
@@ -16,9 +20,11 @@ bit-identical to the base model's.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -39,7 +45,15 @@ SIGMA_HOOK = "idglow_sigma"
 
 
 class IdentityCrossAttention(nn.Module):
-    """Image tokens attend to identity tokens. Returns the residual to add (B, L, dim)."""
+    """Image tokens attend to identity tokens. Returns the residual to add (B, L, dim).
+
+    ``token_scale`` (B, T) ≥ 0 weighs each identity token: its value vector is multiplied by the scale and
+    log(scale) is added to its attention logit, so a token at scale 0 is masked out (padded slots and people
+    switched off take no attention from the others) and a scale tending to 0 fades the token out smoothly.
+    The output projection's bias is multiplied by each sample's largest scale, so the whole residual scales
+    with a common factor: a sample whose scales are all 0 gets exactly zero residual, whatever its batch-mates
+    get, and the residual is continuous as the scales go to 0.
+    """
 
     def __init__(self, dim: int, token_dim: int, attn_dim: int, num_heads: int, zero_init: bool = True):
         super().__init__()
@@ -56,57 +70,110 @@ class IdentityCrossAttention(nn.Module):
             nn.init.zeros_(self.to_out.bias)
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, token_scale: torch.Tensor) -> torch.Tensor:
-        """hidden (B, L, dim); tokens (B, T, token_dim); token_scale (B, T) → (B, L, dim)."""
+        """hidden (B, L, dim); tokens (B, T, token_dim); token_scale (B, T) ≥ 0 → (B, L, dim)."""
         b, length, _ = hidden.shape
         heads = self.num_heads
+        scale = token_scale.to(hidden.dtype)
         q = self.to_q(self.norm(hidden)).view(b, length, heads, -1).transpose(1, 2)
         k = self.to_k(tokens).view(b, tokens.shape[1], heads, -1).transpose(1, 2)
-        v = (self.to_v(tokens) * token_scale.unsqueeze(-1)).view(b, tokens.shape[1], heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, length, -1))
+        v = (self.to_v(tokens) * scale.unsqueeze(-1)).view(b, tokens.shape[1], heads, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=scale_mask(scale)[:, None, None, :])
+        out = F.linear(out.transpose(1, 2).reshape(b, length, -1), self.to_out.weight)
+        if self.to_out.bias is None:
+            return out
+        return out + self.to_out.bias * scale.amax(dim=-1).view(b, 1, 1)
+
+
+def scale_mask(scale: torch.Tensor) -> torch.Tensor:
+    """Additive attention mask (B, T) from token scales: log(scale), −inf where the scale is 0; a sample whose
+    scales are all 0 gets a zero mask (its values are all 0, so its attention output is 0 either way)."""
+    positive = scale > 0
+    logits = torch.where(positive, scale.clamp_min(torch.finfo(scale.dtype).tiny).log(), float("-inf"))
+    return torch.where(positive.any(dim=-1, keepdim=True), logits, torch.zeros_like(logits))
+
+
+SigmaSource = Callable[[], "torch.Tensor | float | None"]
 
 
 @dataclass
 class InjectionState:
-    """What one call injects. Built per call, read by the hooks through ``_ACTIVE``; never shared."""
+    """What one call injects. Built per call, read by the hooks through ``_ACTIVE``; never shared.
+
+    ``windows`` holds one IdentityWindow per slot: at each transformer call every slot's gate g(σ) is folded
+    into that slot's scale, so people in one image may follow different windows. σ comes from
+    ``sigma_source`` (the scheduler's float32 σ) when given, else from the transformer's ``timestep``
+    argument (which the pipeline may have rounded to the model's dtype).
+    """
 
     adapter: IdGlowAdapter
     tokens: torch.Tensor  # (B or 1, T, D)
-    token_scale: torch.Tensor  # (B or 1, T)
-    window: IdentityWindow
-    gate: torch.Tensor | None = None  # (B,) for the transformer call in progress; None → inject nothing
-    gate_is_one: bool = True  # every sample fully inside the window: no multiply (and no device sync)
+    slot_scale: torch.Tensor  # (B or 1, N), float32
+    windows: tuple[IdentityWindow, ...]  # one per slot
+    sigma_source: SigmaSource | None = None
+    token_scale: torch.Tensor | None = None  # (B, T) for the transformer call in progress; None → inject nothing
     active_sigmas: list[float] = field(default_factory=list)
     transformer_calls: int = 0
     attention_calls: int = 0
+    _last_gates: tuple | None = None
+
+    def schedule_sigmas(self, timestep: torch.Tensor) -> list[float]:
+        """σ per sample for this transformer call, in float32 from ``sigma_source`` when it has one."""
+        batch = timestep.reshape(-1).shape[0]
+        source = self.sigma_source() if self.sigma_source is not None else None
+        values = timestep if source is None else source
+        sigmas = torch.as_tensor(values).detach().to("cpu", torch.float32).reshape(-1)
+        if sigmas.shape[0] == 1 and batch > 1:
+            sigmas = sigmas.expand(batch)
+        return [float(s) for s in sigmas]
 
     def begin_forward(self, timestep: torch.Tensor) -> None:
-        sigmas = [float(s) for s in timestep.detach().float().reshape(-1).cpu()]
-        gates = [self.window.gate(s) for s in sigmas]
+        """Compute every slot's gate at this call's σ and the per-token scales the identity layers use."""
+        sigmas = self.schedule_sigmas(timestep)
+        gates = tuple(tuple(w.gate(s) for w in self.windows) for s in sigmas)
         self.transformer_calls += 1
-        if not any(g > 0.0 for g in gates):
-            self.gate = None
+        if not any(g > 0.0 for row in gates for g in row):
+            self.token_scale, self._last_gates = None, gates
             return
         if not self.active_sigmas or self.active_sigmas[-1] != sigmas[0]:
             self.active_sigmas.append(sigmas[0])
-        self.gate = torch.tensor(gates, dtype=self.tokens.dtype, device=self.tokens.device)
-        self.gate_is_one = all(g == 1.0 for g in gates)
+        if gates == self._last_gates and self.token_scale is not None:
+            return  # same gates as the previous call: reuse the scales (no new tensor, no copy)
+        gate = torch.tensor(gates, dtype=torch.float32).to(self.slot_scale.device)
+        scale = self.slot_scale * gate
+        self._last_gates = gates
+        self.token_scale = self.adapter.token_scales(scale) if bool((scale > 0).any()) else None
 
     def residual(self, key: str, hidden: torch.Tensor) -> torch.Tensor | None:
         layer = self.adapter.layers[key] if key in self.adapter.layers else None
-        if layer is None or self.gate is None:
+        if layer is None or self.token_scale is None:
             return None
         b = hidden.shape[0]
         tokens = self.tokens.to(hidden.dtype).expand(b, -1, -1)
-        scale = self.token_scale.to(hidden.dtype).expand(b, -1)
+        scale = self.token_scale.to(hidden.device).expand(b, -1)
         self.attention_calls += 1
-        delta = layer(hidden, tokens, scale)
-        if not self.gate_is_one:
-            delta = delta * self.gate.to(hidden.dtype).view(b, 1, 1)
-        return delta
+        return layer(hidden, tokens, scale)
 
 
 _ACTIVE: ContextVar[InjectionState | None] = ContextVar("idglow_injection", default=None)
+# Whether any thread is inside ``inject`` right now. The block hooks test this plain flag before reading the
+# ContextVar, which TorchDynamo cannot trace: compiled blocks run without graph breaks while nothing is injected.
+_injecting = 0
+_ANY_INJECTING = False
+_INJECTING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _injecting_scope() -> Iterator[None]:
+    global _injecting, _ANY_INJECTING
+    with _INJECTING_LOCK:
+        _injecting += 1
+        _ANY_INJECTING = True
+    try:
+        yield
+    finally:
+        with _INJECTING_LOCK:
+            _injecting -= 1
+            _ANY_INJECTING = _injecting > 0
 
 
 def active_injection() -> InjectionState | None:
@@ -118,23 +185,24 @@ def identity_checkpoint(function, *args, **kwargs):
     """``torch.utils.checkpoint`` that recomputes a block with the identity injection of its forward pass.
 
     Backward (and so checkpoint recomputation) may run in autograd's own threads, which do not see this
-    thread's context, and later transformer calls may have moved the gate on. Use it as
+    thread's context, and later transformer calls may have moved the gates on. Use it as
     ``transformer.enable_gradient_checkpointing(gradient_checkpointing_func=identity_checkpoint)``.
     """
     state = _ACTIVE.get()
-    saved = None if state is None else (state.gate, state.gate_is_one)
+    saved = None if state is None else state.token_scale
 
     @contextlib.contextmanager
     def recompute():
         token = _ACTIVE.set(state)
-        current = None if state is None else (state.gate, state.gate_is_one)
+        current = None if state is None else state.token_scale
         if state is not None:
-            state.gate, state.gate_is_one = saved
+            state.token_scale = saved
         try:
-            yield
+            with _injecting_scope():  # backward may run after the forward's inject() has exited
+                yield
         finally:
             if state is not None:
-                state.gate, state.gate_is_one = current
+                state.token_scale = current
             _ACTIVE.reset(token)
 
     kwargs.setdefault("use_reentrant", False)
@@ -143,15 +211,29 @@ def identity_checkpoint(function, *args, **kwargs):
     )
 
 
+def _argument(module: nn.Module, name: str, args: tuple, kwargs: dict):
+    """The value of ``module.forward``'s parameter ``name`` in this call, by keyword or by its position."""
+    if name in kwargs:
+        return kwargs[name]
+    bound = inspect.signature(type(module).forward).bind_partial(module, *args)
+    return bound.arguments.get(name)
+
+
+def _replace_argument(module: nn.Module, name: str, value, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if name in kwargs:
+        return args, {**kwargs, name: value}
+    params = [p for p in inspect.signature(type(module).forward).parameters][1:]  # without self
+    index = params.index(name)
+    return (*args[:index], value, *args[index + 1:]), kwargs
+
+
 class _SigmaHook(ModelHook):
-    """Reads σ (FLUX's ``timestep`` argument, already divided by 1000) at each transformer call."""
+    """Reads σ at each transformer call (FLUX's ``timestep`` argument is σ = t / 1000) and sets the gates."""
 
     def pre_forward(self, module, *args, **kwargs):
         state = _ACTIVE.get()
         if state is not None:
-            timestep = kwargs.get("timestep")
-            if timestep is None and len(args) > 3:
-                timestep = args[3]
+            timestep = _argument(module, "timestep", args, kwargs)
             if timestep is None:
                 raise ValueError("IdGlow needs the transformer's `timestep` argument to gate identity injection")
             state.begin_forward(timestep)
@@ -159,15 +241,36 @@ class _SigmaHook(ModelHook):
 
 
 class _BlockHook(ModelHook):
-    """Adds the active adapter's identity residual to a block's image-token output."""
+    """Adds identity residuals to a block's image tokens.
 
-    def __init__(self, key: str):
+    ``key``: the block's own identity module, added to its output. ``previous``: the identity module of the
+    block before it, added to this block's input instead of that block's output. The first block's residual
+    is added this way so that a cache deciding from the first block's output (diffusers' FirstBlockCache)
+    sees the base model's change between steps, not the identity residual, and skips it with the rest.
+    """
+
+    def __init__(self, key: str | None, previous: str | None = None):
         super().__init__()
         self.key = key
+        self.previous = previous
+
+    def pre_forward(self, module, *args, **kwargs):
+        if self.previous is None or not _ANY_INJECTING:
+            return args, kwargs
+        state = _ACTIVE.get()
+        if state is None or state.token_scale is None:
+            return args, kwargs
+        hidden = _argument(module, "hidden_states", args, kwargs)
+        delta = state.residual(self.previous, hidden)
+        if delta is None:
+            return args, kwargs
+        return _replace_argument(module, "hidden_states", hidden + delta, args, kwargs)
 
     def post_forward(self, module, output):
+        if self.key is None or not _ANY_INJECTING:
+            return output
         state = _ACTIVE.get()
-        if state is None or state.gate is None:
+        if state is None or state.token_scale is None:
             return output
         encoder_hidden, hidden = output
         delta = state.residual(self.key, hidden)
@@ -292,19 +395,24 @@ class IdGlowAdapter(ModelMixin, ConfigMixin):
         self,
         embeddings: torch.Tensor,
         slot_scales: torch.Tensor | Sequence[float] | float = 1.0,
-        window: IdentityWindow | None = None,
+        window: IdentityWindow | Sequence[IdentityWindow] | None = None,
+        sigma_source: SigmaSource | None = None,
     ) -> Iterator[InjectionState | None]:
         """Within this context, transformer calls (with hooks attached) inject these identities.
 
-        embeddings: (N, id_dim) or (B, N, id_dim). slot_scales: a float, (N,) or (B, N). Yields the
-        per-call state (active σ values, call counts), or None when every scale is 0 or N == 0, in which
-        case nothing is injected.
+        embeddings: (N, id_dim) or (B, N, id_dim). slot_scales: a float, (N,) or (B, N), each ≥ 0. window: one
+        IdentityWindow for every slot, or one per slot (default: always on). sigma_source: a callable giving
+        the current σ in float32 (one value or one per sample); without it the gate reads the transformer's
+        ``timestep`` argument. Yields the per-call state (active σ values, call counts), or None when every
+        scale is 0 or N == 0, in which case nothing is injected.
         """
-        window = window or IdentityWindow()
         n = embeddings.shape[-2] if embeddings.numel() else 0
         scales = torch.as_tensor(slot_scales, dtype=torch.float32)
         if scales.ndim == 0:
             scales = scales.expand(max(n, 1)).clone()
+        if bool((scales < 0).any()) or not bool(torch.isfinite(scales).all()):
+            raise ValueError(f"identity scales must be finite and >= 0; got {scales.tolist()}")
+        windows = _slot_windows(window, n)
         if n == 0 or not bool((scales != 0).any()):
             token = _ACTIVE.set(None)
             try:
@@ -313,17 +421,29 @@ class IdGlowAdapter(ModelMixin, ConfigMixin):
                 _ACTIVE.reset(token)
             return
         tokens = self.encode(embeddings)
+        slot_scale = scales.to(tokens.device)
         state = InjectionState(
             adapter=self,
             tokens=tokens,
-            token_scale=self.token_scales(scales.to(tokens.device, tokens.dtype)),
-            window=window,
+            slot_scale=slot_scale if slot_scale.ndim == 2 else slot_scale.unsqueeze(0),
+            windows=windows,
+            sigma_source=sigma_source,
         )
         token = _ACTIVE.set(state)
         try:
-            yield state
+            with _injecting_scope():
+                yield state
         finally:
             _ACTIVE.reset(token)
+
+
+def _slot_windows(window: IdentityWindow | Sequence[IdentityWindow] | None, n: int) -> tuple[IdentityWindow, ...]:
+    if window is None or isinstance(window, IdentityWindow):
+        return (window or IdentityWindow(),) * n
+    windows = tuple(window)
+    if len(windows) != n:
+        raise ValueError(f"{len(windows)} identity windows given for {n} subjects; give one, or one per subject")
+    return windows
 
 
 def attach_identity_hooks(transformer: nn.Module) -> None:
@@ -335,15 +455,18 @@ def attach_identity_hooks(transformer: nn.Module) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(SIGMA_HOOK) is not None:
         return
-    for kind, blocks in (("double", transformer.transformer_blocks), ("single", transformer.single_transformer_blocks)):
-        for i, block in enumerate(blocks):
-            block_registry = HookRegistry.check_if_exists_or_initialize(block)
-            if block_registry._hook_order:
-                logger.warning(
-                    "block %s_%d already has hooks %s; attach IdGlow before enabling caches",
-                    kind, i, block_registry._hook_order,
-                )
-            block_registry.register_hook(_BlockHook(f"{kind}_{i}"), BLOCK_HOOK)
+    blocks = [(f"double_{i}", b) for i, b in enumerate(transformer.transformer_blocks)]
+    blocks += [(f"single_{i}", b) for i, b in enumerate(transformer.single_transformer_blocks)]
+    for position, (key, block) in enumerate(blocks):
+        block_registry = HookRegistry.check_if_exists_or_initialize(block)
+        if block_registry.hooks:
+            logger.warning("block %s already has hooks %s; attach IdGlow before enabling caches",
+                           key, sorted(block_registry.hooks))
+        if position == 0 and len(blocks) > 1:
+            hook = _BlockHook(None)  # its residual is added at the next block's input
+        else:
+            hook = _BlockHook(key, previous=blocks[0][0] if position == 1 else None)
+        block_registry.register_hook(hook, BLOCK_HOOK)
     registry.register_hook(_SigmaHook(), SIGMA_HOOK)
 
 

@@ -23,8 +23,8 @@ from idglow.errors import ModelFolderError, NoFaceError
 from idglow.faces.base import FaceAnalyzer, FaceMatch, face_backend_name, sort_largest_first
 from idglow.faces.match import match_faces
 from idglow.images import to_rgb_array
-from idglow.schedule import TASKS, IdentityWindow, window_for_task
-from idglow.subjects import MAX_SUBJECTS, SubjectRef, validate_group
+from idglow.schedule import IdentityWindow, slot_windows
+from idglow.subjects import SubjectRef, validate_group, validate_task
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ FLUX_FOLDERS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tok
 
 @dataclass
 class IdGlowOutput:
-    """images: PIL images. seeds: the seed of each image (seed, seed+1, …). params: every setting of the call.
-    active_sigmas: the σ values at which identity was injected. face_matches: per image, the match of its
+    """images: PIL images. seeds: the seed of each image (seed, seed+1, …; with a user's generators, their
+    ``initial_seed()``). params: every setting of the call, including each person's identity window
+    (``slot_windows``). active_sigmas: the σ values at which any identity was injected. face_matches: per image, the match of its
     faces to the subjects (None when no face analyzer is set)."""
 
     images: list
@@ -141,23 +142,32 @@ class IdGlowPipeline(FluxPipeline):
         id_window: IdentityWindow | tuple[float, float] | None,
         num_images: int,
         adapter: IdGlowAdapter | None = None,
+        target_ages: Sequence[float | None] | None = None,
     ) -> None:
+        """Raise ValueError (InputError for the group rules of :func:`validate_group`) naming a bad input."""
         adapter = adapter if adapter is not None else self.adapter
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        validate_task(task)
         if subjects is not None and subject_embeds is not None:
             raise ValueError("pass either `subjects` or `subject_embeds`, not both")
+        if subjects is not None and target_ages is not None:
+            raise ValueError("`target_ages` goes with `subject_embeds`; with `subjects` set SubjectRef.target_age")
+        if subjects:
+            validate_group(subjects, task)
         n = len(subjects) if subjects is not None else (0 if subject_embeds is None else subject_embeds.shape[-2])
-        if n > MAX_SUBJECTS:
-            raise ValueError(f"{n} subjects given; at most {MAX_SUBJECTS} are supported")
+        if subject_embeds is not None:
+            if target_ages is not None and len(target_ages) != n:
+                raise ValueError(f"target_ages has {len(target_ages)} values for {n} subjects")
+            refs = [SubjectRef(image=None, target_age=a) for a in (target_ages or [None] * n)]
+            validate_group(refs, "fusion" if target_ages is None else task, allow_empty=True)
         if n and adapter is None:
             raise ValueError("subjects were given, but this pipeline has no IdGlow adapter")
         if subjects and self.face_analyzer is None:
             raise ValueError("`subjects` need a face_analyzer on the pipeline; pass `subject_embeds` instead")
-        if not isinstance(id_scale, (int, float)) and len(id_scale) != n:
-            raise ValueError(f"id_scale has {len(id_scale)} per-person values for {n} subjects")
-        if subjects:
-            validate_group(subjects, task)  # the age task needs one target age; a blank one keeps the age
+        scales = [id_scale] if isinstance(id_scale, (int, float)) else list(id_scale)
+        if not isinstance(id_scale, (int, float)) and len(scales) != n:
+            raise ValueError(f"id_scale has {len(scales)} per-person values for {n} subjects")
+        if any(not float(v) >= 0.0 for v in scales):
+            raise ValueError(f"id_scale must be >= 0 (0 turns a person's identity off); got {id_scale}")
         if num_images < 1:
             raise ValueError(f"num_images={num_images} must be at least 1")
         if id_window is not None and not isinstance(id_window, IdentityWindow):
@@ -208,78 +218,62 @@ class IdGlowPipeline(FluxPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         output_type: str = "pil",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        id_profile: str | None = None,
+        target_ages: Sequence[float | None] | None = None,
         **flux_kwargs,
     ) -> IdGlowOutput:
         """Generate ``num_images`` group images of ``subjects`` (slot order = identity order).
 
-        task: "fusion" (identity always on) or "age" (identity only inside σ ∈ [0.3, 0.6]); ``id_window``
-        overrides the task's window. id_scale: global scale, or one per subject (multiplied by each
-        SubjectRef.weight). Image i uses seed ``seed + i``. ``adapter`` uses another IdGlowAdapter for this
-        call only (several model versions on one base; nothing shared is changed). Any other FluxPipeline
-        argument passes through.
+        task: "fusion" (identity always on) or "age": a person with a target age gets the age window
+        σ ∈ [0.3, 0.6], a person without one keeps their age and their identity stays on at every step.
+        ``id_window`` overrides the task's window (for the people with a target age, in the age task);
+        ``id_profile="linear"`` makes identity strength decay linearly inside the window, from full at its low
+        (clean) edge to 0 at its high (noisy) edge. id_scale: global scale, or one per subject (multiplied by
+        each SubjectRef.weight). ``target_ages`` gives per-slot target ages with ``subject_embeds``.
+
+        generator: a torch.Generator or one per image, as in FluxPipeline; without it image i uses a fresh
+        generator seeded with ``seed + i`` (``seed`` random when not given). ``adapter`` uses another
+        IdGlowAdapter for this call only (nothing shared is changed). Any other FluxPipeline argument passes
+        through.
         """
         adapter = adapter if adapter is not None else self.adapter
         if adapter is not None and adapter is not self.adapter:
             adapter.attach(self.transformer)  # checks the shapes; the hooks are shared and attached once
-        self.check_idglow_inputs(subjects, subject_embeds, task, id_scale, id_window, num_images, adapter)
-        window = id_window if isinstance(id_window, IdentityWindow) else (
-            IdentityWindow(*id_window) if id_window is not None else window_for_task(task)
-        )
-        # 1. Subjects → embeddings (once per call).
+        self.check_idglow_inputs(subjects, subject_embeds, task, id_scale, id_window, num_images, adapter,
+                                 target_ages)
         subjects = list(subjects or [])
-        if subjects:
+        if subjects:  # 1. subjects → embeddings (once per call)
             subject_embeds = self.encode_subjects(subjects)
         n = 0 if subject_embeds is None else subject_embeds.shape[-2]
+        ages = [s.target_age for s in subjects] if subjects else list(target_ages or [None] * n)
+        windows = self._slot_windows(task, ages, id_window, id_profile)
         weights = [s.weight for s in subjects] if subjects else [1.0] * n
         per_slot = [float(id_scale)] * n if isinstance(id_scale, (int, float)) else [float(v) for v in id_scale]
         slot_scales = torch.tensor([a * w for a, w in zip(per_slot, weights)], dtype=torch.float32)
-        # 2. Seeds: image i ← seed + i.
-        seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
-        seeds = [seed + i for i in range(num_images)]
-        generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        # 3. FLUX's recipe, with the identities injected inside the window.
-        if self.tokenizer_2 is not None:
-            flux_kwargs.setdefault("max_sequence_length", min(512, self.tokenizer_2.model_max_length))
-        if prompt is None and flux_kwargs.get("prompt_embeds") is None:
-            prompt = ""
-        flux_args = dict(
-            prompt=prompt,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            num_images_per_prompt=num_images,
-            generator=generator,
-            output_type=output_type,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"],
-            **flux_kwargs,
-        )
-        state: InjectionState | None = None
+        generator, seeds, seed_record = self._generators(generator, seed, num_images)  # 2. seeds
+        flux_args = self._flux_arguments(prompt, height, width, num_inference_steps, guidance_scale, num_images,
+                                         generator, output_type, callback_on_step_end,
+                                         callback_on_step_end_tensor_inputs, flux_kwargs)
+        state: InjectionState | None = None  # 3. FLUX's recipe, identities injected inside their windows
         if n and adapter is not None:
-            with adapter.inject(subject_embeds, slot_scales, window) as state:
+            with adapter.inject(subject_embeds, slot_scales, windows, sigma_source=self._schedule_sigma) as state:
                 images = super().__call__(**flux_args).images
         else:
             images = super().__call__(**flux_args).images
-        # 4. Match generated faces to the subjects.
-        face_matches = None
+        face_matches = None  # 4. match generated faces to the subjects
         if analyze_faces and output_type == "pil" and n:
             face_matches = self.match_generated(images, subject_embeds)
+        task_window = self._task_window(task, id_window, id_profile)
         params = {
-            "prompt": prompt,
-            "task": task,
-            "num_subjects": n,
-            "id_scale": per_slot,
-            "weights": weights,
-            "id_window": [window.sigma_lo, window.sigma_hi, window.ramp],
-            "target_ages": [s.target_age for s in subjects] if subjects else [None] * n,
-            "labels": [s.label for s in subjects] if subjects else [None] * n,
-            "num_images": num_images,
-            "seed": seed,
+            "prompt": flux_args["prompt"], "task": task, "num_subjects": n, "id_scale": per_slot, "weights": weights,
+            "id_window": [task_window.sigma_lo, task_window.sigma_hi, task_window.ramp],
+            "id_profile": task_window.profile, "slot_windows": [w.to_dict() for w in windows],
+            "target_ages": ages, "labels": [s.label for s in subjects] if subjects else [None] * n,
+            "num_images": num_images, **seed_record,
             "height": height or self.default_sample_size * self.vae_scale_factor,
             "width": width or self.default_sample_size * self.vae_scale_factor,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
+            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
         }
         if subjects:  # the identity inputs as the face analyzer computed them (kept with the generation)
             params["subject_embeddings"] = [[round(float(v), 6) for v in e] for e in subject_embeds.float().cpu()]
@@ -290,4 +284,68 @@ class IdGlowPipeline(FluxPipeline):
             params=params,
             active_sigmas=list(state.active_sigmas) if state is not None else [],
             face_matches=face_matches,
+        )
+
+    # --- call helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _window(id_window: IdentityWindow | tuple[float, float] | None) -> IdentityWindow | None:
+        return id_window if isinstance(id_window, IdentityWindow) or id_window is None else IdentityWindow(*id_window)
+
+    def _task_window(self, task: str, id_window, id_profile: str | None) -> IdentityWindow:
+        """The window of the people the task acts on (everyone in fusion, those with a target age in age)."""
+        return slot_windows(task, [0.0], self._window(id_window), id_profile)[0]
+
+    def _slot_windows(self, task: str, ages: list, id_window, id_profile: str | None) -> list[IdentityWindow]:
+        if task == "age" and ages and all(a is None for a in ages):
+            ages = [0.0] * len(ages)  # no per-person ages known (bare embeddings): everyone gets the age window
+        return slot_windows(task, ages, self._window(id_window), id_profile)
+
+    def _schedule_sigma(self) -> torch.Tensor | None:
+        """σ of the denoising step in progress, in float32 from the scheduler (the transformer's ``timestep``
+        argument has been cast to the latents' dtype, which shifts window edges in bfloat16)."""
+        t = self.current_timestep
+        if t is None:
+            return None
+        timesteps, sigmas = self.scheduler.timesteps, getattr(self.scheduler, "sigmas", None)
+        if sigmas is not None and timesteps is not None:
+            hits = (timesteps.detach().to("cpu", torch.float32) == float(t)).nonzero()
+            if len(hits):
+                return sigmas[int(hits[0])].to(torch.float32)
+        return torch.as_tensor(t, dtype=torch.float32) / 1000.0
+
+    @staticmethod
+    def _generators(generator, seed: int | None, num_images: int) -> tuple[list | torch.Generator, list, dict]:
+        """The generators of a call, the seed of each image and what the output records about them.
+
+        Given generators are used as they are; their ``initial_seed()`` is recorded, which reproduces an image
+        only if the generator was freshly seeded with ``manual_seed`` (and, for one generator shared by several
+        images, only with the same ``num_images``)."""
+        if generator is None:
+            seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
+            seeds = [seed + i for i in range(num_images)]
+            return [torch.Generator("cpu").manual_seed(s) for s in seeds], seeds, {"seed": seed,
+                                                                                   "seed_source": "seed"}
+        if seed is not None:
+            raise ValueError("pass either `seed` or `generator`, not both")
+        gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        if len(gens) not in (1, num_images):
+            raise ValueError(f"{len(gens)} generators for num_images={num_images}; give one, or one per image")
+        initial = [int(g.initial_seed()) for g in gens]
+        seeds = initial if len(gens) == num_images else initial * num_images
+        shared = len(gens) == 1 and num_images > 1
+        record = {"seed": initial[0], "seed_source": "shared generator" if shared else "generator"}
+        return (gens if isinstance(generator, (list, tuple)) else generator), seeds, record
+
+    def _flux_arguments(self, prompt, height, width, steps, guidance_scale, num_images, generator, output_type,
+                        callback, callback_inputs, flux_kwargs) -> dict[str, Any]:
+        if self.tokenizer_2 is not None:
+            flux_kwargs.setdefault("max_sequence_length", min(512, self.tokenizer_2.model_max_length))
+        if prompt is None and flux_kwargs.get("prompt_embeds") is None:
+            prompt = ""
+        return dict(
+            prompt=prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images, generator=generator, output_type=output_type,
+            callback_on_step_end=callback, callback_on_step_end_tensor_inputs=callback_inputs or ["latents"],
+            **flux_kwargs,
         )

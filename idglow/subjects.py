@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from idglow.errors import InputError
+from idglow.schedule import TASKS
 
 MAX_SUBJECTS = 6
-TASKS = ("fusion", "age")
 MIN_AGE, MAX_AGE = 0.0, 120.0
 MAX_ID_WEIGHT = 3.0
 

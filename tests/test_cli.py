@@ -44,6 +44,22 @@ def test_generate_writes_images_and_sidecars(tmp_path, capsys, sample_portraits)
     assert np.abs(a.astype(int) - b.astype(int)).max() > 0
 
 
+def test_generate_age_task_with_a_person_who_keeps_their_age(tmp_path, capsys, sample_portraits):
+    out = tmp_path / "out"
+    code, _, err = generate(
+        capsys, "--subject", str(sample_portraits["person1"]), "--subject", str(sample_portraits["person2"]),
+        "--task", "age", "--target-age", "6", "--target-age", "-", "--id-profile", "linear", "--seed", "3",
+        "--steps", "6", "--out", str(out),
+    )
+    assert code == 0, err
+    meta = json.loads((out / "idglow_3.json").read_text())
+    assert meta["params"]["target_ages"] == [6.0, None]
+    windows = meta["params"]["slot_windows"]
+    assert [(w["sigma_lo"], w["sigma_hi"], w["profile"]) for w in windows] == [(0.3, 0.6, "linear"),
+                                                                               (0.0, 1.0, "linear")]
+    assert [s["target_age"] for s in meta["subjects"]] == [6.0, None]
+
+
 @pytest.fixture()
 def bad_files(tmp_path):
     text = tmp_path / "notes.jpg"
@@ -58,8 +74,11 @@ def bad_files(tmp_path):
     [
         ("not_image", "notes.jpg: not a JPEG/PNG/WEBP image"),
         ("no_face", "no face found in the photo of subject 2"),
-        ("too_many", "7 subjects given; at most 6"),
-        ("age_count", "1 --target-age values for 2 subjects; the age task needs one --target-age per subject"),
+        ("too_many", "7 people given; 1 to 6 are supported"),
+        ("age_count", "1 --target-age values for 2 subjects; give one per subject"),
+        ("age_none", "needs a target age for at least one person"),
+        ("age_range", "target age 150.0 must be between 0 and 120"),
+        ("age_word", "'old' is not a number of years, '-' or 'keep'"),
         ("window_range", "sigma_hi=1.5 is outside [0, 1]"),
         ("window_order", "sigma_lo=0.6 is greater than sigma_hi=0.3"),
         ("unknown_task", "invalid choice: 'swap'"),
@@ -80,13 +99,17 @@ def test_bad_input_one_line_exit_2(case, expected, tmp_path, capsys, sample_port
         "no_face": ["--subject", face, "--subject", str(bad_files["blank"])],
         "too_many": [a for _ in range(7) for a in ("--subject", face)],
         "age_count": ["--subject", face, "--subject", face, "--task", "age", "--target-age", "5"],
+        "age_none": ["--subject", face, "--subject", face, "--task", "age", "--target-age", "-",
+                     "--target-age", "keep"],
+        "age_range": ["--subject", face, "--task", "age", "--target-age", "150"],
+        "age_word": ["--subject", face, "--task", "age", "--target-age", "old"],
         "window_range": ["--subject", face, "--window", "0.2", "1.5"],
         "window_order": ["--subject", face, "--window", "0.6", "0.3"],
         "unknown_task": ["--subject", face, "--task", "swap"],
         "model_missing": ["--subject", face, "--model", str(tmp_path / "nowhere")],
         "model_incomplete": ["--subject", face, "--model", str(incomplete)],
     }[case]
-    if case == "unknown_task":
+    if case in ("unknown_task", "age_word"):
         with pytest.raises(SystemExit) as exit_info:
             main(["generate", *args, *out])
         code, err = exit_info.value.code, capsys.readouterr().err

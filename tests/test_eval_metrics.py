@@ -159,7 +159,7 @@ def _manifest(**overrides):
     [
         (_manifest(task="swap"), "task must be one of"),
         (_manifest(cases=[]), "non-empty list"),
-        (_manifest(cases=[{"id": "c1", "subjects": [{"image": "a.jpg"}]}]), "target_age for every subject"),
+        (_manifest(cases=[{"id": "c1", "subjects": [{"image": "a.jpg"}]}]), "target age for at least one person"),
         (_manifest(cases=[{"id": "c 1", "subjects": [{"image": "a.jpg", "target_age": 3}]}]), "id must match"),
         (_manifest(cases=[{"id": "c1", "subjects": [{"image": "a.jpg", "target_age": 300}]}]), "between 0 and 120"),
         (_manifest(cases=[{"id": "c1", "subjects": [{"package": "skimage", "path": "x.png", "target_age": 3}]}]),
@@ -177,6 +177,12 @@ def test_manifest_errors_name_the_problem(data, message):
     with pytest.raises(InputError, match=message) as info:
         parse_manifest(data, source="m.json")
     assert "m.json" in str(info.value)
+
+
+def test_age_manifest_allows_people_who_keep_their_age():
+    m = parse_manifest(_manifest(cases=[{"id": "c1", "subjects": [{"image": "a.jpg", "target_age": 6},
+                                                                  {"image": "b.jpg"}]}]), source="m.json")
+    assert m.cases[0].target_ages == [6.0, None]
 
 
 def test_manifest_file_and_yaml(tmp_path):

@@ -354,7 +354,7 @@ def test_cli_with_tiny_vlm_and_badcases(capsys, portraits, tiny_vlm_dir, tmp_pat
     "extra, message",
     [
         (["--target-age", "6"], "1 --target-age values for 2 subjects"),
-        (["--task", "age"], "the age task needs one --target-age per subject"),
+        (["--task", "age"], "needs a target age for at least one person"),
         (["--label", "A"], "1 --label values for 2 subjects"),
         (["--badcases", "missing.jsonl"], "--badcases missing.jsonl: no such file"),
         (["--vlm", "no-such-dir"], "vision-language model folder 'no-such-dir' is missing"),

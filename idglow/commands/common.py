@@ -7,39 +7,49 @@ from pathlib import Path
 
 from idglow.errors import InputError
 
+KEEP_AGE = ("-", "keep")
+
 
 def add_subject_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subject", action="append", required=True, metavar="IMAGE",
                    help="portrait of one person (repeat, 1-6 times; slot order = order given)")
     p.add_argument("--task", default="fusion", choices=["fusion", "age"],
-                   help="fusion: everyone as they are; age: show each person at --target-age")
-    p.add_argument("--target-age", action="append", type=float, metavar="YEARS",
-                   help="target age per subject, in subject order (age task)")
+                   help="fusion: everyone as they are; age: show people at their --target-age")
+    p.add_argument("--target-age", action="append", type=target_age, metavar="YEARS|-",
+                   help="target age per subject, in subject order (age task); '-' or 'keep' for a person who "
+                        "keeps their own age (identity stays on at every step)")
     p.add_argument("--label", action="append", metavar="NAME", help="name per subject, in subject order")
 
 
+def target_age(text: str) -> float | None:
+    """A ``--target-age`` value: years, or ``-`` / ``keep`` (None: the person keeps their age)."""
+    if text.strip().lower() in KEEP_AGE:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of years, '-' or 'keep'") from None
+
+
 def build_subjects(args: argparse.Namespace):
-    """Check the subject flags (counts before any file is read) and decode the photos → SubjectRef list."""
+    """Check the subject flags (the group rules before any file is read) and decode the photos → SubjectRefs."""
     from idglow.images import decode_image
-    from idglow.subjects import MAX_SUBJECTS, SubjectRef
+    from idglow.subjects import SubjectRef, validate_group
 
     paths = args.subject
-    if len(paths) > MAX_SUBJECTS:
-        raise InputError(f"{len(paths)} subjects given; at most {MAX_SUBJECTS} are supported")
     ages = args.target_age or []
     if ages and len(ages) != len(paths):
-        raise InputError(f"{len(ages)} --target-age values for {len(paths)} subjects; the age task needs "
-                         f"one --target-age per subject")
-    if args.task == "age" and not ages:
-        raise InputError("the age task needs one --target-age per subject")
+        raise InputError(f"{len(ages)} --target-age values for {len(paths)} subjects; give one per subject "
+                         f"(a number of years, or '-' for a person who keeps their age)")
     labels = args.label or []
     if labels and len(labels) != len(paths):
         raise InputError(f"{len(labels)} --label values for {len(paths)} subjects")
-    return [
-        SubjectRef(image=decode_image(path), target_age=ages[i] if ages else None,
-                   label=labels[i] if labels else Path(path).stem)
-        for i, path in enumerate(paths)
-    ]
+    refs = [SubjectRef(image=path, target_age=ages[i] if ages else None,
+                       label=labels[i] if labels else Path(path).stem) for i, path in enumerate(paths)]
+    validate_group(refs, args.task)
+    for ref in refs:
+        ref.image = decode_image(ref.image)
+    return refs
 
 
 def add_face_arguments(g) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from idglow.commands.common import add_model_arguments, add_subject_arguments, build_subjects, model_settings
 from idglow.errors import InputError
+from idglow.schedule import PROFILES
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="image i uses seed+i (default: random; recorded in the sidecar)")
     p.add_argument("--id-scale", type=float, default=1.0, help="global identity strength (0 = plain FLUX)")
     p.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"),
-                   help="σ window for identity injection (overrides the task's preset)")
+                   help="σ window for identity injection (overrides the task's preset; in the age task, for the "
+                        "people with a target age)")
+    p.add_argument("--id-profile", choices=PROFILES, default="flat",
+                   help="identity strength inside the window: flat (on/off), or linear (full at the window's "
+                        "clean edge, decaying to 0 at its noisy edge)")
     p.add_argument("--steps", type=int, help="denoising steps (default: 28; tiny model: 8)")
     p.add_argument("--guidance", type=float, default=3.5, help="FLUX guidance scale")
     p.add_argument("--height", type=int, help="default: 1024 (tiny model: 64)")
@@ -73,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             id_scale=args.id_scale,
             id_window=tuple(args.window) if args.window else None,
+            id_profile=args.id_profile,
             num_images=args.num_images,
             seed=args.seed,
             num_inference_steps=steps,

@@ -26,8 +26,8 @@ A manifest is a JSON (or YAML) file::
 A subject's photo is either ``image`` — a path, relative to the manifest's folder — with an optional
 ``face_index`` (which detected face to use, largest first; default the largest), or a file shipped inside an
 installed Python package: ``package`` + ``path`` (inside the package) and ``face``, the index of the face
-counted left to right; that face is cropped out of the photo. ``target_age`` is required for every subject of
-an ``age`` manifest. The built-in manifests (``fusion`` and ``age``) use only photos bundled with insightface and
+counted left to right; that face is cropped out of the photo. An ``age`` manifest needs a ``target_age`` for at
+least one subject of each case; a subject without one keeps their own age. The built-in manifests (``fusion`` and ``age``) use only photos bundled with insightface and
 scikit-image, so they run offline.
 """
 
@@ -42,7 +42,7 @@ from typing import Any
 
 from idglow.errors import InputError
 from idglow.schedule import TASKS
-from idglow.subjects import MAX_SUBJECTS
+from idglow.subjects import SubjectRef, validate_group
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "manifests"
 BUILTIN_MANIFESTS = ("fusion", "age")
@@ -119,7 +119,7 @@ def _number(value: Any, where: str, name: str, *, integer: bool = False) -> Any:
     return value
 
 
-def _parse_subject(data: Any, where: str, task: str) -> SubjectSpec:
+def _parse_subject(data: Any, where: str) -> SubjectSpec:
     _require(isinstance(data, dict), where, f"a subject must be an object, got {data!r}")
     known = {"image", "package", "path", "face", "face_index", "target_age", "label"}
     unknown = sorted(set(data) - known)
@@ -135,14 +135,17 @@ def _parse_subject(data: Any, where: str, task: str) -> SubjectSpec:
     face_index = data.get("face_index")
     if face_index is not None:
         _number(face_index, where, "face_index", integer=True)
-        _require(face_index >= 0, where, f"face_index must be >= 0, got {face_index}")
     age = data.get("target_age")
     if age is not None:
         _number(age, where, "target_age")
-        _require(0 <= age <= 120, where, f"target_age must be between 0 and 120, got {age}")
-    _require(task != "age" or age is not None, where, "the age task needs a target_age for every subject")
     label = data.get("label")
     _require(label is None or isinstance(label, str), where, f"label must be a string, got {label!r}")
+    try:  # the per-person rules (age range, face index) are SubjectRef's
+        ref = SubjectRef(image=data.get("image") or data.get("path"), target_age=age, label=label,
+                         face_index=face_index)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    age = ref.target_age
     return SubjectSpec(
         image=data.get("image"), package=data.get("package"), path=data.get("path"), face=data.get("face"),
         face_index=face_index, target_age=None if age is None else float(age), label=label,
@@ -171,9 +174,12 @@ def parse_manifest(data: Any, root: str | Path = ".", source: str = "<manifest>"
         seen.add(case_id)
         where = f"{source}, case {case_id!r}"
         subjects = case.get("subjects")
-        _require(isinstance(subjects, list) and 1 <= len(subjects) <= MAX_SUBJECTS, where,
-                 f"'subjects' must list 1 to {MAX_SUBJECTS} subjects")
-        specs = tuple(_parse_subject(s, f"{where}, subject {k + 1}", task) for k, s in enumerate(subjects))
+        _require(isinstance(subjects, list), where, f"'subjects' must be a list, got {subjects!r}")
+        specs = tuple(_parse_subject(s, f"{where}, subject {k + 1}") for k, s in enumerate(subjects))
+        try:  # the group rules (how many people, the age task's target ages) are validate_group's
+            validate_group(specs, task)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
         scene = case.get("scene", "")
         prompt = case.get("prompt")
         _require(isinstance(scene, str), where, f"scene must be a string, got {scene!r}")
@@ -247,7 +253,6 @@ class SubjectResolver:
 
         from idglow.images import decode_image
         from idglow.samples import crop_box
-        from idglow.subjects import SubjectRef
 
         if spec.image is not None:
             path = Path(spec.image)

@@ -244,6 +244,8 @@ class EvalRunner:
         if window is not None:
             kwargs.update(subject_embeds=inputs.embeds, id_scale=s.id_scale,
                           id_window=(window.sigma_lo, window.sigma_hi))
+            if task == "age":  # people without a target age keep their identity on at every step
+                kwargs["target_ages"] = inputs.case.target_ages
         prompt = kwargs.pop("prompt")
         return self.pipe(prompt, **kwargs).images
 
