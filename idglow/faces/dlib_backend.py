@@ -17,6 +17,7 @@ from PIL import Image
 
 from idglow.errors import ModelFolderError
 from idglow.faces.base import Face, l2_normalize, sort_largest_first
+from idglow.faces.match import SAME_PERSON_THRESHOLDS
 from idglow.images import to_rgb_array
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class DlibAnalyzer:
     """
 
     embedding_dim = 128
+    #: cosine form of dlib's 0.6 Euclidean same-person rule (see ``SAME_PERSON_THRESHOLDS``).
+    same_person_threshold = SAME_PERSON_THRESHOLDS[128]
 
     def __init__(
         self,
