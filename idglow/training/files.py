@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from idglow.errors import InputError
 from idglow.losses import DPO_DIMENSIONS
 from idglow.training.buckets import make_buckets, nearest_bucket
+from idglow.training.data import DEFAULT_MISSING_STRENGTH, preference_strengths
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +113,13 @@ class PreferenceExportDataset(Dataset):
     Needs the export made with images (``jpg_0``/``jpg_1`` and ``reference_images`` bytes). References are
     embedded once with ``face_analyzer`` (largest face); per-person identity regions come from the per-slot
     boxes of ``faces_0``/``faces_1``. Rows without an overall label (both bad) keep their other dimensions.
+    Strengths per dimension: ``idglow.training.data.preference_strengths`` (``missing_strength`` where a row
+    gives none).
     """
 
     def __init__(self, source: str | Path, face_analyzer, *, resolution: int = 1024, split: str | None = "train",
-                 use_agreement_as_strength: bool = False, data_dir: str | Path | None = None):
+                 use_agreement_as_strength: bool = False, data_dir: str | Path | None = None,
+                 missing_strength: float = DEFAULT_MISSING_STRENGTH):
         import pyarrow.parquet as pq
 
         from idglow.images import decode_image
@@ -134,6 +138,7 @@ class PreferenceExportDataset(Dataset):
             raise InputError(f"{source_str}: no rows with images for split={split!r} (export with images)")
         self.buckets = make_buckets(resolution)
         self.use_agreement = use_agreement_as_strength
+        self.missing_strength = float(missing_strength)
         self.items: list[dict[str, Any]] = []
         self.bucket_ids: list[int] = []
         for r in rows:
@@ -200,7 +205,7 @@ class PreferenceExportDataset(Dataset):
         pref[2] = _pair_label(r.get("artifacts_label_0"))
         for j, v in enumerate((r.get("identity_labels_0") or [])[: len(DPO_DIMENSIONS) - 3]):
             pref[3 + j] = _pair_label(v)
-        s = float(r.get("agreement") if self.use_agreement else r.get("strength") or 0.0)
         sample["preference"] = torch.from_numpy(pref)
-        sample["strength"] = torch.full((len(DPO_DIMENSIONS),), s if s > 0 else 1.0)
+        sample["strength"] = torch.from_numpy(preference_strengths(r, use_agreement=self.use_agreement,
+                                                                   missing=self.missing_strength))
         return sample
