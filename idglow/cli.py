@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "idglow.commands.generate",
     "annotation.commands",
     "idglow.commands.samples",
+    "idglow.commands.faces",
     "idglow.commands.prompt",
     "idglow.commands.eval",
     "idglow.commands.train",

@@ -365,6 +365,16 @@ class EvalRunner:
         write_report(report, out)
         return report
 
+    def _no_age_error_reason(self, case_rows: Sequence[dict[str, Any]]) -> str:
+        face_ages = [a for r in case_rows for c in r["results"] for im in r["results"][c]["per_image"]
+                     for a in im["face_ages"]]
+        if not face_ages:
+            return "no face was found in the generated images"
+        if all(a is None for a in face_ages):
+            return (f"the face analyzer ({type(self.analyzer).__name__}) gives no age estimates; use --faces dlib "
+                    "(dlib's age network) or an insightface pack with genderage.onnx")
+        return "no generated face was matched to a subject"
+
     def skipped_reasons(self, task: str, case_rows: Sequence[dict[str, Any]]) -> dict[str, str]:
         """Why a metric has no value in this run (metrics not listed were measured)."""
         reasons: dict[str, str] = {}
@@ -375,13 +385,7 @@ class EvalRunner:
         if task != "age":
             reasons["age_error"] = "not an age benchmark"
         elif all(r["results"][c]["age_error"] is None for r in case_rows for c in r["results"]):
-            gives_ages = any(a is not None for r in case_rows for c in r["results"]
-                             for im in r["results"][c]["per_image"] for a in im["face_ages"])
-            reasons["age_error"] = (
-                "no generated face was matched to a subject" if gives_ages
-                else f"the face analyzer ({type(self.analyzer).__name__}) gives no age estimates; "
-                     "use --faces insightface"
-            )
+            reasons["age_error"] = self._no_age_error_reason(case_rows)
         if all(r["prompt_fidelity"] is None for r in case_rows):
             reasons["prompt_fidelity"] = "every case gives a literal prompt"
         return reasons
