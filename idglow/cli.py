@@ -25,6 +25,7 @@ from idglow.errors import IdGlowError
 COMMAND_MODULES = [
     "idglow.commands.generate",
     "idglow.commands.samples",
+    "idglow.commands.faces",
     "idglow.commands.prompt",
     "idglow.commands.eval",
     "idglow.commands.train",

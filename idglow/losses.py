@@ -41,8 +41,18 @@ def region_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
             (B, 1, H, W). An empty region gives 0.
 
     Returns:
-        (B,) — Σ mask·(pred − target)² / Σ mask, computed in float32.
+        (B,) — Σ mask·(pred − target)² / Σ mask, computed in float32 (also under autocast).
     """
+    with _full_precision(pred):
+        return _region_mse(pred, target, mask)
+
+
+def _full_precision(tensor: torch.Tensor):
+    """Autocast off: under mixed precision, reductions such as einsum would otherwise run in bf16/fp16."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
+def _region_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     err = (pred.float() - target.float()) ** 2
     if mask is None:
         return err.reshape(err.shape[0], -1).mean(dim=1)
@@ -60,10 +70,15 @@ def region_errors(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor)
         masks: (B, D, L) region weights (1 inside, 0 outside).
 
     Returns:
-        (B, D) — per-region mean squared error (0 for an empty region).
+        (B, D) — per-region mean squared error (0 for an empty region), float32 (also under autocast).
     """
     if masks.ndim != 3 or masks.shape[0] != pred.shape[0] or masks.shape[2] != pred.shape[1]:
         raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit predictions of shape {tuple(pred.shape)}")
+    with _full_precision(pred):
+        return _region_errors(pred, target, masks)
+
+
+def _region_errors(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     per_token = ((pred.float() - target.float()) ** 2).mean(dim=-1)  # (B, L)
     masks = masks.float()
     num = torch.einsum("bdl,bl->bd", masks, per_token)
@@ -185,7 +200,9 @@ def group_dpo_loss(
 
     Args:
         err_policy_w, err_policy_l, err_ref_w, err_ref_l: (B, D) mean squared velocity error of the policy /
-            reference over each dimension's region, for the preferred (w) and the other (l) image.
+            reference over each dimension's region, for the preferred (w) and the other (l) image, in float32
+            (or float64). Lower precision is refused: Δ is a small difference of errors, and β·Δ at
+            β ≈ 10³ would be dominated by bf16 rounding. ``region_errors`` returns float32.
         alpha: (B, D) non-negative dimension weights, 0 where the dimension is a tie or unlabelled.
         strength: (B, D), (B, 1) or a float — preference strength s ∈ [0, 1].
         beta: KL strength β > 0.
@@ -194,6 +211,24 @@ def group_dpo_loss(
     Returns:
         DPOLossOutput(loss, reward_accuracy, per_dimension).
     """
+    _check_error_dtypes(err_policy_w=err_policy_w, err_policy_l=err_policy_l, err_ref_w=err_ref_w,
+                        err_ref_l=err_ref_l)
+    with _full_precision(err_policy_w):
+        return _group_dpo_loss(err_policy_w, err_policy_l, err_ref_w, err_ref_l, alpha, strength, beta, gamma)
+
+
+def _check_error_dtypes(**errors: torch.Tensor) -> None:
+    for name, value in errors.items():
+        if value.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"{name} is {value.dtype}; group_dpo_loss needs float32 errors (β·Δ would be dominated by "
+                f"{value.dtype} rounding). Compute them in float32, e.g. with region_errors, or cast with .float()"
+            )
+
+
+def _group_dpo_loss(err_policy_w: torch.Tensor, err_policy_l: torch.Tensor, err_ref_w: torch.Tensor,
+                    err_ref_l: torch.Tensor, alpha: torch.Tensor, strength: torch.Tensor | float, beta: float,
+                    gamma: float) -> DPOLossOutput:
     shape = err_policy_w.shape
     for name, value in (("err_policy_l", err_policy_l), ("err_ref_w", err_ref_w), ("err_ref_l", err_ref_l),
                         ("alpha", alpha)):

@@ -390,7 +390,7 @@ def scene_match(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
     faces = analyzer.detect(latent)
     if reference_embeddings is None:
         reference_embeddings = np.stack([analyzer.world.code_embedding(z, c) for z, c in zip(spec.codes, spec.child)])
-    return match_faces(faces, list(reference_embeddings)), faces
+    return match_faces(faces, list(reference_embeddings), min_similarity=0.0), faces
 
 
 def layout_errors(faces: list[Face], spec: SceneSpec, min_iou: float = 0.25) -> tuple[int, int]:

@@ -40,7 +40,7 @@ def test_known_permutation_is_undone_by_hungarian_matching():
     refs = _refs(4)
     perm = [2, 0, 3, 1]  # generated face k shows subject perm[k]
     faces = [_face(refs[p], x=10.0 * k) for k, p in enumerate(perm)]
-    match = match_faces(faces, refs)
+    match = match_faces(faces, refs, min_similarity=0.5)
     assert match.face_of_slot == [perm.index(s) for s in range(4)]
     m = identity_metrics(match)
     assert m["face_sim_mean"] == pytest.approx(1.0, abs=1e-6)
@@ -54,7 +54,7 @@ def test_partial_similarity_mean_and_worst():
     # subject 1's face is a mix: its cosine to the reference is known exactly.
     mixed = _unit(0.6 * refs[1] + 0.8 * _unit(other - (other @ refs[1]) * refs[1]))
     faces = [_face(refs[0]), _face(mixed, x=20), _face(refs[2], x=40)]
-    m = identity_metrics(match_faces(faces, refs))
+    m = identity_metrics(match_faces(faces, refs, min_similarity=0.5))
     assert m["face_sim_worst"] == pytest.approx(0.6, abs=1e-5)
     assert m["face_sim_mean"] == pytest.approx((1 + 0.6 + 1) / 3, abs=1e-5)
 
@@ -62,11 +62,11 @@ def test_partial_similarity_mean_and_worst():
 def test_missing_face_counts_zero_and_rate():
     refs = _refs(3, seed=2)
     faces = [_face(refs[0]), _face(refs[2], x=30)]
-    m = identity_metrics(match_faces(faces, refs))
+    m = identity_metrics(match_faces(faces, refs, min_similarity=0.5))
     assert m["missing_rate"] == pytest.approx(1 / 3)
     assert m["face_sim_worst"] == 0.0
     assert m["face_sim_mean"] == pytest.approx(2 / 3, abs=1e-6)
-    assert identity_metrics(match_faces([], refs))["missing_rate"] == 1.0
+    assert identity_metrics(match_faces([], refs, min_similarity=0.5))["missing_rate"] == 1.0
 
 
 def test_duplicated_face_is_detected():
@@ -74,25 +74,43 @@ def test_duplicated_face_is_detected():
     # Subject 0 appears twice (slightly different), subject 1 once.
     near = _unit(refs[0] + 0.05 * _refs(1, seed=7)[0])
     faces = [_face(refs[0]), _face(refs[1], x=20), _face(near, x=40)]
-    match = match_faces(faces, refs, duplicate_similarity=0.9)
+    match = match_faces(faces, refs, min_similarity=0.5, duplicate_similarity=0.9)
     m = identity_metrics(match)
     assert match.duplicates == [0]
     assert m["duplicate_rate"] == 0.5 and m["missing_rate"] == 0.0
     # Same image with a strict threshold: no duplicate.
-    assert identity_metrics(match_faces(faces, refs, duplicate_similarity=0.9999))["duplicate_rate"] == 0.0
+    strict = match_faces(faces, refs, min_similarity=0.5, duplicate_similarity=0.9999)
+    assert identity_metrics(strict)["duplicate_rate"] == 0.0
+
+
+def test_low_similarity_assignment_becomes_missing():
+    """dlib-sized embeddings: a face that resembles its subject at cos 0.85 (below dlib's same-person
+    threshold) is no longer that subject's face. It counts as missing, scores 0, and the face is extra."""
+    refs = _refs(2, dim=128, seed=8)
+    other = _refs(1, dim=128, seed=9)[0]
+    weak = _unit(0.85 * refs[1] + np.sqrt(1 - 0.85**2) * _unit(other - (other @ refs[1]) * refs[1]))
+    faces = [_face(refs[0]), _face(weak, x=20)]
+    match = match_faces(faces, refs)
+    m = identity_metrics(match)
+    assert match.face_of_slot == [0, None] and match.missing == [1] and match.extra == [1]
+    assert m["missing_rate"] == 0.5 and m["face_sim_worst"] == 0.0
+    # The same face at a threshold it passes is assigned and scores its similarity.
+    loose = identity_metrics(match_faces(faces, refs, min_similarity=0.8))
+    assert loose["missing_rate"] == 0.0 and loose["face_sim_worst"] == pytest.approx(0.85, abs=1e-5)
 
 
 def test_age_errors_follow_the_matched_faces():
     refs = _refs(3, seed=4)
     # Faces in shuffled order with known ages; subject 2 is missing.
     faces = [_face(refs[1], x=0, age=30.0), _face(refs[0], x=20, age=9.0)]
-    match = match_faces(faces, refs)
+    match = match_faces(faces, refs, min_similarity=0.5)
     errors = age_errors(faces, match, [6.0, 35.0, 70.0])
     assert errors == [pytest.approx(3.0), pytest.approx(5.0), None]
     assert mean_or_none(errors) == pytest.approx(4.0)
     # An analyzer without ages gives no error at all.
     no_age = [_face(refs[1]), _face(refs[0], x=20)]
-    assert age_errors(no_age, match_faces(no_age, refs), [6.0, 35.0, 70.0]) == [None, None, None]
+    no_age_match = match_faces(no_age, refs, min_similarity=0.5)
+    assert age_errors(no_age, no_age_match, [6.0, 35.0, 70.0]) == [None, None, None]
     assert mean_or_none([None, None]) is None
     with pytest.raises(ValueError, match="2 target ages for 3"):
         age_errors(faces, match, [1.0, 2.0])
@@ -124,7 +142,7 @@ def test_pareto_front():
 
 def test_same_person_threshold():
     assert same_person_threshold(128) == pytest.approx(0.92)
-    assert same_person_threshold(512) == pytest.approx(0.4)
+    assert same_person_threshold(512) == pytest.approx(0.36)
     with pytest.raises(ValueError, match="64-d"):
         same_person_threshold(64)
 

@@ -70,6 +70,11 @@ def test_eval_fusion_builtin_end_to_end_and_resume(tmp_path, capsys):
     assert report["identity_windows"] == {"base": None, "always_on": [0.0, 1.0], "idglow": [0.0, 1.0]}
     assert set(report["skipped"]) == {"clip_score", "aesthetic", "age_error"}
     check_consistency(report)
+    # Both face-matching thresholds are reported: dlib's same-person threshold by default.
+    assert report["analyzer"]["match_threshold"] == pytest.approx(0.92)
+    assert report["analyzer"]["duplicate_threshold"] == pytest.approx(0.92)
+    assert "match threshold 0.92, duplicate threshold 0.92" in stdout
+    assert "assigned to a subject at cosine ≥ 0.92" in (out / "report.md").read_text()
     # Skipped metrics are marked as skipped, never given a number.
     md = (out / "report.md").read_text()
     assert "CLIP score: skipped" in md and "aesthetic: skipped" in md
@@ -134,7 +139,8 @@ def test_eval_age_with_clip_and_aesthetic_scores(tmp_path, capsys):
     assert report["configs"] == ["base", "idglow"]
     assert report["identity_windows"]["idglow"] == [0.3, 0.6]
     assert "clip_score" not in report["skipped"] and "aesthetic" not in report["skipped"]
-    assert "gives no age estimates" in report["skipped"]["age_error"]  # dlib has no age head
+    # dlib estimates ages, but the tiny model's 64 px images show no face to estimate.
+    assert report["skipped"]["age_error"] == "no face was found in the generated images"
     assert report["pareto"]["y"] == "aesthetic"
     check_consistency(report)
     row = report["cases"][0]

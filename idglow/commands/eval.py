@@ -39,8 +39,11 @@ def register(subparsers) -> None:
     p.add_argument("--id-scale", type=float, default=1.0, help="identity strength of the identity configurations")
     p.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"),
                    help="σ window of the idglow configuration (default: the task's preset)")
+    p.add_argument("--match-threshold", type=float,
+                   help="cosine similarity a face needs to count for a subject (default: the face analyzer's "
+                        "same-person threshold: dlib 0.92, ArcFace 0.36)")
     p.add_argument("--duplicate-threshold", type=float,
-                   help="cosine similarity that makes a second face a duplicate (default: per face analyzer)")
+                   help="cosine similarity that makes a second face a duplicate (default: the match threshold)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_arguments(p)
@@ -55,7 +58,8 @@ def settings_from_args(args: argparse.Namespace, default_steps: int, default_siz
     return EvalSettings(
         configs=configs, num_inference_steps=args.steps or default_steps, height=size, width=size,
         guidance_scale=args.guidance, id_scale=args.id_scale, window=tuple(args.window) if args.window else None,
-        images_per_case=args.images_per_case, limit=args.limit, duplicate_threshold=args.duplicate_threshold,
+        images_per_case=args.images_per_case, limit=args.limit, match_threshold=args.match_threshold,
+        duplicate_threshold=args.duplicate_threshold,
         num_resamples=args.bootstrap,
     )
 
@@ -97,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         summary = report["summary"][config]
         y_text = f"{y}={summary[y]['mean']:.3f}" if y else "aesthetic/clip=skipped"
         print(f"{config:10s} {x}={summary[x]['mean']:.3f} missing={summary['missing_rate']['mean']:.3f} {y_text}")
+    faces = report["analyzer"]
+    print(f"face matching: match threshold {faces['match_threshold']:g}, "
+          f"duplicate threshold {faces['duplicate_threshold']:g} (cosine)")
     stats = report["stats"]
     print(f"generated {stats['generated']}, cached {stats['cached']}, rescored {stats['rescored']} image sets")
     print(f"report: {out / 'report.md'}  {out / 'report.json'}  plot: {out / 'pareto.png'}")

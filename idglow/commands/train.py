@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
         analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root))
         dataset = PreferenceExportDataset(config.train_data, analyzer, resolution=config.resolution,
-                                          split=config.split, use_agreement_as_strength=config.use_agreement_as_strength)
+                                          split=config.split, use_agreement_as_strength=config.use_agreement_as_strength,
+                                          missing_strength=config.missing_strength)
         model, vae, encode_prompt = _load_model(config, analyzer)
         trainer = DPOTrainer(config, model, dataset, vae=vae, encode_prompt=encode_prompt)
     if config.cache_prompt_embeds:

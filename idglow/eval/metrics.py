@@ -17,21 +17,7 @@ from typing import Any
 import numpy as np
 
 from idglow.faces.base import Face, FaceMatch
-
-#: Cosine similarity above which two embeddings are taken to show the same person, by embedding size.
-#: dlib's 128-d ResNet: its documented 0.6 Euclidean distance on raw descriptors, whose norm is about 1.5,
-#: i.e. cos ≥ 1 − 0.6² / (2 · 1.5²) ≈ 0.92 on the unit vectors the analyzer returns. 512-d ArcFace: 0.4.
-SAME_PERSON_THRESHOLDS = {128: 0.92, 512: 0.4}
-
-
-def same_person_threshold(embedding_dim: int) -> float:
-    """The default same-person cosine threshold for an analyzer with embeddings of this size."""
-    try:
-        return SAME_PERSON_THRESHOLDS[int(embedding_dim)]
-    except KeyError:
-        raise ValueError(
-            f"no default same-person threshold for {embedding_dim}-d face embeddings; pass one explicitly"
-        ) from None
+from idglow.faces.match import SAME_PERSON_THRESHOLDS, same_person_threshold  # noqa: F401 (re-exported)
 
 
 def identity_metrics(match: FaceMatch) -> dict[str, float]:

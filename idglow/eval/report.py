@@ -122,6 +122,11 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
     }
 
 
+def _threshold(report: dict[str, Any], key: str) -> str:
+    value = report["analyzer"].get(key)
+    return "?" if value is None else f"{float(value):g}"
+
+
 def _fmt(entry: dict[str, Any] | None, digits: int = 3) -> str:
     if entry is None:
         return "–"
@@ -149,6 +154,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- cases: {b['num_cases']} (from `{b['source']}`), images per case and configuration: {images}",
         f"- model: `{report['model'].get('model')}`, adapter: `{report['model'].get('adapter')}`, "
         f"faces: {report['analyzer'].get('name')}",
+        f"- face matching: a face is assigned to a subject at cosine ≥ {_threshold(report, 'match_threshold')}; "
+        f"a second face at ≥ {_threshold(report, 'duplicate_threshold')} marks the subject duplicated",
         f"- {s['num_inference_steps']} steps, {s['width']}×{s['height']}, guidance {s['guidance_scale']}, "
         f"id scale {s['id_scale']}",
         f"- intervals: {conf}% percentile bootstrap over cases ({s['num_resamples']} resamples)",

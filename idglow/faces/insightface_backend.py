@@ -16,6 +16,7 @@ import numpy as np
 
 from idglow.errors import ModelFolderError
 from idglow.faces.base import Face, l2_normalize, sort_largest_first
+from idglow.faces.match import SAME_PERSON_THRESHOLDS
 from idglow.images import to_rgb_array
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class InsightFaceAnalyzer:
         self.det_size = tuple(int(v) for v in det_size)
         self.has_genderage = "genderage" in self._app.models
         self.embedding_dim = self._recognition_dim()
+        #: ArcFace's documented same-person threshold (512-d); None for a recognition model of another size.
+        self.same_person_threshold = SAME_PERSON_THRESHOLDS.get(self.embedding_dim)
         self._lock = threading.Lock()
         logger.debug("insightface pack %s loaded from %s (tasks: %s)", pack, folder, sorted(self._app.models))
 

@@ -37,7 +37,8 @@ def build_sft_dataset(photos_dir: str | Path, out_dir: str | Path, face_analyzer
                       max_faces: int = 6, margin: float = 0.4, caption: str | None = None) -> BuildReport:
     """Write ``out_dir/metadata.jsonl``, ``images/`` and ``refs/`` from the photos in ``photos_dir``.
 
-    Faces are slotted left to right. Each slot gets two references: the crop of its face (box grown by
+    Faces are slotted left to right; each slot records the face analyzer's age and gender estimates
+    (``age``, ``gender``; None when the backend gives none). Each slot gets two references: the crop of its face (box grown by
     ``margin``) and the mirrored crop, each with its embedding (the mirror's own embedding when the analyzer
     finds its face, else the original's). A photo's prompt is the text of ``NAME.txt`` beside it, else
     ``caption``, else "a group photo of N people". Photos with fewer than ``min_faces`` or more than
@@ -86,6 +87,8 @@ def build_sft_dataset(photos_dir: str | Path, out_dir: str | Path, face_analyzer
                 "references": [ref, ref_flip],
                 "embeddings": [np.asarray(face.embedding, dtype=float).round(6).tolist(),
                                np.asarray(flip_embedding, dtype=float).round(6).tolist()],
+                "age": None if face.age is None else round(float(face.age), 1),
+                "gender": face.gender,
                 "target_age": None,
             })
         text_file = photo.with_suffix(".txt")

@@ -197,10 +197,15 @@ class DPOConfig(TrainingConfig):
     alpha_identity: float = field(default=1.0, metadata={"help": "α of each identity_j dimension."})
     use_agreement_as_strength: bool = field(default=False, metadata={
         "help": "Use annotator agreement instead of the slight/clear strength as s_d."})
+    missing_strength: float = field(default=0.5, metadata={
+        "help": "s_d where a pair gives no strength (a tie on overall, an unrated vote, a missing agreement): "
+                "0.5 = slight (default), 1.0 = clear."})
     split: str | None = field(default="train", metadata={"help": "Export split to train on (null = all)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.missing_strength <= 1.0:
+            raise ValueError(f"missing_strength={self.missing_strength} must be in [0, 1] (0.5 slight, 1.0 clear)")
         if self.beta <= 0:
             raise ValueError(f"beta={self.beta} must be > 0")
         if self.gamma < 0:

@@ -9,11 +9,22 @@ An SFT sample is a dict with
 A DPO sample has the same keys for the shared conditioning, and per image i ∈ {0, 1}: latents_i /
 pixel_values_i, face_boxes_i; plus preference (D,) ∈ {+1, −1, 0} (+1: image 0 preferred on that dimension)
 and strength (D,) in the layout of ``idglow.losses.DPO_DIMENSIONS``.
+
+Regions of the DPO dimensions (``dpo_region_masks``), per image:
+    overall     the whole image
+    texture     the people's faces: the union of that image's face boxes (whole image when it has none)
+    artifacts   everything outside the face boxes (whole image when the faces cover it all)
+    identity_j  person j's face box in that image; where person j is missing from that image, the box where
+                the other image shows j (both images answer the same prompt and noise: it is where the face
+                was expected); the whole image when j is missing from both.
+A person missing from one image is therefore still a labelled identity_j pair: missing from the loser is the
+loser's identity failure.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,12 +32,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from idglow.losses import DPO_DIMENSIONS
+from idglow.losses import DPO_DIMENSIONS, IMAGE_DIMENSIONS
 from idglow.schedule import TASKS
 
 logger = logging.getLogger(__name__)
 
 NUM_DIMENSIONS = len(DPO_DIMENSIONS)
+#: Preference strength used where a row gives none (a tie on overall, an unrated vote, a missing
+#: agreement): "slight", so that an unrated preference never claims to be clear.
+DEFAULT_MISSING_STRENGTH = 0.5
 _STACKED = ("latents", "pixel_values", "prompt_embeds", "pooled_prompt_embeds", "latents_0", "latents_1",
             "pixel_values_0", "pixel_values_1", "preference", "strength")
 _LISTS = ("prompt", "task", "target_ages", "face_boxes", "face_boxes_0", "face_boxes_1", "pair_id")
@@ -47,6 +61,92 @@ def boxes_to_masks(boxes: Sequence[Sequence[Sequence[float] | None]], num_slots:
             c2, r2 = int(np.ceil(x2 * width)), int(np.ceil(y2 * height))
             masks[b, j, max(r1, 0):min(r2, height), max(c1, 0):min(c2, width)] = 1.0
     return masks
+
+
+def _identity_regions(own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """(B, n, H, W) identity regions of one image: its own face masks, the other image's where it has none,
+    the whole image where neither has the person."""
+    has_own = own.flatten(2).amax(dim=2) > 0  # (B, n)
+    has_other = other.flatten(2).amax(dim=2) > 0
+    whole = torch.ones_like(own)
+    fallback = torch.where(has_other[..., None, None], other, whole)
+    return torch.where(has_own[..., None, None], own, fallback)
+
+
+def _image_regions(faces: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) regions of overall, texture and artifacts for one image from its face masks (B, n, H, W)."""
+    whole = torch.ones_like(faces[:, 0])
+    union = faces.amax(dim=1) if faces.shape[1] else torch.zeros_like(whole)
+    has_faces = union.flatten(1).amax(dim=1) > 0
+    outside = 1.0 - union
+    has_outside = outside.flatten(1).amax(dim=1) > 0
+    texture = torch.where(has_faces[:, None, None], union, whole)
+    artifacts = torch.where(has_outside[:, None, None], outside, whole)
+    return torch.stack([whole, texture, artifacts], dim=1)
+
+
+def dpo_region_masks(boxes_0: Sequence[Sequence[Sequence[float] | None]],
+                     boxes_1: Sequence[Sequence[Sequence[float] | None]], num_slots: int, height: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent-pixel regions of every DPO dimension for image 0 and image 1 of each pair (see the module
+    docstring for what each region is).
+
+    Args:
+        boxes_0, boxes_1: per pair, the normalised face box of each slot in image 0 / image 1 (None: missing).
+        num_slots: identity slots in the batch (padded slots have no box in either image).
+        height, width: latent size.
+
+    Returns:
+        Two (B, D, height, width) masks in the layout of ``DPO_DIMENSIONS``; every region is non-empty, and
+        identity slots beyond ``num_slots`` are the whole image (their preference is 0: unlabelled).
+    """
+    faces_0 = boxes_to_masks(boxes_0, num_slots, height, width)
+    faces_1 = boxes_to_masks(boxes_1, num_slots, height, width)
+    k = len(IMAGE_DIMENSIONS)
+    n = min(num_slots, NUM_DIMENSIONS - k)
+    out = []
+    for own, other in ((faces_0, faces_1), (faces_1, faces_0)):
+        masks = torch.ones(own.shape[0], NUM_DIMENSIONS, height, width)
+        masks[:, :k] = _image_regions(own)
+        masks[:, k:k + n] = _identity_regions(own[:, :n], other[:, :n])
+        out.append(masks)
+    return out[0], out[1]
+
+
+def _strength_value(value: Any) -> float | None:
+    """A stored strength or agreement as a number in (0, 1], or None when it is missing, NaN or 0."""
+    if value is None:
+        return None
+    value = float(value)
+    if math.isnan(value) or value <= 0.0:
+        return None
+    if value > 1.0:
+        raise ValueError(f"preference strength {value} is above 1; strengths and agreements lie in [0, 1]")
+    return value
+
+
+def preference_strengths(row: dict[str, Any], *, use_agreement: bool = False,
+                         missing: float = DEFAULT_MISSING_STRENGTH) -> np.ndarray:
+    """Per-dimension preference strength s_d (D,) of one export row, in the layout of ``DPO_DIMENSIONS``.
+
+    The overall strength is the row's ``agreement`` (``use_agreement``) or its ``strength`` (slight 0.5,
+    clear 1.0); where it is missing, NaN or 0 (ties, unrated votes) it is ``missing``. A dimension takes its
+    own strength where the row has one (``texture_strength``, ``artifacts_strength``,
+    ``identity_strengths_0[j]``), else the overall strength.
+    """
+    if not 0.0 <= missing <= 1.0:
+        raise ValueError(f"missing strength {missing} must be in [0, 1]")
+    overall = _strength_value(row.get("agreement") if use_agreement else row.get("strength"))
+    overall = missing if overall is None else overall
+    out = np.full(NUM_DIMENSIONS, overall, dtype=np.float32)
+    for d, key in ((1, "texture_strength"), (2, "artifacts_strength")):
+        own = _strength_value(row.get(key))
+        out[d] = overall if own is None else own
+    k = len(IMAGE_DIMENSIONS)
+    for j, value in enumerate(list(row.get("identity_strengths_0") or [])[: NUM_DIMENSIONS - k]):
+        own = _strength_value(value)
+        out[k + j] = overall if own is None else own
+    return out
 
 
 def collate_group_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

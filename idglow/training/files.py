@@ -17,6 +17,7 @@ from idglow.errors import InputError
 from idglow.faces.base import face_backend_name
 from idglow.losses import DPO_DIMENSIONS
 from idglow.training.buckets import make_buckets, nearest_bucket
+from idglow.training.data import DEFAULT_MISSING_STRENGTH, preference_strengths
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +117,12 @@ class PreferenceExportDataset(Dataset):
     with embeddings of another backend than ``face_analyzer``, embed the ``reference_images`` again with
     ``face_analyzer`` (largest face). Per-person identity regions come from the per-slot boxes of
     ``faces_0``/``faces_1``. Rows without an overall label (both bad) keep their other dimensions.
+    Strengths per dimension: ``idglow.training.data.preference_strengths`` (``missing_strength`` where a row
+    gives none).
     """
 
     def __init__(self, source: str | Path, face_analyzer=None, *, resolution: int = 1024, split: str | None = "train",
-                 use_agreement_as_strength: bool = False):
+                 use_agreement_as_strength: bool = False, missing_strength: float = DEFAULT_MISSING_STRENGTH):
         import pyarrow.parquet as pq
 
         from idglow.images import decode_image
@@ -141,6 +144,7 @@ class PreferenceExportDataset(Dataset):
         self.use_agreement = use_agreement_as_strength
         self.face_analyzer = face_analyzer
         self.redetected = 0  # rows whose references were embedded again
+        self.missing_strength = float(missing_strength)
         self.items: list[dict[str, Any]] = []
         self.bucket_ids: list[int] = []
         for r in rows:
@@ -210,7 +214,7 @@ class PreferenceExportDataset(Dataset):
         pref[2] = _pair_label(r.get("artifacts_label_0"))
         for j, v in enumerate((r.get("identity_labels_0") or [])[: len(DPO_DIMENSIONS) - 3]):
             pref[3 + j] = _pair_label(v)
-        s = float(r.get("agreement") if self.use_agreement else r.get("strength") or 0.0)
         sample["preference"] = torch.from_numpy(pref)
-        sample["strength"] = torch.full((len(DPO_DIMENSIONS),), s if s > 0 else 1.0)
+        sample["strength"] = torch.from_numpy(preference_strengths(r, use_agreement=self.use_agreement,
+                                                                   missing=self.missing_strength))
         return sample

@@ -192,7 +192,7 @@ def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]],
     fraction of labelled (pair, dimension) entries where Δ_d < 0, averaging the errors over ``draws`` noise/σ
     draws; Δ_d = 0 (policy = reference) counts one half."""
     from idglow.losses import orient_pairs, region_errors
-    from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks
+    from idglow.training.data import NUM_DIMENSIONS, dpo_region_masks
     from idglow.training.modeling import pack_masks
 
     was_training = model.training
@@ -204,13 +204,8 @@ def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]],
         lat = torch.cat([batch["latents_0"], batch["latents_1"]])
         b, _, h, w = batch["latents_0"].shape
         n = batch["id_embeds"].shape[1]
-        masks = []
-        for key in ("face_boxes_0", "face_boxes_1"):
-            m = torch.zeros(b, NUM_DIMENSIONS, (h // 2) * (w // 2))
-            m[:, :3] = 1.0
-            m[:, 3:3 + n] = pack_masks(boxes_to_masks(batch[key], n, h, w))[:, : NUM_DIMENSIONS - 3]
-            masks.append(m)
-        masks = torch.cat(masks)
+        masks = torch.cat([pack_masks(m) for m in dpo_region_masks(batch["face_boxes_0"], batch["face_boxes_1"],
+                                                                    n, h, w)])
         windows = [window_for_task(t) for t in batch["task"]]
         err_p = torch.zeros(2 * b, NUM_DIMENSIONS)
         err_r = torch.zeros(2 * b, NUM_DIMENSIONS)
@@ -228,8 +223,6 @@ def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]],
             err_r += region_errors(model(*args, reference=True), target, masks)
         pw, pl, lab = orient_pairs(err_p[:b], err_p[b:], batch["preference"])
         rw, rl, _ = orient_pairs(err_r[:b], err_r[b:], batch["preference"])
-        present = ((masks[:b].sum(-1) > 0) & (masks[b:].sum(-1) > 0)).float()
-        lab = lab * present
         delta = (pw - rw) - (pl - rl)
         correct += float((((delta < 0).float() + 0.5 * (delta == 0).float()) * lab).sum())
         total += float(lab.sum())

@@ -31,7 +31,7 @@ from idglow.losses import (
 from idglow.schedule import IdentityWindow, window_for_task
 from idglow.training.buckets import BucketBatchSampler
 from idglow.training.config import DPOConfig, SFTConfig, TrainingConfig
-from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks, collate_group_samples
+from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks, collate_group_samples, dpo_region_masks
 from idglow.training.modeling import (
     IdGlowDenoiser,
     attention_backend,
@@ -408,14 +408,10 @@ class DPOTrainer(BaseTrainer):
     def setup_model(self, model: IdGlowDenoiser) -> None:
         model.make_reference()
 
-    def region_masks(self, boxes, n_slots: int, h: int, w: int) -> torch.Tensor:
-        """(B, D, L): whole image for overall/texture/artifacts, person j's face for identity_j."""
-        faces = pack_masks(boxes_to_masks(boxes, n_slots, h, w))  # (B, n, L)
-        b, _, length = faces.shape
-        masks = torch.zeros(b, NUM_DIMENSIONS, length)
-        masks[:, :3] = 1.0
-        masks[:, 3:3 + n_slots] = faces[:, : NUM_DIMENSIONS - 3]
-        return masks.to(self.device)
+    def region_masks(self, boxes_0, boxes_1, n_slots: int, h: int, w: int) -> torch.Tensor:
+        """(2B, D, L): each dimension's region in image 0 of every pair, then in image 1 (``dpo_region_masks``)."""
+        masks_0, masks_1 = dpo_region_masks(boxes_0, boxes_1, n_slots, h, w)
+        return torch.cat([pack_masks(masks_0), pack_masks(masks_1)]).to(self.device)
 
     def compute_loss(self, batch, generator):
         cfg: DPOConfig = self.config
@@ -436,16 +432,13 @@ class DPOTrainer(BaseTrainer):
             ref = self.unwrapped(*args, reference=True)
         target = pack_latents(flow_target(latents, noise2))
         n = batch["id_embeds"].shape[1]
-        masks = torch.cat([self.region_masks(batch["face_boxes_0"], n, h, w),
-                           self.region_masks(batch["face_boxes_1"], n, h, w)])
+        masks = self.region_masks(batch["face_boxes_0"], batch["face_boxes_1"], n, h, w)
         err_pol = region_errors(pred, target, masks)
         err_ref = region_errors(ref.float(), target, masks)
         preference = batch["preference"].to(self.device)
         pw, pl, labelled = orient_pairs(err_pol[:b], err_pol[b:], preference)
         rw, rl, _ = orient_pairs(err_ref[:b], err_ref[b:], preference)
         alpha = torch.tensor(cfg.alpha_vector(NUM_DIMENSIONS - 3), device=self.device)[None] * labelled
-        present = (masks[:b].sum(-1) > 0) & (masks[b:].sum(-1) > 0)  # a person missing in either image
-        alpha = alpha * present.float()
         out = group_dpo_loss(pw, pl, rw, rl, alpha, batch["strength"].to(self.device), cfg.beta, cfg.gamma)
         logs = {"reward_accuracy": float(out.reward_accuracy)}
         logs.update(out.named(DPO_DIMENSIONS))
