@@ -68,6 +68,12 @@ def build_app(services: AppServices) -> gr.Blocks:
 
 
 def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
-    """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped."""
+    """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped, raw uploads
+    recorded and never served back (:class:`TempAreaGuard`)."""
+    from starlette.middleware import Middleware
+
+    from annotation.ui.file_guard import TempAreaGuard
+
     return dict(server_name=host, server_port=port, share=False, max_file_size=f"{max_upload_mb}mb",
-                css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True)
+                css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True,
+                app_kwargs={"middleware": [Middleware(TempAreaGuard)]})
