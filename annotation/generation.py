@@ -307,6 +307,7 @@ class GenerationService:
         and store the generation(s) for this visitor with an expiry."""
         import secrets
 
+        self.queue.check(owner=request.visitor_id)  # a busy answer comes before any costly preparation
         self.check_request(request)
         versions = list(dict.fromkeys(request.model_versions)) or [self.base_version]
         refs = self._refs(request.subjects)
@@ -322,7 +323,7 @@ class GenerationService:
         adapters = {v: self.adapter_for(v) for v in versions}
 
         outputs = []
-        with self.queue.slot(on_wait):
+        with self.queue.slot(on_wait, owner=request.visitor_id):
             for k, version in enumerate(versions):
                 def callback(pipe, step, timestep, kwargs, _offset=k * steps):
                     if on_step is not None:

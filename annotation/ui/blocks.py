@@ -15,6 +15,10 @@ from annotation.ui.research_handlers import ResearchHandlers
 from annotation.ui.research_tab import build_research_tab
 from annotation.ui.theme import CSS, SHORTCUTS_JS
 
+# Gradio lets this many more generate calls reach the app than the generator's queue admits, so that a call
+# beyond the queue's limits gets the app's own "busy, try again in …" at once instead of waiting in Gradio's queue.
+REFUSAL_LANES = 4
+
 
 @dataclass
 class AppServices:
@@ -52,7 +56,7 @@ def build_app(services: AppServices) -> gr.Blocks:
             signed = gr.Markdown(elem_id="signin-status")
         with gr.Tabs():
             build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny,
-                               concurrency_limit=services.concurrency + services.max_queue)
+                               concurrency_limit=services.concurrency + services.max_queue + REFUSAL_LANES)
             annotate_tab = build_annotate_tab(AnnotateHandlers(services.annotation, services.auth), token)
             research_tab = build_research_tab(ResearchHandlers(services.research, services.auth), token)
         opts = dict(concurrency_id="signin", concurrency_limit=4)

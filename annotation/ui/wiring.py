@@ -51,7 +51,7 @@ def build_services(settings):
     pipe = load_pipeline(model)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
-        queue=GpuQueue(settings.concurrency, settings.max_queue), safety_checker=safety, blocklist=blocklist,
+        queue=GpuQueue(settings.concurrency, settings.max_queue, settings.max_per_visitor), safety_checker=safety, blocklist=blocklist,
         retention=settings.retention, default_steps=model.default_steps, default_size=model.default_size,
     )
     generation.ensure_base_version(settings.adapter_dir, base_model=settings.model_dir or "tiny")
