@@ -86,13 +86,6 @@ class GpuQueue:
         if seconds is not None:
             self._job_seconds = 0.7 * self._job_seconds + 0.3 * seconds
 
-    def check(self, owner: str | None = None) -> None:
-        """Refuse now, before any costly preparation, a request that :meth:`slot` would refuse (it admits
-        nothing: the place is taken by :meth:`slot`)."""
-        with self._lock:
-            self._admit(owner)
-            self._release(owner, None)
-
     @contextmanager
     def slot(self, on_wait: Callable[[int], None] | None = None, owner: str | None = None):
         """Hold one generation place for the ``with`` body; ``on_wait(ahead)`` is called when it must wait."""

@@ -1,12 +1,12 @@
 """The generator under a burst: busy answers, the per-visitor limit and vote latency, on the real running app.
 
-``python -m benchmarks.bench_busy [--burst 20] [--votes 40] [--steps 40]``
+``python benchmarks/bench_busy.py [--burst 20] [--votes 40] [--steps 20]``
 
 Starts ``python app.py`` (tiny model, dlib, SQLite in a temporary folder with a seeded annotation pool, default
 queue: 1 running + 8 waiting, 2 per visitor) on a free local port in its own process, then at once: ``--burst``
-visitors (one session each) call generate while an annotator votes. Measures how long each refused call took to get its answer, how many
-were admitted, the vote latency while they wait, and how one visitor's third simultaneous call is answered.
-Prints one RESULT line. Every loop is bounded (calls, votes and a deadline).
+visitors (one session each) call generate while an annotator votes. Measures how long each refused call took
+to get its answer, how many were admitted, the vote latency while they wait (and, side by side, with no
+generation at all), and how one visitor's third simultaneous call is answered. Prints one RESULT line. Every loop is bounded (calls, votes and a deadline).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TABLE = {"headers": ["person", "label", "target age", "ID weight"], "data": [[1, "Ann", None, 1.0], [2, "Bob", None, 1.0]]}
 DEADLINE_S = 300.0
@@ -129,6 +131,7 @@ def run(burst: int, votes: int, steps: int) -> dict:
         portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
         with _served_app(store.data_dir, Path(tmp) / "app.log") as url:
             visitors = [_visitor(url, portraits) for _ in range(burst)]
+            idle_s = _vote_loop(url, "annotator1", DEMO_PASSWORD, votes // 2, threading.Event())
             stop = threading.Event()
             with ThreadPoolExecutor(burst + 1) as pool:
                 voting = pool.submit(_vote_loop, url, "annotator1", DEMO_PASSWORD, votes, stop)
@@ -144,20 +147,23 @@ def run(burst: int, votes: int, steps: int) -> dict:
                 busy_max_s=max(busy, default=float("nan")), busy_p95_s=_p95(busy),
                 longest_admitted_s=max(done, default=float("nan")), votes=len(vote_s),
                 vote_p50_ms=1000 * statistics.median(vote_s) if vote_s else float("nan"),
-                vote_p95_ms=1000 * _p95(vote_s), per_visitor="/".join(per_visitor))
+                vote_p95_ms=1000 * _p95(vote_s), idle_vote_p50_ms=1000 * statistics.median(idle_s),
+                idle_vote_p95_ms=1000 * _p95(idle_s), per_visitor="/".join(per_visitor))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--burst", type=int, default=20, help="visitors calling generate at once")
     parser.add_argument("--votes", type=int, default=40, help="votes cast while they wait (at most)")
-    parser.add_argument("--steps", type=int, default=40, help="denoising steps per generation")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
     args = parser.parse_args(argv)
     r = run(args.burst, args.votes, args.steps)
     print(f"RESULT bench_busy burst={r['burst']} admitted={r['admitted']} busy={r['busy']} errors={r['errors']} "
           f"busy_answer_p95_s={r['busy_p95_s']:.2f} busy_answer_max_s={r['busy_max_s']:.2f} "
           f"longest_admitted_s={r['longest_admitted_s']:.1f} votes={r['votes']} vote_p50_ms={r['vote_p50_ms']:.0f} "
-          f"vote_p95_ms={r['vote_p95_ms']:.0f} one_visitor_3_calls={r['per_visitor']}", flush=True)
+          f"vote_p95_ms={r['vote_p95_ms']:.0f} idle_vote_p50_ms={r['idle_vote_p50_ms']:.0f} "
+          f"idle_vote_p95_ms={r['idle_vote_p95_ms']:.0f} vote_p95_ratio={r['vote_p95_ms'] / r['idle_vote_p95_ms']:.2f} "
+          f"one_visitor_3_calls={r['per_visitor']}", flush=True)
 
 
 if __name__ == "__main__":
