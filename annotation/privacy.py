@@ -136,19 +136,26 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def remove_stray_temp_files(root: str | os.PathLike[str]) -> int:
+STRAY_MIN_AGE_S = 10.0  # an upload being received starts as an empty file at the same place
+
+
+def remove_stray_temp_files(root: str | os.PathLike[str], now: float | None = None,
+                            min_age_s: float = STRAY_MIN_AGE_S) -> int:
     """Delete the empty ``tmp*`` files the web server leaves at the top of its temporary area (one per
-    processed upload); returns how many were removed."""
+    processed upload) once they are ``min_age_s`` old (younger ones may be uploads still arriving); returns how
+    many were removed."""
+    now = time.time() if now is None else now
     removed = 0
     root = Path(root)
     if not root.is_dir():
         return 0
     for entry in root.iterdir():
         try:
-            stray = entry.name.startswith("tmp") and entry.is_file() and entry.stat().st_size == 0
+            info = entry.stat()
+            stray = entry.name.startswith("tmp") and entry.is_file() and info.st_size == 0
         except OSError:
             continue
-        removed += stray and _unlink(entry)
+        removed += stray and now - info.st_mtime >= min_age_s and _unlink(entry)
     return removed
 
 
@@ -244,14 +251,16 @@ def _image_size(path) -> tuple[int, int]:
         return img.size
 
 
-def forget_visitor_files(data_dir: str | os.PathLike[str], visitor_id: str, images: list[Path]) -> int:
-    """Remove a visitor's download folder and every served copy of their pictures and downloads from the
-    temporary area (call it before the pictures themselves are deleted). Returns how many files went."""
+def forget_visitor_files(data_dir: str | os.PathLike[str], visitor_id: str, images: list[Any]) -> int:
+    """Remove a visitor's download folder and every served copy of their pictures (image files, read before
+    they are deleted, or PIL images such as face crops that were shown but never stored) and downloads from
+    the temporary area. Returns how many files went."""
     from annotation.storage import temp_area, visitor_downloads
 
     folder = visitor_downloads(data_dir, visitor_id)
     downloads = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
-    removed = purge_served_copies(temp_area(data_dir), [p for p in images if Path(p).is_file()], downloads)
+    pictures = [p for p in images if not isinstance(p, (str, os.PathLike)) or Path(p).is_file()]
+    removed = purge_served_copies(temp_area(data_dir), pictures, downloads)
     removed += len(downloads)
     shutil.rmtree(folder, ignore_errors=True)
     return removed
@@ -265,7 +274,7 @@ def sweep_temp_area(root: str | os.PathLike[str], now: float, *, upload_max_age:
     and the empty files left per upload. Files last written within ``keep_between`` (the app's own files,
     written while it was built) stay. Returns how many files were removed."""
     root = Path(root).resolve()
-    removed = remove_stray_temp_files(root)
+    removed = remove_stray_temp_files(root, now)
     for path in registry.older_than(now - upload_max_age):
         if Path(path).is_relative_to(root):
             registry.forget(path)

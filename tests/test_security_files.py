@@ -154,6 +154,8 @@ def test_a_temp_area_path_sent_as_an_upload_deletes_nothing(app, sample_portrait
 
 
 def test_a_processed_upload_leaves_nothing_in_the_temp_area(app, sample_portraits):
+    from annotation.privacy import RetentionSweeper
+
     def top_level_files() -> list[Path]:
         return [p for p in _temp(app).iterdir() if p.is_file()]
 
@@ -162,6 +164,8 @@ def test_a_processed_upload_leaves_nothing_in_the_temp_area(app, sample_portrait
     kind, out = _call(app, "upload", [[{"path": path, "meta": {"_type": "gradio.FileData"}}], True, None])
     assert kind == "complete", out
     assert not Path(path).exists() and not Path(path).parent.exists(), "the original must be deleted once decoded"
+    sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir)
+    sweeper.sweep_files(now=time.time() + 60)  # the next pass of the sweeper, a minute later
     assert set(top_level_files()) - before == set(), "no empty temporary file may be left per upload"
 
 
@@ -180,3 +184,21 @@ def test_expired_generation_takes_its_served_copies_with_it(app, sample_portrait
     result = sweeper.sweep_once(now=utcnow() + timedelta(hours=25))
     assert result.generations >= 1
     assert [httpx.get(u, timeout=30).status_code for u in urls] == [404] * len(urls)
+
+
+def test_a_crop_shown_but_never_stored_can_be_purged_by_its_pixels(tmp_path):
+    """Gradio's own cache function writes the shown crop (the app's galleries use PNG); the purge finds it by
+    its pixels and leaves another picture alone."""
+    import numpy as np
+    from gradio.processing_utils import save_pil_to_cache
+
+    from annotation.privacy import forget_visitor_files
+    from annotation.storage import temp_area
+
+    rng = np.random.default_rng(0)
+    crop = Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    other = Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    shown = Path(save_pil_to_cache(crop, str(temp_area(tmp_path)), format="png"))
+    kept = Path(save_pil_to_cache(other, str(temp_area(tmp_path)), format="png"))
+    assert forget_visitor_files(tmp_path, "c" * 32, [crop]) == 1
+    assert not shown.exists() and kept.exists()

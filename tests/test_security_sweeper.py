@@ -34,13 +34,14 @@ def test_temp_area_pass_removes_each_kind_after_its_own_age(tmp_path):
     new_zip = _file(tmp / "b2" / "export.zip", age_s=60)
     old_picture = _file(tmp / "c1" / "image.png", age_s=25 * 3600)
     day_picture = _file(tmp / "c2" / "image.png", age_s=20 * 3600)
-    stray = _file(tmp / "tmpabc123", b"")
+    stray = _file(tmp / "tmpabc123", b"", age_s=60)
+    arriving = _file(tmp / "tmpdef456", b"")  # an upload whose first bytes are on their way
     old_download = _file(visitor_downloads(store.data_dir, "v" * 32) / "idglow.zip", age_s=25 * 3600)
 
     temp, downloads = sweeper.sweep_files()
 
     gone = [upload, old_zip, old_picture, stray, old_download]
-    kept = [fresh_upload, new_zip, day_picture]
+    kept = [fresh_upload, new_zip, day_picture, arriving]
     assert [p.exists() for p in gone] == [False] * len(gone)
     assert [p.exists() for p in kept] == [True] * len(kept)
     assert (temp, downloads) == (4, 1)
