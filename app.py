@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 logger = logging.getLogger("idglow.app")
@@ -24,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         settings = parse_settings(argv)
-        data_dir = Path(settings.data_dir or os.environ.get("IDGLOW_DATA_DIR") or "data")
-        os.environ.setdefault("GRADIO_TEMP_DIR", str((data_dir / "tmp").resolve()))
         from annotation.ui.wiring import build_services
 
         services, sweeper = build_services(settings)

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from annotation.errors import AlreadyExists, NotFound
-from annotation.storage import remove_files, store_image
+from annotation.storage import image_file, remove_files, store_image
 from annotation.users import get_user, require_role
 from db.models import (
     Candidate,
@@ -398,8 +398,10 @@ def set_gold(session: Session, comparison_id: int, answer: Overall | str, *, by_
 
 # ------------------------------------------------------------------------------------ deletion & expiry
 def _delete_generations_and_photos(
-    session: Session, gen_filter, photo_filter, data_dir: str | os.PathLike[str]
+    session: Session, gen_filter, photo_filter, data_dir: str | os.PathLike[str], before_files=None
 ) -> tuple[int, int, int]:
+    """Delete the matching rows, then ``before_files(paths)`` (the rows' image paths, still on disk), then the
+    image files no other row uses."""
     gen_ids = list(session.scalars(select(Generation.id).where(gen_filter)))
     photo_ids = list(session.scalars(select(ReferencePhoto.id).where(photo_filter)))
     paths: set[str] = set()
@@ -422,8 +424,9 @@ def _delete_generations_and_photos(
         )
         still_used.update(session.scalars(select(ReferencePhoto.path).where(ReferencePhoto.path.in_(paths))))
     session.commit()
+    served = before_files(sorted(paths)) if before_files is not None else 0
     removed = remove_files(data_dir, paths - still_used)
-    return len(gen_ids), len(photo_ids), removed
+    return len(gen_ids), len(photo_ids), removed + served
 
 
 @dataclass(frozen=True)
@@ -436,26 +439,43 @@ class DeletionResult:
 def delete_visitor_data(
     session: Session, visitor_id: str, data_dir: str | os.PathLike[str]
 ) -> DeletionResult:
-    """Remove every generation and reference photo of a visitor session, with their rows and files
-    (files still used by someone else's rows stay)."""
+    """Remove every generation and reference photo of a visitor session, with their rows and files (files
+    still used by someone else's rows stay), the visitor's download folder, and every copy of their pictures
+    and downloads that the web server served."""
+    from annotation.privacy import forget_visitor_files
+
     if not visitor_id:
         raise InputError("visitor id must not be empty")
+
+    def served_copies(paths: list[str]) -> int:
+        return forget_visitor_files(data_dir, visitor_id, [image_file(data_dir, p) for p in paths])
+
     g, p, f = _delete_generations_and_photos(
-        session, Generation.visitor_id == visitor_id, ReferencePhoto.visitor_id == visitor_id, data_dir
+        session, Generation.visitor_id == visitor_id, ReferencePhoto.visitor_id == visitor_id, data_dir,
+        served_copies,
     )
     logger.info("deleted visitor data: %d generations, %d photos, %d files", g, p, f)
     return DeletionResult(g, p, f)
 
 
 def sweep_expired(session: Session, now: datetime, data_dir: str | os.PathLike[str]) -> DeletionResult:
-    """Remove generations and reference photos whose ``expires_at`` is before ``now``."""
+    """Remove generations and reference photos whose ``expires_at`` is before ``now``, with the served
+    copies of their pictures."""
+    from annotation.privacy import purge_served_copies
+    from annotation.storage import temp_area
+
     if now.tzinfo is None:
         raise InputError(f"now={now!r} must be timezone-aware")
+
+    def served_copies(paths: list[str]) -> int:
+        return purge_served_copies(temp_area(data_dir), [image_file(data_dir, p) for p in paths]) if paths else 0
+
     g, p, f = _delete_generations_and_photos(
         session,
         (Generation.expires_at.is_not(None)) & (Generation.expires_at < now),
         (ReferencePhoto.expires_at.is_not(None)) & (ReferencePhoto.expires_at < now),
         data_dir,
+        served_copies,
     )
     if g or p:
         logger.info("retention sweep: %d generations, %d photos, %d files", g, p, f)

@@ -185,8 +185,16 @@ class GenerationService:
         on_wait: Callable[[int], None] | None = None,
     ) -> GenerationResult:
         """Run the request on every chosen model version (same subjects, same seeds), screen the images,
-        store the generation(s) for this visitor with an expiry and write the download files."""
+        store the generation(s) for this visitor with an expiry and write the download files.
+
+        Cheap checks run first; then the request takes its place in the generator's queue: a full queue (or a
+        visitor with too many pending) is refused at once, and the preparation (prompt writing, face analysis)
+        runs in turn, not all at once."""
         self.check_request(request)
+        with self.queue.slot(on_wait, owner=request.visitor_id):
+            return self._generate(request, on_step)
+
+    def _generate(self, request: GenerationRequest, on_step: Callable[[int, int], None] | None) -> GenerationResult:
         versions = list(dict.fromkeys(request.model_versions)) or [self.base_version]
         prompt_kwargs, prompt_text, source = self._prompt(request)
         self.blocklist.check([prompt_text], request.task, [s.target_age for s in request.subjects])
@@ -196,21 +204,20 @@ class GenerationService:
         adapters = {v: self.adapter_for(v) for v in versions}
 
         outputs = []
-        with self.queue.slot(on_wait):
-            for k, version in enumerate(versions):
-                def callback(pipe, step, timestep, kwargs, _offset=k * steps):
-                    if on_step is not None:
-                        on_step(_offset + step + 1, total)
-                    return kwargs
+        for k, version in enumerate(versions):
+            def callback(pipe, step, timestep, kwargs, _offset=k * steps):
+                if on_step is not None:
+                    on_step(_offset + step + 1, total)
+                return kwargs
 
-                out = self.pipe(
-                    **prompt_kwargs, subjects=list(request.subjects), task=request.task,
-                    id_scale=float(request.id_scale), id_window=request.id_window, num_images=request.num_images,
-                    seed=seed, adapter=adapters[version], num_inference_steps=steps,
-                    guidance_scale=float(request.guidance_scale), height=request.height or self.default_size,
-                    width=request.width or self.default_size, callback_on_step_end=callback,
-                )
-                outputs.append((version, out))
+            out = self.pipe(
+                **prompt_kwargs, subjects=list(request.subjects), task=request.task,
+                id_scale=float(request.id_scale), id_window=request.id_window, num_images=request.num_images,
+                seed=seed, adapter=adapters[version], num_inference_steps=steps,
+                guidance_scale=float(request.guidance_scale), height=request.height or self.default_size,
+                width=request.width or self.default_size, callback_on_step_end=callback,
+            )
+            outputs.append((version, out))
         result = self._store(request, outputs, prompt_text, source, seed)
         if request.visitor_id:
             labels = [s.label or f"Person {i}" for i, s in enumerate(request.subjects, start=1)]

@@ -9,11 +9,14 @@ here logs an address or any other detail about a visitor.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import secrets
+import shutil
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,6 +47,8 @@ def heif_supported() -> bool:
         return False
     register_heif_opener()
     return True
+DEFAULT_UPLOAD_MAX_AGE = timedelta(minutes=5)  # an upload nobody processed
+DEFAULT_COPY_MAX_AGE = timedelta(hours=1)  # served copies of downloads and exports
 
 
 @dataclass(frozen=True)
@@ -148,16 +153,248 @@ def decode_upload(source: str | os.PathLike[str] | bytes, limits: UploadLimits =
     return clean
 
 
-def discard_upload(path: str | os.PathLike[str] | None) -> None:
-    """Delete the web server's temporary copy of an upload (it still holds the original metadata)."""
-    if not path:
-        return
+class UploadRegistry:
+    """Raw uploads as the web server received them (original bytes, metadata included), by path.
+
+    The web layer records each upload here; :func:`discard_upload` deletes only recorded uploads inside a
+    watched temporary area (never a served copy or another file a caller names), and the sweeper removes
+    recorded uploads that nobody processed within minutes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._uploads: dict[str, float] = {}
+        self._roots: set[Path] = set()
+
+    def watch(self, root: str | os.PathLike[str]) -> None:
+        """Guard this temporary area: files in it are deleted on request only if they were uploads."""
+        with self._lock:
+            self._roots.add(Path(root).resolve())
+
+    def root_of(self, path: str | os.PathLike[str]) -> Path | None:
+        """The watched temporary area that holds ``path``, or None."""
+        resolved = Path(path).resolve()
+        with self._lock:
+            return next((root for root in self._roots if resolved.is_relative_to(root)), None)
+
+    def covers(self, path: str | os.PathLike[str]) -> bool:
+        return self.root_of(path) is not None
+
+    def add(self, paths: list[str], when: float | None = None) -> None:
+        when = time.time() if when is None else when
+        with self._lock:
+            self._uploads.update({str(Path(p).resolve()): when for p in paths})
+
+    def is_upload(self, path: str | os.PathLike[str]) -> bool:
+        with self._lock:
+            return str(Path(path).resolve()) in self._uploads
+
+    def forget(self, path: str | os.PathLike[str]) -> None:
+        with self._lock:
+            self._uploads.pop(str(Path(path).resolve()), None)
+
+    def older_than(self, cutoff: float) -> list[str]:
+        with self._lock:
+            return [p for p, t in self._uploads.items() if t < cutoff]
+
+
+UPLOADS = UploadRegistry()
+
+
+def _unlink(path: Path) -> bool:
     try:
-        Path(path).unlink()
+        path.unlink()
+        return True
     except FileNotFoundError:
-        pass
+        return False
     except OSError as err:  # pragma: no cover - permissions on an odd temp dir
-        logger.warning("could not delete a temporary upload: %s", err.strerror)
+        logger.warning("could not delete a temporary file: %s", err.strerror)
+        return False
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+STRAY_MIN_AGE_S = 10.0  # an upload being received starts as an empty file at the same place
+
+
+def remove_stray_temp_files(root: str | os.PathLike[str], now: float | None = None,
+                            min_age_s: float = STRAY_MIN_AGE_S) -> int:
+    """Delete the empty ``tmp*`` files the web server leaves at the top of its temporary area (one per
+    processed upload) once they are ``min_age_s`` old (younger ones may be uploads still arriving); returns how
+    many were removed."""
+    now = time.time() if now is None else now
+    removed = 0
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    for entry in root.iterdir():
+        try:
+            info = entry.stat()
+            stray = entry.name.startswith("tmp") and entry.is_file() and info.st_size == 0
+        except OSError:
+            continue
+        removed += stray and now - info.st_mtime >= min_age_s and _unlink(entry)
+    return removed
+
+
+def discard_upload(path: str | os.PathLike[str] | None, registry: UploadRegistry = UPLOADS) -> bool:
+    """Delete the web server's copy of an upload (it still holds the original metadata) once it was decoded.
+
+    Inside a watched temporary area only recorded uploads are deleted: a caller who names a served file or
+    any other file there as "their upload" deletes nothing. Returns whether a file was deleted.
+    """
+    if not path:
+        return False
+    target = Path(path)
+    root = registry.root_of(target)
+    if root is None:
+        return _unlink(target)
+    if not registry.is_upload(target):
+        logger.warning("kept a temporary-area file that was not uploaded as a file to process")
+        return False
+    registry.forget(target)
+    deleted = _unlink(target)
+    _remove_if_empty(target.parent)
+    remove_stray_temp_files(root)
+    return deleted
+
+
+IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".gif", ".bmp")
+
+
+def _temp_files(root: Path):
+    """(folder, file) pairs of the temporary area's ``<hash>/<name>`` files."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if entry.is_file():
+                    yield folder, entry
+
+
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _same_picture(path: Path, digests: dict[tuple[int, int], set[str]]) -> bool:
+    from PIL import Image
+
+    from annotation.storage import pixel_digest
+
+    try:
+        with Image.open(path) as img:
+            if img.size not in digests:
+                return False
+        return pixel_digest(path) in digests[img.size]
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def purge_served_copies(root: str | os.PathLike[str], images: list[Any] = (), files: list[Path] = ()) -> int:
+    """Delete the web server's copies of these pictures (PIL images or image files, matched by their pixels,
+    whatever the copy's format) and of these files (matched by name and content). Returns how many went."""
+    digests: dict[tuple[int, int], set[str]] = {}
+    for image in images:
+        from annotation.storage import pixel_digest
+
+        try:
+            size = image.size if hasattr(image, "size") else _image_size(image)
+            digests.setdefault(tuple(size), set()).add(pixel_digest(image))
+        except (OSError, ValueError):
+            continue
+    wanted = {}
+    for path in files:
+        if Path(path).is_file():
+            wanted.setdefault(Path(path).name, set()).add(_file_sha256(Path(path)))
+    removed = 0
+    for folder, entry in list(_temp_files(Path(root))):
+        match = entry.name in wanted and _file_sha256(entry) in wanted[entry.name]
+        if not match and digests and entry.suffix.lower() in IMAGE_SUFFIXES:
+            match = _same_picture(entry, digests)
+        if match and _unlink(entry):
+            removed += 1
+            _remove_if_empty(folder)
+    return removed
+
+
+def _image_size(path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
+
+
+def forget_visitor_files(data_dir: str | os.PathLike[str], visitor_id: str, images: list[Any]) -> int:
+    """Remove a visitor's download folder and every served copy of their pictures (image files, read before
+    they are deleted, or PIL images such as face crops that were shown but never stored) and downloads from
+    the temporary area. Returns how many files went."""
+    from annotation.storage import temp_area, visitor_downloads
+
+    folder = visitor_downloads(data_dir, visitor_id)
+    downloads = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    pictures = [p for p in images if not isinstance(p, (str, os.PathLike)) or Path(p).is_file()]
+    removed = purge_served_copies(temp_area(data_dir), pictures, downloads)
+    removed += len(downloads)
+    shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
+def sweep_temp_area(root: str | os.PathLike[str], now: float, *, upload_max_age: float, copy_max_age: float,
+                    image_max_age: float, keep_between: tuple[float, float] = (0.0, 0.0),
+                    registry: UploadRegistry = UPLOADS) -> int:
+    """One pass over the temporary area: uploads nobody processed after ``upload_max_age`` seconds, served
+    copies of files (downloads, exports) after ``copy_max_age``, served pictures after ``image_max_age``,
+    and the empty files left per upload. Files last written within ``keep_between`` (the app's own files,
+    written while it was built) stay. Returns how many files were removed."""
+    root = Path(root).resolve()
+    removed = remove_stray_temp_files(root, now)
+    for path in registry.older_than(now - upload_max_age):
+        if Path(path).is_relative_to(root):
+            registry.forget(path)
+            removed += _unlink(Path(path))
+            _remove_if_empty(Path(path).parent)
+    for folder, entry in list(_temp_files(root)):
+        try:
+            written = entry.stat().st_mtime
+        except OSError:
+            continue
+        if registry.is_upload(entry) or keep_between[0] <= written <= keep_between[1]:
+            continue
+        limit = image_max_age if entry.suffix.lower() in IMAGE_SUFFIXES else copy_max_age
+        if now - written > limit and _unlink(entry):
+            removed += 1
+            _remove_if_empty(folder)
+    return removed
+
+
+def sweep_downloads(data_dir: str | os.PathLike[str], now: float, max_age: float) -> int:
+    """Delete download files older than ``max_age`` seconds (and the visitor folders they leave empty)."""
+    from annotation.storage import DOWNLOADS_DIR
+
+    removed = 0
+    base = Path(data_dir) / DOWNLOADS_DIR
+    if not base.is_dir():
+        return 0
+    for folder in base.iterdir():
+        for entry in folder.rglob("*") if folder.is_dir() else [folder]:
+            try:
+                old = entry.is_file() and now - entry.stat().st_mtime > max_age
+            except OSError:
+                continue
+            removed += old and _unlink(entry)
+        if folder.is_dir():
+            _remove_if_empty(folder)
+    return removed
 
 
 def new_visitor_id() -> str:
@@ -171,39 +408,92 @@ def expiry(now: datetime, retention: timedelta) -> datetime:
     return now + retention
 
 
-class RetentionSweeper:
-    """Deletes expired generations and reference photos (rows and files) every ``interval``.
+@dataclass(frozen=True)
+class SweepResult:
+    generations: int
+    reference_photos: int
+    files: int
+    temp_files: int
+    downloads: int
 
-    ``sweep_once()`` runs one pass (tests call it with a chosen ``now``); ``start()`` runs passes in a
+
+class RetentionSweeper:
+    """Deletes what a visitor left behind, in passes:
+
+    - generations and reference photos past their ``expires_at`` (rows, files and the served copies of
+      their pictures), every ``interval``;
+    - in the web server's temporary area: uploads nobody processed after ``upload_max_age``, served copies of
+      downloads and exports after ``copy_max_age``, served pictures after ``retention``, and the files of an
+      earlier run of the app at the first pass; download files after ``retention`` — every ``file_interval``.
+
+    ``sweep_once()`` runs one full pass (tests call it with a chosen ``now``); ``start()`` runs passes in a
     daemon thread until ``stop()``.
     """
 
-    def __init__(self, sessions, data_dir: str | os.PathLike[str], *, interval: timedelta = timedelta(minutes=10)):
-        if interval.total_seconds() <= 0:
-            raise InputError(f"sweep interval must be positive, got {interval}")
+    def __init__(self, sessions, data_dir: str | os.PathLike[str], *, interval: timedelta = timedelta(minutes=10),
+                 retention: timedelta = DEFAULT_RETENTION, upload_max_age: timedelta = DEFAULT_UPLOAD_MAX_AGE,
+                 copy_max_age: timedelta = DEFAULT_COPY_MAX_AGE, file_interval: timedelta = timedelta(minutes=1),
+                 temp_dir: str | os.PathLike[str] | None = None, registry: UploadRegistry = UPLOADS):
+        from annotation.storage import temp_area
+
+        for name, value in (("interval", interval), ("file_interval", file_interval), ("retention", retention),
+                            ("upload_max_age", upload_max_age), ("copy_max_age", copy_max_age)):
+            if value.total_seconds() <= 0:
+                raise InputError(f"sweep {name} must be positive, got {value}")
         self.sessions = sessions
         self.data_dir = Path(data_dir)
-        self.interval = interval
+        self.temp_dir = Path(temp_dir) if temp_dir is not None else temp_area(data_dir)
+        self.interval, self.file_interval, self.retention = interval, file_interval, retention
+        self.upload_max_age, self.copy_max_age = upload_max_age, copy_max_age
+        self.registry = registry
+        self._born = time.time()
+        self._started = self._born
+        self._last_db_pass = float("-inf")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def sweep_once(self, now: datetime | None = None):
+    def sweep_files(self, now: float | None = None) -> tuple[int, int]:
+        """(temporary-area files, download files) removed by one pass over the files."""
+        now = time.time() if now is None else now
+        temp = sweep_temp_area(self.temp_dir, now, upload_max_age=self.upload_max_age.total_seconds(),
+                               copy_max_age=self.copy_max_age.total_seconds(),
+                               image_max_age=self.retention.total_seconds(),
+                               keep_between=(self._born, self._started), registry=self.registry)
+        return temp, sweep_downloads(self.data_dir, now, self.retention.total_seconds())
+
+    def sweep_once(self, now: datetime | None = None) -> SweepResult:
         from annotation.candidates import sweep_expired
         from db.types import utcnow
 
+        now = now or utcnow()
         with self.sessions() as session:
-            return sweep_expired(session, now or utcnow(), self.data_dir)
+            db = sweep_expired(session, now, self.data_dir)
+        self._last_db_pass = time.monotonic()
+        temp, downloads = self.sweep_files(now.timestamp())
+        return SweepResult(db.generations, db.reference_photos, db.files, temp, downloads)
+
+    def _clear_earlier_run(self) -> int:
+        """Temporary-area files written before this app was built belong to an earlier run: none of its
+        pages can still use them."""
+        return sweep_temp_area(self.temp_dir, self._born, upload_max_age=0.0, copy_max_age=0.0, image_max_age=0.0,
+                               registry=self.registry)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.sweep_once()
+                if time.monotonic() - self._last_db_pass >= self.interval.total_seconds():
+                    self.sweep_once()
+                else:
+                    self.sweep_files()
             except Exception:  # keep sweeping; the next pass retries
                 logger.exception("retention sweep failed")
-            self._stop.wait(self.interval.total_seconds())
+            self._stop.wait(min(self.interval, self.file_interval).total_seconds())
 
     def start(self) -> RetentionSweeper:
+        """Start the passes (call it once the app is built: files written until now are the app's own)."""
         if self._thread is None or not self._thread.is_alive():
+            self._started = time.time()
+            self._clear_earlier_run()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="idglow-retention", daemon=True)
             self._thread.start()

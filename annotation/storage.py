@@ -1,4 +1,9 @@
-"""Content-addressed image files under the data dir: ``images/<sha256[:2]>/<sha256>.png``."""
+"""The data dir's layout and its files.
+
+``images/<sha256[:2]>/<sha256>.png`` holds content-addressed images; ``downloads/<visitor_id>/`` the files a
+visitor was offered to download; ``tmp/`` is the web server's temporary area (uploads as received and the
+copies of every file it served).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
+DOWNLOADS_DIR = "downloads"
+TEMP_DIR = "tmp"
 
 
 @dataclass(frozen=True)
@@ -80,3 +87,30 @@ def remove_files(data_dir: str | os.PathLike[str], paths: set[str]) -> int:
         except FileNotFoundError:
             pass
     return removed
+
+
+def temp_area(data_dir: str | os.PathLike[str]) -> Path:
+    """The web server's temporary area inside the data dir (``GRADIO_TEMP_DIR`` points here)."""
+    return (Path(data_dir) / TEMP_DIR).resolve()
+
+
+def visitor_downloads(data_dir: str | os.PathLike[str], visitor_id: str) -> Path:
+    """The folder of a visitor's download files."""
+    if not visitor_id or "/" in visitor_id or visitor_id in (".", ".."):
+        raise ValueError(f"invalid visitor id {visitor_id!r}")
+    return Path(data_dir) / DOWNLOADS_DIR / visitor_id
+
+
+def pixel_digest(image: Any) -> str:
+    """sha256 of an image's size, mode and pixels (the same picture in PNG, WebP or memory has one digest)."""
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as opened:
+            opened.load()
+            image = opened.copy()
+    if image.mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("RGB")
+    if image.mode == "RGBA" and image.getextrema()[3] == (255, 255):
+        image = image.convert("RGB")
+    sha = hashlib.sha256(f"{image.width}x{image.height}:{image.mode}:".encode())
+    sha.update(image.tobytes())
+    return sha.hexdigest()

@@ -73,22 +73,64 @@ def create_user(
     return _info(user)
 
 
+_DUMMY_HASH: list[str] = []  # one hash of a random password, made on first use
+
+
+def _dummy_hash() -> str:
+    """A real argon2 hash to verify against when the user name is unknown, so that an unknown name takes as
+    long to refuse as a wrong password (no user-name enumeration by timing)."""
+    if not _DUMMY_HASH:
+        import secrets
+
+        _DUMMY_HASH.append(hash_password(secrets.token_urlsafe(16)))
+    return _DUMMY_HASH[0]
+
+
 def authenticate(session: Session, username: str, password: str) -> UserInfo:
-    """The user if the password matches, else AuthenticationError (same message for every failure)."""
+    """The user if the password matches, else AuthenticationError (same message and about the same time for
+    every failure: an unknown or deactivated user is checked against a dummy hash)."""
     from argon2.exceptions import InvalidHashError, VerificationError
 
     user = session.scalar(select(User).where(User.username == username))
     hasher = _hasher()
-    if user is None or not user.is_active:
-        raise AuthenticationError("wrong user name or password")
+    known = user is not None and user.is_active
     try:
-        hasher.verify(user.password_hash, password)
+        hasher.verify(user.password_hash if known else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         raise AuthenticationError("wrong user name or password") from None
+    if not known:
+        raise AuthenticationError("wrong user name or password")
     if hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hasher.hash(password)
         session.commit()
     return _info(user)
+
+
+def current_user(session: Session, user_id: int) -> UserInfo | None:
+    """The user's role as stored now, or None if the user was removed or deactivated (one primary-key read)."""
+    row = session.execute(select(User.id, User.username, User.role, User.is_active).where(User.id == user_id)).first()
+    if row is None or not row.is_active:
+        return None
+    return UserInfo(id=row.id, username=row.username, role=row.role)
+
+
+def set_role(session: Session, username: str, role: Role | str) -> UserInfo:
+    """Change a user's role; open sessions get the new role on their next call."""
+    user = get_user_by_name(session, username)
+    user.role = parse_role(role)
+    session.commit()
+    logger.info("user %s is now %s", username, user.role.value)
+    return _info(user)
+
+
+def set_active(session: Session, username: str, active: bool) -> None:
+    """Deactivate (or reactivate) a user; a deactivated user's open sessions end on their next call."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(f"unknown user {username!r}")
+    user.is_active = bool(active)
+    session.commit()
+    logger.info("user %s %s", username, "reactivated" if active else "deactivated")
 
 
 def get_user(session: Session, user_id: int) -> User:

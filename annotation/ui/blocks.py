@@ -15,6 +15,10 @@ from annotation.ui.research_handlers import ResearchHandlers
 from annotation.ui.research_tab import build_research_tab
 from annotation.ui.theme import CSS, SHORTCUTS_JS
 
+# Gradio lets this many more generate calls reach the app than the generator's queue admits, so that a call
+# beyond the queue's limits gets the app's own "busy, try again in …" at once instead of waiting in Gradio's queue.
+REFUSAL_LANES = 4
+
 
 @dataclass
 class AppServices:
@@ -45,7 +49,7 @@ def build_app(services: AppServices) -> gr.Blocks:
         signin = _sign_in_panel()
         with gr.Tabs():
             build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny,
-                               concurrency_limit=services.concurrency + services.max_queue)
+                               concurrency_limit=services.concurrency + services.max_queue + REFUSAL_LANES)
             annotate_tab = build_annotate_tab(AnnotateHandlers(services.annotation, services.auth), token)
             research_tab = build_research_tab(ResearchHandlers(services.research, services.auth), token)
         _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab)
@@ -94,8 +98,14 @@ def _wire_sign_in(handlers: SignInHandlers, panel: SignInPanel, token: gr.State,
 
 
 def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
-    """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped."""
+    """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped, raw uploads
+    recorded and never served back (:class:`TempAreaGuard`)."""
+    from starlette.middleware import Middleware
+
+    from annotation.ui.file_guard import TempAreaGuard
+
     # The app refuses files over max_upload_mb itself, in plain words; the web server's own limit (whose message
     # is "exceed the maximum allowed size") is only a backstop for much larger files.
     return dict(server_name=host, server_port=port, share=False, max_file_size=f"{4 * max_upload_mb}mb",
-                css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True)
+                css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True,
+                app_kwargs={"middleware": [Middleware(TempAreaGuard)]})

@@ -34,6 +34,7 @@ class AppSettings:
     sweep_minutes: float = 10.0
     concurrency: int = 1
     max_queue: int = 8
+    max_per_visitor: int = 2
     max_upload_mb: int = 20
     max_pixels: int = 40_000_000
 
@@ -49,6 +50,8 @@ class AppSettings:
             raise InputError(f"retention {self.retention_hours} h must be positive")
         if self.concurrency < 1 or self.max_queue < 0:
             raise InputError(f"need --concurrency >= 1 and --max-queue >= 0, got {self.concurrency}, {self.max_queue}")
+        if self.max_per_visitor < 1:
+            raise InputError(f"--max-per-visitor {self.max_per_visitor} must be at least 1")
         if not 1 <= self.max_upload_mb <= 200:
             raise InputError(f"--max-upload-mb {self.max_upload_mb} must be between 1 and 200")
 
@@ -94,6 +97,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="serve to the public: needs --safety-model [IDGLOW_PUBLIC=1]")
     w.add_argument("--concurrency", type=int, help="generations run at once [IDGLOW_CONCURRENCY] (1)")
     w.add_argument("--max-queue", type=int, help="generations allowed to wait [IDGLOW_MAX_QUEUE] (8)")
+    w.add_argument("--max-per-visitor", type=int,
+                   help="generations one visitor may have running or waiting [IDGLOW_MAX_PER_VISITOR] (2)")
     w.add_argument("--max-upload-mb", type=int, help="largest accepted upload [IDGLOW_MAX_UPLOAD_MB] (20)")
     f = p.add_argument_group("safety")
     f.add_argument("--safety-model", metavar="DIR", help="transformers image classifier folder [IDGLOW_SAFETY_MODEL]")
@@ -108,11 +113,12 @@ _ENV = {
     "faces": "IDGLOW_FACES", "face_root": "IDGLOW_FACE_ROOT", "face_pack": "IDGLOW_FACE_PACK",
     "device": "IDGLOW_DEVICE", "db_url": "IDGLOW_DB_URL", "data_dir": "IDGLOW_DATA_DIR",
     "retention_hours": "IDGLOW_RETENTION_HOURS", "host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT",
-    "concurrency": "IDGLOW_CONCURRENCY", "max_queue": "IDGLOW_MAX_QUEUE", "max_upload_mb": "IDGLOW_MAX_UPLOAD_MB",
+    "concurrency": "IDGLOW_CONCURRENCY", "max_queue": "IDGLOW_MAX_QUEUE", "max_per_visitor": "IDGLOW_MAX_PER_VISITOR",
+    "max_upload_mb": "IDGLOW_MAX_UPLOAD_MB",
     "safety_model": "IDGLOW_SAFETY_MODEL", "safety_threshold": "IDGLOW_SAFETY_THRESHOLD",
     "blocklist_file": "IDGLOW_BLOCKLIST",
 }
-_TYPES = {"retention_hours": float, "port": int, "concurrency": int, "max_queue": int, "max_upload_mb": int,
+_TYPES = {"retention_hours": float, "port": int, "concurrency": int, "max_queue": int, "max_per_visitor": int, "max_upload_mb": int,
           "safety_threshold": float}
 
 

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
+
+
+def use_temp_area(data_dir: Path) -> Path:
+    """Point the web server's temporary area (uploads and the copies of served files) at ``<data_dir>/tmp``,
+    so that nothing of a visitor lands outside the data dir, and guard it (see ``annotation.privacy``).
+    Call it before the gr.Blocks is built: Gradio reads ``GRADIO_TEMP_DIR`` then and at launch."""
+    from annotation.privacy import UPLOADS
+    from annotation.storage import temp_area
+
+    temp_dir = temp_area(data_dir)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(temp_dir)
+    UPLOADS.watch(temp_dir)
+    return temp_dir
 
 
 def build_services(settings):
@@ -24,6 +40,7 @@ def build_services(settings):
 
     data_dir = resolve_data_dir(settings.data_dir, settings.db_url)
     data_dir.mkdir(parents=True, exist_ok=True)
+    temp_dir = use_temp_area(data_dir)
     engine = make_engine(resolve_db_url(settings.db_url, data_dir))
     upgrade(engine)
     sessions = make_session_factory(engine)
@@ -34,7 +51,7 @@ def build_services(settings):
     pipe = load_pipeline(model)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
-        queue=GpuQueue(settings.concurrency, settings.max_queue), safety_checker=safety, blocklist=blocklist,
+        queue=GpuQueue(settings.concurrency, settings.max_queue, settings.max_per_visitor), safety_checker=safety, blocklist=blocklist,
         retention=settings.retention, default_steps=model.default_steps, default_size=model.default_size,
     )
     generation.ensure_base_version(settings.adapter_dir, base_model=settings.model_dir or "tiny")
@@ -46,5 +63,6 @@ def build_services(settings):
         default_steps=model.default_steps, default_size=model.default_size,
         concurrency=settings.concurrency, max_queue=settings.max_queue,
     )
-    sweeper = RetentionSweeper(sessions, data_dir, interval=timedelta(minutes=settings.sweep_minutes))
+    sweeper = RetentionSweeper(sessions, data_dir, interval=timedelta(minutes=settings.sweep_minutes),
+                               retention=settings.retention, temp_dir=temp_dir)
     return services, sweeper

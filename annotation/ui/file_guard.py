@@ -1,0 +1,194 @@
+"""An ASGI middleware in front of Gradio's file and call routes.
+
+- ``POST …/upload``: the paths Gradio answers are recorded as raw uploads (:data:`annotation.privacy.UPLOADS`),
+  so that only they can be deleted as "processed uploads" and the sweeper removes them within minutes.
+- ``GET|HEAD …/file=<path>`` inside the temporary area: a raw upload (original bytes, EXIF and GPS included)
+  is never served back, and a file that is gone answers 404.
+- ``POST …/queue/join`` and ``POST …/call/<api>``: each input is checked against its widget's own data shape
+  before Gradio queues the call, so that malformed API input (a broken table, text where a number goes) gets a
+  clear 422 answer naming the input, instead of a generic server error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from annotation.privacy import UPLOADS, UploadRegistry
+
+logger = logging.getLogger(__name__)
+
+NOT_FOUND = b"Not found: this file was deleted or has expired."
+
+
+class TempAreaGuard:
+    """Pure ASGI middleware (``Middleware(TempAreaGuard, registry=...)`` in FastAPI's ``middleware=``)."""
+
+    def __init__(self, app, registry: UploadRegistry = UPLOADS):
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope.get("path", ""), scope.get("method", "")
+        if method == "POST" and path.rstrip("/").endswith("/upload"):
+            return await self.app(scope, receive, self._recording(send))
+        if method == "POST" and ("/queue/join" in path or "/call/" in path):
+            body, receive = await _buffered(receive)
+            problems = _input_problems(scope, path, body)
+            if problems:
+                return await _unprocessable(send, problems)
+        if method in ("GET", "HEAD") and "/file=" in path:
+            target = path.split("/file=", 1)[1]
+            if self._hidden(target):
+                return await _not_found(send)
+        return await self.app(scope, receive, send)
+
+    def _hidden(self, target: str) -> bool:
+        from pathlib import Path
+
+        if not target or "://" in target or not self.registry.covers(target):
+            return False
+        return self.registry.is_upload(target) or not Path(target).is_file()
+
+    def _recording(self, send):
+        """A ``send`` that holds the upload answer back until its paths are recorded."""
+        state = {"status": 0, "body": []}
+
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                return await send(message)
+            if message["type"] != "http.response.body" or state["status"] != 200:
+                return await send(message)
+            state["body"].append(message.get("body", b""))
+            if message.get("more_body", False):
+                return None
+            self._record(b"".join(state["body"]))
+            return await send({"type": "http.response.body", "body": b"".join(state["body"]), "more_body": False})
+
+        return recording_send
+
+    def _record(self, body: bytes) -> None:
+        try:
+            paths = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(paths, list):
+            self.registry.add([p for p in paths if isinstance(p, str)])
+
+
+async def _not_found(send) -> None:
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(NOT_FOUND)).encode())]})
+    await send({"type": "http.response.body", "body": NOT_FOUND})
+
+
+async def _buffered(receive):
+    """The whole request body, and a ``receive`` that replays it to the app."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"", receive
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def _input_problems(scope, path: str, body: bytes) -> list[tuple[str, str]]:
+    """(input name, what is wrong) for each input of the called event that does not have its widget's shape."""
+    try:
+        payload = json.loads(body)
+        blocks = scope["app"].get_blocks()
+    except (ValueError, KeyError, AttributeError):
+        return []
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        return []
+    fn = _called_fn(blocks, path, payload)
+    if fn is None or len(fn.inputs) != len(payload["data"]):
+        return []
+    return [problem for component, value in zip(fn.inputs, payload["data"])
+            if (problem := _shape_problem(component, value)) is not None]
+
+
+def _called_fn(blocks, path: str, payload: dict):
+    fns = blocks.fns
+    index = payload.get("fn_index")
+    if "/call/" in path:
+        name = path.rsplit("/call/", 1)[1].strip("/")
+        return next((fn for fn in fns.values() if fn.api_name == name), None)
+    return fns.get(index) if isinstance(index, int) else None
+
+
+def _shape_problem(component, value) -> tuple[str, str] | None:
+    """(name, message) if ``value`` cannot be this component's input; None if it can (or is empty)."""
+    import gradio as gr
+    from pydantic import ValidationError
+
+    name = getattr(component, "label", None) or type(component).__name__.lower()
+    if value is None and isinstance(component, gr.Dataframe):
+        return name, "no table was sent: send {\"headers\": [...], \"data\": [[...], ...]}"
+    if value is None or isinstance(component, gr.State):
+        return None
+    if isinstance(component, (gr.Number, gr.Slider)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not _is_number(value):
+            return name, f"{_show(value)} is not a number"
+        return None
+    if isinstance(component, gr.Checkbox) and not isinstance(value, bool):
+        return name, f"{_show(value)} is not true or false"
+    model = getattr(component, "data_model", None)
+    if model is None:
+        return None
+    try:
+        parsed = model.model_validate(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return name, f"{_show(value)} does not fit{' at ' + where if where else ''}: {first.get('msg', 'invalid')}"
+    if isinstance(component, gr.Dataframe):
+        return _table_problem(name, parsed)
+    return None
+
+
+def _table_problem(name: str, table) -> tuple[str, str] | None:
+    width = len(table.headers)
+    for k, row in enumerate(table.data, start=1):
+        if width and len(row) != width:
+            return name, f"row {k} has {len(row)} cells but the table has {width} columns ({', '.join(map(str, table.headers))})"
+    return None
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+async def _unprocessable(send, problems: list[tuple[str, str]]) -> None:
+    """422 in Gradio's validation format (gradio_client raises ``ValidationError`` listing the inputs)."""
+    detail = [{"__type__": "validate", "is_valid": False, "parameter_name": name, "message": message}
+              for name, message in problems]
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 422,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

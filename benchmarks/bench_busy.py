@@ -1,0 +1,170 @@
+"""The generator under a burst: busy answers, the per-visitor limit and vote latency, on the real running app.
+
+``python benchmarks/bench_busy.py [--burst 20] [--votes 40] [--steps 20]``
+
+Starts ``python app.py`` (tiny model, dlib, SQLite in a temporary folder with a seeded annotation pool, default
+queue: 1 running + 8 waiting, 2 per visitor) on a free local port in its own process, then at once: ``--burst``
+visitors (one session each) call generate while an annotator votes. Measures how long each refused call took
+to get its answer, how many were admitted, the vote latency while they wait (and, side by side, with no
+generation at all), and how one visitor's third simultaneous call is answered. Prints one RESULT line. Every loop is bounded (calls, votes and a deadline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TABLE = {"headers": ["person", "label", "target age", "ID weight"], "data": [[1, "Ann", None, 1.0], [2, "Bob", None, 1.0]]}
+DEADLINE_S = 300.0
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else (values[0] if values else float("nan"))
+
+
+def _visitor(url: str, portraits: list[Path]):
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False, download_files=False)
+    client.predict([handle_file(str(p)) for p in portraits], True, api_name="/upload")
+    return client
+
+
+def _generate_args(steps: int, seed: int) -> tuple:
+    return (TABLE, "fusion", "", "", True, seed, steps, 3.5, 1.0, 0.0, 1.0, 1, 64, ["tiny-demo"])
+
+
+def _timed_generate(client, steps: int, seed: int) -> tuple[str, float]:
+    """("done" | "busy" | "error: …", seconds until the answer)."""
+    from gradio_client.exceptions import AppError
+
+    start = time.perf_counter()
+    try:
+        client.predict(*_generate_args(steps, seed), api_name="/generate")
+        return "done", time.perf_counter() - start
+    except AppError as err:
+        kind = "busy" if "try again in" in str(err) else f"error: {err}"
+        return kind, time.perf_counter() - start
+
+
+def _vote_loop(url: str, user: str, password: str, votes: int, stop: threading.Event) -> list[float]:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=False)
+    client.predict(user, password, api_name="/sign_in")
+    latencies: list[float] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(latencies) < votes and not stop.is_set() and time.monotonic() < deadline:
+        client.predict(api_name="/annotate_show")
+        start = time.perf_counter()
+        client.predict("left", "clear", None, None, None, None, None, None, None, None, api_name="/vote")
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def _per_visitor(url: str, portraits: list[Path], steps: int) -> list[str]:
+    """One visitor sends three generate calls at once; returns the three outcomes."""
+    client = _visitor(url, portraits)
+    jobs = [client.submit(*_generate_args(steps, 100 + k), api_name="/generate") for k in range(3)]
+    outcomes = []
+    for job in jobs:
+        try:
+            job.result(timeout=DEADLINE_S)
+            outcomes.append("done")
+        except Exception as err:  # AppError carries the app's message
+            outcomes.append("limit" if "per visitor" in str(err) else f"error: {err}")
+    return outcomes
+
+
+@contextlib.contextmanager
+def _served_app(data_dir: Path, log: Path):
+    """``python app.py`` on a free port in its own process; yields its URL."""
+    from annotation.ui.testing import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port)],
+                                cwd=root, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            raise RuntimeError(f"app.py did not start; see {log}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run(burst: int, votes: int, steps: int) -> dict:
+    from annotation.demo import DEMO_PASSWORD, seed_demo_data
+    from annotation.testing import make_store
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.samples import write_sample_portraits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_store(Path(tmp) / "data")
+        with store.sessions() as session:
+            seed_demo_data(session, store.data_dir, candidates=24, votes=0, annotators=1)
+        store.engine.dispose()
+        portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
+        with _served_app(store.data_dir, Path(tmp) / "app.log") as url:
+            visitors = [_visitor(url, portraits) for _ in range(burst)]
+            idle_s = _vote_loop(url, "annotator1", DEMO_PASSWORD, votes // 2, threading.Event())
+            stop = threading.Event()
+            with ThreadPoolExecutor(burst + 1) as pool:
+                voting = pool.submit(_vote_loop, url, "annotator1", DEMO_PASSWORD, votes, stop)
+                time.sleep(0.5)  # the annotator is signed in and voting before the burst
+                outcomes = list(pool.map(lambda kv: _timed_generate(kv[1], steps, kv[0]), enumerate(visitors)))
+                stop.set()
+                vote_s = voting.result()
+            per_visitor = _per_visitor(url, portraits, steps)
+    busy = [s for kind, s in outcomes if kind == "busy"]
+    done = [s for kind, s in outcomes if kind == "done"]
+    errors = [kind for kind, _ in outcomes if kind.startswith("error")]
+    return dict(burst=burst, admitted=len(done), busy=len(busy), errors=len(errors),
+                busy_max_s=max(busy, default=float("nan")), busy_p95_s=_p95(busy),
+                longest_admitted_s=max(done, default=float("nan")), votes=len(vote_s),
+                vote_p50_ms=1000 * statistics.median(vote_s) if vote_s else float("nan"),
+                vote_p95_ms=1000 * _p95(vote_s), idle_vote_p50_ms=1000 * statistics.median(idle_s),
+                idle_vote_p95_ms=1000 * _p95(idle_s), per_visitor="/".join(per_visitor))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burst", type=int, default=20, help="visitors calling generate at once")
+    parser.add_argument("--votes", type=int, default=40, help="votes cast while they wait (at most)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
+    args = parser.parse_args(argv)
+    r = run(args.burst, args.votes, args.steps)
+    print(f"RESULT bench_busy burst={r['burst']} admitted={r['admitted']} busy={r['busy']} errors={r['errors']} "
+          f"busy_answer_p95_s={r['busy_p95_s']:.2f} busy_answer_max_s={r['busy_max_s']:.2f} "
+          f"longest_admitted_s={r['longest_admitted_s']:.1f} votes={r['votes']} vote_p50_ms={r['vote_p50_ms']:.0f} "
+          f"vote_p95_ms={r['vote_p95_ms']:.0f} idle_vote_p50_ms={r['idle_vote_p50_ms']:.0f} "
+          f"idle_vote_p95_ms={r['idle_vote_p95_ms']:.0f} vote_p95_ratio={r['vote_p95_ms'] / r['idle_vote_p95_ms']:.2f} "
+          f"one_visitor_3_calls={r['per_visitor']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

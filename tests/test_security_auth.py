@@ -1,0 +1,126 @@
+"""Sign-in and revocation: role changes reach open sessions, no lock-out by strangers, no enumeration by timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+pytest.importorskip("gradio_client")
+
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from annotation.ui.testing import running_app
+
+    users = {"anna": (PASSWORD, "annotator"), "rita": (PASSWORD, "researcher"), "remy": (PASSWORD, "researcher")}
+    with running_app(tmp_path_factory.mktemp("auth-data"), users=users) as running:
+        yield running
+
+
+def _signed_in(app, name: str) -> Client:
+    client = Client(app.url, verbose=False, download_files=False)
+    client.predict(name, PASSWORD, api_name="/sign_in")
+    return client
+
+
+def test_a_demoted_researcher_loses_research_on_the_next_call(app):
+    from annotation.users import set_role
+
+    rita = _signed_in(app, "rita")
+    assert "votes" in rita.predict(api_name="/research_refresh")[0]
+    with app.services.auth.sessions() as session:
+        set_role(session, "rita", "annotator")
+    with pytest.raises(AppError, match=r"rita \(annotator\) may not .*needs researcher"):
+        rita.predict(api_name="/research_refresh")
+    with app.services.auth.sessions() as session:
+        set_role(session, "rita", "researcher")
+    assert "votes" in rita.predict(api_name="/research_refresh")[0]
+
+
+def test_a_deactivated_user_is_signed_out_on_the_next_call(app):
+    from annotation.users import set_active
+
+    anna = _signed_in(app, "anna")
+    anna.predict(api_name="/annotate_show")
+    with app.services.auth.sessions() as session:
+        set_active(session, "anna", False)
+    try:
+        with pytest.raises(AppError, match="sign in as annotator"):
+            anna.predict(api_name="/annotate_show")
+        with pytest.raises(AppError, match="wrong user name or password"):
+            anna.predict("anna", PASSWORD, api_name="/sign_in")
+    finally:
+        with app.services.auth.sessions() as session:
+            set_active(session, "anna", True)
+    with pytest.raises(AppError, match="sign in as annotator"):
+        anna.predict(api_name="/annotate_show")  # reactivation does not revive the dropped token
+
+
+def test_a_stranger_cannot_lock_a_researcher_out(app):
+    stranger = Client(app.url, verbose=False, download_files=False)
+    for _ in range(7):  # more than the old limit of 5 failures in 5 minutes
+        with pytest.raises(AppError, match="wrong user name or password"):
+            stranger.predict("remy", "guess-guess-guess", api_name="/sign_in")
+    start = time.monotonic()
+    remy = _signed_in(app, "remy")
+    from annotation.ui.auth import MAX_DELAY_S
+
+    assert time.monotonic() - start < MAX_DELAY_S + 5
+    assert "votes" in remy.predict(api_name="/research_refresh")[0]
+
+
+def test_failed_sign_ins_slow_that_name_down_with_a_capped_backoff():
+    from annotation.errors import AuthenticationError
+    from annotation.ui.auth import FREE_FAILURES, MAX_DELAY_S, SessionAuth
+
+    class NoUsers:
+        """A session factory whose every sign-in fails (the backoff is what is measured)."""
+
+        def __call__(self):
+            return self
+
+        def __enter__(self):
+            raise AuthenticationError("wrong user name or password")
+
+        def __exit__(self, *exc):
+            return False
+
+    now, waits = [100.0], []
+    auth = SessionAuth(NoUsers(), clock=lambda: now[0], sleep=lambda s: (waits.append(s), now.__setitem__(0, now[0] + s)))
+    for _ in range(FREE_FAILURES + 8):
+        with pytest.raises(AuthenticationError):
+            auth.sign_in("rita", "wrong")
+    assert waits[:4] == [0.5, 1.0, 2.0, 4.0] and max(waits) == MAX_DELAY_S and len(waits) == 8
+    with pytest.raises(AuthenticationError):
+        auth.sign_in("anna", "wrong")
+    assert len(waits) == 8, "another name is not slowed down"
+
+
+def test_unknown_and_known_user_names_take_about_as_long_to_refuse(tmp_path):
+    from annotation.errors import AuthenticationError
+    from annotation.testing import make_store
+    from annotation.users import authenticate, create_user
+
+    store = make_store(tmp_path / "data")
+    with store.sessions() as session:
+        create_user(session, "rita", PASSWORD, "researcher")
+
+    def refusal_s(name: str) -> float:
+        with store.sessions() as session:
+            start = time.perf_counter()
+            with pytest.raises(AuthenticationError, match="wrong user name or password"):
+                authenticate(session, name, "not-the-password")
+            return time.perf_counter() - start
+
+    refusal_s("warm-up")
+    samples = [(refusal_s("rita"), refusal_s(f"nobody{k}")) for k in range(7)]
+    known = statistics.median(k for k, _ in samples)
+    unknown = statistics.median(u for _, u in samples)
+    assert 0.5 < unknown / known < 2.0, (known, unknown)  # the old path answered an unknown name ~100x faster

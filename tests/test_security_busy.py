@@ -1,0 +1,95 @@
+"""Busy answers and the per-visitor limit of the generator, through the Gradio API of the running app."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("gradio_client")
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+TABLE = {"headers": ["person", "label", "target age", "ID weight"], "data": [[1, "Ann", None, 1.0]]}
+
+
+class GatedPipeline:
+    """The app's real pipeline, started only once ``gate`` is open: stands in for generations that take a
+    while on the GPU."""
+
+    def __init__(self, pipe, gate: threading.Event):
+        self._pipe, self._gate = pipe, gate
+
+    def __call__(self, *args, **kwargs):
+        self._gate.wait(120)
+        return self._pipe(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+
+@pytest.fixture()
+def gated(request, tmp_path):
+    from annotation.ui.testing import running_app
+
+    gate = threading.Event()
+    with running_app(tmp_path / "data", **request.param) as app:
+        service = app.services.generation
+        real = service.pipe
+        service.pipe = GatedPipeline(real, gate)
+        try:
+            yield app, gate
+        finally:
+            gate.set()
+            service.pipe = real
+
+
+def _visitor(app, portrait) -> Client:
+    client = Client(app.url, verbose=False, download_files=False)
+    client.predict([handle_file(str(portrait))], True, api_name="/upload")
+    return client
+
+
+def _submit(client: Client, seed: int):
+    return client.submit(TABLE, "fusion", "", "", True, seed, 2, 3.5, 1.0, 0.0, 1.0, 1, 64, ["tiny-demo"],
+                         api_name="/generate")
+
+
+def _wait_admitted(app, count: int) -> None:
+    queue = app.services.generation.queue
+    deadline = time.monotonic() + 60
+    while queue.admitted < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue.admitted == count
+
+
+@pytest.mark.parametrize("gated", [dict(concurrency=1, max_queue=1)], indirect=True)
+def test_a_full_generator_answers_busy_at_once(gated, sample_portraits):
+    app, gate = gated
+    first, second = _visitor(app, sample_portraits["person1"]), _visitor(app, sample_portraits["person2"])
+    late = _visitor(app, sample_portraits["person3"])
+    jobs = [_submit(first, 1), _submit(second, 2)]
+    _wait_admitted(app, 2)  # one running (held), one waiting: the queue is full
+    start = time.monotonic()
+    refused = _submit(late, 3)
+    with pytest.raises(Exception, match=r"busy .*try again in about \d+ (s|min)"):
+        refused.result(timeout=1.0)  # a call waiting in Gradio's own queue would time out here instead
+    assert time.monotonic() - start < 1.0
+    gate.set()
+    assert [len(job.result(timeout=120)[0]) for job in jobs] == [1, 1]
+
+
+@pytest.mark.parametrize("gated", [dict(concurrency=1, max_queue=4, max_per_visitor=2)], indirect=True)
+def test_one_visitor_may_have_two_generations_pending(gated, sample_portraits):
+    app, gate = gated
+    eager, other = _visitor(app, sample_portraits["person1"]), _visitor(app, sample_portraits["person2"])
+    jobs = [_submit(eager, 1), _submit(eager, 2)]
+    _wait_admitted(app, 2)
+    with pytest.raises(Exception, match="You already have 2 generation"):
+        _submit(eager, 3).result(timeout=5.0)
+    another = _submit(other, 4)  # someone else still gets a place
+    _wait_admitted(app, 3)
+    gate.set()
+    assert [len(job.result(timeout=120)[0]) for job in [*jobs, another]] == [1, 1, 1]
+    assert len(_submit(eager, 5).result(timeout=120)[0]) == 1, "the limit counts pending generations only"
