@@ -282,12 +282,18 @@ class GenerationService:
         with self.sessions() as session:
             return pool_visitor_results(session, visitor_id, generation_ids)
 
-    def delete_visitor_data(self, visitor_id: str):
-        """Delete everything stored for this visitor; returns the counts (a ``DeletionResult``)."""
+    def delete_visitor_data(self, visitor_id: str, shown: Sequence[Any] = ()):
+        """Delete everything stored for this visitor, and the served copies of pictures that were only shown
+        (``shown``: e.g. face crops of photos that were never generated from); returns the counts (a
+        ``DeletionResult``)."""
+        from annotation.privacy import forget_visitor_files
         from annotation.visitor_data import delete_visitor
 
         with self.sessions() as session:
-            return delete_visitor(session, visitor_id, self.data_dir)
+            result = delete_visitor(session, visitor_id, self.data_dir)
+        if shown:
+            forget_visitor_files(self.data_dir, visitor_id, list(shown))
+        return result
 
 
 def _identity_scores(match, num_people: int) -> list[float | None]:
