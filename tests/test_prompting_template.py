@@ -147,10 +147,12 @@ def test_compose_rejects_bad_requests(kwargs, match):
 
 
 def test_compose_rejects_bad_subjects():
-    with pytest.raises(InputError, match="1 to 6 subjects, got 7"):
+    with pytest.raises(InputError, match="7 people given; 1 to 6 are supported"):
         PromptSynthesizer().compose([SubjectRef(photo(i)) for i in range(7)])
-    with pytest.raises(InputError, match="target_age=-3"):
+    with pytest.raises(InputError, match="target age -3 must be between 0 and 120"):
         PromptSynthesizer().compose([SubjectRef(photo(0), target_age=-3)])
+    with pytest.raises(InputError, match="needs a target age for at least one person"):
+        PromptSynthesizer().compose([SubjectRef(photo(0))], task="age")
 
 
 # -- token limits ---------------------------------------------------------------------------------------------

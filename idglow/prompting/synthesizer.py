@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,7 @@ from idglow.prompting.template import TemplateComposer, persons_from_attributes
 from idglow.prompting.tokens import CLIP_MAX_TOKENS, T5_MAX_TOKENS, TokenCounter
 from idglow.prompting.types import GroupPrompt
 from idglow.prompting.vlm import Conversation, VLMBackend, build_conversation, repair_conversation
-from idglow.schedule import TASKS
-from idglow.subjects import MAX_SUBJECTS, SubjectRef
+from idglow.subjects import SubjectRef, validate_group
 
 logger = logging.getLogger(__name__)
 
@@ -135,20 +133,11 @@ class PromptSynthesizer:
         from idglow.images import to_pil
 
         subjects = list(request.subjects)
-        if request.task not in TASKS:
-            raise InputError(f"unknown task {request.task!r}; expected one of {', '.join(TASKS)}")
-        if not 1 <= len(subjects) <= MAX_SUBJECTS:
-            raise InputError(f"a group has 1 to {MAX_SUBJECTS} subjects, got {len(subjects)}")
-        target_ages: list[float | None] = []
         for slot, subject in enumerate(subjects):
             if not isinstance(subject, SubjectRef):
                 raise InputError(f"subject {slot + 1} must be a SubjectRef, got {type(subject).__name__}")
-            age = subject.target_age
-            if age is not None and (not isinstance(age, (int, float)) or not math.isfinite(age) or not 0 <= age <= 120):
-                raise InputError(f"subject {slot + 1}: target_age={age!r} must be a number in [0, 120]")
-            target_ages.append(None if age is None else float(age))
-        if request.task == "age" and all(a is None for a in target_ages):
-            raise InputError("task 'age' needs a target age for at least one subject")
+        validate_group(subjects, request.task)  # SubjectRef has checked each age when it was built
+        target_ages = [s.target_age for s in subjects]
 
         need_images = self.vlm is not None or self.face_analyzer is not None
         images = [to_pil(s.image) for s in subjects] if need_images else []

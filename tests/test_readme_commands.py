@@ -1,0 +1,158 @@
+"""Every command README.md shows in a ``bash`` block is run here as written, or is named with the test that runs it
+or the reason it cannot run on a CPU machine without weights (real FLUX weights, Docker, a GPU, full-size
+benchmarks). A command added to README without a line here fails the classification test.
+
+Usage lines with optional parts (``[--task fusion|age]``) run without the optional parts; the example files they
+name (``mum.jpg``, ``my_group_photos/``, ``out/sft/adapter``) are made from the portraits bundled with installed
+packages before the commands run, in a fresh folder, in README order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUN = "run"  # run here, in README order, in one fresh folder
+ELSEWHERE = {"bash scripts/test.sh": "the test command itself: .ci/run runs it"}
+EXTERNAL = {
+    "docker build": "needs Docker (the Dockerfile is linted by tests/test_app_dockerfile.py)",
+    "docker run": "needs Docker and a GPU",
+    "idglow train sft --config configs/sft.yaml --set model=/models/FLUX.1-dev": "needs FLUX.1-dev weights",
+    "idglow train dpo --config configs/dpo.yaml --set train_data=exports/v1": "needs FLUX.1-dev weights "
+    "(configs/dpo.yaml names them); the tiny-model variant runs in tests/test_readme_researcher_path.py",
+    "idglow models add dpo-v1 --adapter runs/dpo/adapter": "registers the full-size DPO output above",
+    "idglow eval --benchmark age --model FLUX_DIR": "needs FLUX weights, CLIP and an aesthetic head",
+    "idglow generate --model models/flux": "needs FLUX weights and an insightface pack",
+    "python benchmarks/bench_votes.py": "full-size benchmark (minutes to hours); `python -m benchmarks` runs it at "
+    "quick settings in tests/test_eval_benchmarks.py",
+}
+
+
+def readme_commands() -> list[str]:
+    """The commands of README's ``bash`` blocks: continuation lines joined, comments dropped, spaces folded."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line:
+                commands.append(" ".join(line.split()))
+    return commands
+
+
+def tiny_demo_block() -> set[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("#### Try it on the tiny demo model", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return {" ".join(line.split()) for line in block.splitlines() if line.strip()}
+
+
+def classify(command: str) -> tuple[str, str]:
+    if command in ELSEWHERE:
+        return "elsewhere", ELSEWHERE[command]
+    if command in tiny_demo_block():
+        return "elsewhere", "tests/test_readme_researcher_path.py runs the tiny demo block verbatim"
+    for prefix, reason in EXTERNAL.items():
+        if command.startswith(prefix):
+            return "external", reason
+    return RUN, ""
+
+
+def without_optional_parts(command: str) -> str:
+    return " ".join(re.sub(r"\[[^\[\]]*\]", " ", command).split())
+
+
+def test_every_readme_command_is_run_or_accounted_for():
+    commands = readme_commands()
+    kinds = {c: classify(c)[0] for c in commands}
+    assert "bash scripts/test.sh" in kinds and kinds["bash scripts/test.sh"] == "elsewhere"
+    assert sum(k == RUN for k in kinds.values()) >= 15, kinds
+    unused = [p for p in EXTERNAL if not any(c.startswith(p) for c in commands)]
+    assert unused == [], f"EXTERNAL names commands README no longer shows: {unused}"
+
+
+def _sample_inputs(folder: Path) -> None:
+    """The example files README's usage lines name, from portraits bundled with installed packages."""
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.samples import _package_file, write_sample_portraits
+    from idglow.testing import tiny_pipeline
+
+    portraits = write_sample_portraits(folder / "_portraits", DlibAnalyzer())
+    for name, src in zip(("mum.jpg", "dad.jpg", "kid.jpg", "a.jpg", "b.jpg"), portraits):
+        shutil.copy(src, folder / name)
+    group = folder / "my_group_photos"
+    group.mkdir()
+    shutil.copy(_package_file("insightface", "data", "images", "t1.jpg"), group / "family.jpg")
+    tiny_pipeline(seed=0).adapter.save_pretrained(folder / "out" / "sft" / "adapter")
+    # the store that Training's export command reads (README's own demo-data line comes later, in its section)
+    _run("idglow demo-data --candidates 12 --votes 30 --annotators 2", folder, _env(folder))
+
+
+def _env(folder: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IDGLOW_", "GRADIO_SERVER"))}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               PATH=f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def _run(command: str, folder: Path, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=folder, env=env, input=stdin,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _serve(command: str, env: dict[str, str], data: Path) -> str:
+    """Start README's app command in the checkout, wait for the page, stop it; returns the page."""
+    from annotation.ui.testing import free_port
+
+    port = free_port()
+    env = {**env, "GRADIO_SERVER_PORT": str(port), "IDGLOW_DATA_DIR": str(data)}
+    proc = subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"{command} exited with {proc.returncode}: {proc.stdout.read()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                    return page.read().decode()
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"{command} did not serve a page in 600 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_readme_commands_run_as_written(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / ".venv").symlink_to(ROOT / ".venv")
+    _sample_inputs(folder)
+    env = _env(folder)
+    ran = []
+    for command in readme_commands():
+        if classify(command)[0] != RUN:
+            continue
+        if command.endswith("app.py"):  # the quick start: set-up, then the app on the embedded default
+            assert "IdGlow" in _serve(command, env, tmp_path / "app-data")
+        else:
+            stdin = "a-long-password\n" if command.startswith("idglow users add") else ""
+            _run(without_optional_parts(command), folder, env, stdin)
+        ran.append(command)
+    assert list((folder / "out").glob("idglow_*.png")), "the quick start wrote no image"
+    assert (folder / "eval" / "fusion" / "report.md").is_file()
+    assert list((folder / "data" / "sft").rglob("*.json")), "build-sft wrote nothing"
+    assert (folder / "exports" / "v1").is_dir() and (folder / "prefs").is_dir()
+    assert len(ran) >= 15, ran
