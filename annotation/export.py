@@ -24,6 +24,7 @@ from typing import Any, Literal
 from sqlalchemy import String, Text, func, select, type_coerce
 from sqlalchemy.orm import Session
 
+from annotation.badcase_store import write_badcases_jsonl
 from annotation.storage import image_file
 from annotation.users import get_user, require_role
 from db.engine import read_only
@@ -381,7 +382,10 @@ def _write_export(
     counts = {s: rows_per_split[s] for s, _ in SPLITS if rows_per_split[s]}
     if pages.dropped_ties:
         left_out["tie (tie policy drop)"] = pages.dropped_ties
+    badcases = write_badcases_jsonl(session, out / "badcases.jsonl")
     card = _card(counts, params, pages.dropped_ties, fmt, _provenance(pages.votes, counts, pages, left_out))
+    card += (f"\n`badcases.jsonl` holds the {badcases} bad case(s) annotators flagged (failure types, task, note, the "
+             "prompt that made the image), in the format `idglow prompt --badcases` reads.\n")
     (out / "README.md").write_text(card, encoding="utf-8")
     files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {"rows": sum(counts.values()), "rows_per_split": counts, "params": params, "files": files}

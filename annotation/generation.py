@@ -157,9 +157,16 @@ class GenerationService:
         """A GroupPrompt written from the subjects and the scene (the VLM when configured, else the template)."""
         validate_group(subjects, task)
         check_texts(scene or "", "", subjects)
-        prompt = self.synthesizer.compose(list(subjects), task=task, scene=scene or "")
+        prompt = self.synthesizer.compose(list(subjects), task=task, scene=scene or "", badcases=self._badcases(task))
         self.blocklist.check([scene or "", prompt.text], task, [s.target_age for s in subjects])
         return prompt
+
+    def _badcases(self, task: str) -> list:
+        """The newest bad cases annotators flagged for this task; the synthesizer picks the most relevant."""
+        from annotation.badcase_store import recent_badcases
+
+        with self.sessions() as session:
+            return recent_badcases(session, task=task)
 
     def check_request(self, request: GenerationRequest) -> None:
         """Cheap checks, before the request waits for the GPU."""
@@ -171,12 +178,13 @@ class GenerationService:
         self.blocklist.check([request.scene, request.prompt], request.task, [s.target_age for s in request.subjects])
 
     # -- generation ----------------------------------------------------------------------------------------
-    def _prompt(self, request: GenerationRequest) -> tuple[dict[str, Any], str, str]:
+    def _prompt(self, request: GenerationRequest) -> tuple[dict[str, Any], str, str, list]:
+        """(pipeline prompt arguments, prompt text, its source, ids of the bad cases that shaped it)."""
         if request.prompt.strip():
             text = request.prompt.strip()
-            return {"prompt": text}, text, "user"
+            return {"prompt": text}, text, "user", []
         group_prompt = self.compose_prompt(request.subjects, request.task, request.scene)
-        return group_prompt.pipeline_kwargs(), group_prompt.text, group_prompt.source
+        return group_prompt.pipeline_kwargs(), group_prompt.text, group_prompt.source, list(group_prompt.badcase_ids)
 
     def generate(
         self,
@@ -196,7 +204,7 @@ class GenerationService:
 
     def _generate(self, request: GenerationRequest, on_step: Callable[[int, int], None] | None) -> GenerationResult:
         versions = list(dict.fromkeys(request.model_versions)) or [self.base_version]
-        prompt_kwargs, prompt_text, source = self._prompt(request)
+        prompt_kwargs, prompt_text, source, badcase_ids = self._prompt(request)
         self.blocklist.check([prompt_text], request.task, [s.target_age for s in request.subjects])
         seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else int(request.seed)
         steps = request.num_inference_steps or self.default_steps
@@ -217,6 +225,7 @@ class GenerationService:
                 guidance_scale=float(request.guidance_scale), height=request.height or self.default_size,
                 width=request.width or self.default_size, callback_on_step_end=callback,
             )
+            out.params["prompt_badcases"] = badcase_ids  # the flagged bad cases that shaped the prompt
             outputs.append((version, out))
         result = self._store(request, outputs, prompt_text, source, seed)
         if request.visitor_id:
