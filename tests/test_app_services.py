@@ -122,10 +122,11 @@ def test_pooled_results_are_kept_but_delete_my_data_removes_exactly_that_visitor
     theirs_gone = service.delete_visitor_data("them")
     assert theirs_gone.generations == 0
     mine_files = {p for p in (store.data_dir / "images").rglob("*.png")}
-    assert len(mine_files) == 4
+    downloads = {p for p in (store.data_dir / "downloads" / "me").rglob("*") if p.is_file()}
+    assert len(mine_files) == 4 and len(downloads) == 3  # two PNGs and the zip
     deleted = service.delete_visitor_data("me")
-    assert deleted.generations == 1 and deleted.reference_photos == 2 and deleted.files == 4
-    assert not any(p.exists() for p in mine_files)
+    assert deleted.generations == 1 and deleted.reference_photos == 2 and deleted.files == 4 + len(downloads)
+    assert not any(p.exists() for p in mine_files | downloads)
     with store.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Candidate)) == 0
     assert theirs.generation_ids

@@ -119,7 +119,7 @@ def test_train_from_db_exports_to_a_temporary_folder_and_trains(store, tmp_path,
 
 
 def test_the_app_stores_the_embeddings_it_generated_with_and_the_export_carries_them(tmp_path, sample_portraits):
-    from annotation.generation import GenerationRequest, GenerationService, SubjectInput
+    from annotation.generation import GenerationRequest, GenerationService
     from annotation.sampling import next_comparison
     from annotation.users import create_user
     from annotation.votes import VoteRequest, record_vote
@@ -134,7 +134,7 @@ def test_the_app_stores_the_embeddings_it_generated_with_and_the_export_carries_
     service.ensure_base_version()
     portraits = [decode_image(sample_portraits["person1"]), decode_image(sample_portraits["person2"])]
     result = service.generate(GenerationRequest(
-        subjects=[SubjectInput(p) for p in portraits], prompt="two friends", num_images=2, num_inference_steps=1,
+        subjects=[SubjectRef(p) for p in portraits], prompt="two friends", num_images=2, num_inference_steps=1,
         height=64, width=64, consent=True, seed=0, visitor_id="v1"))
     service.add_to_pool("v1", result.generation_ids)
     with st.sessions() as s:

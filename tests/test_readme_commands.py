@@ -69,7 +69,18 @@ def classify(command: str) -> tuple[str, str]:
 
 
 def without_optional_parts(command: str) -> str:
-    return " ".join(re.sub(r"\[[^\[\]]*\]", " ", command).split())
+    """``idglow eval [--limit N] --out X`` → ``idglow eval --out X`` (``".[app]"`` is not an optional part)."""
+    return " ".join(re.sub(r"(?<=\s)\[[^\[\]]*\]", " ", command).split())
+
+
+def in_checkout(command: str) -> bool:
+    """Commands about the checkout itself (set-up, install) run in it; the others in a fresh folder."""
+    return command.startswith(("bash scripts/", "pip install"))
+
+
+def test_optional_parts_are_dropped_but_extras_are_kept():
+    assert without_optional_parts('idglow x --a b [--c d] [--e f|g] --out O') == "idglow x --a b --out O"
+    assert without_optional_parts('pip install -c r.txt -e ".[app,postgres]"') == 'pip install -c r.txt -e ".[app,postgres]"'
 
 
 def test_every_readme_command_is_run_or_accounted_for():
@@ -149,7 +160,7 @@ def test_readme_commands_run_as_written(tmp_path):
             assert "IdGlow" in _serve(command, env, tmp_path / "app-data")
         else:
             stdin = "a-long-password\n" if command.startswith("idglow users add") else ""
-            _run(without_optional_parts(command), folder, env, stdin)
+            _run(without_optional_parts(command), ROOT if in_checkout(command) else folder, env, stdin)
         ran.append(command)
     assert list((folder / "out").glob("idglow_*.png")), "the quick start wrote no image"
     assert (folder / "eval" / "fusion" / "report.md").is_file()
