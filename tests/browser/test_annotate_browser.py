@@ -8,22 +8,15 @@ temporary folder).
 from __future__ import annotations
 
 import http.server
-import os
-import shutil
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import PASSWORD, serve_app
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "correct-horse-battery"
 ANNOTATORS = ("ann1", "ann2", "ann3", "ann4", "ann5", "ann6", "ann7", "ann8")
 CHOICE_IDS = ["annotate-overall", "annotate-strength", "annotate-texture", "annotate-artifacts", "flag-side",
               "flag-types", *[f"annotate-identity-{i}" for i in range(6)]]
@@ -49,19 +42,6 @@ def listener():
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", _Listener.hits
     server.shutdown()
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
 def _poison_open_pair(data: Path, user: str, host: str) -> None:
@@ -116,7 +96,6 @@ def _age_task_for_groups_of_three(session) -> None:
 def server(tmp_path_factory):
     from annotation.demo import pattern_images, seed_demo_data
     from annotation.testing import make_store
-    from annotation.ui.testing import free_port
     from annotation.users import create_user
 
     data = tmp_path_factory.mktemp("annotate-data")
@@ -129,41 +108,8 @@ def server(tmp_path_factory):
             create_user(session, name, PASSWORD, "annotator")
         _age_task_for_groups_of_three(session)
     store.engine.dispose()
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(data / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc)
-        yield f"http://127.0.0.1:{port}/", data
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    with serve_app(data) as url:
+        yield url, data
 
 
 def _page(browser, width: int = 1366, height: int = 768):

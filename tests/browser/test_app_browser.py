@@ -5,41 +5,20 @@ Screenshots of each tab are saved under $IDGLOW_SCREENSHOT_DIR (default: a tempo
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import PASSWORD, serve_app
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[2]
-PASSWORD = "correct-horse-battery"
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from annotation.demo import pattern_images, seed_demo_data
     from annotation.testing import make_store
-    from annotation.ui.testing import free_port
     from annotation.users import create_user
 
     data = tmp_path_factory.mktemp("browser-data")
@@ -49,41 +28,8 @@ def server(tmp_path_factory):
         create_user(session, "anna", PASSWORD, "annotator")
         create_user(session, "rita", PASSWORD, "researcher")
     store.engine.dispose()
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(data / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc)
-        yield f"http://127.0.0.1:{port}/", data
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    with serve_app(data) as url:
+        yield url, data
 
 
 def _shot(page, folder: Path, name: str) -> None:

@@ -6,15 +6,11 @@ Screenshots are saved under $IDGLOW_SCREENSHOT_DIR (default: a temporary folder)
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.browser.test_app_browser import CHROMIUM, ROOT, _wait_http
+from tests.browser.conftest import serve_app
 
 pytestmark = pytest.mark.browser
 
@@ -24,44 +20,9 @@ PHONE = {"width": 390, "height": 844}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from annotation.ui.testing import free_port
-
     data = tmp_path_factory.mktemp("generate-data")
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(data / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port),
-                             "--max-upload-mb", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc)
-        yield f"http://127.0.0.1:{port}/", data
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    with serve_app(data, "--max-upload-mb", "2") as url:
+        yield url, data
 
 
 def _page(browser, url: str, viewport: dict):

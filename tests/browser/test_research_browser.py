@@ -5,15 +5,10 @@ Screenshots at 1366×768 and 390×844 go to $IDGLOW_SCREENSHOT_DIR (default: a t
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.browser.test_app_browser import CHROMIUM, PASSWORD, ROOT, _sign_in, _wait_http
+from tests.browser.conftest import PASSWORD, serve_app
+from tests.browser.test_app_browser import _sign_in
 
 pytestmark = pytest.mark.browser
 VIEWPORTS = {"laptop": (1366, 768), "phone": (390, 844)}
@@ -23,7 +18,6 @@ VIEWPORTS = {"laptop": (1366, 768), "phone": (390, 844)}
 def server(tmp_path_factory):
     from annotation.demo import pattern_images, seed_demo_data
     from annotation.testing import make_store
-    from annotation.ui.testing import free_port
     from annotation.users import create_user
 
     data = tmp_path_factory.mktemp("research-data")
@@ -32,41 +26,8 @@ def server(tmp_path_factory):
         seed_demo_data(session, data, candidates=24, votes=80, annotators=3, images=pattern_images(8), gold_rate=0.05)
         create_user(session, "rita", PASSWORD, "researcher")
     store.engine.dispose()
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    log = open(data / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc)
-        yield f"http://127.0.0.1:{port}/", store
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    with serve_app(data) as url:
+        yield url, store
 
 
 @pytest.mark.parametrize("viewport", list(VIEWPORTS))
