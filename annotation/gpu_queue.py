@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from idglow.errors import IdGlowError, InputError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_JOB_SECONDS = 30.0  # the wait estimate before any generation has finished
 
@@ -90,7 +93,13 @@ class GpuQueue:
     def slot(self, on_wait: Callable[[int], None] | None = None, owner: str | None = None):
         """Hold one generation place for the ``with`` body; ``on_wait(ahead)`` is called when it must wait."""
         with self._lock:
-            ahead = self._admit(owner)
+            try:
+                ahead = self._admit(owner)
+            except QueueFullError as err:
+                logger.info("generation refused: %s", type(err).__name__)
+                raise
+            admitted = self._admitted
+        logger.debug("generation admitted: %d ahead, %d running or waiting of %d", ahead, admitted, self.capacity)
         seconds = None
         try:
             if ahead and on_wait is not None:
@@ -105,6 +114,7 @@ class GpuQueue:
         finally:
             with self._lock:
                 self._release(owner, seconds)
+            logger.debug("generation done in %s s", "?" if seconds is None else f"{seconds:.1f}")
 
 
 def _readable(seconds: float) -> str:

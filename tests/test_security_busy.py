@@ -11,8 +11,6 @@ pytest.importorskip("gradio_client")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-TABLE = {"headers": ["person", "label", "target age", "ID weight"], "data": [[1, "Ann", None, 1.0]]}
-
 
 class GatedPipeline:
     """The app's real pipeline, started only once ``gate`` is open: stands in for generations that take a
@@ -47,13 +45,13 @@ def gated(request, tmp_path):
 
 def _visitor(app, portrait) -> Client:
     client = Client(app.url, verbose=False, download_files=False)
-    client.predict([handle_file(str(portrait))], True, api_name="/upload")
+    client.predict(files=[handle_file(str(portrait))], consent=True, api_name="/upload")
     return client
 
 
 def _submit(client: Client, seed: int):
-    return client.submit(TABLE, "fusion", "", "", True, seed, 2, 3.5, 1.0, 0.0, 1.0, 1, 64, ["tiny-demo"],
-                         api_name="/generate")
+    return client.submit(task="fusion", consent=True, seed=seed, steps=2, num_images=1, size=64,
+                         model_versions=["tiny-demo"], label_0="Ann", api_name="/generate")
 
 
 def _wait_admitted(app, count: int) -> None:

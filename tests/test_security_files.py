@@ -16,7 +16,7 @@ pytest.importorskip("gradio_client")
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-TABLE = {"headers": ["person", "label", "target age", "ID weight"], "data": [[1, "Ann", None, 1.0], [2, "Bob", None, 1.0]]}
+GENERATE = dict(task="fusion", consent=True, steps=2, num_images=2, size=64, model_versions=["tiny-demo"])
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,12 @@ def _raw_upload(app, name: str, data: bytes) -> str:
     return answer.json()[0]
 
 
-def _call(app, api_name: str, data: list) -> list:
-    """A raw Gradio API call (POST /call/<name>, then read the event stream); returns the output list."""
+def _call(app, api_name: str, **values) -> list:
+    """A raw Gradio API call (POST /call/<name>, then read the event stream) with the named inputs (the others
+    None); returns the last event's kind and payload."""
+    [fn] = [fn for fn in app.demo.fns.values() if fn.api_name == api_name]
+    data = [values.get(name, getattr(widget, "value", None)) for name, widget in zip(fn.input_parameter_names,
+                                                                                      fn.inputs, strict=True)]
     event = httpx.post(f"{app.url}gradio_api/call/{api_name}", json={"data": data}, timeout=30).json()["event_id"]
     with httpx.stream("GET", f"{app.url}gradio_api/call/{api_name}/{event}", timeout=120) as stream:
         lines = list(stream.iter_lines())
@@ -76,26 +80,30 @@ def _call(app, api_name: str, data: list) -> list:
     return [kinds[-1], json.loads(payloads[-1]) if payloads[-1] not in ("", "null") else None]
 
 
+def _upload(client: Client, *portraits) -> tuple:
+    return client.predict(files=[handle_file(str(p)) for p in portraits], consent=True, api_name="/upload")
+
+
 def _generate_as_visitor(app, sample_portraits):
+    """Pictures shown (face crops and candidates) and downloads offered (PNGs and the archive), as URLs."""
     visitor = _client(app)
-    crops = visitor.predict([handle_file(str(sample_portraits["person1"])), handle_file(str(sample_portraits["person2"]))],
-                            True, api_name="/upload")
-    shown = visitor.predict(TABLE, "fusion", "", "", True, 11, 2, 3.5, 1.0, 0.0, 1.0, 2, 64, ["tiny-demo"],
-                            api_name="/generate")
-    return visitor, _file_urls(crops) + _file_urls(shown[:2]), _file_urls(shown[2:])
+    crops = _upload(visitor, sample_portraits["person1"], sample_portraits["person2"])
+    gallery, scores, _, _, pngs, archive = visitor.predict(**GENERATE, seed=11, label_0="Ann", label_1="Bob",
+                                                           api_name="/generate")
+    return visitor, _file_urls(crops) + _file_urls([gallery, scores]), _file_urls([pngs, archive])
 
 
 def test_every_picture_url_a_visitor_was_shown_is_gone_after_delete_my_data(app, sample_portraits):
     visitor, pictures, downloads = _generate_as_visitor(app, sample_portraits)
     assert len(pictures) == 4, pictures  # two crops and two candidates
+    assert len(downloads) == 3, downloads  # two PNGs and the archive
     with httpx.Client(timeout=30) as anonymous:  # no cookie, no session: only the URL
         assert [anonymous.get(u).status_code for u in pictures + downloads] == [200] * (len(pictures) + len(downloads))
         message = visitor.predict(api_name="/delete_my_data")[-1]
         assert "Deleted 1 generation(s)" in message
         assert [anonymous.get(u).status_code for u in pictures] == [404] * len(pictures)
         folder = Path(app.services.generation.data_dir) / "downloads"
-        if not folder.is_dir():
-            pytest.xfail("the Generate tab does not write its downloads under <data_dir>/downloads/<visitor>/ yet")
+        assert folder.is_dir(), "the Generate tab writes its downloads under <data_dir>/downloads/<visitor>/"
         assert [anonymous.get(u).status_code for u in downloads] == [404] * len(downloads)
         assert [p for p in folder.rglob("*") if p.is_file()] == []
 
@@ -139,16 +147,14 @@ def test_raw_upload_with_gps_is_never_served_and_is_swept_within_minutes(app, sa
 
 def test_a_temp_area_path_sent_as_an_upload_deletes_nothing(app, sample_portraits):
     owner = _client(app)
-    owner.predict([handle_file(str(sample_portraits["person4"]))], True, api_name="/upload")
-    table = {"headers": TABLE["headers"], "data": [[1, "Dee", None, 1.0]]}
-    shown = owner.predict(table, "fusion", "", "", True, 5, 2, 3.5, 1.0, 0.0, 1.0, 1, 64, ["tiny-demo"],
-                          api_name="/generate")
-    served = _file_urls(shown)  # the candidate and the download: copies the server made, not uploads
-    assert len(served) == 2
+    _upload(owner, sample_portraits["person4"])
+    shown = owner.predict(**{**GENERATE, "num_images": 1}, seed=5, label_0="Dee", api_name="/generate")
+    served = _file_urls(shown)  # the candidate, its PNG and the archive: copies the server made, not uploads
+    assert len(served) == 3, served
     for url in served:
         target = url.split("/file=", 1)[1]
         assert Path(target).is_file()
-        _call(app, "upload", [[{"path": target, "meta": {"_type": "gradio.FileData"}}], True, None])
+        _call(app, "upload", files=[{"path": target, "meta": {"_type": "gradio.FileData"}}], consent=True)
         assert Path(target).is_file(), "a served copy named as someone's upload must not be deleted"
         assert httpx.get(url, timeout=30).status_code == 200
 
@@ -161,7 +167,7 @@ def test_a_processed_upload_leaves_nothing_in_the_temp_area(app, sample_portrait
 
     before = set(top_level_files())
     path = _raw_upload(app, "me.jpg", _gps_jpeg(sample_portraits["person2"]))
-    kind, out = _call(app, "upload", [[{"path": path, "meta": {"_type": "gradio.FileData"}}], True, None])
+    kind, out = _call(app, "upload", files=[{"path": path, "meta": {"_type": "gradio.FileData"}}], consent=True)
     assert kind == "complete", out
     assert not Path(path).exists() and not Path(path).parent.exists(), "the original must be deleted once decoded"
     sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir)
@@ -174,10 +180,8 @@ def test_expired_generation_takes_its_served_copies_with_it(app, sample_portrait
     from db.types import utcnow
 
     visitor = _client(app)
-    crops = visitor.predict([handle_file(str(sample_portraits["person5"]))], True, api_name="/upload")
-    table = {"headers": TABLE["headers"], "data": [[1, "Cy", None, 1.0]]}
-    shown = visitor.predict(table, "fusion", "", "", True, 21, 2, 3.5, 1.0, 0.0, 1.0, 1, 64, ["tiny-demo"],
-                            api_name="/generate")
+    crops = _upload(visitor, sample_portraits["person5"])
+    shown = visitor.predict(**{**GENERATE, "num_images": 1}, seed=21, label_0="Cy", api_name="/generate")
     urls = _file_urls(crops) + _file_urls(shown)
     assert [httpx.get(u, timeout=30).status_code for u in urls] == [200] * len(urls)
     sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir)

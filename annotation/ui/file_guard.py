@@ -109,7 +109,9 @@ async def _buffered(receive):
 
 
 def _input_problems(scope, path: str, body: bytes) -> list[tuple[str, str]]:
-    """(input name, what is wrong) for each input of the called event that does not have its widget's shape."""
+    """(input name, what is wrong) for each input of the called event that does not have its widget's shape.
+    An input is named by its keyword (``seed``, ``label_0``) where the event passes it by name, else by its
+    widget's label."""
     try:
         payload = json.loads(body)
         blocks = scope["app"].get_blocks()
@@ -120,8 +122,10 @@ def _input_problems(scope, path: str, body: bytes) -> list[tuple[str, str]]:
     fn = _called_fn(blocks, path, payload)
     if fn is None or len(fn.inputs) != len(payload["data"]):
         return []
-    return [problem for component, value in zip(fn.inputs, payload["data"])
-            if (problem := _shape_problem(component, value)) is not None]
+    keywords = list(getattr(fn, "input_parameter_names", None) or [])
+    keywords += [None] * (len(fn.inputs) - len(keywords))
+    return [problem for component, keyword, value in zip(fn.inputs, keywords, payload["data"])
+            if (problem := _named_problem(component, keyword, value)) is not None]
 
 
 def _called_fn(blocks, path: str, payload: dict):
@@ -133,22 +137,63 @@ def _called_fn(blocks, path: str, payload: dict):
     return fns.get(index) if isinstance(index, int) else None
 
 
-def _shape_problem(component, value) -> tuple[str, str] | None:
-    """(name, message) if ``value`` cannot be this component's input; None if it can (or is empty)."""
-    import gradio as gr
-    from pydantic import ValidationError
+def _named_problem(component, keyword: str | None, value) -> tuple[str, str] | None:
+    """The problem of one input, named by its keyword (with the widget's label in the message) or label."""
+    label = getattr(component, "label", None) or type(component).__name__.lower()
+    problem = _shape_problem(component, value)
+    if problem is None:
+        return None
+    if keyword is None or keyword == label:
+        return label, problem
+    return keyword, f"{problem} (the “{label}” field)"
 
-    name = getattr(component, "label", None) or type(component).__name__.lower()
+
+def _shape_problem(component, value) -> str | None:
+    """What is wrong if ``value`` cannot be this component's input; None if it can (or is empty)."""
+    import gradio as gr
+
     if value is None and isinstance(component, gr.Dataframe):
-        return name, "no table was sent: send {\"headers\": [...], \"data\": [[...], ...]}"
+        return "no table was sent: send {\"headers\": [...], \"data\": [[...], ...]}"
+    if value is None and isinstance(component, gr.Slider):
+        return "no number was sent"
     if value is None or isinstance(component, gr.State):
         return None
     if isinstance(component, (gr.Number, gr.Slider)):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not _is_number(value):
-            return name, f"{_show(value)} is not a number"
+            return f"{_show(value)} is not a number"
         return None
-    if isinstance(component, gr.Checkbox) and not isinstance(value, bool):
-        return name, f"{_show(value)} is not true or false"
+    if isinstance(component, gr.Checkbox):
+        return None if isinstance(value, bool) else f"{_show(value)} is not true or false"
+    if isinstance(component, gr.Textbox):
+        return None if isinstance(value, str) else f"{_show(value)} is not text: send a string"
+    if isinstance(component, (gr.Radio, gr.Dropdown)):
+        return _choice_problem(component, value)
+    return _model_problem(component, value)
+
+
+def _choice_problem(component, value) -> str | None:
+    """A Radio's or Dropdown's value must be one of its choices (a list of them for a multiselect Dropdown)."""
+    choices = [c[1] if isinstance(c, (tuple, list)) else c for c in (component.choices or [])]
+    shown = ", ".join(_show(c) for c in choices)
+    if getattr(component, "multiselect", False):
+        if not isinstance(value, list):
+            return f"{_show(value)} is not a list: send a list of some of {shown}"
+        values = value
+    else:
+        values = [value]
+    if getattr(component, "allow_custom_value", False):
+        return None
+    for item in values:
+        if isinstance(item, (list, dict, bool)) or item not in choices:
+            return f"{_show(item)} is not one of {shown}"
+    return None
+
+
+def _model_problem(component, value) -> str | None:
+    """Checked against the component's own data model (files, tables, images); None if it has none."""
+    import gradio as gr
+    from pydantic import ValidationError
+
     model = getattr(component, "data_model", None)
     if model is None:
         return None
@@ -157,17 +202,17 @@ def _shape_problem(component, value) -> tuple[str, str] | None:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return name, f"{_show(value)} does not fit{' at ' + where if where else ''}: {first.get('msg', 'invalid')}"
+        return f"{_show(value)} does not fit{' at ' + where if where else ''}: {first.get('msg', 'invalid')}"
     if isinstance(component, gr.Dataframe):
-        return _table_problem(name, parsed)
+        return _table_problem(parsed)
     return None
 
 
-def _table_problem(name: str, table) -> tuple[str, str] | None:
+def _table_problem(table) -> str | None:
     width = len(table.headers)
     for k, row in enumerate(table.data, start=1):
         if width and len(row) != width:
-            return name, f"row {k} has {len(row)} cells but the table has {width} columns ({', '.join(map(str, table.headers))})"
+            return f"row {k} has {len(row)} cells but the table has {width} columns ({', '.join(map(str, table.headers))})"
     return None
 
 

@@ -353,7 +353,7 @@ class GenerateHandlers:
                    "archive": gr.update(value=None, visible=False), "scores": {"headers": SCORE_HEADERS, "data": []}}
         if state is None:
             return {**cleared, "status": "Nothing of yours is stored."}
-        result = self.service.delete_visitor_data(state.visitor_id, shown=[s.crop for s in state.subjects])
+        result = self.service.delete_visitor_data(state.visitor_id, shown=[p.subject.crop for p in state.people])
         msg = (f"Deleted {result.generations} generation(s), {result.reference_photos} uploaded photo(s) and "
                f"{result.files} file(s).")
         return {**cleared, "status": msg}

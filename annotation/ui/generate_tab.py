@@ -30,8 +30,9 @@ FORM_FIELDS = ("task", "scene", "prompt", "consent", "seed", "steps", "guidance"
 def _card(i: int, w: dict[str, Any]) -> None:
     n = card_names(i)
     with gr.Column(visible=False, min_width=150, elem_classes=["gen-card"], elem_id=f"gen-card-{i}") as card:
+        # PNG, lossless: "Delete my data" finds the served copy of a crop by its pixels
         w[n["crop"]] = gr.Image(show_label=False, interactive=False, height=100, buttons=[], container=False,
-                                elem_classes=["gen-card-crop"])
+                                format="png", elem_classes=["gen-card-crop"])
         w[n["label"]] = gr.Textbox(label="Name", show_label=False, container=False, max_lines=1,
                                    max_length=MAX_LABEL_CHARS, placeholder="Name", elem_id=f"gen-label-{i}")
         w[n["age"]] = gr.Number(label="Target age (optional)", show_label=False, container=False, minimum=0,
