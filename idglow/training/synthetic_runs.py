@@ -14,6 +14,7 @@ from idglow.schedule import IdentityWindow, window_for_task
 from idglow.synthetic import (
     SyntheticFaceAnalyzer,
     SyntheticWorld,
+    judge_scores,
     oracle_preference,
     oracle_scores,
     scene_metrics,
@@ -186,11 +187,21 @@ class CachedDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]], *, draws: int = 8,
-                             seed: int = 0, batch_size: int = 16) -> float:
+def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]], **kwargs) -> float:
     """Held-out implicit reward accuracy of the policy against its reference (``model.ref_adapter``): the
-    fraction of labelled (pair, dimension) entries where Δ_d < 0, averaging the errors over ``draws`` noise/σ
-    draws; Δ_d = 0 (policy = reference) counts one half."""
+    fraction of labelled (pair, dimension) entries where Δ_d < 0 (see ``implicit_reward_counts``)."""
+    correct, total = implicit_reward_counts(model, pairs, **kwargs)
+    return float(correct.sum() / max(total.sum(), 1.0))
+
+
+@torch.no_grad()
+def implicit_reward_counts(model: IdGlowDenoiser, pairs: list[dict[str, Any]], *, draws: int = 8,
+                           seed: int = 0, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: (correctly ranked labelled dimensions, labelled dimensions), each (len(pairs),).
+
+    A labelled dimension d is ranked correctly when Δ_d < 0, with the errors averaged over ``draws`` noise/σ
+    draws; Δ_d = 0 (policy = reference) counts one half. Pairs are the unit to resample for an interval (see
+    ``ratio_interval``): a pair's dimensions share its images."""
     from idglow.losses import orient_pairs, region_errors
     from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks
     from idglow.training.modeling import pack_masks
@@ -198,7 +209,7 @@ def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]],
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    correct, total = 0.0, 0.0
+    correct, total = [], []
     for start in range(0, len(pairs), batch_size):
         batch = collate_group_samples(pairs[start:start + batch_size])
         lat = torch.cat([batch["latents_0"], batch["latents_1"]])
@@ -231,18 +242,48 @@ def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]],
         present = ((masks[:b].sum(-1) > 0) & (masks[b:].sum(-1) > 0)).float()
         lab = lab * present
         delta = (pw - rw) - (pl - rl)
-        correct += float((((delta < 0).float() + 0.5 * (delta == 0).float()) * lab).sum())
-        total += float(lab.sum())
+        correct.append((((delta < 0).float() + 0.5 * (delta == 0).float()) * lab).sum(-1))
+        total.append(lab.sum(-1))
     model.train(was_training)
-    return correct / max(total, 1.0)
+    return torch.cat(correct).numpy(), torch.cat(total).numpy()
+
+
+def win_outcomes(dataset, indices: list[int], new: list[torch.Tensor], old: list[torch.Tensor], *,
+                 scorer: str = "judge") -> np.ndarray:
+    """Per prompt: 1 when ``scorer`` prefers ``new[i]`` over ``old[i]`` overall, ½ for a tie, 0 otherwise.
+
+    ``scorer="judge"`` is ``judge_scores`` (a scorer that labelled nothing: position-anchored, structure-free
+    code similarity); ``"oracle"`` is the labeller itself (``oracle_scores``)."""
+    if scorer not in ("judge", "oracle"):
+        raise ValueError(f"scorer={scorer!r}; expected 'judge' or 'oracle'")
+    score = judge_scores if scorer == "judge" else oracle_scores
+    analyzer = SyntheticFaceAnalyzer(dataset.world)
+    out = []
+    for i, a, b in zip(indices, new, old):
+        target, _ = dataset.spec(i)
+        sa, sb = score(analyzer, a, target)["overall"], score(analyzer, b, target)["overall"]
+        out.append(1.0 if sa > sb else (0.5 if sa == sb else 0.0))
+    return np.asarray(out)
 
 
 def oracle_win_rate(dataset, indices: list[int], new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
-    """Fraction of prompts where the oracle prefers ``new[i]`` over ``old[i]`` overall (ties count ½)."""
-    analyzer = SyntheticFaceAnalyzer(dataset.world)
-    wins = 0.0
-    for i, a, b in zip(indices, new, old):
-        target, _ = dataset.spec(i)
-        sa, sb = oracle_scores(analyzer, a, target)["overall"], oracle_scores(analyzer, b, target)["overall"]
-        wins += 1.0 if sa > sb else (0.5 if sa == sb else 0.0)
-    return wins / max(len(indices), 1)
+    """Fraction of prompts where the oracle (the labeller) prefers ``new[i]`` over ``old[i]`` (ties count ½)."""
+    return float(win_outcomes(dataset, indices, new, old, scorer="oracle").mean()) if indices else 0.0
+
+
+def ratio_interval(numerators, denominators, *, confidence: float = 0.95, num_resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Σ numerators / Σ denominators with a percentile bootstrap interval over cases (resampled with
+    replacement): (estimate, low, high). With all denominators 1 this is a mean and its interval."""
+    from idglow.eval.metrics import bootstrap_indices
+
+    num, den = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
+        raise ValueError(f"need two equal non-empty 1-d arrays, got shapes {num.shape} and {den.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+    idx = bootstrap_indices(num.size, num_resamples, seed)
+    ratios = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(num.sum() / max(den.sum(), 1e-12)), float(low), float(high)
