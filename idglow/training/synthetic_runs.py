@@ -39,6 +39,16 @@ def learning_world(seed: int = 0) -> SyntheticWorld:
                           code_dim=6, embedding_dim=32, layout="grid", grid=(2, 2), seed=seed)
 
 
+def learning_world_v2(seed: int = 0, structure_weight: float = 0.5) -> SyntheticWorld:
+    """The world without giveaways: 2–3 people anywhere in a 16×16 latent (at least 2 pixels apart), named by
+    words only (order from the left, "left" / "middle" / "right", "upper" / "lower", "child" / "adult"), and
+    reference embeddings that carry the reference's structure (``structure_weight``), so a model that learns to
+    copy a reference can copy its age along with its identity."""
+    return SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), min_people=2, max_people=3,
+                          code_dim=6, embedding_dim=32, layout="random", prompt="words", position_bins=(3, 2),
+                          structure_weight=structure_weight, seed=seed)
+
+
 def build_learning_model(world: SyntheticWorld, seed: int = 0) -> IdGlowDenoiser:
     """The model of the learning tests and benchmarks: a real FluxTransformer2DModel (1 double + 2 single
     blocks, 4 heads of 32 with three rotary frequencies per spatial axis) and an IdGlowAdapter."""
@@ -78,10 +88,11 @@ def pretrain_base(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, steps: in
 @torch.no_grad()
 def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *, seed: int = 0,
              num_steps: int = 10, window: IdentityWindow | None = None, id_scale: float | list[float] = 1.0,
-             batch_size: int = 16) -> list[torch.Tensor]:
+             batch_size: int = 16, with_identity: bool = True) -> list[torch.Tensor]:
     """Generated latents (C, S, S) for ``dataset[i]`` (its prompt and references), noise from ``seed + i``;
-    identity injected inside ``window`` (default: each sample's task window) at ``id_scale`` (one value, or
-    one per index)."""
+    identity injected inside ``window`` (default: each sample's task window; any object with ``gate(σ)``
+    works, e.g. a strength schedule) at ``id_scale`` (one value, or one per index). ``with_identity=False``
+    runs the transformer alone (the base model)."""
     if not isinstance(id_scale, (int, float)) and len(id_scale) != len(indices):
         raise ValueError(f"got {len(id_scale)} id scales for {len(indices)} indices")
     was_training = model.training
@@ -95,7 +106,8 @@ def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
         windows = [window or window_for_task(t) for t in batch["task"]]
         scale = (id_scale if isinstance(id_scale, (int, float))
                  else torch.tensor(id_scale[start:start + batch_size], dtype=torch.float32))
-        lat = euler_sample(model, noise, batch["prompt_embeds"], batch["pooled_prompt_embeds"], batch["id_embeds"],
+        id_embeds = batch["id_embeds"] if with_identity else None
+        lat = euler_sample(model, noise, batch["prompt_embeds"], batch["pooled_prompt_embeds"], id_embeds,
                            batch["id_mask"], windows, num_steps=num_steps, id_scale=scale)
         out.extend(lat)
     model.train(was_training)
@@ -103,11 +115,14 @@ def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
 
 
 def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], **kwargs) -> dict[str, float]:
-    """Mean Hungarian-matched identity similarity (against the reference embeddings), code similarity, and
-    the fraction of people shown with the requested structure (child/adult), over generated scenes."""
+    """Over generated scenes (``generate``'s keyword arguments pass through): mean Hungarian-matched identity
+    similarity (against the reference embeddings), code similarity (structure-free; 0 for a missing person),
+    the fraction of people shown with the requested structure (child/adult), the mean age error of the
+    structure of matched people (years), layout accuracy (people in the coarse region the prompt names) and
+    missing people per scene."""
     analyzer = SyntheticFaceAnalyzer(dataset.world)
     latents = generate(model, dataset, indices, **kwargs)
-    ident, code, struct, missing = [], [], [], []
+    ident, code, struct, missing, age, layout = [], [], [], [], [], []
     for i, lat in zip(indices, latents):
         target, refs = dataset.spec(i)
         m = scene_metrics(analyzer, lat, target, dataset.reference_embeddings(refs))
@@ -115,8 +130,11 @@ def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
         code.extend(m["code_similarity"])
         struct.extend(m["structure_ok"])
         missing.append(m["missing"])
+        age.extend(e for e in m["age_error"] if e is not None)
+        layout.append(m["layout_accuracy"])
     return {"identity": float(np.mean(ident)), "code_similarity": float(np.mean(code)),
-            "structure_accuracy": float(np.mean(struct)), "missing": float(np.mean(missing))}
+            "structure_accuracy": float(np.mean(struct)), "age_error": float(np.mean(age)) if age else float("nan"),
+            "layout_accuracy": float(np.mean(layout)), "missing": float(np.mean(missing))}
 
 
 def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *,
@@ -162,6 +180,21 @@ def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indice
             "preference": torch.from_numpy(pref), "strength": torch.from_numpy(strength), "pair_id": i,
         })
     return pairs
+
+
+class LinearDecayGate:
+    """An identity strength schedule for ``generate`` / ``euler_sample`` (anything with ``gate(σ)`` works
+    there): s(σ) = 1 for σ ≤ ``sigma_lo``, falling linearly to 0 at ``sigma_hi``, 0 above — identity fades
+    out across the window towards the noisy steps that decide layout and structure."""
+
+    def __init__(self, sigma_lo: float = 0.3, sigma_hi: float = 0.6):
+        if not 0.0 <= sigma_lo < sigma_hi <= 1.0:
+            raise ValueError(f"need 0 <= sigma_lo={sigma_lo} < sigma_hi={sigma_hi} <= 1")
+        self.sigma_lo, self.sigma_hi = sigma_lo, sigma_hi
+
+    def gate(self, sigma: float) -> float:
+        """s(σ) ∈ [0, 1]."""
+        return float(np.clip((self.sigma_hi - float(sigma)) / (self.sigma_hi - self.sigma_lo), 0.0, 1.0))
 
 
 class CachedDataset(torch.utils.data.Dataset):
