@@ -12,8 +12,12 @@ analytically (no training). Like a real face embedding, the embedding also carri
 structure (``structure_weight``), so that an adult reference and its child rendering are similar but not
 identical. ``oracle_scores`` / ``oracle_preference`` judge generated scenes the way annotators would.
 
-The "prompt" of a scene is given directly as embeddings (one token per slot with its position and whether
-the person is shown as a child), which stands in for the text encoders of FLUX.
+The "prompt" of a scene is given directly as embeddings, which stand in for the text encoders of FLUX. With
+``prompt="tokens"`` (the first version of this world) token j carries slot j's exact box, size, child flag, slot
+one-hot and grid cell, which gives the layout and the age away. With ``prompt="words"`` (v2) token j is the sum
+of a few word vectors from a fixed random vocabulary: an order word ("first", "second", … from the left), a
+coarse position ("left" / "middle" / "right", "upper" / "lower") and an age word ("child" / "adult"); where
+exactly a face goes and how large it is are the model's to decide.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class SyntheticWorld:
             ``grid`` = (rows, cols) cells and centres each person in a distinct random cell, people in reading
             order (slot 0 is the top-left-most person), the way a prompt lists "person 1 on the left, ...".
             The prompt then also names each person's cell.
+        prompt: ``"tokens"`` (exact layout features per slot) or ``"words"`` (order, coarse position and age
+            words only; people are then listed left to right, and slot order is left-to-right order).
+        position_bins: (columns, rows) of the coarse position words of ``prompt="words"``.
     """
 
     size: int = 32
@@ -93,11 +100,14 @@ class SyntheticWorld:
     max_slots: int = 6
     layout: str = "random"
     grid: tuple[int, int] = (2, 2)
+    prompt: str = "tokens"
+    position_bins: tuple[int, int] = (3, 2)
     seed: int = 0
     patterns: np.ndarray = field(init=False, repr=False)
     embed_basis: np.ndarray = field(init=False, repr=False)
     prompt_basis: np.ndarray = field(init=False, repr=False)
     pooled_basis: np.ndarray = field(init=False, repr=False)
+    word_vectors: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.size % 2:
@@ -109,6 +119,10 @@ class SyntheticWorld:
                              f"max_slots={self.max_slots}")
         if self.layout not in ("random", "grid"):
             raise ValueError(f"layout={self.layout!r}; expected 'random' or 'grid'")
+        if self.prompt not in ("tokens", "words"):
+            raise ValueError(f"prompt={self.prompt!r}; expected 'tokens' or 'words'")
+        if min(self.position_bins) < 1:
+            raise ValueError(f"position_bins={self.position_bins} must be at least 1 column and 1 row")
         if self.layout == "grid":
             rows, cols = self.grid
             if self.max_people > rows * cols:
@@ -128,6 +142,9 @@ class SyntheticWorld:
         self.prompt_basis = (rng.standard_normal((slot_features, self.prompt_dim)) /
                              np.sqrt(slot_features)).astype(np.float32)
         self.pooled_basis = (rng.standard_normal((self.max_slots + 1, self.pooled_dim))).astype(np.float32)
+        # drawn last, so that the worlds of ``prompt="tokens"`` stay what they were
+        self.word_vectors = (rng.standard_normal((len(self.vocabulary), self.prompt_dim)) /
+                             np.sqrt(3.0)).astype(np.float32)
 
     # --- identities and rendering -----------------------------------------------------------------------
 
@@ -211,6 +228,8 @@ class SyntheticWorld:
                 else:
                     break
             if len(boxes) == len(child):
+                if self.prompt == "words":  # prompts list people left to right
+                    boxes.sort(key=lambda b: (b[0] + b[2], b[1] + b[3]))
                 return boxes
         raise ValueError(f"cannot place {len(child)} faces in a {self.size}x{self.size} scene")
 
@@ -257,13 +276,45 @@ class SyntheticWorld:
 
     # --- the "prompt" -------------------------------------------------------------------------------------
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """The words of ``prompt="words"``: order words, coarse position words, age words, and "end"."""
+        cols, rows = self.position_bins
+        order = ["first", "second", "third", "fourth", "fifth", "sixth"][: self.max_slots]
+        order += [f"person{j + 1}" for j in range(len(order), self.max_slots)]
+        return [*order, *_bin_words(cols, ("left", "middle", "right")), *_bin_words(rows, ("upper", "centre", "lower")),
+                "child", "adult", "end"]
+
+    def position_words(self, box) -> tuple[str, str]:
+        """Coarse (horizontal, vertical) position words of a box's centre."""
+        cols, rows = self.position_bins
+        cx, cy = (box[0] + box[2]) / 2 / self.size, (box[1] + box[3]) / 2 / self.size
+        horizontal = _bin_words(cols, ("left", "middle", "right"))[min(int(cx * cols), cols - 1)]
+        vertical = _bin_words(rows, ("upper", "centre", "lower"))[min(int(cy * rows), rows - 1)]
+        return horizontal, vertical
+
+    def prompt_words(self, spec: SceneSpec) -> list[list[str]]:
+        """The words of each person's token in a ``prompt="words"`` prompt, in slot order."""
+        order = self.vocabulary[: self.max_slots]
+        return [[order[j], *self.position_words(box), "child" if c else "adult"]
+                for j, (box, c) in enumerate(zip(spec.boxes, spec.child))]
+
     def encode_prompt(self, spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
         """Prompt embeddings (max_slots + 1, prompt_dim) and pooled embedding (pooled_dim,).
 
-        Token j describes slot j (its position, size, whether it is shown as a child and, in the grid layout,
-        its cell); the last token is a constant. Stands in for "person 1, a child, on the left; ..." through a
-        text encoder.
+        ``prompt="tokens"``: token j describes slot j exactly (its position, size, whether it is shown as a
+        child and, in the grid layout, its cell). ``prompt="words"``: token j is the sum of the vectors of
+        ``prompt_words(spec)[j]``. The last token is a constant. Stands in for "the first person from the left,
+        a child, ..." through a text encoder.
         """
+        pooled = self.pooled_basis[spec.num_subjects]
+        if self.prompt == "words":
+            index = {w: i for i, w in enumerate(self.vocabulary)}
+            emb = np.zeros((self.max_slots + 1, self.prompt_dim), dtype=np.float32)
+            for j, words in enumerate(self.prompt_words(spec)):
+                emb[j] = self.word_vectors[[index[w] for w in words]].sum(0)
+            emb[-1] = self.word_vectors[index["end"]]
+            return emb * 3.0, pooled.copy()
         feats = np.zeros((self.max_slots + 1, self.max_slots + 6 + self.num_cells), dtype=np.float32)
         for j, ((x1, y1, x2, y2), c) in enumerate(zip(spec.boxes, spec.child)):
             s = float(self.size)
@@ -273,7 +324,6 @@ class SyntheticWorld:
             if self.num_cells:
                 feats[j, self.max_slots + 6 + self.cell_of((x1, y1, x2, y2))] = 1.0
         feats[-1, self.max_slots + 5] = -1.0
-        pooled = self.pooled_basis[spec.num_subjects]
         return feats @ self.prompt_basis * 3.0, pooled.copy()
 
     # --- references and embeddings ------------------------------------------------------------------------
@@ -300,6 +350,16 @@ class SyntheticWorld:
         feat = np.concatenate([z, [self.structure_weight * float(np.clip(structure, -1.5, 1.5))]])
         return l2_normalize(self.embed_basis @ feat.astype(np.float32))
 
+    def structure_age(self, bbox) -> float:
+        """The age a face's structure reads as: its box's aspect ratio mapped linearly from the child shape
+        (``CHILD_AGE``) to the adult shape (``ADULT_AGE``), clipped to [0, 2·ADULT_AGE]."""
+        x1, y1, x2, y2 = bbox
+        aspect = (y2 - y1) / max(x2 - x1, 1e-6)
+        a_adult = self.adult_shape[0] / self.adult_shape[1]
+        a_child = self.child_shape[0] / self.child_shape[1]
+        t = (aspect - a_child) / max(a_adult - a_child, 1e-6)
+        return float(np.clip(CHILD_AGE + t * (ADULT_AGE - CHILD_AGE), 0.0, 2 * ADULT_AGE))
+
     def is_child_shape(self, bbox) -> bool:
         x1, y1, x2, y2 = bbox
         aspect = (y2 - y1) / max(x2 - x1, 1e-6)
@@ -321,6 +381,13 @@ def _stretched(buf: bytes, shape: tuple[int, ...], h: int, w: int) -> np.ndarray
     k, c, p, _ = patterns.shape
     out = F.interpolate(patterns.reshape(k * c, 1, p, p), size=(h, w), mode="bilinear", align_corners=True)
     return out.reshape(k, c, h, w).numpy()
+
+
+def _bin_words(n: int, words: tuple[str, str, str]) -> list[str]:
+    """Names of n coarse bins along one axis (1: the middle word; 2: the outer words; 3: all three)."""
+    if n > 3:
+        return [f"{words[0]}{i}" for i in range(n)]
+    return {1: [words[1]], 2: [words[0], words[2]], 3: list(words)}[n]
 
 
 def _apart(a, b, gap: int) -> bool:
@@ -407,6 +474,17 @@ def layout_errors(faces: list[Face], spec: SceneSpec, min_iou: float = 0.25) -> 
     return spec.num_subjects - placed, len(faces) - placed
 
 
+def layout_accuracy(world: SyntheticWorld, faces: list[Face], spec: SceneSpec) -> float:
+    """Fraction of requested people for whom a face stands in the coarse region the prompt names
+    (``position_words``), each face counted once, whoever it looks like: Σ over regions of min(requested,
+    found) / requested."""
+    from collections import Counter
+
+    wanted = Counter(world.position_words(b) for b in spec.boxes)
+    found = Counter(world.position_words(f.bbox) for f in faces)
+    return sum(min(n, found[key]) for key, n in wanted.items()) / max(spec.num_subjects, 1)
+
+
 def _iou(a, b) -> float:
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
@@ -423,18 +501,21 @@ def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
     ``code_similarity`` per slot (cosine of the recovered code, structure-free), ``structure_ok`` per slot
     (matched face has the requested child/adult structure), ``missing``/``extra`` counts of the identity
     match (a face that resembles nobody counts as both), ``absent``/``surplus`` counts by position alone
-    (see ``layout_errors``) and ``background_noise`` (mean |deviation| of background pixels from the clean
-    background).
+    (see ``layout_errors``), ``layout_accuracy`` (see ``layout_accuracy``), ``age_error`` per slot
+    (|structure age of the matched face − target age| in years, None when the person is missing) and
+    ``background_noise`` (mean |deviation| of background pixels from the clean background).
     """
     match, faces = scene_match(analyzer, latent, spec, reference_embeddings)
     absent, surplus = layout_errors(faces, spec)
-    code_sim, structure_ok = [], []
+    code_sim, structure_ok, age_error = [], [], []
     for slot, face_idx in enumerate(match.face_of_slot):
         if face_idx is None:
             code_sim.append(0.0)
             structure_ok.append(False)
+            age_error.append(None)
             continue
         face = faces[face_idx]
+        age_error.append(abs(analyzer.world.structure_age(face.bbox) - spec.target_ages[slot]))
         code_sim.append(float(l2_normalize(face.code) @ l2_normalize(spec.codes[slot])))  # type: ignore[attr-defined]
         structure_ok.append(analyzer.world.is_child_shape(face.bbox) == spec.child[slot])
     lat = latent.detach().float().cpu().numpy() if isinstance(latent, torch.Tensor) else np.asarray(latent)
@@ -452,6 +533,8 @@ def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
         "extra": len(match.extra),
         "absent": absent,
         "surplus": surplus,
+        "layout_accuracy": layout_accuracy(analyzer.world, faces, spec),
+        "age_error": age_error,
         "background_noise": float(bg_dev.mean()) if bg_dev.size else 0.0,
         "match": match,
     }
@@ -500,3 +583,34 @@ def oracle_preference(scores_0: dict[str, Any], scores_1: dict[str, Any], *, tie
             pref[i] = 1.0 if diff > 0 else -1.0
             strength[i] = 1.0 if abs(diff) >= clear else 0.5
     return pref, strength
+
+
+# --- a second scorer that never labels ---------------------------------------------------------------------
+
+
+def judge_scores(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec) -> dict[str, Any]:
+    """An independent judge of a generated scene, for win rates of a model trained on ``oracle_preference``
+    labels: it shares none of the oracle's choices beyond reading faces.
+
+    Each requested person is looked for where the request puts them (the face whose centre is nearest the
+    requested box's centre, within half the box's larger side; each face serves one person), not by a
+    Hungarian identity match; identity is the cosine of the recovered identity *code* with the person's code
+    (structure-free), not the embedding; absent people score 0; no structure bonus.
+    ``overall`` = mean per-person code similarity − 0.25·(faces claimed by nobody).
+    """
+    faces = analyzer.detect(latent)
+    centres = np.array([[(f.bbox[0] + f.bbox[2]) / 2, (f.bbox[1] + f.bbox[3]) / 2] for f in faces]).reshape(-1, 2)
+    free = np.ones(len(faces), dtype=bool)
+    per_person = []
+    for code, (x1, y1, x2, y2) in zip(spec.codes, spec.boxes):
+        dist = np.hypot(centres[:, 0] - (x1 + x2) / 2, centres[:, 1] - (y1 + y2) / 2)
+        dist[~free] = np.inf
+        j = int(np.argmin(dist)) if len(faces) else -1
+        if j < 0 or dist[j] > max(x2 - x1, y2 - y1) / 2:
+            per_person.append(0.0)
+            continue
+        free[j] = False
+        per_person.append(float(l2_normalize(faces[j].code) @ l2_normalize(code)))  # type: ignore[attr-defined]
+    unclaimed = int(free.sum())
+    return {"overall": float(np.mean(per_person)) - 0.25 * unclaimed, "identity": per_person,
+            "unclaimed": unclaimed}

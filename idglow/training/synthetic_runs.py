@@ -14,6 +14,7 @@ from idglow.schedule import IdentityWindow, window_for_task
 from idglow.synthetic import (
     SyntheticFaceAnalyzer,
     SyntheticWorld,
+    judge_scores,
     oracle_preference,
     oracle_scores,
     scene_metrics,
@@ -36,6 +37,16 @@ def learning_world(seed: int = 0) -> SyntheticWorld:
     who they are only from the references, so identity similarity measures identity rather than presence."""
     return SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), min_people=2, max_people=3,
                           code_dim=6, embedding_dim=32, layout="grid", grid=(2, 2), seed=seed)
+
+
+def learning_world_v2(seed: int = 0, structure_weight: float = 0.5) -> SyntheticWorld:
+    """The world without giveaways: 2–3 people anywhere in a 16×16 latent (at least 2 pixels apart), named by
+    words only (order from the left, "left" / "middle" / "right", "upper" / "lower", "child" / "adult"), and
+    reference embeddings that carry the reference's structure (``structure_weight``), so a model that learns to
+    copy a reference can copy its age along with its identity."""
+    return SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), min_people=2, max_people=3,
+                          code_dim=6, embedding_dim=32, layout="random", prompt="words", position_bins=(3, 2),
+                          structure_weight=structure_weight, seed=seed)
 
 
 def build_learning_model(world: SyntheticWorld, seed: int = 0) -> IdGlowDenoiser:
@@ -77,10 +88,11 @@ def pretrain_base(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, steps: in
 @torch.no_grad()
 def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *, seed: int = 0,
              num_steps: int = 10, window: IdentityWindow | None = None, id_scale: float | list[float] = 1.0,
-             batch_size: int = 16) -> list[torch.Tensor]:
+             batch_size: int = 16, with_identity: bool = True) -> list[torch.Tensor]:
     """Generated latents (C, S, S) for ``dataset[i]`` (its prompt and references), noise from ``seed + i``;
-    identity injected inside ``window`` (default: each sample's task window) at ``id_scale`` (one value, or
-    one per index)."""
+    identity injected inside ``window`` (default: each sample's task window; any object with ``gate(σ)``
+    works, e.g. a strength schedule) at ``id_scale`` (one value, or one per index). ``with_identity=False``
+    runs the transformer alone (the base model)."""
     if not isinstance(id_scale, (int, float)) and len(id_scale) != len(indices):
         raise ValueError(f"got {len(id_scale)} id scales for {len(indices)} indices")
     was_training = model.training
@@ -94,7 +106,8 @@ def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
         windows = [window or window_for_task(t) for t in batch["task"]]
         scale = (id_scale if isinstance(id_scale, (int, float))
                  else torch.tensor(id_scale[start:start + batch_size], dtype=torch.float32))
-        lat = euler_sample(model, noise, batch["prompt_embeds"], batch["pooled_prompt_embeds"], batch["id_embeds"],
+        id_embeds = batch["id_embeds"] if with_identity else None
+        lat = euler_sample(model, noise, batch["prompt_embeds"], batch["pooled_prompt_embeds"], id_embeds,
                            batch["id_mask"], windows, num_steps=num_steps, id_scale=scale)
         out.extend(lat)
     model.train(was_training)
@@ -102,11 +115,14 @@ def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
 
 
 def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], **kwargs) -> dict[str, float]:
-    """Mean Hungarian-matched identity similarity (against the reference embeddings), code similarity, and
-    the fraction of people shown with the requested structure (child/adult), over generated scenes."""
+    """Over generated scenes (``generate``'s keyword arguments pass through): mean Hungarian-matched identity
+    similarity (against the reference embeddings), code similarity (structure-free; 0 for a missing person),
+    the fraction of people shown with the requested structure (child/adult), the mean age error of the
+    structure of matched people (years), layout accuracy (people in the coarse region the prompt names) and
+    missing people per scene."""
     analyzer = SyntheticFaceAnalyzer(dataset.world)
     latents = generate(model, dataset, indices, **kwargs)
-    ident, code, struct, missing = [], [], [], []
+    ident, code, struct, missing, age, layout = [], [], [], [], [], []
     for i, lat in zip(indices, latents):
         target, refs = dataset.spec(i)
         m = scene_metrics(analyzer, lat, target, dataset.reference_embeddings(refs))
@@ -114,8 +130,11 @@ def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
         code.extend(m["code_similarity"])
         struct.extend(m["structure_ok"])
         missing.append(m["missing"])
+        age.extend(e for e in m["age_error"] if e is not None)
+        layout.append(m["layout_accuracy"])
     return {"identity": float(np.mean(ident)), "code_similarity": float(np.mean(code)),
-            "structure_accuracy": float(np.mean(struct)), "missing": float(np.mean(missing))}
+            "structure_accuracy": float(np.mean(struct)), "age_error": float(np.mean(age)) if age else float("nan"),
+            "layout_accuracy": float(np.mean(layout)), "missing": float(np.mean(missing))}
 
 
 def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *,
@@ -163,6 +182,21 @@ def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indice
     return pairs
 
 
+class LinearDecayGate:
+    """An identity strength schedule for ``generate`` / ``euler_sample`` (anything with ``gate(σ)`` works
+    there): s(σ) = 1 for σ ≤ ``sigma_lo``, falling linearly to 0 at ``sigma_hi``, 0 above — identity fades
+    out across the window towards the noisy steps that decide layout and structure."""
+
+    def __init__(self, sigma_lo: float = 0.3, sigma_hi: float = 0.6):
+        if not 0.0 <= sigma_lo < sigma_hi <= 1.0:
+            raise ValueError(f"need 0 <= sigma_lo={sigma_lo} < sigma_hi={sigma_hi} <= 1")
+        self.sigma_lo, self.sigma_hi = sigma_lo, sigma_hi
+
+    def gate(self, sigma: float) -> float:
+        """s(σ) ∈ [0, 1]."""
+        return float(np.clip((self.sigma_hi - float(sigma)) / (self.sigma_hi - self.sigma_lo), 0.0, 1.0))
+
+
 class CachedDataset(torch.utils.data.Dataset):
     """Materialise a synthetic dataset once (rendering and reference embedding cost more than a tiny step)."""
 
@@ -186,11 +220,21 @@ class CachedDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]], *, draws: int = 8,
-                             seed: int = 0, batch_size: int = 16) -> float:
+def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]], **kwargs) -> float:
     """Held-out implicit reward accuracy of the policy against its reference (``model.ref_adapter``): the
-    fraction of labelled (pair, dimension) entries where Δ_d < 0, averaging the errors over ``draws`` noise/σ
-    draws; Δ_d = 0 (policy = reference) counts one half."""
+    fraction of labelled (pair, dimension) entries where Δ_d < 0 (see ``implicit_reward_counts``)."""
+    correct, total = implicit_reward_counts(model, pairs, **kwargs)
+    return float(correct.sum() / max(total.sum(), 1.0))
+
+
+@torch.no_grad()
+def implicit_reward_counts(model: IdGlowDenoiser, pairs: list[dict[str, Any]], *, draws: int = 8,
+                           seed: int = 0, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: (correctly ranked labelled dimensions, labelled dimensions), each (len(pairs),).
+
+    A labelled dimension d is ranked correctly when Δ_d < 0, with the errors averaged over ``draws`` noise/σ
+    draws; Δ_d = 0 (policy = reference) counts one half. Pairs are the unit to resample for an interval (see
+    ``ratio_interval``): a pair's dimensions share its images."""
     from idglow.losses import orient_pairs, region_errors
     from idglow.training.data import NUM_DIMENSIONS, dpo_region_masks
     from idglow.training.modeling import pack_masks
@@ -198,7 +242,7 @@ def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]],
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    correct, total = 0.0, 0.0
+    correct, total = [], []
     for start in range(0, len(pairs), batch_size):
         batch = collate_group_samples(pairs[start:start + batch_size])
         lat = torch.cat([batch["latents_0"], batch["latents_1"]])
@@ -224,18 +268,48 @@ def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]],
         pw, pl, lab = orient_pairs(err_p[:b], err_p[b:], batch["preference"])
         rw, rl, _ = orient_pairs(err_r[:b], err_r[b:], batch["preference"])
         delta = (pw - rw) - (pl - rl)
-        correct += float((((delta < 0).float() + 0.5 * (delta == 0).float()) * lab).sum())
-        total += float(lab.sum())
+        correct.append((((delta < 0).float() + 0.5 * (delta == 0).float()) * lab).sum(-1))
+        total.append(lab.sum(-1))
     model.train(was_training)
-    return correct / max(total, 1.0)
+    return torch.cat(correct).numpy(), torch.cat(total).numpy()
+
+
+def win_outcomes(dataset, indices: list[int], new: list[torch.Tensor], old: list[torch.Tensor], *,
+                 scorer: str = "judge") -> np.ndarray:
+    """Per prompt: 1 when ``scorer`` prefers ``new[i]`` over ``old[i]`` overall, ½ for a tie, 0 otherwise.
+
+    ``scorer="judge"`` is ``judge_scores`` (a scorer that labelled nothing: position-anchored, structure-free
+    code similarity); ``"oracle"`` is the labeller itself (``oracle_scores``)."""
+    if scorer not in ("judge", "oracle"):
+        raise ValueError(f"scorer={scorer!r}; expected 'judge' or 'oracle'")
+    score = judge_scores if scorer == "judge" else oracle_scores
+    analyzer = SyntheticFaceAnalyzer(dataset.world)
+    out = []
+    for i, a, b in zip(indices, new, old):
+        target, _ = dataset.spec(i)
+        sa, sb = score(analyzer, a, target)["overall"], score(analyzer, b, target)["overall"]
+        out.append(1.0 if sa > sb else (0.5 if sa == sb else 0.0))
+    return np.asarray(out)
 
 
 def oracle_win_rate(dataset, indices: list[int], new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
-    """Fraction of prompts where the oracle prefers ``new[i]`` over ``old[i]`` overall (ties count ½)."""
-    analyzer = SyntheticFaceAnalyzer(dataset.world)
-    wins = 0.0
-    for i, a, b in zip(indices, new, old):
-        target, _ = dataset.spec(i)
-        sa, sb = oracle_scores(analyzer, a, target)["overall"], oracle_scores(analyzer, b, target)["overall"]
-        wins += 1.0 if sa > sb else (0.5 if sa == sb else 0.0)
-    return wins / max(len(indices), 1)
+    """Fraction of prompts where the oracle (the labeller) prefers ``new[i]`` over ``old[i]`` (ties count ½)."""
+    return float(win_outcomes(dataset, indices, new, old, scorer="oracle").mean()) if indices else 0.0
+
+
+def ratio_interval(numerators, denominators, *, confidence: float = 0.95, num_resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Σ numerators / Σ denominators with a percentile bootstrap interval over cases (resampled with
+    replacement): (estimate, low, high). With all denominators 1 this is a mean and its interval."""
+    from idglow.eval.metrics import bootstrap_indices
+
+    num, den = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
+        raise ValueError(f"need two equal non-empty 1-d arrays, got shapes {num.shape} and {den.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+    idx = bootstrap_indices(num.size, num_resamples, seed)
+    ratios = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(num.sum() / max(den.sum(), 1e-12)), float(low), float(high)
