@@ -111,13 +111,14 @@ def test_dpo_learns_oracle_preferences_from_seed_pairs(sft_run):
     acc_before = ratio_interval(*implicit_reward_counts(model, test_pairs, draws=32))
     trainer.train()
     acc_after = ratio_interval(*implicit_reward_counts(model, test_pairs, draws=32))
+    fit = ratio_interval(*implicit_reward_counts(model, train_pairs[:HELD_OUT_PAIRS], draws=32))
     dpo_samples = generate(model, evalset, eidx, seed=5000)
     ones = np.ones(len(eidx))
     judge = ratio_interval(win_outcomes(evalset, eidx, dpo_samples, sft_samples, scorer="judge"), ones)
     oracle = ratio_interval(win_outcomes(evalset, eidx, dpo_samples, sft_samples, scorer="oracle"), ones)
     fmt = "{:.3f} [{:.3f}, {:.3f}]".format
     print(f"DPO on {len(train_pairs)} seed pairs: held-out implicit reward accuracy {fmt(*acc_before)} -> "
-          f"{fmt(*acc_after)} ({len(test_pairs)} pairs); win rate over SFT on {len(eidx)} prompts: judge "
+          f"{fmt(*acc_after)} ({len(test_pairs)} pairs), on {HELD_OUT_PAIRS} training pairs {fmt(*fit)}; win rate over SFT on {len(eidx)} prompts: judge "
           f"{fmt(*judge)}, oracle (labeller) {fmt(*oracle)}")
     assert abs(acc_before[0] - 0.5) < 0.05
     assert acc_after[0] >= ACC_AFTER_MIN
