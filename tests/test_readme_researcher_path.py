@@ -90,15 +90,16 @@ def test_readme_researcher_path_runs_and_the_app_serves_the_new_version(ran_bloc
     assert PreferenceExportDataset(work / "exports/demo", None, resolution=64, split=None).redetected == 0
 
     # "restart the app": build the services on the same data dir; the new version is served and generates
-    from annotation.generation import GenerationRequest, SubjectInput
+    from annotation.generation import GenerationRequest
     from annotation.ui.settings import AppSettings
     from annotation.ui.wiring import build_services
     from idglow.images import decode_image
+    from idglow.subjects import SubjectRef
 
     services, _ = build_services(AppSettings(data_dir=str(work / "demo")))
     assert "dpo-v1" in services.generation.model_versions()
     portrait = decode_image(work / "samples/person1.jpg")
     result = services.generation.generate(GenerationRequest(
-        subjects=[SubjectInput(portrait)], prompt="a portrait", num_images=1, num_inference_steps=1,
+        subjects=[SubjectRef(portrait)], prompt="a portrait", num_images=1, num_inference_steps=1,
         height=64, width=64, model_versions=["dpo-v1"], consent=True, seed=0))
     assert [c.model_version for c in result.candidates] == ["dpo-v1"]

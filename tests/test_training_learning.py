@@ -37,10 +37,12 @@ DPO_POOL = 1280
 HELD_OUT = 32
 HELD_OUT_PAIRS = 64
 WIN_PROMPTS = 128
-# Measured with these settings: held-out reward accuracy 0.546 [0.470, 0.629], judge win rate 0.570
-# [0.484, 0.656] (95% bootstrap). Neither interval excludes chance, so the bar is only "no worse than chance".
+# Measured with these settings: held-out reward accuracy 0.562 [0.492, 0.634], judge win rate 0.547
+# [0.469, 0.633], accuracy on 64 training pairs 0.620 [0.550, 0.687] (95% bootstrap). The held-out intervals do
+# not exclude chance, so their bar is only "no worse than chance"; DPO does fit its own training pairs.
 ACC_AFTER_MIN = 0.5
 JUDGE_WIN_MIN = 0.5
+FIT_MIN = 0.58
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +125,4 @@ def test_dpo_learns_oracle_preferences_from_seed_pairs(sft_run):
     assert abs(acc_before[0] - 0.5) < 0.05
     assert acc_after[0] >= ACC_AFTER_MIN
     assert judge[0] >= JUDGE_WIN_MIN
+    assert fit[0] >= FIT_MIN
