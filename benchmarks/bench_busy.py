@@ -27,7 +27,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TABLE = {"headers": ["person", "label", "target age", "ID weight"], "data": [[1, "Ann", None, 1.0], [2, "Bob", None, 1.0]]}
 DEADLINE_S = 300.0
 
 
@@ -39,12 +38,14 @@ def _visitor(url: str, portraits: list[Path]):
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False, download_files=False)
-    client.predict([handle_file(str(p)) for p in portraits], True, api_name="/upload")
+    client.predict(files=[handle_file(str(p)) for p in portraits], consent=True, api_name="/upload")
     return client
 
 
-def _generate_args(steps: int, seed: int) -> tuple:
-    return (TABLE, "fusion", "", "", True, seed, steps, 3.5, 1.0, 0.0, 1.0, 1, 64, ["tiny-demo"])
+def _generate_args(steps: int, seed: int) -> dict:
+    """The Generate tab's inputs by name (the tab's API takes keyword inputs)."""
+    return dict(task="fusion", scene="", prompt="", consent=True, seed=seed, steps=steps, guidance=3.5, id_scale=1.0,
+                window_lo=0.0, window_hi=1.0, num_images=1, size=64, model_versions=["tiny-demo"])
 
 
 def _timed_generate(client, steps: int, seed: int) -> tuple[str, float]:
@@ -53,7 +54,7 @@ def _timed_generate(client, steps: int, seed: int) -> tuple[str, float]:
 
     start = time.perf_counter()
     try:
-        client.predict(*_generate_args(steps, seed), api_name="/generate")
+        client.predict(**_generate_args(steps, seed), api_name="/generate")
         return "done", time.perf_counter() - start
     except AppError as err:
         kind = "busy" if "try again in" in str(err) else f"error: {err}"
@@ -78,7 +79,7 @@ def _vote_loop(url: str, user: str, password: str, votes: int, stop: threading.E
 def _per_visitor(url: str, portraits: list[Path], steps: int) -> list[str]:
     """One visitor sends three generate calls at once; returns the three outcomes."""
     client = _visitor(url, portraits)
-    jobs = [client.submit(*_generate_args(steps, 100 + k), api_name="/generate") for k in range(3)]
+    jobs = [client.submit(**_generate_args(steps, 100 + k), api_name="/generate") for k in range(3)]
     outcomes = []
     for job in jobs:
         try:
