@@ -25,7 +25,7 @@ from sqlalchemy import String, Text, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from annotation.badcase_store import write_badcases_jsonl
-from annotation.storage import image_file
+from annotation.storage import file_sha256, image_file
 from annotation.users import get_user, require_role
 from db.engine import read_only
 from db.models import (
@@ -239,14 +239,6 @@ class ExportResult:
     card: str = ""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read(data_dir: Path | None, rel: str | None) -> bytes | None:
     if rel is None or data_dir is None:
         return None
@@ -329,7 +321,7 @@ def export_preferences(
             format=format,
             num_rows=result.rows,
             params=params,
-            manifest_sha256=_sha256(manifest_path),
+            manifest_sha256=file_sha256(manifest_path),
         )
     )
     session.commit()
@@ -387,7 +379,7 @@ def _write_export(
     card += (f"\n`badcases.jsonl` holds the {badcases} bad case(s) annotators flagged (failure types, task, note, the "
              "prompt that made the image), in the format `idglow prompt --badcases` reads.\n")
     (out / "README.md").write_text(card, encoding="utf-8")
-    files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    files = {p.relative_to(out).as_posix(): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     manifest = {"rows": sum(counts.values()), "rows_per_split": counts, "params": params, "files": files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return ExportResult(out, manifest["rows"], counts, pages.dropped_ties, files, votes=pages.votes,

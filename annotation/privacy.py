@@ -9,7 +9,6 @@ here logs an address or any other detail about a visitor.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -278,14 +277,6 @@ def _temp_files(root: Path):
                     yield folder, entry
 
 
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def _same_picture(path: Path, digests: dict[tuple[int, int], set[str]]) -> bool:
     from PIL import Image
 
@@ -303,10 +294,10 @@ def _same_picture(path: Path, digests: dict[tuple[int, int], set[str]]) -> bool:
 def purge_served_copies(root: str | os.PathLike[str], images: list[Any] = (), files: list[Path] = ()) -> int:
     """Delete the web server's copies of these pictures (PIL images or image files, matched by their pixels,
     whatever the copy's format) and of these files (matched by name and content). Returns how many went."""
+    from annotation.storage import file_sha256, pixel_digest
+
     digests: dict[tuple[int, int], set[str]] = {}
     for image in images:
-        from annotation.storage import pixel_digest
-
         try:
             size = image.size if hasattr(image, "size") else _image_size(image)
             digests.setdefault(tuple(size), set()).add(pixel_digest(image))
@@ -315,10 +306,10 @@ def purge_served_copies(root: str | os.PathLike[str], images: list[Any] = (), fi
     wanted = {}
     for path in files:
         if Path(path).is_file():
-            wanted.setdefault(Path(path).name, set()).add(_file_sha256(Path(path)))
+            wanted.setdefault(Path(path).name, set()).add(file_sha256(Path(path)))
     removed = 0
     for folder, entry in list(_temp_files(Path(root))):
-        match = entry.name in wanted and _file_sha256(entry) in wanted[entry.name]
+        match = entry.name in wanted and file_sha256(entry) in wanted[entry.name]
         if not match and digests and entry.suffix.lower() in IMAGE_SUFFIXES:
             match = _same_picture(entry, digests)
         if match and _unlink(entry):

@@ -25,6 +25,15 @@ DOWNLOADS_DIR = "downloads"
 TEMP_DIR = "tmp"
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 @dataclass(frozen=True)
 class StoredImage:
     sha256: str

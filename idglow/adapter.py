@@ -20,6 +20,7 @@ bit-identical to the base model's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -211,19 +212,25 @@ def identity_checkpoint(function, *args, **kwargs):
     )
 
 
+@functools.cache
+def _positions(forward) -> tuple[str, ...]:
+    """The positional parameter names of a ``forward`` function, without ``self`` (read once per class)."""
+    return tuple(inspect.signature(forward).parameters)[1:]
+
+
 def _argument(module: nn.Module, name: str, args: tuple, kwargs: dict):
     """The value of ``module.forward``'s parameter ``name`` in this call, by keyword or by its position."""
     if name in kwargs:
         return kwargs[name]
-    bound = inspect.signature(type(module).forward).bind_partial(module, *args)
-    return bound.arguments.get(name)
+    names = _positions(type(module).forward)
+    index = names.index(name) if name in names else len(args)
+    return args[index] if index < len(args) else None
 
 
 def _replace_argument(module: nn.Module, name: str, value, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     if name in kwargs:
         return args, {**kwargs, name: value}
-    params = [p for p in inspect.signature(type(module).forward).parameters][1:]  # without self
-    index = params.index(name)
+    index = _positions(type(module).forward).index(name)
     return (*args[:index], value, *args[index + 1:]), kwargs
 
 
