@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -239,7 +239,13 @@ def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
     handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
     skipped = handlers.show_if_signed_in(None)
     assert len(skipped) == SHOWN_OUTPUTS and all(u == gr.skip() for u in skipped)
-    assert handlers.show_if_signed_in("t-ann")[1] == "/data/b.png"
+    shown = handlers.show_if_signed_in("t-ann")
+    assert shown[1] == "/data/b.png"
+    # a second reply (sign-in, then a click on the tab) keeps this annotator's pair and the answers being given
+    again = handlers.show_if_signed_in("t-ann", shown[-1])
+    assert len(again) == SHOWN_OUTPUTS and all(u == gr.skip() for u in again)
+    # someone else's pair left on the page is replaced
+    assert handlers.show_if_signed_in("t-ann", replace(shown[-1], user_id=2))[1] == "/data/b.png"
     signed = SimpleNamespace(token="tok", user=SimpleNamespace(username="anna", role=Role.annotator))
     sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password: signed, sign_out=lambda token: None))
     token, status, password, form, bar, content, intro, research = sign_in.sign_in("anna", "pw")

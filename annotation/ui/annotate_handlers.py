@@ -67,6 +67,7 @@ class PairState:
     served: Any = None  # ServedComparison
     shown_at: float = 0.0
     key: str = ""
+    user_id: int | None = None  # whom the pair was served to
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class AnnotateHandlers:
                    if undone is not None and undone.comparison_id == served.comparison_id else Answers())
         refs = [(self.service.image_path(p), _caption(served, i))
                 for i, p in enumerate(served.reference_paths) if p]
-        state = PairState(served, self.clock(), uuid.uuid4().hex)
+        state = PairState(served, self.clock(), uuid.uuid4().hex, user.id)
         return [gr.update(value=refs, columns=1 if len(refs) <= 2 else 2),
                 self.service.image_path(served.left.image_path), self.service.image_path(served.right.image_path),
                 _prompt_html(served), text, *_form(served, answers), "", state]
@@ -158,10 +159,12 @@ class AnnotateHandlers:
     def show(self, token: str | None):
         return self._show(self._user(token))
 
-    def show_if_signed_in(self, token: str | None):
-        """``show`` for the page itself (tab selected, signed in): nothing changes when nobody is signed in,
-        so the tab shows no errors before sign-in."""
-        if self.auth.user(token) is None:
+    def show_if_signed_in(self, token: str | None, pair: PairState | None = None):
+        """``show`` for the page itself (sign-in, tab selected). Nothing changes when nobody is signed in, so the
+        tab shows no errors before sign-in, nor while this annotator's pair is on screen, so answers being given
+        survive a second sign-in reply or a click on the tab."""
+        user = self.auth.user(token)
+        if user is None or (pair is not None and pair.served is not None and pair.user_id == user.id):
             return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
         return self.show(token)
 
