@@ -356,6 +356,15 @@ def _skip_to_a_group_with_target_ages(page, tries: int = 40) -> None:
     raise AssertionError("no pair of three people with target ages was served")
 
 
+def _wait_for_images(page) -> None:
+    """Until every image of the pair and the references has loaded and the layout had two frames to settle."""
+    page.wait_for_function(
+        "() => { const imgs = [...document.querySelectorAll('#annotate-pair img')];"
+        " return imgs.length >= 5 && imgs.every(i => i.complete && i.naturalWidth > 0); }", timeout=30_000)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    page.wait_for_timeout(300)
+
+
 def _box(page, selector: str) -> dict:
     box = page.locator(selector).first.bounding_box()
     assert box is not None, f"{selector} is not rendered"
@@ -370,12 +379,12 @@ def test_first_screen_holds_both_candidates_the_vote_and_square_captioned_refere
     _open_pair(page, url, "ann7")
     _skip_to_a_group_with_target_ages(page)
     page.evaluate("window.scrollTo(0, 0)")
-    page.wait_for_timeout(500)
+    _wait_for_images(page)
     expect(page.get_by_text("sign in above")).to_be_hidden()
     left, right, overall = (_box(page, s) for s in ("#annotate-left img", "#annotate-right img", "#annotate-overall"))
     assert min(left["height"], right["height"]) >= 0.55 * 768, (left, right)
     assert left["y"] >= 0 and right["y"] >= 0
-    assert overall["y"] >= left["y"] + left["height"] and overall["y"] + overall["height"] <= 768, overall
+    assert overall["y"] >= left["y"] + left["height"] and overall["y"] + overall["height"] <= 768, (left, overall)
     refs = page.locator("#annotate-refs img").evaluate_all(
         "els => els.map(e => [e.clientWidth, e.clientHeight, getComputedStyle(e).objectFit])")
     assert len(refs) == 3 and all(w == h and w >= 60 and fit == "contain" for w, h, fit in refs), refs
@@ -391,7 +400,7 @@ def test_first_screen_holds_both_candidates_the_vote_and_square_captioned_refere
 
     phone = _page(browser, 390, 844)
     _open_pair(phone, url, "ann7")  # the same open pair
-    phone.wait_for_timeout(500)
+    _wait_for_images(phone)
     for selector in ("#annotate-left img", "#annotate-right img"):
         assert _box(phone, selector)["width"] >= 0.8 * 390
     assert len(phone.locator("#annotate-refs img").all()) == 3
