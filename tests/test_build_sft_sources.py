@@ -132,6 +132,16 @@ def test_same_photo_fallback_is_recorded_and_warned(people_photos, analyzer, tmp
     assert four["embeddings"][0] == pytest.approx(_group_faces(analyzer, people_photos)[3].embedding, abs=1e-5)
 
 
+def test_cli_warns_about_same_photo_references(people_photos, tmp_path, capsys):
+    manifest = tmp_path / "people.csv"
+    manifest.write_text(f"person,photo,face\nann,{people_photos / 'person1.jpg'},\nann,{people_photos / 't1.jpg'},\n"
+                        f"bob,{people_photos / 't1.jpg'},3\n")
+    assert cli_main(["data", "build-sft", "--manifest", str(manifest), "--out", str(tmp_path / "set")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 1 reference(s) are crops of the target photo itself" in out and "t1.jpg: bob" in out
+    assert "1 of 2 photos are targets" in out and "as 1 rows (0 age transformation)" in out
+
+
 def test_age_row_when_the_reference_age_differs_from_the_target(manifest_set, people_photos, analyzer):
     out, report = manifest_set
     rows = _rows(out)

@@ -51,8 +51,10 @@ def run_build_sft(args: argparse.Namespace) -> int:
     for name, why in report.skipped.items():
         print(f"skipped {name}: {why}")
     if report.same_photo:
-        print(f"warning: {len(report.same_photo)} reference(s) are crops of the target photo itself (no other photo "
-              f"of the person), which the model can learn to copy: {'; '.join(report.same_photo)}")
-    print(f"{report.kept} of {report.photos} photos written to {report.out_dir} as {report.rows} rows "
+        shown = "; ".join(report.same_photo[:10]) + (f"; and {len(report.same_photo) - 10} more"
+                                                     if len(report.same_photo) > 10 else "")
+        print(f"warning: {len(report.same_photo)} reference(s) are crops of the target photo itself, which the model "
+              f"can learn to copy (give other photos of these people: per-person folders or --manifest): {shown}")
+    print(f"{report.kept} of {report.photos} photos are targets, written to {report.out_dir} as {report.rows} rows "
           f"({report.age_rows} age transformation)")
     return 0 if report.kept else 1
