@@ -197,6 +197,23 @@ def test_one_folder_per_person_with_a_shared_group_photo(people_photos, analyzer
     assert leo["reference_photos"] == ["leo/portrait.jpg"] and mia["reference_photos"] == ["mia/portrait.jpg"]
 
 
+def test_a_person_not_in_the_group_photo_is_not_matched_to_a_stranger(people_photos, sample_portraits, analyzer,
+                                                                     tmp_path):
+    """Tom Hanks is listed in t1.jpg but is not in it: no face reaches dlib's same-person similarity."""
+    from idglow.training.build_sft import build_sft_dataset
+
+    manifest = tmp_path / "wrong.json"
+    manifest.write_text(json.dumps({"people": {"tom": [str(sample_portraits["tom"])], "ann": [],
+                                               "mum": [str(people_photos / "person1.jpg")]},
+                                    "groups": [{"photo": str(people_photos / "t1.jpg"),
+                                                "people": ["tom", "mum", {"person": "ann", "face": 5}]}]}))
+    report = build_sft_dataset(None, tmp_path / "set", analyzer, manifest=manifest)
+    (why,) = report.skipped.values()
+    assert why.startswith("tom: no face at or above the same-person similarity 0.92")
+    (row,) = _rows(tmp_path / "set")
+    assert [s["person"] for s in row["subjects"]] == ["mum", "ann"]
+
+
 @pytest.mark.parametrize(("manifest", "message"), [
     ({"people": {"ann": ["nowhere.jpg"]}}, "photo 'nowhere.jpg' of 'ann' does not exist"),
     ({"people": {"ann": ["person1.jpg"]}, "groups": [{"photo": "t1.jpg", "people": ["ann", "bob"]}]},

@@ -31,8 +31,9 @@ SAME_PHOTO, OTHER_PHOTOS = "same_photo", "other_photos"
 @dataclass
 class BuildReport:
     """What ``build_sft_dataset`` wrote. photos: input photos; kept: target photos written; rows: metadata rows
-    (a target with an age pair gives two); age_rows: rows of task ``age``; skipped: photo → why it was not
-    used; same_photo: "photo: person" for each subject whose reference is a crop of the target itself."""
+    (a target with an age pair gives two); age_rows: rows of task ``age``; skipped: photo → why it (or a person
+    listed in it) was not used; same_photo: "photo: person" for each subject whose reference is a crop of the
+    target itself."""
 
     photos: int
     kept: int
