@@ -91,8 +91,8 @@ def test_references_come_from_other_photos_of_the_person(manifest_set, people_ph
     assert one["reference_source"] == "other_photos" and one["reference_photos"] == ["person1.jpg", "person1_b.jpg"]
     assert three["reference_photos"] == ["person3.jpg"]
     assert all(p != "t1.jpg" for p in one["reference_photos"] + three["reference_photos"])
-    for ref in one["references"]:
-        assert (out / ref).is_file()
+    written = {f"refs/{p.name}" for p in (out / "refs").iterdir()}
+    assert written == {ref for r in _rows(out) for s in r["subjects"] for ref in s["references"]}
 
 
 def test_several_references_are_averaged_into_one_embedding(manifest_set, people_photos, analyzer):
@@ -173,6 +173,20 @@ def test_no_age_row_below_the_gap_and_csv_ages(people_photos, analyzer, tmp_path
     report = build_sft_dataset(None, tmp_path / "b", analyzer, manifest=manifest, age_gap=30)
     assert report.age_rows == 0 and [r["task"] for r in _rows(tmp_path / "b")] == ["fusion"]
     assert _rows(tmp_path / "b")[0]["subjects"][0]["reference_photos"] == ["person1.jpg"]
+
+
+def test_age_row_takes_the_references_on_one_side_of_the_target_age(people_photos, analyzer, tmp_path):
+    from idglow.training.build_sft import build_sft_dataset
+
+    manifest = people_photos / "sides.csv"
+    manifest.write_text("person,photo,age,face\nperson1,person1.jpg,8,\nperson1,person1_b.jpg,60,\n"
+                        "person1,t1.jpg,30,0\nperson2,person2.jpg,,\nperson2,t1.jpg,,1\n")
+    build_sft_dataset(None, tmp_path / "set", analyzer, manifest=manifest)
+    fusion, age = _rows(tmp_path / "set")
+    assert fusion["subjects"][0]["reference_source"] == "same_photo"  # 8 and 60 are both over 10 years from 30
+    one = age["subjects"][0]
+    assert one["reference_photos"] == ["person1_b.jpg"] and one["reference_age"] == 60.0
+    assert one["target_age"] == 30.0
 
 
 def test_one_folder_per_person_with_a_shared_group_photo(people_photos, analyzer, tmp_path):

@@ -12,6 +12,7 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,29 @@ class _Seen:
     @property
     def face(self) -> Face:
         return self.photo.faces[self.index]
+
+
+@dataclass
+class _Crops:
+    """Writes each person's face crop (box grown by ``margin``) once, as ``refs/KEY_INDEX.png``, when a row
+    first needs it."""
+
+    out: Path
+    margin: float
+
+    def __call__(self, s: _Seen) -> str:
+        if not s.crop:
+            image = _decoded(s.photo.path)
+            s.crop = f"refs/{s.photo.key}_{s.index}.png"
+            image.crop(_crop_box(s.face.bbox, image.width, image.height, self.margin)).save(self.out / s.crop)
+        return s.crop
+
+
+@lru_cache(maxsize=8)
+def _decoded(path: Path):
+    from idglow.images import decode_image
+
+    return decode_image(path)
 
 
 @dataclass
@@ -133,26 +157,34 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
     (out / "refs").mkdir(exist_ok=True)
     report = BuildReport(photos=len(paths), kept=0, skipped={}, out_dir=str(out))
     photos = _detect_photos(paths, root, face_analyzer, report.skipped)
-    flat = appearances is None
-    if flat:  # every face is its own person
-        appearances = [Appearance(p.path, f"{p.key}#{j}", face=j) for p in photos.values() for j in range(len(p.faces))]
+    if appearances is None:
+        appearances = _flat_appearances(photos, opts, report.skipped)
     seen = _resolve(appearances, photos, _threshold(face_analyzer, opts), report.skipped)
-    _write_crops(seen, out, opts.margin)
     by_person: dict[str, list[_Seen]] = defaultdict(list)
     for s in seen:
         by_person[s.person].append(s)
-    rows = []
+    rows, crops = [], _Crops(out, opts.margin)
     for photo in dict.fromkeys(photos.values()):
         people = sorted((s for s in seen if s.photo is photo), key=lambda s: s.index)
-        if not opts.min_faces <= len(people) <= opts.max_faces:
-            if flat and photo.faces:  # in a manifest or person folders, the photo still serves as a reference
-                report.skipped[photo.name] = f"{len(people)} faces (need {opts.min_faces}-{opts.max_faces})"
-            continue
-        rows.extend(_target_rows(photo, people, by_person, out, face_analyzer, opts, report))
-        report.kept += 1
+        if opts.min_faces <= len(people) <= opts.max_faces:  # others serve as references only
+            rows.extend(_target_rows(photo, people, by_person, crops, face_analyzer, opts, report))
+            report.kept += 1
+    _decoded.cache_clear()
     (out / METADATA).write_text("".join(json.dumps(r) + "\n" for r in rows))
     report.rows, report.age_rows = len(rows), sum(r["task"] == "age" for r in rows)
     return report
+
+
+def _flat_appearances(photos: dict[Path, _Photo], opts: BuildOptions, skipped: dict[str, str]) -> list[Appearance]:
+    """A flat folder of group photos: every face of a photo with ``min_faces``..``max_faces`` faces is its own
+    person."""
+    found = []
+    for photo in dict.fromkeys(photos.values()):
+        if opts.min_faces <= len(photo.faces) <= opts.max_faces:
+            found.extend(Appearance(photo.path, f"{photo.key}#{j}", face=j) for j in range(len(photo.faces)))
+        else:
+            skipped[photo.name] = f"{len(photo.faces)} faces (need {opts.min_faces}-{opts.max_faces})"
+    return found
 
 
 def _threshold(analyzer, opts: BuildOptions) -> float:
@@ -289,29 +321,16 @@ def _match(people: list[str], photo: _Photo, taken: set[int], anchors: dict[str,
         else:
             skipped.setdefault(photo.name, f"{people[r]}: no face at or above the same-person similarity "
                                            f"{threshold:.2f} (best {cos[r, c]:.2f})")
+    left = [p for p in people if p not in result]
+    if left:
+        skipped.setdefault(photo.name, f"no face found for {', '.join(left)}")
     return result
 
 
-def _write_crops(seen: list[_Seen], out: Path, margin: float) -> None:
-    """Save each person's face crop (box grown by ``margin``) as ``refs/KEY_INDEX.png``."""
-    from idglow.images import decode_image
-
-    by_photo: dict[int, list[_Seen]] = defaultdict(list)
-    for s in seen:
-        by_photo[id(s.photo)].append(s)
-    for group in by_photo.values():
-        image = decode_image(group[0].photo.path)
-        for s in group:
-            s.crop = f"refs/{s.photo.key}_{s.index}.png"
-            image.crop(_crop_box(s.face.bbox, image.width, image.height, margin)).save(out / s.crop)
-
-
-def _target_rows(photo: _Photo, people: list[_Seen], by_person: dict[str, list[_Seen]], out: Path, analyzer,
+def _target_rows(photo: _Photo, people: list[_Seen], by_person: dict[str, list[_Seen]], crops: _Crops, analyzer,
                  opts: BuildOptions, report: BuildReport) -> list[dict[str, Any]]:
     """The fusion row of one target photo and, where references of another age exist, its age row."""
-    from idglow.images import decode_image
-
-    decode_image(photo.path).save(out / "images" / f"{photo.key}.png")
+    _decoded(photo.path).save(crops.out / "images" / f"{photo.key}.png")
     fusion, aged = [], []
     for slot, s in enumerate(people):
         others = [o for o in by_person[s.person] if o.photo is not photo]
@@ -319,16 +338,16 @@ def _target_rows(photo: _Photo, people: list[_Seen], by_person: dict[str, list[_
         far = [o for o in others if o not in near]
         near.sort(key=lambda o: (_age_gap(o, s) or 0.0, o.photo.name))
         if near:
-            subject = _other_photo_subject(slot, s, near[: opts.max_references])
+            subject = _other_photo_subject(slot, s, near[: opts.max_references], crops)
         else:
             why = "no other photo" if not others else f"every other photo is over {opts.age_gap:g} years apart in age"
             logger.warning("%s: %s: %s; using a crop of the target itself as the reference (the model may learn "
                            "to copy it)", photo.name, s.person, why)
             report.same_photo.append(f"{photo.name}: {s.person}")
-            subject = _same_photo_subject(slot, s, out, analyzer)
+            subject = _same_photo_subject(slot, s, crops, analyzer)
         fusion.append(subject)
-        far.sort(key=lambda o: o.photo.name)
-        aged.append({**_other_photo_subject(slot, s, far[: opts.max_references]), "target_age": s.age}
+        far = _one_side(far, s)
+        aged.append({**_other_photo_subject(slot, s, far[: opts.max_references], crops), "target_age": s.age}
                     if far else subject)
     w, h = photo.size
     prompt = photo.prompt or opts.caption or f"a group photo of {len(people)} people"
@@ -338,6 +357,12 @@ def _target_rows(photo: _Photo, people: list[_Seen], by_person: dict[str, list[_
     if any(a is not f for a, f in zip(aged, fusion)):
         rows.append({**base, "task": "age", "subjects": aged})
     return rows
+
+
+def _one_side(far: list[_Seen], s: _Seen) -> list[_Seen]:
+    """The photos on the side (younger or older) of the one furthest in age from ``s``, furthest first."""
+    far = sorted(far, key=lambda o: (-(_age_gap(o, s) or 0.0), o.photo.name))
+    return [o for o in far if (o.age > s.age) == (far[0].age > s.age)] if far else []
 
 
 def _age_gap(a: _Seen, b: _Seen) -> float | None:
@@ -352,26 +377,27 @@ def _subject(slot: int, s: _Seen) -> dict[str, Any]:
             "gender": s.face.gender, "target_age": None}
 
 
-def _other_photo_subject(slot: int, s: _Seen, refs: list[_Seen]) -> dict[str, Any]:
+def _other_photo_subject(slot: int, s: _Seen, refs: list[_Seen], crops: _Crops) -> dict[str, Any]:
     embeddings = [r.face.embedding for r in refs]
     ages = [r.age for r in refs if r.age is not None]
-    return {**_subject(slot, s), "reference_source": OTHER_PHOTOS, "references": [r.crop for r in refs],
+    return {**_subject(slot, s), "reference_source": OTHER_PHOTOS, "references": [crops(r) for r in refs],
             "reference_photos": [r.photo.name for r in refs],
             "reference_embeddings": [_embedding(e) for e in embeddings],
             "reference_age": round(float(np.mean(ages)), 1) if ages else None,
             "embeddings": [_embedding(mean_embedding(embeddings))]}
 
 
-def _same_photo_subject(slot: int, s: _Seen, out: Path, analyzer) -> dict[str, Any]:
+def _same_photo_subject(slot: int, s: _Seen, crops: _Crops, analyzer) -> dict[str, Any]:
     """The target's own crop and its mirror, each with its embedding (the mirror's own when the analyzer finds
     its face, else the original's)."""
     from idglow.images import decode_image
 
-    flip_ref = s.crop.replace(".png", "_flip.png")
-    flipped = ImageOps.mirror(decode_image(out / s.crop))
-    flipped.save(out / flip_ref)
+    crop = crops(s)
+    flip_ref = crop.replace(".png", "_flip.png")
+    flipped = ImageOps.mirror(decode_image(crops.out / crop))
+    flipped.save(crops.out / flip_ref)
     flip_faces = [f for f in analyzer.detect(np.asarray(flipped)) if f.embedding is not None]
     flip_embedding = max(flip_faces, key=lambda f: f.area).embedding if flip_faces else s.face.embedding
-    return {**_subject(slot, s), "reference_source": SAME_PHOTO, "references": [s.crop, flip_ref],
+    return {**_subject(slot, s), "reference_source": SAME_PHOTO, "references": [crop, flip_ref],
             "reference_photos": [s.photo.name, s.photo.name], "reference_age": _subject(slot, s)["age"],
             "embeddings": [_embedding(s.face.embedding), _embedding(flip_embedding)]}
