@@ -51,6 +51,12 @@ def readme_commands() -> list[str]:
     return commands
 
 
+def readme_json_example(after: str) -> str:
+    """The first ``json`` block of README.md after the text ``after``."""
+    text = (ROOT / "README.md").read_text()
+    return text.split(after, 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+
+
 def tiny_demo_block() -> set[str]:
     text = (ROOT / "README.md").read_text()
     block = text.split("#### Try it on the tiny demo model", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
@@ -94,6 +100,8 @@ def test_every_readme_command_is_run_or_accounted_for():
 
 def _sample_inputs(folder: Path) -> None:
     """The example files README's usage lines name, from portraits bundled with installed packages."""
+    from PIL import Image, ImageOps
+
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.samples import _package_file, write_sample_portraits
     from idglow.testing import tiny_pipeline
@@ -104,6 +112,9 @@ def _sample_inputs(folder: Path) -> None:
     group = folder / "my_group_photos"
     group.mkdir()
     shutil.copy(_package_file("insightface", "data", "images", "t1.jpg"), group / "family.jpg")
+    # build-sft's manifest: README's JSON example as written, with a second (mirrored) photo of mum
+    (folder / "family.json").write_text(readme_json_example("--manifest FILE"))
+    ImageOps.mirror(Image.open(folder / "mum.jpg")).save(folder / "mum_1994.jpg")
     tiny_pipeline(seed=0).adapter.save_pretrained(folder / "out" / "sft" / "adapter")
     # the store that Training's export command reads (README's own demo-data line comes later, in its section)
     _run("idglow demo-data --candidates 12 --votes 30 --annotators 2", folder, _env(folder))
@@ -165,5 +176,7 @@ def test_readme_commands_run_as_written(tmp_path):
     assert list((folder / "out").glob("idglow_*.png")), "the quick start wrote no image"
     assert (folder / "eval" / "fusion" / "report.md").is_file()
     assert (folder / "data" / "sft" / "metadata.jsonl").read_text().strip(), "build-sft wrote no rows"
+    family = (folder / "data" / "sft-family" / "metadata.jsonl").read_text()
+    assert '"other_photos"' in family and '"task": "age"' in family, "the manifest gave no other-photo or age rows"
     assert (folder / "exports" / "v1").is_dir() and (folder / "prefs").is_dir()
     assert len(ran) >= 15, ran

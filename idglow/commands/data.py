@@ -1,4 +1,4 @@
-"""``idglow data build-sft``: make an SFT training set from one's own group photos."""
+"""``idglow data build-sft``: make an SFT training set from one's own photos."""
 
 from __future__ import annotations
 
@@ -14,15 +14,26 @@ def register(subparsers) -> None:
     sub.required = True
     b = sub.add_parser(
         "build-sft",
-        help="make a fusion SFT set from group photos",
-        description="Detect the faces in each group photo and use them as that photo's per-person references "
-                    "(same-photo crops and mirrored copies). The result trains `idglow train sft`.",
+        help="make an SFT set from group photos",
+        description="Each group photo is a target; each of its people gets references from other photos of "
+                    "that person (per-person folders or a manifest), averaged into one identity embedding, or a "
+                    "crop of the target itself when there is no other photo (recorded, and warned about). "
+                    "References more than --age-gap years from the target's age also give an age-transformation "
+                    "row. The result trains `idglow train sft`.",
     )
-    b.add_argument("--photos", required=True, metavar="DIR", help="folder of group photos (JPEG/PNG/WebP)")
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--photos", metavar="DIR",
+                        help="folder of group photos (JPEG/PNG/WebP), or of one folder per person")
+    source.add_argument("--manifest", metavar="FILE",
+                        help="JSON or CSV: who is in which photo, with optional ages and face indices")
     b.add_argument("--out", required=True, metavar="DIR", help="new, empty output folder")
     b.add_argument("--min-faces", type=int, default=2, help="skip photos with fewer faces (default 2)")
     b.add_argument("--max-faces", type=int, default=6, help="skip photos with more faces (default 6)")
     b.add_argument("--caption", help="prompt for photos without a NAME.txt beside them")
+    b.add_argument("--age-gap", type=float, default=10.0, metavar="YEARS",
+                   help="references further than this from the target's age make an age row (default 10)")
+    b.add_argument("--max-references", type=int, default=4, metavar="N",
+                   help="at most N other photos averaged per person (default 4)")
     b.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
     b.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
     b.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
@@ -31,12 +42,19 @@ def register(subparsers) -> None:
 
 def run_build_sft(args: argparse.Namespace) -> int:
     from idglow.loading import ModelSettings, load_face_analyzer
-    from idglow.training.build_sft import build_sft_dataset
+    from idglow.training.build_sft import BuildOptions, build_sft_dataset
 
+    options = BuildOptions(min_faces=args.min_faces, max_faces=args.max_faces, caption=args.caption,
+                           age_gap=args.age_gap, max_references=args.max_references)
     analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root, face_pack=args.face_pack))
-    report = build_sft_dataset(args.photos, args.out, analyzer, min_faces=args.min_faces,
-                               max_faces=args.max_faces, caption=args.caption)
+    report = build_sft_dataset(args.photos, args.out, analyzer, manifest=args.manifest, options=options)
     for name, why in report.skipped.items():
         print(f"skipped {name}: {why}")
-    print(f"{report.kept} of {report.photos} photos written to {report.out_dir}")
+    if report.same_photo:
+        shown = "; ".join(report.same_photo[:10]) + (f"; and {len(report.same_photo) - 10} more"
+                                                     if len(report.same_photo) > 10 else "")
+        print(f"warning: {len(report.same_photo)} reference(s) are crops of the target photo itself, which the model "
+              f"can learn to copy (give other photos of these people: per-person folders or --manifest): {shown}")
+    print(f"{report.kept} of {report.photos} photos are targets, written to {report.out_dir} as {report.rows} rows "
+          f"({report.age_rows} age transformation)")
     return 0 if report.kept else 1

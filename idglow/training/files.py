@@ -55,8 +55,9 @@ class SFTFolderDataset(Dataset):
     """The folder written by ``idglow data build-sft``: ``metadata.jsonl`` (one group photo per line with its
     prompt, task and per-slot faces: normalised box, reference crops and their embeddings) and the images.
 
-    Each item is resized to its aspect bucket; the reference variant of each slot (same-photo crop or its
-    mirror) is drawn from ``seed`` and the index.
+    Each item is resized to its aspect bucket; each slot's identity embedding is one entry of its
+    ``embeddings`` (the mean over its other-photo references, or a same-photo crop or its mirror) drawn from
+    ``seed`` and the index.
     """
 
     def __init__(self, root: str | Path, resolution: int = 1024, seed: int = 0):
