@@ -14,6 +14,7 @@ import math
 import os
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -48,6 +49,8 @@ _CHUNK = 20_000
 
 @dataclass
 class DemoSummary:
+    """What :func:`seed_demo_data` made: the models' true qualities, the annotators' sharpness and the counts."""
+
     models: dict[str, float]  # name -> true quality
     annotators: dict[str, float]  # name -> sharpness
     password: str
@@ -137,6 +140,432 @@ def _flush(session: Session, table, rows: list[dict[str, Any]]) -> None:
         rows.clear()
 
 
+def _next_id(session: Session, column) -> int:  # noqa: ANN001
+    """One more than the largest id in ``column`` (1 on an empty table)."""
+    return (session.scalar(select(column).order_by(column.desc()).limit(1)) or 0) + 1
+
+
+def _check_demo_sizes(candidates: int, annotators: int, votes: int) -> None:
+    if candidates < 2 or annotators < 1 or votes < 0:
+        raise InputError(
+            f"need candidates >= 2, annotators >= 1, votes >= 0 (got {candidates}, {annotators}, {votes})"
+        )
+
+
+def _store_demo_images(
+    data_dir: str | os.PathLike[str], images: list[Any] | None, per_generation: int, seed: int
+) -> list[StoredImage]:
+    """The candidate images, stored; raises InputError unless ``per_generation`` of them are distinct."""
+    images = images if images is not None else pattern_images(max(8, per_generation), seed)
+    if len(images) < per_generation:
+        raise InputError(f"need at least {per_generation} distinct images, got {len(images)}")
+    stored = [store_image(data_dir, im) for im in images]
+    if len({s.sha256 for s in stored}) < per_generation:
+        raise InputError("the demo images are not distinct enough")
+    return stored
+
+
+def _ensure_demo_models(session: Session) -> dict[str, int]:
+    """The ids of the demo model versions by name, created where missing."""
+    models: dict[str, int] = {}
+    for name, quality in zip(DEMO_MODELS, DEMO_QUALITY):
+        mid = session.scalar(select(ModelVersion.id).where(ModelVersion.name == name))
+        if mid is None:
+            mv = ModelVersion(name=name, notes=f"synthetic demo model, true quality {quality}")
+            session.add(mv)
+            session.flush()
+            mid = mv.id
+        models[name] = mid
+    return models
+
+
+def _ensure_demo_users(
+    session: Session, annotators: int, password: str, user_prefix: str
+) -> tuple[dict[str, float], list[int]]:
+    """Create the annotators and the researcher where missing; returns each annotator's sharpness by name
+    and the annotators' ids (same order)."""
+    pw_hash = hash_password(password)
+    sharpness: dict[str, float] = {}
+    user_ids: list[int] = []
+    for k in range(annotators + 1):
+        name = f"{user_prefix}{k + 1}" if k < annotators else "researcher"
+        uid = session.scalar(select(User.id).where(User.username == name))
+        if uid is None:
+            role = Role.annotator if k < annotators else Role.researcher
+            user = User(username=name, password_hash=pw_hash, role=role)
+            session.add(user)
+            session.flush()
+            uid = user.id
+        if k < annotators:
+            sharpness[name] = 0.5 + 3.5 * k / max(1, annotators - 1)
+            user_ids.append(uid)
+    return sharpness, user_ids
+
+
+_Person = tuple[StoredImage, DemoReference | None]  # a portrait as stored, with its embedding if real
+
+
+@dataclass
+class _DemoPool:
+    """What seeding the generations produces: every candidate's latent quality and subject count, the pairs
+    to compare, and the rows waiting for a bulk insert."""
+
+    now: datetime
+    next_cand: int
+    made: int = 0
+    generations: int = 0
+    latent: dict[int, float] = field(default_factory=dict)
+    num_subjects_of: dict[int, int] = field(default_factory=dict)
+    pairs: list[tuple[int, int, ComparisonKind]] = field(default_factory=list)
+    subject_rows: list[dict[str, Any]] = field(default_factory=list)
+    cand_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def flush(self, session: Session) -> None:
+        _flush(session, GenerationSubject, self.subject_rows)
+        _flush(session, Candidate, self.cand_rows)
+
+
+@dataclass(frozen=True)
+class _DemoGroup:
+    """One group of people that every demo model generates."""
+
+    index: int
+    task: str
+    ages: list[float | None]
+    photos: list[ReferencePhoto]
+    params: dict[str, Any]
+    key: str
+
+    @property
+    def size(self) -> int:
+        return len(self.ages)
+
+
+def _draw_group(
+    session: Session, rng: random.Random, group: int, people: list[_Person], seed: int, now: datetime
+) -> _DemoGroup:
+    """Draw the next group (size, task, ages, people) and store its reference photos."""
+    n_sub = rng.randint(1, 3)
+    task = "age" if rng.random() < 0.3 else "fusion"
+    ages = [rng.choice([None, 6.0, 30.0, 70.0]) if task == "age" else None for _ in range(n_sub)]
+    chosen = rng.sample(people, n_sub) if n_sub <= len(people) else [rng.choice(people) for _ in range(n_sub)]
+    refs = [r for r, _ in chosen]
+    params = _demo_params(group, [d for _, d in chosen])
+    key = subjects_key(task, [(f"demo{seed}-{group}-{r.sha256}", a) for r, a in zip(refs, ages)])
+    photos = []
+    for r in refs:
+        photo = ReferencePhoto(sha256=r.sha256, path=r.path, consent=True, created_at=now)
+        session.add(photo)
+        photos.append(photo)
+    session.flush()
+    return _DemoGroup(group, task, ages, photos, params, key)
+
+
+def _add_generation(session: Session, pool: _DemoPool, group: _DemoGroup, model_id: int) -> int:
+    """Insert one demo generation of ``group`` by ``model_id`` and queue its subject rows; returns its id."""
+    n_sub = group.size
+    gen = Generation(
+        task=group.task,
+        user_prompt="",
+        final_prompt=f"a group photo of {n_sub} {'person' if n_sub == 1 else 'people'} (demo {group.index})",
+        prompt_source="template",
+        params=group.params,
+        model_version_id=model_id,
+        subjects_key=group.key,
+        num_subjects=n_sub,
+        created_at=pool.now,
+    )
+    session.add(gen)
+    session.flush()
+    for slot, (photo, age) in enumerate(zip(group.photos, group.ages)):
+        pool.subject_rows.append(
+            {
+                "generation_id": gen.id,
+                "slot": slot,
+                "reference_photo_id": photo.id,
+                "target_age": age,
+                "label": f"person {slot + 1}",
+            }
+        )
+    return gen.id
+
+
+def _candidate_row(
+    cid: int, generation_id: int, seed: int, img: StoredImage, sims: list[float], now: datetime
+) -> dict[str, Any]:
+    """A candidate row whose faces all matched their slots with similarities ``sims``."""
+    n_sub = len(sims)
+    return {
+        "id": cid,
+        "generation_id": generation_id,
+        "seed": seed,
+        "image_path": img.path,
+        "image_sha256": img.sha256,
+        "width": img.width,
+        "height": img.height,
+        "faces": None,
+        "face_matches": {
+            "similarity": sims,
+            "bboxes": [None] * n_sub,
+            "face_of_slot": list(range(n_sub)),
+            "missing": [],
+            "extra": [],
+            "duplicates": [],
+        },
+        "metrics": {"identity_mean": round(sum(sims) / n_sub, 4)},
+        "in_pool": True,
+        "created_at": now,
+    }
+
+
+def _add_candidates(
+    pool: _DemoPool,
+    rng: random.Random,
+    stored: list[StoredImage],
+    generation_id: int,
+    group: _DemoGroup,
+    quality: float,
+    limit: int,
+    per_generation: int,
+) -> list[int]:
+    """Queue up to ``per_generation`` candidates of one generation (fewer once ``limit`` are made); returns
+    their ids."""
+    ids = []
+    for j, img in enumerate(rng.sample(stored, per_generation)):
+        if pool.made >= limit:
+            break
+        cid = pool.next_cand
+        pool.next_cand += 1
+        pool.made += 1
+        q = quality + rng.gauss(0.0, 0.5)
+        pool.latent[cid] = q
+        pool.num_subjects_of[cid] = group.size
+        sims = [round(min(1.0, max(0.0, 0.45 + 0.1 * q + rng.gauss(0, 0.05))), 4) for _ in range(group.size)]
+        pool.cand_rows.append(_candidate_row(cid, generation_id, group.index * 100 + j, img, sims, pool.now))
+        ids.append(cid)
+    return ids
+
+
+def _cross_model_pairs(group_cands: dict[int, list[int]]) -> list[tuple[int, int, ComparisonKind]]:
+    """Every pair of candidates of one group made by two different models, smaller id first."""
+    mids = list(group_cands)
+    return [
+        (min(a, b), max(a, b), ComparisonKind.cross_model)
+        for i, m1 in enumerate(mids)
+        for m2 in mids[i + 1 :]
+        for a in group_cands[m1]
+        for b in group_cands[m2]
+    ]
+
+
+def _seed_generations(
+    session: Session,
+    rng: random.Random,
+    pool: _DemoPool,
+    models: dict[str, int],
+    people: list[_Person],
+    stored: list[StoredImage],
+    *,
+    candidates: int,
+    per_generation: int,
+    seed: int,
+) -> None:
+    """Generate groups of people with every demo model until ``candidates`` candidates are made."""
+    quality_of = {models[n]: q for n, q in zip(DEMO_MODELS, DEMO_QUALITY)}
+    group_index = 0
+    while pool.made < candidates:
+        group_index += 1
+        group = _draw_group(session, rng, group_index, people, seed, pool.now)
+        group_cands: dict[int, list[int]] = {}
+        for mid in models.values():
+            if pool.made >= candidates:
+                break
+            gen_id = _add_generation(session, pool, group, mid)
+            ids = _add_candidates(
+                pool, rng, stored, gen_id, group, quality_of[mid], candidates, per_generation
+            )
+            group_cands[mid] = ids
+            pool.pairs.extend(
+                (a, b, ComparisonKind.within_generation) for i, a in enumerate(ids) for b in ids[i + 1 :]
+            )
+            pool.generations += 1
+        pool.pairs.extend(_cross_model_pairs(group_cands))
+        if len(pool.cand_rows) >= _CHUNK:
+            pool.flush(session)
+    pool.flush(session)
+
+
+@dataclass
+class _VoteRows:
+    """Comparison, vote and assignment rows waiting for a bulk insert, and the next free ids."""
+
+    next_comp: int
+    next_vote: int
+    comps: list[dict[str, Any]] = field(default_factory=list)
+    votes: list[dict[str, Any]] = field(default_factory=list)
+    assignments: list[dict[str, Any]] = field(default_factory=list)
+
+    def flush(self, session: Session) -> None:
+        _flush(session, Comparison, self.comps)
+        _flush(session, Vote, self.votes)
+        _flush(session, Assignment, self.assignments)
+
+
+def _demo_answers(rng: random.Random, sharpness: float, diff: float, num_subjects: int) -> dict[str, Any]:
+    """One annotator's answers: a Bradley–Terry choice on the quality difference ``diff`` at ``sharpness``."""
+    s = sharpness
+    r = rng.random()
+    if r < 0.06:
+        overall, strength = "tie", None
+    elif r < 0.08:
+        overall, strength = "both_bad", None
+    else:
+        overall = "a" if rng.random() < _sigmoid(s * diff) else "b"
+        strength = "clear" if abs(diff) * s > 1.0 else "slight"
+    identity = {str(j): ("a" if rng.random() < _sigmoid(s * diff) else "b") for j in range(num_subjects)}
+    return {
+        "overall": overall,
+        "strength": strength,
+        "identity": identity,
+        "texture": "a" if rng.random() < _sigmoid(s * diff) else "b",
+        "artifacts": rng.choice(["a", "b", "tie"]),
+    }
+
+
+def _add_votes(
+    rows: _VoteRows,
+    rng: random.Random,
+    comparison_id: int,
+    pair: tuple[int, int],
+    voters: list[int],
+    sharp_of: dict[int, float],
+    pool: _DemoPool,
+    seed: int,
+) -> datetime | None:
+    """Queue the votes (and their assignments) of ``voters`` on one comparison; returns the last vote's time."""
+    a, b = pair
+    diff = pool.latent[a] - pool.latent[b]
+    last = None
+    for uid in voters:
+        answers = _demo_answers(rng, sharp_of[uid], diff, pool.num_subjects_of[a])
+        shown_left = a if rng.random() < 0.5 else b
+        created = pool.now
+        last = created
+        rows.votes.append(
+            {
+                "id": rows.next_vote,
+                "comparison_id": comparison_id,
+                "user_id": uid,
+                **answers,
+                "shown_left_id": shown_left,
+                "duration_ms": int(rng.lognormvariate(8.5, 0.5)),
+                "idempotency_key": f"demo-{seed}-{rows.next_vote}",
+                "created_at": created,
+            }
+        )
+        rows.assignments.append(
+            {
+                "comparison_id": comparison_id,
+                "user_id": uid,
+                "shown_left_id": shown_left,
+                "status": "voted",
+                "created_at": created,
+            }
+        )
+        rows.next_vote += 1
+    return last
+
+
+def _split_gold(
+    rng: random.Random,
+    pairs: list[tuple[int, int, ComparisonKind]],
+    gold_rate: float,
+    per_comp: int,
+    votes: int,
+) -> int:
+    """Shuffle ``pairs`` in place; the first of them (the returned count) become gold items. Raises InputError
+    if the other comparisons cannot hold ``votes`` votes of ``per_comp`` annotators each."""
+    rng.shuffle(pairs)
+    n_gold = int(len(pairs) * gold_rate)
+    regular = len(pairs) - n_gold
+    capacity = regular * per_comp
+    if votes > capacity:
+        raise InputError(
+            f"{votes} votes do not fit: {regular} comparisons × {per_comp} annotators = "
+            f"{capacity}; add candidates or annotators"
+        )
+    return n_gold
+
+
+def _seed_comparisons(
+    session: Session,
+    rng: random.Random,
+    pool: _DemoPool,
+    sharp_of: dict[int, float],
+    *,
+    n_gold: int,
+    per_comp: int,
+    votes: int,
+    seed: int,
+) -> int:
+    """Insert a comparison for every pair, vote on the first ones (``per_comp`` votes each) until ``votes``
+    are cast, and leave the rest open for annotating; returns the number of votes."""
+    rows = _VoteRows(_next_id(session, Comparison.id), _next_id(session, Vote.id))
+    user_ids = list(sharp_of)
+    remaining = votes
+    for index, (a, b, kind) in enumerate(pool.pairs):
+        is_gold = index < n_gold
+        cid = rows.next_comp
+        rows.next_comp += 1
+        n_votes = min(per_comp, remaining)
+        remaining -= n_votes
+        voters = rng.sample(user_ids, n_votes)
+        last = _add_votes(rows, rng, cid, (a, b), voters, sharp_of, pool, seed)
+        rows.comps.append(
+            {
+                "id": cid,
+                "candidate_a_id": a,
+                "candidate_b_id": b,
+                "kind": kind,
+                "is_gold": is_gold,
+                "gold_answer": ("a" if pool.latent[a] > pool.latent[b] else "b") if is_gold else None,
+                "active": True,
+                "vote_count": n_votes,
+                "last_vote_at": last,
+                "created_at": pool.now,
+            }
+        )
+        if len(rows.comps) >= _CHUNK or len(rows.votes) >= _CHUNK:
+            rows.flush(session)
+    rows.flush(session)
+    return votes - remaining
+
+
+def _logged_summary(
+    pool: _DemoPool, sharpness: dict[str, float], password: str, n_gold: int, votes: int
+) -> DemoSummary:
+    """The summary of one seeding run, also logged."""
+    summary = DemoSummary(
+        models=dict(zip(DEMO_MODELS, DEMO_QUALITY)),
+        annotators=sharpness,
+        password=password,
+        generations=pool.generations,
+        candidates=pool.made,
+        comparisons=len(pool.pairs),
+        gold=n_gold,
+        votes=votes,
+    )
+    logger.info(
+        "demo data: %d generations, %d candidates, %d comparisons (%d gold), %d votes",
+        summary.generations,
+        summary.candidates,
+        summary.comparisons,
+        summary.gold,
+        summary.votes,
+    )
+    return summary
+
+
 def seed_demo_data(
     session: Session,
     data_dir: str | os.PathLike[str],
@@ -164,262 +593,22 @@ def seed_demo_data(
     each generation as the app stores them; without, the people's "portraits" are candidate images and no
     embeddings are stored.
     """
-    if candidates < 2 or annotators < 1 or votes < 0:
-        raise InputError(
-            f"need candidates >= 2, annotators >= 1, votes >= 0 (got {candidates}, {annotators}, {votes})"
-        )
+    _check_demo_sizes(candidates, annotators, votes)
     rng = random.Random(seed)
-    images = images if images is not None else pattern_images(max(8, candidates_per_generation), seed)
-    if len(images) < candidates_per_generation:
-        raise InputError(f"need at least {candidates_per_generation} distinct images, got {len(images)}")
-    stored: list[StoredImage] = [store_image(data_dir, im) for im in images]
-    if len({s.sha256 for s in stored}) < candidates_per_generation:
-        raise InputError("the demo images are not distinct enough")
-    people = [(store_image(data_dir, r.image), r) for r in references] if references else [(s, None) for s in stored]
-    now = utcnow()
-
-    # model versions
-    models: dict[str, int] = {}
-    for name, quality in zip(DEMO_MODELS, DEMO_QUALITY):
-        mid = session.scalar(select(ModelVersion.id).where(ModelVersion.name == name))
-        if mid is None:
-            mv = ModelVersion(name=name, notes=f"synthetic demo model, true quality {quality}")
-            session.add(mv)
-            session.flush()
-            mid = mv.id
-        models[name] = mid
-    quality_of = {models[n]: q for n, q in zip(DEMO_MODELS, DEMO_QUALITY)}
-
-    # users
-    pw_hash = hash_password(password)
-    sharpness: dict[str, float] = {}
-    user_ids: list[int] = []
-    for k in range(annotators + 1):
-        name = f"{user_prefix}{k + 1}" if k < annotators else "researcher"
-        uid = session.scalar(select(User.id).where(User.username == name))
-        if uid is None:
-            user = User(
-                username=name,
-                password_hash=pw_hash,
-                role=Role.annotator if k < annotators else Role.researcher,
-            )
-            session.add(user)
-            session.flush()
-            uid = user.id
-        if k < annotators:
-            sharpness[name] = 0.5 + 3.5 * k / max(1, annotators - 1)
-            user_ids.append(uid)
-    sharp_of = dict(zip(user_ids, sharpness.values()))
-
-    # generations and candidates, one subject group at a time
-    summary = DemoSummary(
-        models=dict(zip(DEMO_MODELS, DEMO_QUALITY)), annotators=sharpness, password=password
+    stored = _store_demo_images(data_dir, images, candidates_per_generation, seed)
+    people = [(store_image(data_dir, r.image), r) for r in references or ()] or [(s, None) for s in stored]
+    pool = _DemoPool(now=utcnow(), next_cand=_next_id(session, Candidate.id))
+    models = _ensure_demo_models(session)
+    sharpness, user_ids = _ensure_demo_users(session, annotators, password, user_prefix)
+    per_gen = candidates_per_generation
+    _seed_generations(
+        session, rng, pool, models, people, stored, candidates=candidates, per_generation=per_gen, seed=seed
     )
-    latent: dict[int, float] = {}
-    num_subjects_of: dict[int, int] = {}
-    pairs: list[tuple[int, int, ComparisonKind]] = []
-    next_cand = (session.scalar(select(Candidate.id).order_by(Candidate.id.desc()).limit(1)) or 0) + 1
-    group = 0
-    made = 0
-    rows: dict[str, list[dict[str, Any]]] = {"subjects": [], "cands": []}
-    while made < candidates:
-        group += 1
-        n_sub = rng.randint(1, 3)
-        task = "age" if rng.random() < 0.3 else "fusion"
-        ages = [rng.choice([None, 6.0, 30.0, 70.0]) if task == "age" else None for _ in range(n_sub)]
-        chosen = rng.sample(people, n_sub) if n_sub <= len(people) else [rng.choice(people) for _ in range(n_sub)]
-        refs = [r for r, _ in chosen]
-        gen_params = _demo_params(group, [d for _, d in chosen])
-        key = subjects_key(task, [(f"demo{seed}-{group}-{r.sha256}", a) for r, a in zip(refs, ages)])
-        photo_ids = []
-        for r in refs:
-            photo = ReferencePhoto(sha256=r.sha256, path=r.path, consent=True, created_at=now)
-            session.add(photo)
-            photo_ids.append(photo)
-        session.flush()
-        group_cands: dict[int, list[int]] = {}
-        for mid in models.values():
-            if made >= candidates:
-                break
-            gen = Generation(
-                task=task,
-                user_prompt="",
-                final_prompt=f"a group photo of {n_sub} {'person' if n_sub == 1 else 'people'} (demo {group})",
-                prompt_source="template",
-                params=gen_params,
-                model_version_id=mid,
-                subjects_key=key,
-                num_subjects=n_sub,
-                created_at=now,
-            )
-            session.add(gen)
-            session.flush()
-            for slot, (photo, age) in enumerate(zip(photo_ids, ages)):
-                rows["subjects"].append(
-                    {
-                        "generation_id": gen.id,
-                        "slot": slot,
-                        "reference_photo_id": photo.id,
-                        "target_age": age,
-                        "label": f"person {slot + 1}",
-                    }
-                )
-            ids = []
-            for j, img in enumerate(rng.sample(stored, candidates_per_generation)):
-                if made >= candidates:
-                    break
-                cid = next_cand
-                next_cand += 1
-                made += 1
-                q = quality_of[mid] + rng.gauss(0.0, 0.5)
-                latent[cid] = q
-                num_subjects_of[cid] = n_sub
-                sims = [
-                    round(min(1.0, max(0.0, 0.45 + 0.1 * q + rng.gauss(0, 0.05))), 4) for _ in range(n_sub)
-                ]
-                rows["cands"].append(
-                    {
-                        "id": cid,
-                        "generation_id": gen.id,
-                        "seed": group * 100 + j,
-                        "image_path": img.path,
-                        "image_sha256": img.sha256,
-                        "width": img.width,
-                        "height": img.height,
-                        "faces": None,
-                        "face_matches": {
-                            "similarity": sims,
-                            "bboxes": [None] * n_sub,
-                            "face_of_slot": list(range(n_sub)),
-                            "missing": [],
-                            "extra": [],
-                            "duplicates": [],
-                        },
-                        "metrics": {"identity_mean": round(sum(sims) / n_sub, 4)},
-                        "in_pool": True,
-                        "created_at": now,
-                    }
-                )
-                ids.append(cid)
-            group_cands[mid] = ids
-            pairs.extend(
-                (a, b, ComparisonKind.within_generation) for i, a in enumerate(ids) for b in ids[i + 1 :]
-            )
-            summary.generations += 1
-        mids = list(group_cands)
-        for i, m1 in enumerate(mids):
-            for m2 in mids[i + 1 :]:
-                pairs.extend(
-                    (min(a, b), max(a, b), ComparisonKind.cross_model)
-                    for a in group_cands[m1]
-                    for b in group_cands[m2]
-                )
-        if len(rows["cands"]) >= _CHUNK:
-            _flush(session, GenerationSubject, rows["subjects"])
-            _flush(session, Candidate, rows["cands"])
-    _flush(session, GenerationSubject, rows["subjects"])
-    _flush(session, Candidate, rows["cands"])
-    summary.candidates = made
-
-    # comparisons (some gold) and votes
-    rng.shuffle(pairs)
-    n_gold = int(len(pairs) * gold_rate)
-    gold_pairs, regular = pairs[:n_gold], pairs[n_gold:]
-    capacity = len(regular) * min(overlap, annotators)
-    if votes > capacity:
-        raise InputError(
-            f"{votes} votes do not fit: {len(regular)} comparisons × {min(overlap, annotators)} annotators = "
-            f"{capacity}; add candidates or annotators"
-        )
-    next_comp = (session.scalar(select(Comparison.id).order_by(Comparison.id.desc()).limit(1)) or 0) + 1
-    next_vote = (session.scalar(select(Vote.id).order_by(Vote.id.desc()).limit(1)) or 0) + 1
-    comp_rows: list[dict[str, Any]] = []
-    vote_rows: list[dict[str, Any]] = []
-    assign_rows: list[dict[str, Any]] = []
     per_comp = min(overlap, annotators)
-    remaining = votes
-    # spread votes: full comparisons first (overlap votes each), the rest stay open for annotating
-    for index, (a, b, kind) in enumerate(gold_pairs + regular):
-        is_gold = index < n_gold
-        diff = latent[a] - latent[b]
-        cid = next_comp
-        next_comp += 1
-        n_votes = min(per_comp, remaining)
-        remaining -= n_votes
-        voters = rng.sample(user_ids, n_votes)
-        last = None
-        for uid in voters:
-            s = sharp_of[uid]
-            r = rng.random()
-            if r < 0.06:
-                overall, strength = "tie", None
-            elif r < 0.08:
-                overall, strength = "both_bad", None
-            else:
-                overall = "a" if rng.random() < _sigmoid(s * diff) else "b"
-                strength = "clear" if abs(diff) * s > 1.0 else "slight"
-            identity = {
-                str(j): ("a" if rng.random() < _sigmoid(s * diff) else "b") for j in range(num_subjects_of[a])
-            }
-            created = now
-            last = created
-            vote_rows.append(
-                {
-                    "id": next_vote,
-                    "comparison_id": cid,
-                    "user_id": uid,
-                    "overall": overall,
-                    "strength": strength,
-                    "identity": identity,
-                    "texture": "a" if rng.random() < _sigmoid(s * diff) else "b",
-                    "artifacts": rng.choice(["a", "b", "tie"]),
-                    "shown_left_id": a if rng.random() < 0.5 else b,
-                    "duration_ms": int(rng.lognormvariate(8.5, 0.5)),
-                    "idempotency_key": f"demo-{seed}-{next_vote}",
-                    "created_at": created,
-                }
-            )
-            assign_rows.append(
-                {
-                    "comparison_id": cid,
-                    "user_id": uid,
-                    "shown_left_id": vote_rows[-1]["shown_left_id"],
-                    "status": "voted",
-                    "created_at": created,
-                }
-            )
-            next_vote += 1
-        comp_rows.append(
-            {
-                "id": cid,
-                "candidate_a_id": a,
-                "candidate_b_id": b,
-                "kind": kind,
-                "is_gold": is_gold,
-                "gold_answer": ("a" if diff > 0 else "b") if is_gold else None,
-                "active": True,
-                "vote_count": n_votes,
-                "last_vote_at": last,
-                "created_at": now,
-            }
-        )
-        summary.votes += n_votes
-        if len(comp_rows) >= _CHUNK or len(vote_rows) >= _CHUNK:
-            _flush(session, Comparison, comp_rows)
-            _flush(session, Vote, vote_rows)
-            _flush(session, Assignment, assign_rows)
-    _flush(session, Comparison, comp_rows)
-    _flush(session, Vote, vote_rows)
-    _flush(session, Assignment, assign_rows)
-    session.commit()
-    summary.comparisons = len(pairs)
-    summary.gold = n_gold
-    logger.info(
-        "demo data: %d generations, %d candidates, %d comparisons (%d gold), %d votes",
-        summary.generations,
-        summary.candidates,
-        summary.comparisons,
-        summary.gold,
-        summary.votes,
+    n_gold = _split_gold(rng, pool.pairs, gold_rate, per_comp, votes)
+    sharp_of = dict(zip(user_ids, sharpness.values()))
+    cast = _seed_comparisons(
+        session, rng, pool, sharp_of, n_gold=n_gold, per_comp=per_comp, votes=votes, seed=seed
     )
-    return summary
+    session.commit()
+    return _logged_summary(pool, sharpness, password, n_gold, cast)
