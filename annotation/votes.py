@@ -226,18 +226,12 @@ def _duplicate(request: VoteRequest) -> DuplicateVote:
     return DuplicateVote(f"user {request.user_id} already voted on comparison {request.comparison_id}")
 
 
-def _apply_votes(conn: Connection, batch: Sequence[_PendingVote]) -> list[_Written | Exception]:
-    """Check and write ``batch`` in ``conn``'s current transaction; one outcome per vote, in order.
-
-    The rows the checks need are fetched up front (two queries; two more when some votes will be refused),
-    then the votes are judged one after the other as if recorded sequentially (a key repeated inside the batch is a replay of its first use, a second vote
-    on the same pair is a duplicate). A rejected vote writes nothing and does not affect the others.
-    The caller commits; on SQLite the transaction holds the write lock from its first statement
-    (``BEGIN IMMEDIATE``), so nothing changes between the checks and the writes.
-    """
-    requests = [p.request for p in batch]
-    replays = _replay_rows(conn, {r.idempotency_key for r in requests})
-    # one query for the common case (the pair was served): assignment, user and comparison together
+def _served_rows(
+    conn: Connection, requests: list[VoteRequest]
+) -> tuple[dict[tuple[int, int], Any], set[int], dict[int, Any]]:
+    """The rows the checks need: served assignments by (comparison, user), the active users among the voters
+    and the comparisons by id. One query for the common case (the pair was served: assignment, user and
+    comparison together); two more only for votes that will be refused, to tell which check fails first."""
     pairs = sorted({(r.comparison_id, r.user_id) for r in requests})
     params = {f"c{i}": c for i, (c, _) in enumerate(pairs)} | {f"u{i}": u for i, (_, u) in enumerate(pairs)}
     assignments = {
@@ -246,97 +240,150 @@ def _apply_votes(conn: Connection, batch: Sequence[_PendingVote]) -> list[_Writt
     active_users = {user for (_, user), r in assignments.items() if r.is_active}
     comps = {comp: r for (comp, _), r in assignments.items()}
     unexplained = [r for r in requests if r.user_id not in active_users or r.comparison_id not in comps]
-    if unexplained:  # only for votes that will be refused: which check fails first
+    if unexplained:
         active_users |= set(conn.scalars(_ACTIVE_USERS, {"ids": sorted({r.user_id for r in unexplained})}))
         for r in conn.execute(_COMPARISONS, {"ids": sorted({r.comparison_id for r in unexplained})}):
             comps.setdefault(r.id, r)
+    return assignments, active_users, comps
 
-    outcomes: list[_Written | Exception | None] = [None] * len(batch)
-    accepted: list[int] = []  # indexes of the votes to insert
-    first_use: dict[str, int] = {}  # idempotency key -> index of the accepted vote that uses it
-    replay_of: dict[int, int] = {}  # index -> index of the accepted vote it repeats
-    voted: set[tuple[int, int]] = set()
-    for i, pending in enumerate(batch):
-        request, fields = pending.request, pending.fields
+
+def _bad_slots(request: VoteRequest, fields: dict, comp: Any) -> InvalidVote | None:
+    """An error if the vote's identity choices name a slot the comparison does not have."""
+    bad = sorted(int(s) for s in fields["identity"] or () if not 0 <= int(s) < comp.num_subjects)
+    if not bad:
+        return None
+    return InvalidVote(
+        f"identity choice for slot {bad[0]} but comparison {request.comparison_id} has "
+        f"{comp.num_subjects} subject(s) (slots 0-{comp.num_subjects - 1})"
+    )
+
+
+@dataclass
+class _BatchChecks:
+    """Judges the votes of one batch in order, as if they were recorded one after the other."""
+
+    replays: dict[str, Any]  # idempotency key -> the stored vote that used it
+    assignments: dict[tuple[int, int], Any]
+    active_users: set[int]
+    comps: dict[int, Any]
+    first_use: dict[str, int] = field(default_factory=dict)  # key -> index of the accepted vote using it
+    voted: set[tuple[int, int]] = field(default_factory=set)
+
+    def replay(self, batch: Sequence[_PendingVote], request: VoteRequest) -> _Written | Exception | int | None:
+        """For a vote whose idempotency key was used before: the stored outcome, the index of the accepted
+        vote of this batch it repeats, or an error if the key was used for another pair; else None."""
         key, pair = request.idempotency_key, (request.comparison_id, request.user_id)
-        row = replays.get(key)
+        row = self.replays.get(key)
         if row is not None:
             same = (row.comparison_id, row.user_id) == pair
-            outcomes[i] = _Written(_replay_result(row), None) if same else _key_reused(request)
-            continue
-        if key in first_use:
-            earlier = batch[first_use[key]].request
-            if (earlier.comparison_id, earlier.user_id) == pair:
-                replay_of[i] = first_use[key]
-            else:
-                outcomes[i] = _key_reused(request)
-            continue
-        if request.user_id not in active_users:
-            outcomes[i] = NotFound(f"unknown user id {request.user_id!r}")
-            continue
-        comp = comps.get(request.comparison_id)
+            return _Written(_replay_result(row), None) if same else _key_reused(request)
+        if key in self.first_use:
+            earlier = batch[self.first_use[key]].request
+            same = (earlier.comparison_id, earlier.user_id) == pair
+            return self.first_use[key] if same else _key_reused(request)
+        return None
+
+    def refusal(self, request: VoteRequest, fields: dict) -> Exception | None:
+        """Why a new vote is refused (unknown user or comparison, bad slot, not served, already voted)."""
+        pair = (request.comparison_id, request.user_id)
+        if request.user_id not in self.active_users:
+            return NotFound(f"unknown user id {request.user_id!r}")
+        comp = self.comps.get(request.comparison_id)
         if comp is None:
-            outcomes[i] = NotFound(f"unknown comparison id {request.comparison_id!r}")
-            continue
-        if fields["identity"]:
-            bad = sorted(int(s) for s in fields["identity"] if not 0 <= int(s) < comp.num_subjects)
-            if bad:
-                outcomes[i] = InvalidVote(
-                    f"identity choice for slot {bad[0]} but comparison {request.comparison_id} has "
-                    f"{comp.num_subjects} subject(s) (slots 0-{comp.num_subjects - 1})"
-                )
-                continue
-        assignment = assignments.get(pair)
+            return NotFound(f"unknown comparison id {request.comparison_id!r}")
+        bad_slot = _bad_slots(request, fields, comp)
+        if bad_slot is not None:
+            return bad_slot
+        assignment = self.assignments.get(pair)
         if assignment is None:
             kind = "gold item" if comp.is_gold else "comparison"
-            outcomes[i] = InvalidVote(
+            return InvalidVote(
                 f"{kind} {request.comparison_id} was not served to user {request.user_id}; votes need next_comparison"
             )
-            continue
-        if assignment.status == AssignmentStatus.voted or pair in voted:
-            outcomes[i] = _duplicate(request)
-            continue
-        voted.add(pair)
-        first_use[key] = i
-        accepted.append(i)
+        if assignment.status == AssignmentStatus.voted or pair in self.voted:
+            return _duplicate(request)
+        return None
 
-    if accepted:
-        served = [assignments[(batch[i].request.comparison_id, batch[i].request.user_id)] for i in accepted]
-        rows = [
-            {
-                "comparison_id": batch[i].request.comparison_id,
-                "user_id": batch[i].request.user_id,
-                "shown_left_id": assignment.shown_left_id,
-                "idempotency_key": batch[i].request.idempotency_key,
-                "created_at": batch[i].now,
-                **batch[i].fields,
-            }
-            for i, assignment in zip(accepted, served)
-        ]
-        conn.execute(_INSERT_VOTES, rows)  # one executemany; ids are read back by their unique keys
-        ids = dict(conn.execute(_VOTE_IDS, {"keys": [row["idempotency_key"] for row in rows]}).all())
-        vote_ids = [ids[row["idempotency_key"]] for row in rows]
-        conn.execute(_MARK_VOTED, [{"b_id": assignment.id} for assignment in served])
-        per_comparison: dict[int, tuple[int, datetime]] = {}
-        for i in accepted:
-            cid = batch[i].request.comparison_id
-            n = per_comparison[cid][0] if cid in per_comparison else 0
-            # the last vote in batch order sets last_vote_at, as sequential writes would
-            per_comparison[cid] = (n + 1, batch[i].now)
-        conn.execute(
-            _COUNT_VOTES, [{"b_id": cid, "b_n": n, "b_at": at} for cid, (n, at) in per_comparison.items()]
+    def judge(
+        self, batch: Sequence[_PendingVote]
+    ) -> tuple[list[_Written | Exception | None], list[int], dict[int, int]]:
+        """The refused and replayed outcomes by index (None for the votes to insert), the indexes of the votes
+        to insert, and the in-batch replays (index -> index of the accepted vote it repeats)."""
+        outcomes: list[_Written | Exception | None] = [None] * len(batch)
+        accepted: list[int] = []
+        replay_of: dict[int, int] = {}
+        for i, pending in enumerate(batch):
+            request = pending.request
+            replayed = self.replay(batch, request)
+            if isinstance(replayed, int):
+                replay_of[i] = replayed
+                continue
+            outcomes[i] = replayed if replayed is not None else self.refusal(request, pending.fields)
+            if outcomes[i] is None:
+                self.voted.add((request.comparison_id, request.user_id))
+                self.first_use[request.idempotency_key] = i
+                accepted.append(i)
+        return outcomes, accepted, replay_of
+
+
+def _insert_accepted(
+    conn: Connection,
+    batch: Sequence[_PendingVote],
+    accepted: list[int],
+    assignments: dict[tuple[int, int], Any],
+) -> dict[int, _Written]:
+    """Insert the accepted votes, mark their assignments voted and count them on their comparisons; returns
+    each accepted index's outcome."""
+    served = [assignments[(batch[i].request.comparison_id, batch[i].request.user_id)] for i in accepted]
+    rows = [
+        {
+            "comparison_id": batch[i].request.comparison_id,
+            "user_id": batch[i].request.user_id,
+            "shown_left_id": assignment.shown_left_id,
+            "idempotency_key": batch[i].request.idempotency_key,
+            "created_at": batch[i].now,
+            **batch[i].fields,
+        }
+        for i, assignment in zip(accepted, served)
+    ]
+    conn.execute(_INSERT_VOTES, rows)  # one executemany; ids are read back by their unique keys
+    ids = dict(conn.execute(_VOTE_IDS, {"keys": [row["idempotency_key"] for row in rows]}).all())
+    vote_ids = [ids[row["idempotency_key"]] for row in rows]
+    conn.execute(_MARK_VOTED, [{"b_id": assignment.id} for assignment in served])
+    per_comparison: dict[int, tuple[int, datetime]] = {}
+    for i in accepted:
+        cid = batch[i].request.comparison_id
+        n = per_comparison[cid][0] if cid in per_comparison else 0
+        # the last vote in batch order sets last_vote_at, as sequential writes would
+        per_comparison[cid] = (n + 1, batch[i].now)
+    conn.execute(_COUNT_VOTES, [{"b_id": cid, "b_n": n, "b_at": at} for cid, (n, at) in per_comparison.items()])
+    written = {}
+    for i, assignment, vote_id in zip(accepted, served, vote_ids):
+        request = batch[i].request
+        result = VoteResult(
+            vote_id, request.comparison_id, request.user_id, batch[i].fields["overall"], batch[i].now, False
         )
-        for i, assignment, vote_id in zip(accepted, served, vote_ids):
-            request = batch[i].request
-            result = VoteResult(
-                vote_id,
-                request.comparison_id,
-                request.user_id,
-                batch[i].fields["overall"],
-                batch[i].now,
-                False,
-            )
-            outcomes[i] = _Written(result, assignment.id)
+        written[i] = _Written(result, assignment.id)
+    return written
+
+
+def _apply_votes(conn: Connection, batch: Sequence[_PendingVote]) -> list[_Written | Exception]:
+    """Check and write ``batch`` in ``conn``'s current transaction; one outcome per vote, in order.
+
+    The rows the checks need are fetched up front (two queries; two more when some votes will be refused),
+    then the votes are judged one after the other as if recorded sequentially (a key repeated inside the batch
+    is a replay of its first use, a second vote on the same pair is a duplicate). A rejected vote writes
+    nothing and does not affect the others. The caller commits; on SQLite the transaction holds the write
+    lock from its first statement (``BEGIN IMMEDIATE``), so nothing changes between the checks and the writes.
+    """
+    requests = [p.request for p in batch]
+    replays = _replay_rows(conn, {r.idempotency_key for r in requests})
+    assignments, active_users, comps = _served_rows(conn, requests)
+    checks = _BatchChecks(replays, assignments, active_users, comps)
+    outcomes, accepted, replay_of = checks.judge(batch)
+    if accepted:
+        for i, written in _insert_accepted(conn, batch, accepted, assignments).items():
+            outcomes[i] = written
     for i, j in replay_of.items():
         first = outcomes[j].result
         outcomes[i] = _Written(dataclasses.replace(first, replayed=True), None)
