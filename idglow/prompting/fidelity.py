@@ -27,6 +27,8 @@ VIOLATION_KINDS = ("missing_person", "duplicate_person", "extra_person", "wrong_
 
 @dataclass(frozen=True)
 class FidelityViolation:
+    """One failed check: its kind (one of VIOLATION_KINDS), the subject's slot (None for the whole prompt)."""
+
     kind: str
     slot: int | None
     message: str
@@ -91,6 +93,133 @@ def _norm(text: str) -> str:
     return _ARTICLE.sub("", clean_text(text).lower().strip(" ,.;:"))
 
 
+_Checked = tuple[list[FidelityViolation], int]  # the violations found and the number of checks made
+
+
+def _extra_people(
+    prompt: GroupPrompt, num: int, markers: dict[int, list[tuple[int, int]]]
+) -> tuple[dict[int, PersonDescription], FidelityViolation | None]:
+    """The described persons by slot (first description wins) and an ``extra_person`` violation if a person
+    or a marker goes beyond the ``num`` subjects."""
+    by_slot: dict[int, PersonDescription] = {}
+    extra_slots = []
+    for person in prompt.persons:
+        if not 0 <= person.slot < num:
+            extra_slots.append(person.slot)
+        else:
+            by_slot.setdefault(person.slot, person)
+    extra_positions = sorted(p for p in markers if p > num)
+    if not (extra_slots or extra_positions):
+        return by_slot, None
+    detail = []
+    if extra_slots:
+        detail.append(f"persons with slots {extra_slots} beyond the {num} subjects")
+    if extra_positions:
+        detail.append(f"markers for positions {extra_positions} beyond {num} people")
+    return by_slot, FidelityViolation("extra_person", None, "; ".join(detail))
+
+
+def _presence(
+    by_slot: dict[int, PersonDescription], num: int, markers: dict[int, list[tuple[int, int]]]
+) -> tuple[list[FidelityViolation], dict[int, tuple[int, int]]]:
+    """``missing_person`` / ``duplicate_person`` violations and the clause span of every slot mentioned."""
+    violations: list[FidelityViolation] = []
+    clause_of: dict[int, tuple[int, int]] = {}
+    for slot in range(num):
+        person = by_slot.get(slot)
+        if person is None:
+            violations.append(FidelityViolation("missing_person", slot, f"no description of subject {slot + 1}"))
+            continue
+        where = f"subject {slot + 1} (position {person.position})"
+        occurrences = markers.get(person.position, [])
+        if not occurrences:
+            violations.append(FidelityViolation("missing_person", slot, f"{where} is not mentioned in the text"))
+            continue
+        if len(occurrences) > 1:
+            message = f"{where} is mentioned {len(occurrences)} times"
+            violations.append(FidelityViolation("duplicate_person", slot, message))
+        clause_of[slot] = occurrences[0]
+    return violations, clause_of
+
+
+def _age_checks(text: str, target_ages: list[Any], clause_of: dict[int, tuple[int, int]]) -> _Checked:
+    """``wrong_age`` violations: a slot with a target age states that age, and no other, in its clause."""
+    violations: list[FidelityViolation] = []
+    checks = 0
+    for slot, target in enumerate(target_ages):
+        if target is None:
+            continue
+        checks += 1
+        if slot not in clause_of:
+            message = f"target age {age_words(target)} of subject {slot + 1} is not stated"
+            violations.append(FidelityViolation("wrong_age", slot, message))
+            continue
+        start, end = clause_of[slot]
+        ages = ages_mentioned(text[start:end])
+        wanted = round(float(target)) if target >= 1 else round(float(target) * 12) / 12
+        if not any(abs(a - wanted) < 1e-6 for a in ages) or any(abs(a - wanted) > 1e-6 for a in ages):
+            said = ", ".join(f"{a:g}" for a in ages) or "none"
+            message = f"subject {slot + 1} should be {wanted:g} years old; its clause states: {said}"
+            violations.append(FidelityViolation("wrong_age", slot, message))
+    return violations, checks
+
+
+@dataclass
+class _Clauses:
+    """The lower-cased text, every clause's span with the slot it belongs to, and the text outside clauses."""
+
+    lowered: str
+    spans: list[tuple[int, int]]
+    owner: dict[tuple[int, int], int]
+    own_phrases: dict[int, set[str]]  # slot -> that person's normalized attributes
+    outside: str
+
+    def leaks(self, slot: int, phrase: str) -> list[str]:
+        """Where ``phrase`` of ``slot`` appears outside that person's clause, unless its owner has it too."""
+        found = []
+        for span in self.spans:
+            owner = self.owner.get(span)
+            if owner == slot:
+                continue
+            theirs = self.own_phrases.get(owner, ()) if owner is not None else ()
+            if any(phrase in own or own in phrase for own in theirs):
+                continue  # the other person has this attribute too
+            if _contains(self.lowered[span[0] : span[1]], phrase):
+                found.append(f"the clause of subject {owner + 1}" if owner is not None else "another clause")
+        if _contains(self.outside, phrase):
+            found.append("the text outside the person clauses")
+        return found
+
+
+def _leak_checks(
+    text: str,
+    by_slot: dict[int, PersonDescription],
+    spans: list[tuple[int, int]],
+    clause_of: dict[int, tuple[int, int]],
+) -> _Checked:
+    """``attribute_leak`` violations: person i's phrases must not appear outside clause i (except as someone's
+    own)."""
+    lowered = text.lower()
+    outside = lowered
+    for start, end in spans:
+        outside = outside[:start] + " " * (end - start) + outside[end:]
+    own_phrases = {slot: {_norm(v) for v in p.attributes.values() if _norm(v)} for slot, p in by_slot.items()}
+    clauses = _Clauses(lowered, spans, {span: slot for slot, span in clause_of.items()}, own_phrases, outside)
+    violations: list[FidelityViolation] = []
+    checks = 0
+    for slot, person in sorted(by_slot.items()):
+        for name, value in person.attributes.items():
+            phrase = _norm(value)
+            if not phrase:
+                continue
+            checks += 1
+            leaks = clauses.leaks(slot, phrase)
+            if leaks:
+                message = f"{name} {value!r} of subject {slot + 1} also appears in " + " and ".join(leaks)
+                violations.append(FidelityViolation("attribute_leak", slot, message))
+    return violations, checks
+
+
 def check_prompt_fidelity(prompt: GroupPrompt, subjects: Sequence[Any]) -> FidelityReport:
     """Check that ``prompt`` names every subject once, with its target age, and binds attributes to people.
 
@@ -109,106 +238,18 @@ def check_prompt_fidelity(prompt: GroupPrompt, subjects: Sequence[Any]) -> Fidel
     """
     target_ages = [s if s is None or isinstance(s, (int, float)) else getattr(s, "target_age", None) for s in subjects]
     num = len(target_ages)
-    text = prompt.text
-    lowered = text.lower()
-    violations: list[FidelityViolation] = []
-    checks = 0
-
-    by_slot: dict[int, PersonDescription] = {}
-    checks += 1
-    extra_slots = []
-    for person in prompt.persons:
-        if not 0 <= person.slot < num:
-            extra_slots.append(person.slot)
-        else:
-            by_slot.setdefault(person.slot, person)
-    markers, spans = _clauses(text, num)
-    extra_positions = sorted(p for p in markers if p > num)
-    if extra_slots or extra_positions:
-        detail = []
-        if extra_slots:
-            detail.append(f"persons with slots {extra_slots} beyond the {num} subjects")
-        if extra_positions:
-            detail.append(f"markers for positions {extra_positions} beyond {num} people")
-        violations.append(FidelityViolation("extra_person", None, "; ".join(detail)))
-
-    clause_of: dict[int, tuple[int, int]] = {}
-    for slot in range(num):
-        checks += 1
-        person = by_slot.get(slot)
-        if person is None:
-            violations.append(FidelityViolation("missing_person", slot, f"no description of subject {slot + 1}"))
-            continue
-        occurrences = markers.get(person.position, [])
-        if not occurrences:
-            violations.append(
-                FidelityViolation(
-                    "missing_person", slot,
-                    f"subject {slot + 1} (position {person.position}) is not mentioned in the text",
-                )
-            )
-            continue
-        if len(occurrences) > 1:
-            violations.append(
-                FidelityViolation(
-                    "duplicate_person", slot,
-                    f"subject {slot + 1} (position {person.position}) is mentioned {len(occurrences)} times",
-                )
-            )
-        clause_of[slot] = occurrences[0]
-
-    for slot, target in enumerate(target_ages):
-        if target is None:
-            continue
-        checks += 1
-        if slot not in clause_of:
-            violations.append(
-                FidelityViolation("wrong_age", slot, f"target age {age_words(target)} of subject {slot + 1} is not stated")
-            )
-            continue
-        start, end = clause_of[slot]
-        ages = ages_mentioned(text[start:end])
-        wanted = round(float(target)) if target >= 1 else round(float(target) * 12) / 12
-        if not any(abs(a - wanted) < 1e-6 for a in ages) or any(abs(a - wanted) > 1e-6 for a in ages):
-            said = ", ".join(f"{a:g}" for a in ages) or "none"
-            violations.append(
-                FidelityViolation(
-                    "wrong_age", slot,
-                    f"subject {slot + 1} should be {wanted:g} years old; its clause states: {said}",
-                )
-            )
-
-    # Attribute binding: person i's phrases must not appear outside clause i (except as someone's own).
-    own_phrases = {slot: {_norm(v) for v in p.attributes.values() if _norm(v)} for slot, p in by_slot.items()}
-    span_owner = {span: slot for slot, span in clause_of.items()}
-    outside = lowered
-    for start, end in spans:
-        outside = outside[:start] + " " * (end - start) + outside[end:]
-    for slot, person in sorted(by_slot.items()):
-        for name, value in person.attributes.items():
-            phrase = _norm(value)
-            if not phrase:
-                continue
-            checks += 1
-            leaks = []
-            for span in spans:
-                owner = span_owner.get(span)
-                if owner == slot:
-                    continue
-                if owner is not None and any(phrase in own or own in phrase for own in own_phrases.get(owner, ())):
-                    continue  # the other person has this attribute too
-                if _contains(lowered[span[0] : span[1]], phrase):
-                    leaks.append(f"the clause of subject {owner + 1}" if owner is not None else "another clause")
-            if _contains(outside, phrase):
-                leaks.append("the text outside the person clauses")
-            if leaks:
-                violations.append(
-                    FidelityViolation(
-                        "attribute_leak", slot,
-                        f"{name} {value!r} of subject {slot + 1} also appears in " + " and ".join(leaks),
-                    )
-                )
-
+    markers, spans = _clauses(prompt.text, num)
+    by_slot, extra = _extra_people(prompt, num, markers)
+    violations = [extra] if extra is not None else []
+    presence, clause_of = _presence(by_slot, num, markers)
+    violations += presence
+    checks = 1 + num  # the extra-person check and one presence check per slot
+    for found, made in (
+        _age_checks(prompt.text, target_ages, clause_of),
+        _leak_checks(prompt.text, by_slot, spans, clause_of),
+    ):
+        violations += found
+        checks += made
     failed = len({(v.kind, v.slot, v.message) for v in violations})
     score = max(0.0, 1.0 - failed / checks) if checks else 1.0
     return FidelityReport(score=round(score, 4), violations=violations, checks=checks)
