@@ -30,6 +30,9 @@ _ATTRIBUTE_DROP_ORDER = ("expression", "clothing", "hair", "label")
 
 @dataclass
 class RenderedPrompt:
+    """A rendered prompt: the full (T5) text, the compact (CLIP) text, and the scene, interaction and
+    constraints that made it into the text."""
+
     text: str
     clip_text: str
     scene: str
@@ -159,85 +162,22 @@ class TemplateComposer:
         if not persons:
             raise ValueError("a prompt needs at least one person")
         persons = sorted(persons, key=lambda p: p.position)
-        num = len(persons)
-        group_has_adult = any(p.age is None or p.age >= 18 for p in persons)
         scene = clean_text(scene).rstrip(".")
         interaction = clean_text(interaction).rstrip(".")
-        base, extra = self.constraint_sentences(num, failure_types, any(_is_child(p) for p in persons))
-
-        def build(
-            scene_words: int | None, with_interaction: bool, num_extra: int, people, compact=False, num_base=None
-        ) -> str:
-            header = "A photo of one person." if num == 1 else f"A group photo of {number_word(num)} people."
-            pieces = [header]
-            used_scene = scene if scene_words is None else _truncate_words(scene, scene_words)
-            if used_scene:
-                pieces.append(_sentence(f"Scene: {used_scene}"))
-            if with_interaction and interaction:
-                pieces.append(_sentence(f"Interaction: {interaction}"))
-            pieces += [self.person_clause(p, num, task, failure_types, group_has_adult, compact) for p in people]
-            pieces += base[:num_base] + extra[:num_extra]
-            return " ".join(pieces)
-
-        scene_len = len(scene.split())
-        state = {"scene_words": None, "with_interaction": True, "num_extra": len(extra), "people": list(persons)}
-        text = build(**state)
-        fits = lambda t: self.t5_counter(t) <= self.t5_max_tokens  # noqa: E731
-
-        if not fits(text) and scene_len > MIN_SCENE_WORDS:
-            state["scene_words"] = self._longest_fit(
-                lambda k: build(**{**state, "scene_words": k}), MIN_SCENE_WORDS, scene_len, fits
-            )
-            text = build(**state)
-        if not fits(text) and interaction:
-            state["with_interaction"] = False
-            text = build(**state)
-        while not fits(text) and state["num_extra"] > 0:
-            state["num_extra"] -= 1
-            text = build(**state)
-        if not fits(text) and scene:
-            state["scene_words"] = self._longest_fit(
-                lambda k: build(**{**state, "scene_words": k}), 0, min(scene_len, MIN_SCENE_WORDS), fits
-            )
-            text = build(**state)
-        for name in _ATTRIBUTE_DROP_ORDER:
-            if fits(text):
-                break
-            state["people"] = [replace(p, **{name: None}) for p in state["people"]]
-            text = build(**state)
-        if not fits(text):
-            state["compact"] = True
-            text = build(**state)
-        if not fits(text):
-            state["num_base"] = 0
-            text = build(**state)
-        if not fits(text):
-            # Even the bare clauses are too long for this encoder: cut at a word boundary, as the encoder
-            # itself would, and say so (the last people lose their clauses).
-            words = text.split()
-            k = self._longest_fit(lambda k: " ".join(words[:k]), 1, len(words), fits)
-            logger.warning(
-                "the prompt for %d people needs %d tokens even in its shortest form; cut to the first %d words "
-                "to fit t5_max_tokens=%d", num, self.t5_counter(text), k, self.t5_max_tokens,
-            )
-            text = " ".join(words[:k])
-        used_scene = scene if state["scene_words"] is None else _truncate_words(scene, state["scene_words"])
-        if used_scene != scene:
-            logger.warning(
-                "scene shortened from %d to %d words to fit the T5 limit of %d tokens",
-                scene_len, len(used_scene.split()), self.t5_max_tokens,
-            )
-        if state["num_extra"] < len(extra):
-            logger.warning("dropped %d badcase constraint(s) to fit the T5 limit", len(extra) - state["num_extra"])
-        if interaction and not state["with_interaction"]:
-            logger.warning("dropped the interaction to fit the T5 limit")
+        has_children = any(_is_child(p) for p in persons)
+        base, extra = self.constraint_sentences(len(persons), failure_types, has_children)
+        writer = _FullText(self, persons, task, failure_types, scene, interaction, base, extra)
+        layout = _Layout(num_extra=len(extra), people=list(persons))
+        text = writer.shrink_to_fit(layout)
+        used_scene = writer.scene_of(layout)
+        writer.log_cuts(layout, used_scene)
         clip_text = self.render_clip(persons, used_scene)
         return RenderedPrompt(
             text=text,
             clip_text=clip_text,
             scene=used_scene,
-            interaction=interaction if state["with_interaction"] else "",
-            constraints=[c for c in base[: state.get("num_base")] + extra[: state["num_extra"]] if c in text],
+            interaction=interaction if layout.with_interaction else "",
+            constraints=[c for c in base[: layout.num_base] + extra[: layout.num_extra] if c in text],
             token_counts={"t5": self.t5_counter(text), "clip": self.clip_counter(clip_text)},
         )
 
@@ -276,6 +216,120 @@ class TemplateComposer:
             else:
                 hi = mid - 1
         return best
+
+
+@dataclass
+class _Layout:
+    """What the full text holds; :meth:`_FullText.shrink_to_fit` trims it step by step."""
+
+    num_extra: int  # how many badcase constraints are kept
+    people: list[PersonDescription]
+    scene_words: int | None = None  # None: the whole scene
+    with_interaction: bool = True
+    compact: bool = False  # clauses without free-text attributes and age phrasing
+    num_base: int | None = None  # how many base constraints are kept (None: all)
+
+
+@dataclass
+class _FullText:
+    """Writes the full (T5) text of one request for a layout, and trims the layout until the text fits."""
+
+    composer: TemplateComposer
+    persons: list[PersonDescription]
+    task: str
+    failure_types: Sequence[str]
+    scene: str
+    interaction: str
+    base: list[str]
+    extra: list[str]
+
+    def __post_init__(self) -> None:
+        self.group_has_adult = any(p.age is None or p.age >= 18 for p in self.persons)
+        self.scene_len = len(self.scene.split())
+
+    def fits(self, text: str) -> bool:
+        return self.composer.t5_counter(text) <= self.composer.t5_max_tokens
+
+    def scene_of(self, layout: _Layout) -> str:
+        return self.scene if layout.scene_words is None else _truncate_words(self.scene, layout.scene_words)
+
+    def build(self, layout: _Layout) -> str:
+        num = len(self.persons)
+        pieces = ["A photo of one person." if num == 1 else f"A group photo of {number_word(num)} people."]
+        used_scene = self.scene_of(layout)
+        if used_scene:
+            pieces.append(_sentence(f"Scene: {used_scene}"))
+        if layout.with_interaction and self.interaction:
+            pieces.append(_sentence(f"Interaction: {self.interaction}"))
+        clause = self.composer.person_clause
+        args = (num, self.task, self.failure_types, self.group_has_adult, layout.compact)
+        pieces += [clause(p, *args) for p in layout.people]
+        pieces += self.base[: layout.num_base] + self.extra[: layout.num_extra]
+        return " ".join(pieces)
+
+    def _longest_scene(self, layout: _Layout, lo: int, hi: int) -> int:
+        make = lambda k: self.build(replace(layout, scene_words=k))  # noqa: E731
+        return self.composer._longest_fit(make, lo, hi, self.fits)
+
+    def shrink_to_fit(self, layout: _Layout) -> str:
+        """Trim ``layout`` in place in the order that :meth:`TemplateComposer.render` documents; returns
+        the text."""
+        text = self.build(layout)
+        if not self.fits(text) and self.scene_len > MIN_SCENE_WORDS:
+            layout.scene_words = self._longest_scene(layout, MIN_SCENE_WORDS, self.scene_len)
+            text = self.build(layout)
+        if not self.fits(text) and self.interaction:
+            layout.with_interaction = False
+            text = self.build(layout)
+        while not self.fits(text) and layout.num_extra > 0:
+            layout.num_extra -= 1
+            text = self.build(layout)
+        if not self.fits(text) and self.scene:
+            layout.scene_words = self._longest_scene(layout, 0, min(self.scene_len, MIN_SCENE_WORDS))
+            text = self.build(layout)
+        for name in _ATTRIBUTE_DROP_ORDER:
+            if self.fits(text):
+                break
+            layout.people = [replace(p, **{name: None}) for p in layout.people]
+            text = self.build(layout)
+        if not self.fits(text):
+            layout.compact = True
+            text = self.build(layout)
+        if not self.fits(text):
+            layout.num_base = 0
+            text = self.build(layout)
+        return text if self.fits(text) else self._cut(text)
+
+    def _cut(self, text: str) -> str:
+        """Even the bare clauses are too long for this encoder: cut at a word boundary, as the encoder itself
+        would, and say so (the last people lose their clauses)."""
+        words = text.split()
+        k = self.composer._longest_fit(lambda k: " ".join(words[:k]), 1, len(words), self.fits)
+        logger.warning(
+            "the prompt for %d people needs %d tokens even in its shortest form; cut to the first %d words "
+            "to fit t5_max_tokens=%d",
+            len(self.persons),
+            self.composer.t5_counter(text),
+            k,
+            self.composer.t5_max_tokens,
+        )
+        return " ".join(words[:k])
+
+    def log_cuts(self, layout: _Layout, used_scene: str) -> None:
+        """Warn about what was left out to fit the T5 limit."""
+        limit = self.composer.t5_max_tokens
+        if used_scene != self.scene:
+            logger.warning(
+                "scene shortened from %d to %d words to fit the T5 limit of %d tokens",
+                self.scene_len,
+                len(used_scene.split()),
+                limit,
+            )
+        if layout.num_extra < len(self.extra):
+            dropped = len(self.extra) - layout.num_extra
+            logger.warning("dropped %d badcase constraint(s) to fit the T5 limit", dropped)
+        if self.interaction and not layout.with_interaction:
+            logger.warning("dropped the interaction to fit the T5 limit")
 
 
 def persons_from_attributes(
