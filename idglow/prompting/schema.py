@@ -62,6 +62,8 @@ class ResponseError(ValueError):
 
 @dataclass
 class ModelAnswer:
+    """A validated answer: one description per subject in slot order, the scene and the interaction."""
+
     persons: list[PersonDescription]
     scene: str
     interaction: str
@@ -104,6 +106,117 @@ def _phrase(entry: dict, key: str, where: str, problems: list[str]) -> str | Non
     return clean_phrase(value) or None
 
 
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _slot_problem(slot: Any, num: int, where: str, seen: dict[int, PersonDescription]) -> str | None:
+    """Why ``slot`` is not the slot of a subject not described yet, or None."""
+    if not _whole_number(slot):
+        return f"{where}.slot must be an integer, got {slot!r}"
+    if not 0 <= slot < num:
+        return f"{where}.slot={slot} is not a subject: there are {num} people, slots 0..{num - 1}"
+    if slot in seen:
+        return f"slot {slot} is described more than once"
+    return None
+
+
+def _position(entry: dict, num: int, where: str, problems: list[str]) -> int | None:
+    """The entry's position in 1..num, or None (with a problem noted)."""
+    position = entry.get("position")
+    if not _whole_number(position):
+        problems.append(f"{where}.position must be an integer, got {position!r}")
+        return None
+    if not 1 <= position <= num:
+        problems.append(f"{where}.position={position} is outside 1..{num}")
+        return None
+    return position
+
+
+def _age(
+    entry: dict, target: float | None, slot: int, where: str, problems: list[str]
+) -> float | int | None:
+    """The entry's age (a number in [0, 120], numeric strings accepted) or None, checked against ``target``."""
+    age = entry.get("age")
+    if isinstance(age, str):
+        try:
+            age = float(age)
+        except ValueError:
+            pass
+    number = isinstance(age, (int, float)) and not isinstance(age, bool)
+    if not number or not math.isfinite(age) or not 0 <= age <= 120:
+        problems.append(f"{where}.age must be a number in [0, 120], got {entry.get('age')!r}")
+        age = None
+    if target is not None and age is not None and abs(float(age) - float(target)) > 0.5:
+        problems.append(f"{where}.age={age:g} but slot {slot} has the target age {target:g}")
+    return age
+
+
+def _person(
+    entry: dict, slot: int, num: int, target: float | None, label: str | None, where: str, problems: list[str]
+) -> PersonDescription:
+    """The description of one subject's entry; the problems found are appended to ``problems``."""
+    position = _position(entry, num, where, problems)
+    age = _age(entry, target, slot, where, problems)
+    return PersonDescription(
+        slot=slot,
+        position=position or 0,
+        age=float(target) if target is not None else (None if age is None else float(age)),
+        age_is_target=target is not None,
+        gender=normalize_gender(entry.get("gender")),
+        hair=_phrase(entry, "hair", where, problems),
+        clothing=_phrase(entry, "clothing", where, problems),
+        expression=_phrase(entry, "expression", where, problems),
+        label=label,
+    )
+
+
+def _persons(
+    persons_raw: list, target_ages: Sequence[float | None], labels: list[str | None], problems: list[str]
+) -> dict[int, PersonDescription]:
+    """The valid entries by slot, and every slot or position missing or used twice noted in ``problems``."""
+    num = len(target_ages)
+    persons: dict[int, PersonDescription] = {}
+    for i, entry in enumerate(persons_raw):
+        where = f"persons[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where} must be an object")
+            continue
+        slot = entry.get("slot")
+        problem = _slot_problem(slot, num, where, persons)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        persons[slot] = _person(entry, slot, num, target_ages[slot], labels[slot], where, problems)
+    missing = [s for s in range(num) if s not in persons]
+    if missing:
+        problems.append(f"missing slots {missing}: every one of the {num} people needs an entry")
+    positions = sorted(p.position for p in persons.values() if p.position)
+    if len(persons) == num and positions != list(range(1, num + 1)):
+        problems.append(f"positions {positions} must be 1..{num}, each used once")
+    return persons
+
+
+def _check_group_text(
+    scene: Any, interaction: Any, persons: dict[int, PersonDescription], problems: list[str]
+) -> None:
+    """Scene and interaction are short strings that repeat nobody's hair, clothing or expression."""
+    for key, value in (("scene", scene), ("interaction", interaction)):
+        if value is not None and not isinstance(value, str):
+            problems.append(f"{key} must be a string, got {type(value).__name__}")
+        elif value and len(value) > MAX_SCENE_CHARS:
+            problems.append(f"{key} is {len(value)} characters long (at most {MAX_SCENE_CHARS})")
+    for key, value in (("scene", scene), ("interaction", interaction)):
+        text = clean_text(value if isinstance(value, str) else "").lower()
+        for person in persons.values():
+            for name in ("hair", "clothing", "expression"):
+                phrase = (getattr(person, name) or "").lower()
+                if phrase and phrase in text:
+                    problems.append(
+                        f"{key} repeats the {name} of slot {person.slot} ({phrase!r}); keep it in that person's entry"
+                    )
+
+
 def validate_response(
     data: Any, target_ages: Sequence[float | None], labels: Sequence[str | None] | None = None
 ) -> ModelAnswer:
@@ -121,77 +234,10 @@ def validate_response(
     persons_raw = data.get("persons")
     if not isinstance(persons_raw, list):
         raise ResponseError(["the answer has no 'persons' list"])
-
-    persons: dict[int, PersonDescription] = {}
-    for i, entry in enumerate(persons_raw):
-        where = f"persons[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where} must be an object")
-            continue
-        slot = entry.get("slot")
-        if isinstance(slot, bool) or not isinstance(slot, int):
-            problems.append(f"{where}.slot must be an integer, got {slot!r}")
-            continue
-        if not 0 <= slot < num:
-            problems.append(f"{where}.slot={slot} is not a subject: there are {num} people, slots 0..{num - 1}")
-            continue
-        if slot in persons:
-            problems.append(f"slot {slot} is described more than once")
-            continue
-        position = entry.get("position")
-        if isinstance(position, bool) or not isinstance(position, int):
-            problems.append(f"{where}.position must be an integer, got {position!r}")
-            position = None
-        elif not 1 <= position <= num:
-            problems.append(f"{where}.position={position} is outside 1..{num}")
-            position = None
-        age = entry.get("age")
-        if isinstance(age, str):
-            try:
-                age = float(age)
-            except ValueError:
-                pass
-        if isinstance(age, bool) or not isinstance(age, (int, float)) or not math.isfinite(age) or not 0 <= age <= 120:
-            problems.append(f"{where}.age must be a number in [0, 120], got {entry.get('age')!r}")
-            age = None
-        target = target_ages[slot]
-        if target is not None and age is not None and abs(float(age) - float(target)) > 0.5:
-            problems.append(f"{where}.age={age:g} but slot {slot} has the target age {target:g}")
-        persons[slot] = PersonDescription(
-            slot=slot,
-            position=position or 0,
-            age=float(target) if target is not None else (None if age is None else float(age)),
-            age_is_target=target is not None,
-            gender=normalize_gender(entry.get("gender")),
-            hair=_phrase(entry, "hair", where, problems),
-            clothing=_phrase(entry, "clothing", where, problems),
-            expression=_phrase(entry, "expression", where, problems),
-            label=labels[slot],
-        )
-
-    missing = [s for s in range(num) if s not in persons]
-    if missing:
-        problems.append(f"missing slots {missing}: every one of the {num} people needs an entry")
-    positions = sorted(p.position for p in persons.values() if p.position)
-    if len(persons) == num and positions != list(range(1, num + 1)):
-        problems.append(f"positions {positions} must be 1..{num}, each used once")
-
+    persons = _persons(persons_raw, target_ages, labels, problems)
     scene = data.get("scene", "")
     interaction = data.get("interaction", "")
-    for key, value in (("scene", scene), ("interaction", interaction)):
-        if value is not None and not isinstance(value, str):
-            problems.append(f"{key} must be a string, got {type(value).__name__}")
-        elif value and len(value) > MAX_SCENE_CHARS:
-            problems.append(f"{key} is {len(value)} characters long (at most {MAX_SCENE_CHARS})")
-    for key, value in (("scene", scene), ("interaction", interaction)):
-        text = clean_text(value if isinstance(value, str) else "").lower()
-        for person in persons.values():
-            for name in ("hair", "clothing", "expression"):
-                phrase = (getattr(person, name) or "").lower()
-                if phrase and phrase in text:
-                    problems.append(
-                        f"{key} repeats the {name} of slot {person.slot} ({phrase!r}); keep it in that person's entry"
-                    )
+    _check_group_text(scene, interaction, persons, problems)
     if problems:
         raise ResponseError(problems)
     return ModelAnswer(
