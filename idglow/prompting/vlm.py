@@ -41,16 +41,8 @@ class VLMBackend(Protocol):
 
 
 # -- instruction ------------------------------------------------------------------------------------------
-def build_instruction(
-    target_ages: Sequence[float | None],
-    labels: Sequence[str | None],
-    task: str,
-    scene: str,
-    failure_types: Sequence[str] = (),
-    badcases: Sequence[Badcase] = (),
-) -> str:
-    """The text that follows the reference photos: the task, the schema, the rules and the constraints."""
-    num = len(target_ages)
+def _request_lines(num: int, task: str, scene: str) -> list[str]:
+    """What the model is asked to do: describe the group, keep the user's scene, and age people if asked."""
     lines = [
         f"The {num} photo(s) above show the people of one group, one reference photo per person, in slot "
         f"order (slot 0 is the first photo). Write the description an image generator needs to compose "
@@ -66,6 +58,11 @@ def build_instruction(
             "the identity cues that survive aging (face shape, eye and hair color). Describe clothing and hair "
             "suited to the target age, not to the age in the photo."
         )
+    return lines
+
+
+def _rules(num: int, failure_types: Sequence[str]) -> list[str]:
+    """The numbered rules: the schema, one entry per slot and position, and the badcase constraints."""
     rules = [
         f"Answer with one JSON object and nothing else, following this JSON schema: "
         f"{json.dumps(RESPONSE_SCHEMA, separators=(',', ':'))}",
@@ -77,24 +74,27 @@ def build_instruction(
         "'scene' describes the place and light; 'interaction' how the people relate (pose, touch, gaze) "
         "without repeating anyone's hair, clothing or expression.",
     ]
-    for failure in failure_types:
-        rules.append(FAILURE_CONSTRAINTS[failure].instruction)
-    lines.append("Rules:")
-    lines += [f"{i + 1}. {rule}" for i, rule in enumerate(rules)]
+    rules += [FAILURE_CONSTRAINTS[failure].instruction for failure in failure_types]
+    return ["Rules:"] + [f"{i + 1}. {rule}" for i, rule in enumerate(rules)]
+
+
+def _known_facts(target_ages: Sequence[float | None], labels: Sequence[str | None]) -> list[str]:
+    """One line per slot with a name or a target age (none when nothing is known)."""
     facts = []
-    for slot in range(num):
+    for slot, age in enumerate(target_ages):
         bits = []
         if labels[slot]:
             bits.append(f"called {clean_text(labels[slot])!r}")
-        if target_ages[slot] is not None:
-            age = target_ages[slot]
+        if age is not None:
             kind = " (a child)" if age < CHILD_AGE else ""
             bits.append(f"target age {age:g}{kind}")
         if bits:
             facts.append(f"- slot {slot}: " + ", ".join(bits))
-    if facts:
-        lines.append("Known facts:")
-        lines += facts
+    return ["Known facts:"] + facts if facts else []
+
+
+def _negative_examples(badcases: Sequence[Badcase]) -> list[str]:
+    """The flagged mistakes to avoid, with the prompt that made each when known (none without badcases)."""
     examples = []
     for bc in badcases:
         types = ", ".join(bc.failure_types)
@@ -104,9 +104,23 @@ def build_instruction(
             examples.append(f"- The prompt {shown!r} produced: {types}{note}.")
         else:
             examples.append(f"- A past result showed: {types}{note}.")
-    if examples:
-        lines.append("Mistakes flagged on earlier results; do not repeat them:")
-        lines += examples
+    return ["Mistakes flagged on earlier results; do not repeat them:"] + examples if examples else []
+
+
+def build_instruction(
+    target_ages: Sequence[float | None],
+    labels: Sequence[str | None],
+    task: str,
+    scene: str,
+    failure_types: Sequence[str] = (),
+    badcases: Sequence[Badcase] = (),
+) -> str:
+    """The text that follows the reference photos: the task, the schema, the rules and the constraints."""
+    num = len(target_ages)
+    lines = _request_lines(num, task, scene)
+    lines += _rules(num, failure_types)
+    lines += _known_facts(target_ages, labels)
+    lines += _negative_examples(badcases)
     lines.append(f"Example of the format (for two people): {json.dumps(EXAMPLE_RESPONSE)}")
     return "\n".join(lines)
 
