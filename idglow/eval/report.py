@@ -43,12 +43,12 @@ def pareto_axes(skipped: dict[str, str]) -> tuple[str, str | None]:
     return PARETO_X, y
 
 
-def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, model_info: dict[str, Any],
-                 task: str, skipped: dict[str, str], stats: dict[str, int] | None = None,
-                 analyzer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report as a JSON-ready dict; summaries are means over cases (each case's value is the mean over its
-    images), with percentile-bootstrap intervals over cases."""
-    from idglow.eval.runner import CONFIG_TITLES, IMAGE_METRICS, LOWER_IS_BETTER, config_window
+_Rows = Sequence[dict[str, Any]]
+
+
+def _summaries(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per configuration and metric: the mean over cases with its bootstrap interval, or why it is skipped."""
+    from idglow.eval.runner import IMAGE_METRICS
 
     r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
     summary: dict[str, dict[str, Any]] = {}
@@ -61,21 +61,40 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
             values = [row["results"][config][metric] for row in case_rows]
             s = summarize(values, r, conf, seed)
             summary[config][metric] = s.to_dict() if s else {"skipped": "no case has a value"}
-    fidelity = None
+    return summary
+
+
+def _fidelity_summary(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, Any]:
+    """The prompt fidelity's mean over cases with its bootstrap interval (or why it is skipped)."""
     if "prompt_fidelity" in skipped:
-        fidelity = {"skipped": skipped["prompt_fidelity"]}
-    else:
-        s = summarize([row["prompt_fidelity"] for row in case_rows], r, conf, seed)
-        fidelity = s.to_dict() if s else {"skipped": "no case has a value"}
-    differences: dict[str, dict[str, Any]] = {}
-    for a, b in DIFFERENCES:
-        if a in settings.configs and b in settings.configs:
-            differences[f"{a}-{b}"] = {
-                m: _paired_difference(case_rows, m, a, b, r, conf, seed)
-                for m in IMAGE_METRICS if m not in skipped
-            }
+        return {"skipped": skipped["prompt_fidelity"]}
+    values = [row["prompt_fidelity"] for row in case_rows]
+    s = summarize(values, settings.num_resamples, settings.confidence, settings.bootstrap_seed)
+    return s.to_dict() if s else {"skipped": "no case has a value"}
+
+
+def _differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Paired differences between the configurations of DIFFERENCES that were run, per metric."""
+    from idglow.eval.runner import IMAGE_METRICS
+
+    r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
+    return {
+        f"{a}-{b}": {
+            m: _paired_difference(case_rows, m, a, b, r, conf, seed) for m in IMAGE_METRICS if m not in skipped
+        }
+        for a, b in DIFFERENCES
+        if a in settings.configs and b in settings.configs
+    }
+
+
+def _by_num_subjects(
+    case_rows: _Rows, configs: Sequence[str], skipped: dict[str, str]
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per configuration and group size: each metric's mean over the cases of that size (None: no value)."""
+    from idglow.eval.runner import IMAGE_METRICS
+
     by_size: dict[str, dict[str, dict[str, float | None]]] = {}
-    for config in settings.configs:
+    for config in configs:
         by_size[config] = {}
         for n in sorted({row["num_subjects"] for row in case_rows}):
             rows = [row for row in case_rows if row["num_subjects"] == n]
@@ -85,14 +104,30 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
                     continue
                 vals = [row["results"][config][m] for row in rows if row["results"][config][m] is not None]
                 by_size[config][str(n)][m] = sum(vals) / len(vals) if vals else None
+    return by_size
+
+
+def _pareto(summary: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
+    """The Pareto axes, every configuration's point (mean x, mean y) and the non-dominated ones."""
     x_metric, y_metric = pareto_axes(skipped)
     points = {}
-    for config in settings.configs:
-        x = summary[config][x_metric].get("mean")
-        y = summary[config][y_metric].get("mean") if y_metric else None
+    for config, metrics in summary.items():
+        x = metrics[x_metric].get("mean")
+        y = metrics[y_metric].get("mean") if y_metric else None
         points[config] = (x, y)
     valid = {c: p for c, p in points.items() if p[0] is not None and (y_metric is None or p[1] is not None)}
     front = pareto_front(valid) if valid else []
+    return {"x": x_metric, "y": y_metric, "points": {c: list(p) for c, p in points.items()}, "front": front}
+
+
+def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, model_info: dict[str, Any],
+                 task: str, skipped: dict[str, str], stats: dict[str, int] | None = None,
+                 analyzer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report as a JSON-ready dict; summaries are means over cases (each case's value is the mean over its
+    images), with percentile-bootstrap intervals over cases."""
+    from idglow.eval.runner import CONFIG_TITLES, IMAGE_METRICS, LOWER_IS_BETTER, config_window
+
+    summary = _summaries(case_rows, settings, skipped)
     windows = {}
     for config in settings.configs:
         w = config_window(config, task, settings)
@@ -111,11 +146,10 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
                     for m in (*IMAGE_METRICS, "prompt_fidelity")},
         "skipped": dict(skipped),
         "summary": summary,
-        "prompt_fidelity": fidelity,
-        "differences": differences,
-        "by_num_subjects": by_size,
-        "pareto": {"x": x_metric, "y": y_metric, "points": {c: list(p) for c, p in points.items()},
-                   "front": front},
+        "prompt_fidelity": _fidelity_summary(case_rows, settings, skipped),
+        "differences": _differences(case_rows, settings, skipped),
+        "by_num_subjects": _by_num_subjects(case_rows, settings.configs, skipped),
+        "pareto": _pareto(summary, skipped),
         "stats": dict(stats or {}),
         "cases": list(case_rows),
         "files": {"json": "report.json", "markdown": "report.md", "plot": "pareto.png"},
@@ -139,14 +173,19 @@ def _cell(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    from idglow.eval.runner import IMAGE_METRICS
+def _md_table_head(title: str, first: list[str], columns: list[str]) -> list[str]:
+    """A section's title and the head of its table: the ``first`` columns, then one per entry of ``columns``."""
+    cells = " | ".join(first) + " | " + " | ".join(columns)
+    return [f"## {title}", "", f"| {cells} |", "|" + "---|" * (len(first) + len(columns))]
 
+
+def _md_header(report: dict[str, Any]) -> list[str]:
+    """The title, the benchmark's description and the settings the numbers depend on."""
     b, s = report["benchmark"], report["settings"]
     conf = int(round(s["confidence"] * 100))
     first = report["cases"][0]["results"][report["configs"][0]] if report["cases"] else {"images": []}
     images = len(first["images"])
-    lines = [
+    return [
         f"# IdGlow evaluation: {b['name']} ({b['task']})",
         "",
         b["description"] or "",
@@ -160,11 +199,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"id scale {s['id_scale']}",
         f"- intervals: {conf}% percentile bootstrap over cases ({s['num_resamples']} resamples)",
         "",
-        "## Summary",
-        "",
-        "| configuration | identity window (σ) | " + " | ".join(METRIC_TITLES[m] for m in IMAGE_METRICS) + " |",
-        "|---|---|" + "---|" * len(IMAGE_METRICS),
     ]
+
+
+def _md_summary(report: dict[str, Any]) -> list[str]:
+    """The summary table (one row per configuration), the prompt fidelity and the skipped metrics."""
+    from idglow.eval.runner import IMAGE_METRICS
+
+    titles = [METRIC_TITLES[m] for m in IMAGE_METRICS]
+    lines = _md_table_head("Summary", ["configuration", "identity window (σ)"], titles)
     for config in report["configs"]:
         w = report["identity_windows"][config]
         window = "none" if w is None else f"[{w[0]:g}, {w[1]:g}]"
@@ -176,16 +219,24 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"- {METRIC_TITLES[m]}: skipped — {why}" for m, why in sorted(report["skipped"].items())]
         lines.append("")
     lines += ["Lower is better for missing faces, duplicate faces and age error; higher for the rest.", ""]
-    if report["differences"]:
-        lines += ["## Paired differences", "", "| difference | " +
-                  " | ".join(METRIC_TITLES[m] for m in IMAGE_METRICS if m not in report["skipped"]) + " |",
-                  "|---|" + "---|" * len([m for m in IMAGE_METRICS if m not in report["skipped"]])]
-        for name, diffs in report["differences"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(diffs[m]) for m in diffs) + " |")
-        lines.append("")
+    return lines
+
+
+def _md_differences(report: dict[str, Any], metrics: list[str]) -> list[str]:
+    """The paired-differences table (nothing when no pair of configurations was run)."""
+    if not report["differences"]:
+        return []
+    lines = _md_table_head("Paired differences", ["difference"], [METRIC_TITLES[m] for m in metrics])
+    for name, diffs in report["differences"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(diffs[m]) for m in diffs) + " |")
+    lines.append("")
+    return lines
+
+
+def _md_pareto(report: dict[str, Any]) -> list[str]:
     p = report["pareto"]
     y_title = METRIC_TITLES[p["y"]] if p["y"] else "no aesthetic or text score (skipped)"
-    lines += [
+    return [
         "## Pareto balance",
         "",
         f"x: {METRIC_TITLES[p['x']]}, y: {y_title}. Non-dominated: "
@@ -193,22 +244,37 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "![Pareto plot](pareto.png)",
         "",
-        "## By number of people",
-        "",
     ]
-    metrics = [m for m in IMAGE_METRICS if m not in report["skipped"]]
-    lines += ["| configuration | people | " + " | ".join(METRIC_TITLES[m] for m in metrics) + " |",
-              "|---|---|" + "---|" * len(metrics)]
+
+
+def _md_by_size(report: dict[str, Any], metrics: list[str]) -> list[str]:
+    titles = [METRIC_TITLES[m] for m in metrics]
+    lines = _md_table_head("By number of people", ["configuration", "people"], titles)
     for config, sizes in report["by_num_subjects"].items():
         for n, values in sizes.items():
             lines.append(f"| `{config}` | {n} | " + " | ".join(_cell(values[m]) for m in metrics) + " |")
-    lines += ["", "## Cases", "", "| case | people | prompt fidelity | " +
-              " | ".join(f"FaceSim `{c}`" for c in report["configs"]) + " |",
-              "|---|---|---|" + "---|" * len(report["configs"])]
+    return lines
+
+
+def _md_cases(report: dict[str, Any]) -> list[str]:
+    """One row per case: its size, its prompt's fidelity and the mean FaceSim of each configuration."""
+    configs = report["configs"]
+    titles = [f"FaceSim `{c}`" for c in configs]
+    lines = _md_table_head("Cases", ["case", "people", "prompt fidelity"], titles)
     for row in report["cases"]:
-        sims = [_cell(row["results"][c]["face_sim_mean"]) for c in report["configs"]]
-        lines.append(f"| {row['id']} | {row['num_subjects']} | {_cell(row['prompt_fidelity'])} | " + " | ".join(sims) + " |")
-    lines.append("")
+        sims = [_cell(row["results"][c]["face_sim_mean"]) for c in configs]
+        head = f"| {row['id']} | {row['num_subjects']} | {_cell(row['prompt_fidelity'])} | "
+        lines.append(head + " | ".join(sims) + " |")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """``report.md``: the report (as built by :func:`build_report`) as Markdown tables."""
+    from idglow.eval.runner import IMAGE_METRICS
+
+    metrics = [m for m in IMAGE_METRICS if m not in report["skipped"]]
+    lines = _md_header(report) + _md_summary(report) + _md_differences(report, metrics) + _md_pareto(report)
+    lines += _md_by_size(report, metrics) + [""] + _md_cases(report) + [""]
     return "\n".join(lines)
 
 
