@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Integer, case, cast, func, select
@@ -20,6 +21,8 @@ AGREEMENT_DIMENSIONS = ("overall", "identity", "texture", "artifacts")
 
 @dataclass(frozen=True)
 class AnnotatorStats:
+    """One annotator's votes, mean time per vote (ms) and answers on gold items."""
+
     user_id: int
     username: str
     votes: int
@@ -59,6 +62,8 @@ def annotator_stats(session: Session) -> list[AnnotatorStats]:
 
 @dataclass(frozen=True)
 class Agreement:
+    """Inter-annotator agreement on one answer dimension."""
+
     dimension: str
     alpha: float | None  # Krippendorff's alpha (nominal); None when fewer than two units have 2+ ratings
     units: int  # items rated by at least two annotators
@@ -117,6 +122,8 @@ def agreement(session: Session, dimensions: tuple[str, ...] = AGREEMENT_DIMENSIO
 
 @dataclass(frozen=True)
 class LeaderboardRow:
+    """One model version's Bradley–Terry score with its bootstrap interval and its vote tally."""
+
     model: str
     score: float  # Bradley-Terry log-strength, mean 0 over the listed models
     ci_low: float
@@ -137,19 +144,12 @@ def _bt(matrix: np.ndarray, alpha: float) -> np.ndarray:
     return params - params.mean()
 
 
-def leaderboard(
-    session: Session,
-    *,
-    n_bootstrap: int = 200,
-    confidence: float = 0.95,
-    regularization: float = 0.01,
-    seed: int = 0,
-) -> list[LeaderboardRow]:
-    """Bradley–Terry ranking of model versions from overall votes on comparisons of two different models.
+_Cell = tuple[int, int, bool]  # (winner index, loser index, tie?)
 
-    A tie counts as half a win for each side; ``both_bad`` votes and gold items are left out. The interval is
-    a percentile bootstrap over votes (``n_bootstrap`` resamples, fitted with ``choix``).
-    """
+
+def _cross_model_outcomes(session: Session) -> tuple[list[Any], dict[int, str]]:
+    """Overall-vote counts per (model of A, model of B, answer) on non-gold comparisons of two different
+    models, ``both_bad`` left out; and the model names by id."""
     read_only(session)
     ca, cb = aliased(Candidate), aliased(Candidate)
     ga, gb = aliased(Generation), aliased(Generation)
@@ -167,12 +167,12 @@ def leaderboard(
     ).all()
     names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
     session.commit()
-    ids = sorted({r[0] for r in rows} | {r[1] for r in rows})
-    if len(ids) < 2:
-        return []
-    index = {mid: i for i, mid in enumerate(ids)}
-    # One cell per (winner, loser, tie?) outcome with its vote count; a tie is half a win each way.
-    cells: list[tuple[int, int, bool]] = []
+    return rows, names
+
+
+def _outcome_cells(rows: list[Any], index: dict[int, int]) -> tuple[list[_Cell], np.ndarray]:
+    """One cell per (winner, loser, tie?) outcome with its vote count; a tie is half a win each way."""
+    cells: list[_Cell] = []
     counts: list[int] = []
     for mv_a, mv_b, overall, n in rows:
         i, j = index[mv_a], index[mv_b]
@@ -183,42 +183,86 @@ def leaderboard(
         else:
             cells.append((i, j, True))
         counts.append(int(n))
-    counts_arr = np.array(counts)
+    return cells, np.array(counts)
 
-    def matrix_from(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = np.zeros((len(ids), len(ids)))
-        ties = np.zeros(len(ids))
-        for (win, lose, is_tie), c in zip(cells, weights):
-            if is_tie:
-                m[win, lose] += 0.5 * c
-                m[lose, win] += 0.5 * c
-                ties[win] += c
-                ties[lose] += c
-            else:
-                m[win, lose] += c
-        return m, ties
 
-    matrix, ties = matrix_from(counts_arr)
-    scores = _bt(matrix, regularization)
+def _win_matrix(cells: list[_Cell], weights: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The win matrix (row beats column, ties as half a win each way) and each model's number of ties."""
+    m = np.zeros((size, size))
+    ties = np.zeros(size)
+    for (win, lose, is_tie), c in zip(cells, weights):
+        if is_tie:
+            m[win, lose] += 0.5 * c
+            m[lose, win] += 0.5 * c
+            ties[win] += c
+            ties[lose] += c
+        else:
+            m[win, lose] += c
+    return m, ties
+
+
+def _bootstrap_interval(
+    cells: list[_Cell],
+    counts: np.ndarray,
+    size: int,
+    *,
+    n_bootstrap: int,
+    confidence: float,
+    regularization: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap bounds of every model's score, resampling the votes ``n_bootstrap`` times."""
     rng = np.random.default_rng(seed)
-    total = int(counts_arr.sum())
-    boot = np.empty((n_bootstrap, len(ids)))
+    total = int(counts.sum())
+    boot = np.empty((n_bootstrap, size))
     for k in range(n_bootstrap):
-        resampled = rng.multinomial(total, counts_arr / total)
-        boot[k] = _bt(matrix_from(resampled)[0], regularization)
+        resampled = rng.multinomial(total, counts / total)
+        boot[k] = _bt(_win_matrix(cells, resampled, size)[0], regularization)
     lo, hi = np.percentile(boot, [50 * (1 - confidence), 100 - 50 * (1 - confidence)], axis=0)
-    board = []
-    for mid, i in index.items():
-        board.append(
-            LeaderboardRow(
-                model=names.get(mid, str(mid)),
-                score=float(scores[i]),
-                ci_low=float(lo[i]),
-                ci_high=float(hi[i]),
-                wins=float(matrix[i].sum() - 0.5 * ties[i]),
-                losses=float(matrix[:, i].sum() - 0.5 * ties[i]),
-                ties=float(ties[i]),
-            )
+    return lo, hi
+
+
+def leaderboard(
+    session: Session,
+    *,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
+    regularization: float = 0.01,
+    seed: int = 0,
+) -> list[LeaderboardRow]:
+    """Bradley–Terry ranking of model versions from overall votes on comparisons of two different models.
+
+    A tie counts as half a win for each side; ``both_bad`` votes and gold items are left out. The interval is
+    a percentile bootstrap over votes (``n_bootstrap`` resamples, fitted with ``choix``).
+    """
+    rows, names = _cross_model_outcomes(session)
+    ids = sorted({r[0] for r in rows} | {r[1] for r in rows})
+    if len(ids) < 2:
+        return []
+    index = {mid: i for i, mid in enumerate(ids)}
+    cells, counts = _outcome_cells(rows, index)
+    matrix, ties = _win_matrix(cells, counts, len(ids))
+    scores = _bt(matrix, regularization)
+    lo, hi = _bootstrap_interval(
+        cells,
+        counts,
+        len(ids),
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        regularization=regularization,
+        seed=seed,
+    )
+    board = [
+        LeaderboardRow(
+            model=names.get(mid, str(mid)),
+            score=float(scores[i]),
+            ci_low=float(lo[i]),
+            ci_high=float(hi[i]),
+            wins=float(matrix[i].sum() - 0.5 * ties[i]),
+            losses=float(matrix[:, i].sum() - 0.5 * ties[i]),
+            ties=float(ties[i]),
         )
+        for mid, i in index.items()
+    ]
     board.sort(key=lambda r: r.score, reverse=True)
     return board
