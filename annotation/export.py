@@ -127,6 +127,8 @@ def _majority(values: list[str]) -> str | None:
 
 @dataclass(frozen=True)
 class Aggregate:
+    """The overall votes on one comparison folded into Pick-a-Pic labels, agreement and strength."""
+
     label_0: float
     label_1: float
     has_label: bool
@@ -252,6 +254,42 @@ def _read(data_dir: Path | None, rel: str | None) -> bytes | None:
         ) from None
 
 
+def _check_export_options(
+    format: str, tie_policy: str, min_votes: int, since: datetime | None, with_images: bool, data_dir: Any
+) -> None:
+    """Raise InputError naming the first option :func:`export_preferences` cannot use."""
+    if format not in ("parquet", "jsonl"):
+        raise InputError(f"unknown export format {format!r}; expected parquet|jsonl")
+    if tie_policy not in ("drop", "half"):
+        raise InputError(f"unknown tie policy {tie_policy!r}; expected drop|half")
+    if min_votes < 1:
+        raise InputError(f"min_votes must be >= 1, got {min_votes}")
+    if since is not None and since.tzinfo is None:
+        raise InputError(f"since={since.isoformat()} must be timezone-aware")
+    if with_images and data_dir is None:
+        raise InputError("with_images needs the data dir that holds the images")
+
+
+def _staged_export(session: Session, out: Path, write: Callable[[Path], ExportResult]) -> ExportResult:
+    """``write`` the export into a temporary folder beside ``out``, renamed to ``out`` at the end; a failure
+    leaves nothing behind."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"export folder {out} is not empty; choose a new --out folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = write(staging)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        session.rollback()
+        raise
+    result.out_dir = out
+    return result
+
+
 def export_preferences(
     session: Session,
     out_dir: str | os.PathLike[str],
@@ -278,23 +316,10 @@ def export_preferences(
     Files are written to a temporary folder beside ``out_dir`` that is renamed at the end: a failed export
     leaves nothing behind, and the same command can be run again.
     """
-    if format not in ("parquet", "jsonl"):
-        raise InputError(f"unknown export format {format!r}; expected parquet|jsonl")
-    if tie_policy not in ("drop", "half"):
-        raise InputError(f"unknown tie policy {tie_policy!r}; expected drop|half")
-    if min_votes < 1:
-        raise InputError(f"min_votes must be >= 1, got {min_votes}")
-    if since is not None and since.tzinfo is None:
-        raise InputError(f"since={since.isoformat()} must be timezone-aware")
-    if with_images and data_dir is None:
-        raise InputError("with_images needs the data dir that holds the images")
+    _check_export_options(format, tie_policy, min_votes, since, with_images, data_dir)
     if requested_by is not None:
         require_role(get_user(session, requested_by), Role.researcher, "export preferences")
         session.commit()
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"export folder {out} is not empty; choose a new --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
     params = {
         "format": format,
         "with_images": with_images,
@@ -302,18 +327,11 @@ def export_preferences(
         "min_votes": min_votes,
         "since": since.isoformat() if since else None,
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        result = _write_export(session, staging, params, data_dir, page_size, progress)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        session.rollback()
-        raise
-    result.out_dir = out
-    manifest_path = out / "manifest.json"
+    out = Path(out_dir)
+    result = _staged_export(
+        session, out, lambda staging: _write_export(session, staging, params, data_dir, page_size, progress)
+    )
+    manifest_sha256 = file_sha256(out / "manifest.json")
     session.add(
         Export(
             user_id=requested_by,
@@ -321,7 +339,7 @@ def export_preferences(
             format=format,
             num_rows=result.rows,
             params=params,
-            manifest_sha256=file_sha256(manifest_path),
+            manifest_sha256=manifest_sha256,
         )
     )
     session.commit()
@@ -594,9 +612,8 @@ class _PageBuilder:
             parsed = self.identity_cache[value] = json.loads(value)
         return parsed
 
-    def build(self, comps) -> tuple[dict[str, dict[str, list[Any]]], int]:  # noqa: ANN001
-        """Columns per split for the labelled comparisons of ``comps``, and the number of ties dropped."""
-        self._load_candidates({c[1] for c in comps} | {c[2] for c in comps})
+    def _votes_of(self, comps) -> dict[int, list[Any]]:  # noqa: ANN001
+        """The votes on ``comps`` by comparison id, in vote order (answers as stored strings)."""
         votes: dict[int, list[Any]] = defaultdict(list)
         for r in self.conn.execute(
             select(
@@ -613,11 +630,82 @@ class _PageBuilder:
             .order_by(Vote.comparison_id, Vote.id)
         ).all():
             votes[r[0]].append(r)
+        return votes
 
+    def _side_answers(
+        self, vs: list[Any], num_subjects: int
+    ) -> tuple[list[str | None], str | None, str | None]:
+        """The majority answer per identity slot, for texture and for artifacts, as pairwise labels."""
+        identities = [self._identity(v[4]) for v in vs]
+        identity = []
+        for key in _SLOT_KEYS[:num_subjects]:
+            m = _majority([d[key] for d in identities if d and key in d])
+            identity.append(None if m is None else PAIRWISE_LABEL[m])
+        texture = _majority([v[5] for v in vs if v[5] is not None])
+        artifacts = _majority([v[6] for v in vs if v[6] is not None])
+        return (
+            identity,
+            None if texture is None else PAIRWISE_LABEL[texture],
+            None if artifacts is None else PAIRWISE_LABEL[artifacts],
+        )
+
+    def _row(
+        self, comp_id: int, a_id: int, b_id: int, kind: Any, vs: list[Any], agg: Aggregate, overall: dict[str, int]
+    ) -> tuple:
+        """One exported row, in schema order (see _schema); ``overall`` counts the votes per answer."""
+        images, data_dir = self.with_images, self.data_dir
+        ca, cb = self.candidates[a_id], self.candidates[b_id]
+        ga, gb = self.generations[ca.generation_id], self.generations[cb.generation_id]
+        identity, texture, artifacts = self._side_answers(vs, ga.num_subjects)
+        return (
+            ga.caption,
+            _read(data_dir, ca.image_path) if images else None,
+            _read(data_dir, cb.image_path) if images else None,
+            agg.label_0,
+            agg.label_1,
+            ca.uid,
+            cb.uid,
+            ga.model,
+            gb.model,
+            vs[0][1],
+            comp_id,
+            self._datetime(max(v[7] for v in vs)),
+            agg.has_label,
+            ca.uid != cb.uid,
+            {"a": ca.uid, "b": cb.uid}.get(agg.outcome, ""),
+            ga.task,
+            ga.num_subjects,
+            ga.reference_uids,
+            [_read(data_dir, p) for p in ga.reference_paths] if images else None,
+            ga.reference_embeddings,
+            ga.face_backend,
+            ga.target_ages,
+            ga.subject_labels,
+            identity,
+            texture,
+            artifacts,
+            agg.strength,
+            agg.agreement,
+            len(vs),
+            overall.get("a", 0),
+            overall.get("b", 0),
+            overall.get("tie", 0),
+            overall.get("both_bad", 0),
+            [v[1] for v in vs],
+            ca.faces,
+            cb.faces,
+            ca.metrics,
+            cb.metrics,
+            kind,
+            ga.split,
+        )
+
+    def build(self, comps) -> tuple[dict[str, dict[str, list[Any]]], int]:  # noqa: ANN001
+        """Columns per split for the labelled comparisons of ``comps``, and the number of ties dropped."""
+        self._load_candidates({c[1] for c in comps} | {c[2] for c in comps})
+        votes = self._votes_of(comps)
         rows: dict[str, list[tuple]] = defaultdict(list)
         dropped = 0
-        images = self.with_images
-        data_dir = self.data_dir
         for comp_id, a_id, b_id, kind in comps:
             vs = votes.get(comp_id)
             if not vs:
@@ -630,61 +718,8 @@ class _PageBuilder:
             self.votes += len(vs)
             self.ties += tie
             self.both_bad += not agg.has_label
-            ca, cb = self.candidates[a_id], self.candidates[b_id]
-            ga, gb = self.generations[ca.generation_id], self.generations[cb.generation_id]
-            identities = [self._identity(v[4]) for v in vs]
-            identity = []
-            for key in _SLOT_KEYS[: ga.num_subjects]:
-                m = _majority([d[key] for d in identities if d and key in d])
-                identity.append(None if m is None else PAIRWISE_LABEL[m])
-            texture = _majority([v[5] for v in vs if v[5] is not None])
-            artifacts = _majority([v[6] for v in vs if v[6] is not None])
-            created = max(v[7] for v in vs)
-            # one tuple per row, in schema order (see _schema)
-            rows[ga.split].append(
-                (
-                    ga.caption,
-                    _read(data_dir, ca.image_path) if images else None,
-                    _read(data_dir, cb.image_path) if images else None,
-                    agg.label_0,
-                    agg.label_1,
-                    ca.uid,
-                    cb.uid,
-                    ga.model,
-                    gb.model,
-                    vs[0][1],
-                    comp_id,
-                    self._datetime(created),
-                    agg.has_label,
-                    ca.uid != cb.uid,
-                    {"a": ca.uid, "b": cb.uid}.get(agg.outcome, ""),
-                    ga.task,
-                    ga.num_subjects,
-                    ga.reference_uids,
-                    [_read(data_dir, p) for p in ga.reference_paths] if images else None,
-                    ga.reference_embeddings,
-                    ga.face_backend,
-                    ga.target_ages,
-                    ga.subject_labels,
-                    identity,
-                    None if texture is None else PAIRWISE_LABEL[texture],
-                    None if artifacts is None else PAIRWISE_LABEL[artifacts],
-                    agg.strength,
-                    agg.agreement,
-                    len(vs),
-                    overall.get("a", 0),
-                    overall.get("b", 0),
-                    overall.get("tie", 0),
-                    overall.get("both_bad", 0),
-                    [v[1] for v in vs],
-                    ca.faces,
-                    cb.faces,
-                    ca.metrics,
-                    cb.metrics,
-                    kind,
-                    ga.split,
-                )
-            )
+            row = self._row(comp_id, a_id, b_id, kind, vs, agg, overall)
+            rows[row[-1]].append(row)  # the last column is the split
         out = {
             split: dict(zip(self.names, map(list, zip(*split_rows)))) for split, split_rows in rows.items()
         }
