@@ -42,6 +42,7 @@ def _open(args: argparse.Namespace, migrate: bool = True):
 
 
 def run_db_upgrade(args: argparse.Namespace) -> int:
+    """``idglow db upgrade``: migrate the database to the latest schema."""
     from db.migrate import current_revision
 
     engine, _, _ = _open(args)
@@ -60,6 +61,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def run_users_add(args: argparse.Namespace) -> int:
+    """``idglow users add NAME``: create a user; the password is prompted twice or read from stdin."""
     from annotation.users import create_user
 
     password = _read_password(args)
@@ -71,6 +73,7 @@ def run_users_add(args: argparse.Namespace) -> int:
 
 
 def run_models_add(args: argparse.Namespace) -> int:
+    """``idglow models add NAME``: register a model version (adapter folder, base model, notes)."""
     from annotation.candidates import register_model_version
 
     _, sessions, _ = _open(args)
@@ -83,6 +86,7 @@ def run_models_add(args: argparse.Namespace) -> int:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
+    """``idglow models list``: every version with its adapter folder and number of generations."""
     from annotation.model_versions import list_model_versions
 
     _, sessions, _ = _open(args)
@@ -98,6 +102,7 @@ def run_models_list(args: argparse.Namespace) -> int:
 
 
 def run_models_remove(args: argparse.Namespace) -> int:
+    """``idglow models remove NAME``: delete a version that has no generations."""
     from annotation.model_versions import remove_model_version
 
     _, sessions, _ = _open(args)
@@ -108,6 +113,7 @@ def run_models_remove(args: argparse.Namespace) -> int:
 
 
 def run_models_default(args: argparse.Namespace) -> int:
+    """``idglow models default NAME``: make it the version the app offers first."""
     from annotation.model_versions import set_default_model_version
 
     _, sessions, _ = _open(args)
@@ -130,6 +136,7 @@ def _parse_since(text: str | None) -> datetime | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """``idglow export``, with a progress bar."""
     from tqdm import tqdm
 
     from annotation.export import export_preferences
@@ -163,6 +170,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
+    """``idglow demo-data``: seed the store and print the users, their password and the true model order."""
     from annotation.demo import demo_references, pattern_images, seed_demo_data, tiny_model_images
     from idglow.faces.dlib_backend import DlibAnalyzer
 
@@ -217,12 +225,14 @@ def _command_group(subparsers, name: str, help: str):
     return group
 
 
-def register(subparsers) -> None:  # noqa: ANN001
+def _register_db(subparsers) -> None:  # noqa: ANN001
     db_sub = _command_group(subparsers, "db", "manage the preference database")
     up = db_sub.add_parser("upgrade", help="apply the schema migrations")
     _add_db(up)
     up.set_defaults(func=run_db_upgrade)
 
+
+def _register_users(subparsers) -> None:  # noqa: ANN001
     users_sub = _command_group(subparsers, "users", "manage annotation users")
     add = users_sub.add_parser("add", help="add a user (password prompted, or read from stdin)")
     add.add_argument("name")
@@ -233,6 +243,8 @@ def register(subparsers) -> None:  # noqa: ANN001
     _add_db(add)
     add.set_defaults(func=run_users_add)
 
+
+def _register_models(subparsers) -> None:  # noqa: ANN001
     models_sub = _command_group(subparsers, "models", "manage model versions")
     add = models_sub.add_parser("add", help="register a model version")
     add.add_argument("name")
@@ -255,6 +267,8 @@ def register(subparsers) -> None:  # noqa: ANN001
     _add_db(default)
     default.set_defaults(func=run_models_default)
 
+
+def _register_export(subparsers) -> None:  # noqa: ANN001
     p = subparsers.add_parser("export", help="export the preferences (Pick-a-Pic v2 columns + group columns)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty or absent)")
     p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet")
@@ -269,6 +283,8 @@ def register(subparsers) -> None:  # noqa: ANN001
     _add_db(p)
     p.set_defaults(func=run_export)
 
+
+def _register_demo_data(subparsers) -> None:  # noqa: ANN001
     p = subparsers.add_parser("demo-data", help="fill a database with synthetic generations, users and votes")
     p.add_argument("--candidates", type=int, default=200, metavar="N")
     p.add_argument("--votes", type=int, default=1000, metavar="M")
@@ -283,6 +299,8 @@ def register(subparsers) -> None:  # noqa: ANN001
     _add_db(p)
     p.set_defaults(func=run_demo_data)
 
+
+def _register_train_from_db(subparsers) -> None:  # noqa: ANN001
     p = subparsers.add_parser(
         "train-from-db", help="export the preference store (with images) to a temporary folder and run DPO on it"
     )
@@ -294,6 +312,19 @@ def register(subparsers) -> None:  # noqa: ANN001
     p.add_argument("--min-votes", type=int, default=1, metavar="N")
     _add_db(p)
     p.set_defaults(func=run_train_from_db)
+
+
+def register(subparsers) -> None:  # noqa: ANN001
+    """Add the preference-store commands to the ``idglow`` parser's sub-commands."""
+    for add_commands in (
+        _register_db,
+        _register_users,
+        _register_models,
+        _register_export,
+        _register_demo_data,
+        _register_train_from_db,
+    ):
+        add_commands(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:
