@@ -31,7 +31,7 @@ def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=100_000)
     parser.add_argument("--votes", type=int, default=1_000_000)
@@ -44,13 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes", default="group,session", help="vote write modes to compare: group (commit) and/or session"
     )
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _modes(text: str, parser: argparse.ArgumentParser) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ("group", "session")]
+    if unknown or not modes:
+        parser.error(f"--modes: unknown mode {unknown[0] if unknown else ''!r}; expected group,session")
+    return modes
+
+
+def _open_store(args: argparse.Namespace, parser: argparse.ArgumentParser):  # noqa: ANN202
+    """The store in --dir, reused or seeded with demo data now; returns it with its candidate and vote
+    counts."""
     from annotation.demo import pattern_images, seed_demo_data
-    from annotation.export import export_preferences
-    from annotation.sampling import next_comparison, skip_comparison
     from annotation.testing import make_store
-    from annotation.users import create_user
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="idglow-bench-"))
     if args.reuse and not (folder / "idglow.db").is_file():
@@ -65,33 +74,34 @@ def main(argv: list[str] | None = None) -> int:
             n_cands = s.scalar(select(func.count()).select_from(Candidate))
             n_votes = s.scalar(select(func.count()).select_from(Vote))
         print(f"reusing {folder}: {n_cands} candidates, {n_votes} votes", flush=True)
-    else:
-        t0 = time.perf_counter()
-        with store.sessions() as s:
-            summary = seed_demo_data(
-                s,
-                folder,
-                candidates=args.candidates,
-                votes=args.votes,
-                annotators=args.annotators,
-                images=pattern_images(8),
-                gold_rate=0.01,
-            )
-        n_cands, n_votes = summary.candidates, summary.votes
-        print(
-            f"seeded {summary.candidates} candidates, {summary.comparisons} comparisons, {summary.votes} votes "
-            f"in {time.perf_counter() - t0:.1f}s ({folder})",
-            flush=True,
+        return store, n_cands, n_votes
+    t0 = time.perf_counter()
+    with store.sessions() as s:
+        summary = seed_demo_data(
+            s,
+            folder,
+            candidates=args.candidates,
+            votes=args.votes,
+            annotators=args.annotators,
+            images=pattern_images(8),
+            gold_rate=0.01,
         )
+    print(
+        f"seeded {summary.candidates} candidates, {summary.comparisons} comparisons, {summary.votes} votes "
+        f"in {time.perf_counter() - t0:.1f}s ({folder})",
+        flush=True,
+    )
+    return store, summary.candidates, summary.votes
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in ("group", "session")]
-    if unknown or not modes:
-        parser.error(f"--modes: unknown mode {unknown[0] if unknown else ''!r}; expected group,session")
-    results: dict[tuple[str, int], tuple[float, float, float, float]] = {}
-    for w in [int(x) for x in args.writers.split(",")]:
+
+def _time_votes(
+    store, writers: list[int], modes: list[str], per_writer: int  # noqa: ANN001
+) -> dict[tuple[str, int], tuple]:
+    """Vote latency percentiles (ms) and rate (votes/s) per (mode, number of concurrent writers)."""
+    results: dict[tuple[str, int], tuple[float, ...]] = {}
+    for w in writers:
         for mode in modes:
-            served = _serve_ahead(store, w, args.votes_per_writer)
+            served = _serve_ahead(store, w, per_writer)
             latencies = _write_votes(store, served, group_commit=mode == "group")
             results[mode, w] = latencies
             p50, p95, p99, rate = latencies
@@ -100,32 +110,46 @@ def main(argv: list[str] | None = None) -> int:
                 f"p99 {p99:.1f} ms  ({rate:.0f} votes/s)",
                 flush=True,
             )
+    return results
+
+
+def _time_next(store, draws: int) -> list[float]:  # noqa: ANN001
+    """Milliseconds per next_comparison call for a new annotator (each pair skipped to get the next)."""
+    from annotation.sampling import next_comparison, skip_comparison
+    from annotation.users import create_user
 
     nxt = []
     with store.sessions() as s:
         uid = create_user(s, f"bench-next-{uuid.uuid4().hex[:6]}", "bench-password").id
-        for _ in range(args.next_draws):
+        for _ in range(draws):
             t = time.perf_counter()
             sc = next_comparison(s, uid, gold_rate=0.1)
             nxt.append((time.perf_counter() - t) * 1000)
             skip_comparison(s, uid, sc.comparison_id)
     print(f"next_comparison: p50 {_pct(nxt, 50):.1f} ms  p95 {_pct(nxt, 95):.1f} ms", flush=True)
+    return nxt
+
+
+def _time_export(store) -> tuple[int, float]:  # noqa: ANN001
+    """Rows exported and seconds taken by a full export."""
+    from annotation.export import export_preferences
 
     with store.sessions() as s:
         t = time.perf_counter()
-        res = export_preferences(s, folder / f"export-{uuid.uuid4().hex[:6]}")
+        res = export_preferences(s, store.data_dir / f"export-{uuid.uuid4().hex[:6]}")
         export_s = time.perf_counter() - t
     print(f"export: {res.rows} labelled pairs in {export_s:.1f}s ({res.rows / export_s:.0f} rows/s)")
+    return res.rows, export_s
+
+
+def _ratios(results: dict[tuple[str, int], tuple], modes: list[str]) -> list[str]:
+    """The vote p95 with the most writers, its ratio to the fewest writers, and session vs group mode
+    when both ran."""
     mode = modes[0]
     counts = sorted(w for m, w in results if m == mode)
     w_min, w_max = counts[0], counts[-1]
     fields = [
-        f"candidates={n_cands}",
-        f"votes={n_votes}",
         f"vote_p95_{w_max}w_ms={results[mode, w_max][1]:.1f}",
-        f"next_p95_ms={_pct(nxt, 95):.1f}",
-        f"export_s={export_s:.1f}",
-        f"export_rows={res.rows}",
         f"vote_p95_ratio_{w_max}w_vs_{w_min}w={results[mode, w_max][1] / results[mode, w_min][1]:.1f}",
     ]
     if len(modes) == 2:
@@ -135,6 +159,27 @@ def main(argv: list[str] | None = None) -> int:
         fields.append(
             f"votes_per_s_{w_max}w_group_vs_session={results['group', w_max][3] / results['session', w_max][3]:.1f}"
         )
+    return fields
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    store, n_cands, n_votes = _open_store(args, parser)
+    modes = _modes(args.modes, parser)
+    results = _time_votes(store, [int(x) for x in args.writers.split(",")], modes, args.votes_per_writer)
+    nxt = _time_next(store, args.next_draws)
+    rows, export_s = _time_export(store)
+    vote_fields = _ratios(results, modes)
+    fields = [
+        f"candidates={n_cands}",
+        f"votes={n_votes}",
+        vote_fields[0],
+        f"next_p95_ms={_pct(nxt, 95):.1f}",
+        f"export_s={export_s:.1f}",
+        f"export_rows={rows}",
+        *vote_fields[1:],
+    ]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"RESULT {' '.join(fields)} (load average {load})")
     return 0
