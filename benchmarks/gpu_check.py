@@ -207,16 +207,14 @@ def _face_masks(batch: int, side: int, device) -> torch.Tensor:
     return masks.reshape(batch, NUM_SUBJECTS, side * side)
 
 
-def section_train(pipe, meter, args, text, embeds) -> dict:
-    """One SFT step and one group-DPO step with LoRA + adapter trainable, gradient checkpointing on."""
-    from idglow.losses import add_flow_noise, flow_target, group_dpo_loss, region_errors, sft_loss
-    from idglow.schedule import window_for_task
-    from idglow.training.modeling import IdGlowDenoiser, latent_image_ids
+def _prepare_training(pipe, lora_rank: int):  # noqa: ANN001, ANN202
+    """The denoiser with LoRA + adapter trainable and gradient checkpointing on; its trainable parameters
+    and the number of LoRA parameters."""
+    from idglow.training.modeling import IdGlowDenoiser
 
     transformer, adapter = pipe.transformer, pipe.adapter
-    device, dtype = transformer.device, transformer.dtype
     model = IdGlowDenoiser(transformer, adapter)
-    model.add_lora(args.lora_rank)
+    model.add_lora(lora_rank)
     adapter.requires_grad_(True)
     transformer.train()
     adapter.train()
@@ -224,85 +222,118 @@ def section_train(pipe, meter, args, text, embeds) -> dict:
     model.make_reference()
     params = [p for p in model.parameters() if p.requires_grad]
     lora_params = sum(p.numel() for n, p in transformer.named_parameters() if p.requires_grad)
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    return model, params, lora_params
 
-    side_latent = args.size // pipe.vae_scale_factor
-    channels = transformer.config.in_channels // 4
-    side = side_latent // 2
-    seq = side * side
-    img_ids = latent_image_ids(side_latent, side_latent, device=device, dtype=dtype)
-    g = torch.Generator("cpu").manual_seed(2)
-    window = window_for_task("age")
-    sigma = 0.45  # inside the age window: identity injection and the face term are both active
-    result: dict = {"lora_rank": args.lora_rank, "trainable_params": sum(p.numel() for p in params),
-                    "lora_params": lora_params, "sigma": sigma, "tokens": seq}
 
-    def step(batch: int, compute_loss) -> dict:
-        times, losses = [], []
-        for _ in range(2):  # the first step allocates optimizer state; the second is the one reported
-            meter.reset_peak()
-            meter.sync()
-            t0 = time.perf_counter()
-            loss = compute_loss(batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            meter.sync()
-            times.append(time.perf_counter() - t0)
-            losses.append(float(loss.detach()))
-        return {"seconds": times[-1], "first_step_s": times[0], "peak_memory_gb": meter.peak_gb(),
-                "loss": losses[-1], "batch": batch}
+def _release_training(pipe, model, optimizer, params: list, meter) -> None:  # noqa: ANN001
+    """Undo :func:`_prepare_training` and free the optimizer state before the next section."""
+    transformer, adapter = pipe.transformer, pipe.adapter
+    optimizer.zero_grad(set_to_none=True)
+    optimizer.state.clear()
+    params.clear()
+    transformer.disable_gradient_checkpointing()
+    with contextlib.suppress(ValueError, AttributeError):
+        transformer.delete_adapters(["default"])
+    transformer.requires_grad_(False)
+    adapter.requires_grad_(False)
+    transformer.eval()
+    adapter.eval()
+    model.ref_adapter = None
+    meter.free()
 
-    def inputs(batch: int):
-        latents = torch.randn(batch, seq, channels * 4, generator=g).to(device, dtype)
-        noise = torch.randn(batch, seq, channels * 4, generator=g).to(device, dtype)
-        sigmas = torch.full((batch,), sigma, device=device)
-        prompt, pooled = text_inputs(pipe, batch, text[0].shape[1], device, dtype)
-        ids = embeds.reshape(1, NUM_SUBJECTS, -1).expand(batch, -1, -1)
-        gate = float(window.gate(sigma))
-        scales = torch.full((batch, NUM_SUBJECTS), gate, device=device)
+
+class _TrainingLosses:
+    """Random training batches for the tiny or full model at one σ inside the age window, and the SFT and
+    group-DPO losses on them."""
+
+    def __init__(self, pipe, model, size: int, text, embeds, sigma: float):  # noqa: ANN001
+        from idglow.schedule import window_for_task
+        from idglow.training.modeling import latent_image_ids
+
+        transformer = pipe.transformer
+        self.pipe, self.model, self.text, self.embeds, self.sigma = pipe, model, text, embeds, sigma
+        self.device, self.dtype = transformer.device, transformer.dtype
+        side_latent = size // pipe.vae_scale_factor
+        self.channels = transformer.config.in_channels // 4
+        self.side = side_latent // 2
+        self.seq = self.side * self.side
+        self.img_ids = latent_image_ids(side_latent, side_latent, device=self.device, dtype=self.dtype)
+        self.g = torch.Generator("cpu").manual_seed(2)
+        self.window = window_for_task("age")
+
+    def inputs(self, batch: int):  # noqa: ANN201
+        shape = (batch, self.seq, self.channels * 4)
+        latents = torch.randn(*shape, generator=self.g).to(self.device, self.dtype)
+        noise = torch.randn(*shape, generator=self.g).to(self.device, self.dtype)
+        sigmas = torch.full((batch,), self.sigma, device=self.device)
+        prompt, pooled = text_inputs(self.pipe, batch, self.text[0].shape[1], self.device, self.dtype)
+        ids = self.embeds.reshape(1, NUM_SUBJECTS, -1).expand(batch, -1, -1)
+        gate = float(self.window.gate(self.sigma))
+        scales = torch.full((batch, NUM_SUBJECTS), gate, device=self.device)
         return latents, noise, sigmas, prompt, pooled, ids, scales
 
-    def sft(batch: int) -> torch.Tensor:
-        latents, noise, sigmas, prompt, pooled, ids, scales = inputs(batch)
-        pred = model(add_flow_noise(latents, noise, sigmas), sigmas, prompt, pooled, img_ids, ids, scales)
-        face = _face_masks(batch, side, device).amax(dim=1).unsqueeze(-1)  # (B, L, 1)
-        gates = torch.full((batch,), float(window.gate(sigma)), device=device)
+    def sft(self, batch: int) -> torch.Tensor:
+        from idglow.losses import add_flow_noise, flow_target, sft_loss
+
+        latents, noise, sigmas, prompt, pooled, ids, scales = self.inputs(batch)
+        noisy = add_flow_noise(latents, noise, sigmas)
+        pred = self.model(noisy, sigmas, prompt, pooled, self.img_ids, ids, scales)
+        face = _face_masks(batch, self.side, self.device).amax(dim=1).unsqueeze(-1)  # (B, L, 1)
+        gates = torch.full((batch,), float(self.window.gate(self.sigma)), device=self.device)
         return sft_loss(pred, flow_target(latents, noise), sigmas, face, face_gate=gates).loss
 
-    def dpo(batch_pairs: int) -> torch.Tensor:
+    def dpo(self, batch_pairs: int) -> torch.Tensor:
+        from idglow.losses import add_flow_noise, flow_target, group_dpo_loss, region_errors
+
         # Rows [0, B) are the preferred images w, rows [B, 2B) the others l: same prompt, identities, ε and σ.
-        latents, noise, sigmas, prompt, pooled, ids, scales = inputs(2 * batch_pairs)
-        noise[batch_pairs:] = noise[:batch_pairs]
+        b, device = batch_pairs, self.device
+        latents, noise, sigmas, prompt, pooled, ids, scales = self.inputs(2 * b)
+        noise[b:] = noise[:b]
         noisy = add_flow_noise(latents, noise, sigmas)
         target = flow_target(latents, noise)
-        masks = torch.cat([torch.ones(2 * batch_pairs, 1, seq, device=device),
-                           _face_masks(2 * batch_pairs, side, device)], dim=1)  # overall + identity_j
-        pred = model(noisy, sigmas, prompt, pooled, img_ids, ids, scales)
+        overall = torch.ones(2 * b, 1, self.seq, device=device)
+        masks = torch.cat([overall, _face_masks(2 * b, self.side, device)], dim=1)  # overall + identity_j
+        pred = self.model(noisy, sigmas, prompt, pooled, self.img_ids, ids, scales)
         with torch.no_grad():
-            ref = model(noisy, sigmas, prompt, pooled, img_ids, ids, scales, reference=True)
+            ref = self.model(noisy, sigmas, prompt, pooled, self.img_ids, ids, scales, reference=True)
         err, err_ref = region_errors(pred, target, masks), region_errors(ref, target, masks)
-        b = batch_pairs
         alpha = torch.ones(b, masks.shape[1], device=device)
         return group_dpo_loss(err[:b], err[b:], err_ref[:b], err_ref[b:], alpha, 1.0, beta=500.0, gamma=0.5).loss
 
-    try:
-        result["sft"] = step(1, sft)
-        result["dpo"] = step(1, dpo)
-    finally:
+
+def _timed_step(meter, params: list, optimizer, batch: int, compute_loss) -> dict:  # noqa: ANN001
+    """Two optimizer steps on ``compute_loss(batch)``; the second one's time, peak memory and loss (the
+    first allocates the optimizer state)."""
+    times, losses = [], []
+    for _ in range(2):
+        meter.reset_peak()
+        meter.sync()
+        t0 = time.perf_counter()
+        loss = compute_loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        optimizer.state.clear()  # free the optimizer state before the compile section
-        params.clear()
-        transformer.disable_gradient_checkpointing()
-        with contextlib.suppress(ValueError, AttributeError):
-            transformer.delete_adapters(["default"])
-        transformer.requires_grad_(False)
-        adapter.requires_grad_(False)
-        transformer.eval()
-        adapter.eval()
-        model.ref_adapter = None
-        meter.free()
+        meter.sync()
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+    return {"seconds": times[-1], "first_step_s": times[0], "peak_memory_gb": meter.peak_gb(),
+            "loss": losses[-1], "batch": batch}
+
+
+def section_train(pipe, meter, args, text, embeds) -> dict:
+    """One SFT step and one group-DPO step with LoRA + adapter trainable, gradient checkpointing on."""
+    model, params, lora_params = _prepare_training(pipe, args.lora_rank)
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    sigma = 0.45  # inside the age window: identity injection and the face term are both active
+    losses = _TrainingLosses(pipe, model, args.size, text, embeds, sigma)
+    result: dict = {"lora_rank": args.lora_rank, "trainable_params": sum(p.numel() for p in params),
+                    "lora_params": lora_params, "sigma": sigma, "tokens": losses.seq}
+    try:
+        result["sft"] = _timed_step(meter, params, optimizer, 1, losses.sft)
+        result["dpo"] = _timed_step(meter, params, optimizer, 1, losses.dpo)
+    finally:
+        _release_training(pipe, model, optimizer, params, meter)
     return result
 
 
@@ -351,7 +382,8 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, with the tiny or full-size defaults filled in; ``args.sections`` becomes a list."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, metavar="FILE", help="write the figures as JSON here")
     parser.add_argument("--device", default="cuda")
@@ -369,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="skip sections that would start later than this (seconds since start)")
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = [s for s in sections if s not in SECTIONS]
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -380,31 +412,35 @@ def main(argv: list[str] | None = None) -> int:
     args.memory_steps = args.memory_steps or (2 if args.tiny else 4)
     if args.repeats < 1 or args.steps < 1:
         parser.error("--repeats and --steps must be at least 1")
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    return args
 
-    start = time.perf_counter()
-    meter = Meter(args.device)
-    pipe = build(args.tiny, args.device, dtype)
-    text = text_inputs(pipe, 1, 16 if args.tiny else 512, args.device, dtype)
-    from idglow.testing import random_embeddings
 
-    embeds = random_embeddings(NUM_SUBJECTS, dim=pipe.adapter.config.id_dim).to(args.device, dtype)
-    report = {
+def _report_head(args: argparse.Namespace, pipe, dtype: torch.dtype, build_s: float) -> dict:  # noqa: ANN001
+    """The report's description of the machine, the model and the settings (sections still empty)."""
+    cuda = args.device.startswith("cuda")
+    return {
         "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "tiny": args.tiny,
         "size": args.size, "steps": args.steps, "subjects": NUM_SUBJECTS, "repeats": args.repeats,
         "transformer_params": sum(p.numel() for p in pipe.transformer.parameters()),
         "adapter_params": sum(p.numel() for p in pipe.adapter.parameters()),
-        "build_s": time.perf_counter() - start,
+        "build_s": build_s,
         "sections": {},
     }
+
+
+def _run_sections(
+    report: dict, args: argparse.Namespace, pipe, meter: Meter, text, embeds, start: float  # noqa: ANN001
+) -> None:
+    """Run the chosen sections in SECTIONS order into ``report["sections"]``; a section that would start
+    after the time budget is skipped, and a failing one records its error without stopping the others."""
     from benchmarks.gpu_check_full import section_pipeline, section_trainer
 
     runners = {"eager": section_eager, "cache": section_cache, "train": section_train, "trainer": section_trainer,
                "compile": section_compile, "pipeline": section_pipeline}
     for name in SECTIONS:
-        if name not in sections:
+        if name not in args.sections:
             continue
         elapsed = time.perf_counter() - start
         if elapsed > args.budget_s:
@@ -418,6 +454,20 @@ def main(argv: list[str] | None = None) -> int:
                                         "traceback": traceback.format_exc(limit=8)}
         report["sections"][name]["section_s"] = time.perf_counter() - t0
         meter.free()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    start = time.perf_counter()
+    meter = Meter(args.device)
+    pipe = build(args.tiny, args.device, dtype)
+    text = text_inputs(pipe, 1, 16 if args.tiny else 512, args.device, dtype)
+    from idglow.testing import random_embeddings
+
+    embeds = random_embeddings(NUM_SUBJECTS, dim=pipe.adapter.config.id_dim).to(args.device, dtype)
+    report = _report_head(args, pipe, dtype, time.perf_counter() - start)
+    _run_sections(report, args, pipe, meter, text, embeds, start)
     report["total_s"] = time.perf_counter() - start
     print(table(report), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
