@@ -71,6 +71,7 @@ def register_model_version(
 
 
 def get_model_version(session: Session, model: int | str) -> ModelVersion:
+    """The model version with this id or name; NotFound if there is none."""
     if isinstance(model, int):
         mv = session.get(ModelVersion, model)
     else:
@@ -92,6 +93,8 @@ class SubjectRecord:
 
 @dataclass
 class GenerationRecord:
+    """A generation to store: its task, prompts, model version, people and the request's parameters."""
+
     task: Task | str
     final_prompt: str
     model_version: int | str
@@ -431,6 +434,8 @@ def _delete_generations_and_photos(
 
 @dataclass(frozen=True)
 class DeletionResult:
+    """How many generations, reference photos and files a deletion removed."""
+
     generations: int
     reference_photos: int
     files: int
@@ -483,6 +488,7 @@ def sweep_expired(session: Session, now: datetime, data_dir: str | os.PathLike[s
 
 
 def pool_size(session: Session) -> int:
+    """The number of candidates in the annotation pool."""
     return int(
         session.scalar(select(func.count()).select_from(Candidate).where(Candidate.in_pool.is_(True))) or 0
     )

@@ -44,12 +44,15 @@ def writer_main(url: str, ack_file: str, user_id: int) -> None:
 
 @dataclass
 class CrashReport:
+    """What the kill loop saw: SIGKILLs sent, votes acknowledged and votes found in the database."""
+
     kills: int
     acknowledged: int
     in_database: int
 
 
 def prepare(folder: Path, annotators: int = 8, candidates: int = 200):
+    """A fresh store in ``folder`` seeded with demo comparisons and annotators, and no votes."""
     from annotation.demo import seed_demo_data
     from annotation.testing import make_store
 
@@ -147,6 +150,7 @@ def launcher_main(url: str, ack_file: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the kill loop (or, in the child processes, the writer and launcher) and print the result."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writer", nargs=3, metavar=("URL", "ACK_FILE", "USER_ID"), help=argparse.SUPPRESS)
     parser.add_argument("--kills", type=int, default=200)

@@ -394,6 +394,7 @@ def new_visitor_id() -> str:
 
 
 def expiry(now: datetime, retention: timedelta) -> datetime:
+    """When data created at ``now`` expires; ``now`` must be timezone-aware."""
     if now.tzinfo is None:
         raise InputError(f"now={now!r} must be timezone-aware")
     return now + retention
@@ -401,6 +402,9 @@ def expiry(now: datetime, retention: timedelta) -> datetime:
 
 @dataclass(frozen=True)
 class SweepResult:
+    """What one sweep deleted: generations, reference photos, their files, temporary-area files and download
+    files."""
+
     generations: int
     reference_photos: int
     files: int

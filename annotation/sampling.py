@@ -42,6 +42,8 @@ _PAGE = 32
 
 @dataclass(frozen=True)
 class ShownCandidate:
+    """A candidate as served to an annotator."""
+
     candidate_id: int
     image_path: str  # relative to the data dir
 

@@ -36,6 +36,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 @dataclass(frozen=True)
 class StoredImage:
+    """An image in the data dir, addressed by the SHA-256 of its PNG bytes."""
+
     sha256: str
     path: str  # relative to the data dir, POSIX separators
     width: int

@@ -16,6 +16,8 @@ from db.migrate import upgrade
 
 @dataclass
 class Store:
+    """A migrated database: its engine, session factory, URL and data folder."""
+
     engine: Engine
     sessions: sessionmaker[Session]
     data_dir: Path

@@ -29,10 +29,12 @@ def _hasher():
 
 
 def hash_password(password: str) -> str:
+    """The Argon2 hash of ``password``."""
     return _hasher().hash(password)
 
 
 def parse_role(role: Role | str) -> Role:
+    """``role`` as a Role; InputError naming the choices when it is none of them."""
     try:
         return Role(role)
     except ValueError:
@@ -42,6 +44,8 @@ def parse_role(role: Role | str) -> Role:
 
 @dataclass(frozen=True)
 class UserInfo:
+    """A user's id, name and role, detached from the session."""
+
     id: int
     username: str
     role: Role
@@ -134,6 +138,7 @@ def set_active(session: Session, username: str, active: bool) -> None:
 
 
 def get_user(session: Session, user_id: int) -> User:
+    """The active user with this id; NotFound otherwise."""
     user = session.get(User, user_id)
     if user is None or not user.is_active:
         raise NotFound(f"unknown user id {user_id!r}")
@@ -141,6 +146,7 @@ def get_user(session: Session, user_id: int) -> User:
 
 
 def get_user_by_name(session: Session, username: str) -> User:
+    """The active user with this name; NotFound otherwise."""
     user = session.scalar(select(User).where(User.username == username))
     if user is None or not user.is_active:
         raise NotFound(f"unknown user {username!r}")
@@ -148,6 +154,7 @@ def get_user_by_name(session: Session, username: str) -> User:
 
 
 def has_role(user: User | UserInfo, role: Role | str) -> bool:
+    """Whether ``user``'s role is ``role`` or ranks above it (annotator < researcher < admin)."""
     return _RANK[user.role] >= _RANK[Role(role)]
 
 
@@ -160,4 +167,5 @@ def require_role(user: User | UserInfo, role: Role | str, action: str) -> None:
 
 
 def list_users(session: Session) -> list[UserInfo]:
+    """Every user (active or not), by id."""
     return [_info(u) for u in session.scalars(select(User).order_by(User.id))]

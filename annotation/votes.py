@@ -74,6 +74,8 @@ class VoteRequest:
 
 @dataclass(frozen=True)
 class VoteResult:
+    """A recorded vote, or the earlier vote that an idempotency key replays."""
+
     vote_id: int
     comparison_id: int
     user_id: int

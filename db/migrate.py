@@ -15,6 +15,7 @@ DB_DIR = Path(__file__).resolve().parent
 
 
 def alembic_config(engine: Engine) -> Config:
+    """The Alembic configuration of the migrations in ``db/``, bound to ``engine``."""
     cfg = Config(str(DB_DIR / "alembic.ini"))
     cfg.set_main_option("script_location", str(DB_DIR / "migrations"))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
@@ -29,10 +30,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema of ``engine``'s database down to ``revision`` (``"base"`` drops every table)."""
     command.downgrade(alembic_config(engine), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None before the first migration)."""
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
@@ -40,6 +43,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def head_revision(engine: Engine) -> str | None:
+    """The newest revision of the migrations."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()

@@ -41,16 +41,23 @@ NAMING_CONVENTION = {
 
 
 class Base(DeclarativeBase):
+    """Declarative base of the store's tables; constraints and indexes are named by NAMING_CONVENTION."""
+
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Role(str, enum.Enum):
+    """What a user may do; each role includes the ones before it."""
+
     annotator = "annotator"
     researcher = "researcher"
     admin = "admin"
 
 
 class Task(str, enum.Enum):
+    """What a generation does with the people: put them in one photo (fusion) or show them at target ages
+    (age)."""
+
     fusion = "fusion"
     age = "age"
 
@@ -73,16 +80,22 @@ class Pairwise(str, enum.Enum):
 
 
 class Strength(str, enum.Enum):
+    """How sure a vote's overall preference is."""
+
     slight = "slight"
     clear = "clear"
 
 
 class ComparisonKind(str, enum.Enum):
+    """Whether the two candidates come from one generation or from two model versions on the same people."""
+
     within_generation = "within_generation"
     cross_model = "cross_model"
 
 
 class AssignmentStatus(str, enum.Enum):
+    """Where a served comparison stands for its annotator."""
+
     open = "open"
     voted = "voted"
     skipped = "skipped"
@@ -105,6 +118,8 @@ def _created() -> Mapped[datetime]:
 
 
 class User(Base):
+    """A user of the annotation app (annotator, researcher or admin) with an Argon2 password hash."""
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -118,6 +133,8 @@ class User(Base):
 
 
 class ModelVersion(Base):
+    """A model (base model + adapter folder) whose generations are compared."""
+
     __tablename__ = "model_versions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -133,6 +150,8 @@ class ModelVersion(Base):
 
 
 class ReferencePhoto(Base):
+    """A person's reference photo, stored by content hash; a visitor's photos carry ``visitor_id`` and expire."""
+
     __tablename__ = "reference_photos"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -145,6 +164,8 @@ class ReferencePhoto(Base):
 
 
 class Generation(Base):
+    """One request: task, prompts, parameters, the model version and the people (``subjects``)."""
+
     __tablename__ = "generations"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -174,6 +195,8 @@ class Generation(Base):
 
 
 class GenerationSubject(Base):
+    """A person of a generation: their slot, reference photo, target age and label."""
+
     __tablename__ = "generation_subjects"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -197,6 +220,8 @@ class GenerationSubject(Base):
 
 
 class Candidate(Base):
+    """One generated image with its faces, face matches and metrics; ``in_pool`` ones are compared."""
+
     __tablename__ = "candidates"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -222,6 +247,8 @@ class Candidate(Base):
 
 
 class Comparison(Base):
+    """A pair of candidates to vote on (A has the smaller id); gold items carry the known answer."""
+
     __tablename__ = "comparisons"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -279,6 +306,8 @@ class Assignment(Base):
 
 
 class Vote(Base):
+    """One annotator's answers on a comparison: overall, strength, identity per slot, texture, artifacts."""
+
     __tablename__ = "votes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -309,6 +338,8 @@ class Vote(Base):
 
 
 class Badcase(Base):
+    """A candidate flagged as a failure, with the failure types and the annotator's note."""
+
     __tablename__ = "badcases"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -323,6 +354,8 @@ class Badcase(Base):
 
 
 class Export(Base):
+    """A preference export: who asked, where it went, its parameters and its manifest's hash."""
+
     __tablename__ = "exports"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -9,6 +9,7 @@ from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
+    """The current time in UTC, timezone-aware."""
     return datetime.now(timezone.utc)
 
 

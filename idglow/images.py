@@ -92,6 +92,7 @@ def to_rgb_array(image: Any) -> np.ndarray:
 
 
 def to_pil(image: Any) -> Image.Image:
+    """An RGB PIL image from a PIL image or anything :func:`to_rgb_array` accepts."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     return Image.fromarray(to_rgb_array(image))

@@ -49,6 +49,7 @@ class ModelSettings:
 
 
 def load_face_analyzer(settings: ModelSettings) -> FaceAnalyzer:
+    """The face backend named by ``settings.faces`` (dlib, or insightface from ``settings.face_root``)."""
     if settings.faces == "dlib":
         from idglow.faces.dlib_backend import DlibAnalyzer
 

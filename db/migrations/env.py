@@ -51,6 +51,7 @@ def _configure(connection) -> None:  # noqa: ANN001
 
 
 def run_migrations_offline() -> None:
+    """Write the migrations as SQL for the configured URL, without connecting."""
     url = config.get_main_option("sqlalchemy.url")
     context.configure(url=url, target_metadata=target_metadata, render_as_batch=True, literal_binds=True)
     with context.begin_transaction():
@@ -58,6 +59,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    """Run the migrations on a connection (on SQLite with foreign keys off, as batch mode needs)."""
     engine = _engine()
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"

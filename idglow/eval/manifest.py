@@ -73,6 +73,8 @@ class SubjectSpec:
 
 @dataclass(frozen=True)
 class EvalCase:
+    """One benchmark case: the people (in slot order), the scene or a fixed prompt, and the seed."""
+
     id: str
     subjects: tuple[SubjectSpec, ...]
     scene: str = ""
@@ -90,6 +92,9 @@ class EvalCase:
 
 @dataclass
 class Manifest:
+    """A benchmark: its cases, the task they test and how many images each case gets; paths are relative to
+    ``root``."""
+
     name: str
     task: str
     cases: list[EvalCase]

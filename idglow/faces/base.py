@@ -57,11 +57,13 @@ def face_backend_name(analyzer) -> str:
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """``x`` as float32 scaled to unit L2 norm (unchanged direction; ``eps`` guards a zero vector)."""
     x = np.asarray(x, dtype=np.float32)
     return x / max(float(np.linalg.norm(x)), eps)
 
 
 def sort_largest_first(faces: list[Face]) -> list[Face]:
+    """The faces by box area, largest first."""
     return sorted(faces, key=lambda f: f.area, reverse=True)
 
 

@@ -41,6 +41,7 @@ def number_word(n: int) -> str:
 
 
 def parse_number(token: str) -> int | None:
+    """The value of a number written in digits or words ("7", "seven", "twenty-one"), else None."""
     token = token.lower()
     if token.isdigit():
         return int(token)
@@ -100,6 +101,8 @@ def normalize_gender(value: object) -> str | None:
 
 
 def person_noun(age: float | None, gender: str | None) -> str:
+    """The noun for this age and gender: baby (under 1), toddler (under 3), boy/girl/child (under 18),
+    else man/woman/person."""
     if age is not None and age < 18:
         if age < 3:
             base = "toddler" if age >= 1 else "baby"

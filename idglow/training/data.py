@@ -177,6 +177,7 @@ def collate_group_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def check_sample(sample: dict[str, Any]) -> None:
+    """Raise ValueError unless the sample's task is one of TASKS."""
     if sample.get("task") not in TASKS:
         raise ValueError(f"sample task {sample.get('task')!r} is not one of {', '.join(TASKS)}")
 

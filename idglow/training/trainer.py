@@ -50,6 +50,8 @@ FROZEN_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.floa
 
 @dataclass
 class TrainOutput:
+    """What a training run returns: its last step, the logged metrics and the output folder."""
+
     global_step: int
     log_history: list[dict[str, float]] = field(default_factory=list)
     output_dir: str | None = None
