@@ -1,9 +1,9 @@
 """int8 weights for the FLUX transformer, through diffusers' quantization backends, for GPUs with less memory.
 
 diffusers quantizes the transformer while it loads (``quantization_config`` of ``from_pretrained``), with
-torchao (``TorchAoConfig("int8wo")``) or optimum-quanto (``QuantoConfig(weights_dtype="int8")``): weight-only
-int8, activations in the compute dtype. The IdGlow adapter keeps its dtype, and the identity hooks on the
-transformer's blocks work as on the full-precision model.
+torchao (``TorchAoConfig(Int8WeightOnlyConfig())``) or optimum-quanto (``QuantoConfig(weights_dtype="int8")``),
+optional packages that IdGlow does not install: weight-only int8, activations in the compute dtype. The IdGlow
+adapter keeps its dtype, and the identity hooks on the transformer's blocks work as on the full-precision model.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def transformer_quantization(weights: str = "int8", backend: str = "auto"):
     if quantization_backend(backend) == "torchao":
         from diffusers import TorchAoConfig
 
-        return TorchAoConfig("int8wo")
+        # torchao is optional (not a declared dependency): imported by name only when it is the backend in use
+        return TorchAoConfig(importlib.import_module(_BACKEND_MODULES["torchao"]).Int8WeightOnlyConfig())
     from diffusers import QuantoConfig
 
     return QuantoConfig(weights_dtype="int8")

@@ -14,7 +14,7 @@ from PIL import Image
 from idglow.cli import main
 from idglow.errors import InputError
 from idglow.loading import load_flux_pipeline
-from idglow.quantization import quantization_backend
+from idglow.quantization import quantization_backend, transformer_quantization
 from idglow.testing import random_embeddings, tiny_pipeline
 
 
@@ -87,6 +87,23 @@ def test_missing_backend_is_named_with_the_package_to_install(no_backends, tmp_p
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "int8 quantization needs torchao or optimum-quanto" in err
+
+
+def test_quantization_configs_per_backend():
+    with pytest.raises(InputError, match="quantization 'int4' is not supported; choose one of int8"):
+        transformer_quantization("int4", "auto")
+    with pytest.raises(InputError, match="backend 'bnb' is unknown"):
+        transformer_quantization("int8", "bnb")
+    if quantization_backend("auto") == "quanto":
+        assert type(transformer_quantization("int8", "auto")).__name__ == "QuantoConfig"
+
+
+def test_torchao_config_is_int8_weight_only():
+    pytest.importorskip("torchao.quantization")
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    config = transformer_quantization("int8", "torchao")
+    assert type(config).__name__ == "TorchAoConfig" and isinstance(config.quant_type, Int8WeightOnlyConfig)
 
 
 def test_cpu_offload_without_a_gpu_is_refused(tmp_path, capsys, sample_portraits):
