@@ -29,6 +29,7 @@ import inspect
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -240,12 +241,30 @@ def _argument(module: nn.Module, name: str, args: tuple, kwargs: dict):
     return args[index] if index < len(args) else None
 
 
-def _block_hook(module) -> _BlockHook | None:
-    """The identity hook of a transformer block, if ``module`` is one that has it."""
-    if not isinstance(module, nn.Module) or getattr(module, "_diffusers_hook", None) is None:
-        return None
-    hook = HookRegistry.check_if_exists_or_initialize(module).get_hook(BLOCK_HOOK)
-    return hook if isinstance(hook, _BlockHook) else None
+class _CallLock:
+    """The lock that makes calls through one transformer take turns. A deep copy of the transformer gets a
+    lock of its own (a thread lock cannot be copied)."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def __deepcopy__(self, memo) -> _CallLock:
+        return _CallLock()
+
+
+# transformer block → its identity hook, for identity_checkpoint (which is handed the block itself)
+_BLOCK_HOOKS: weakref.WeakKeyDictionary[nn.Module, _BlockHook] = weakref.WeakKeyDictionary()
+
+
+def _block_hook(function) -> _BlockHook | None:
+    """The identity hook of a transformer block, if ``function`` is a block that has one."""
+    return _BLOCK_HOOKS.get(function) if isinstance(function, nn.Module) else None
 
 
 class _SigmaHook(ModelHook):
@@ -254,7 +273,7 @@ class _SigmaHook(ModelHook):
     returns. Calls through one transformer take turns (a lock), since the block hooks hold the call's identity.
     """
 
-    def __init__(self, block_hooks: list[_BlockHook], lock: threading.RLock):
+    def __init__(self, block_hooks: list[_BlockHook], lock: _CallLock):
         super().__init__()
         self.block_hooks = block_hooks
         self.lock = lock
@@ -280,6 +299,8 @@ class _SigmaHook(ModelHook):
                 hook.identity = None
             return
         layers = state.adapter.layers
+        for tensor in (state.tokens, state.token_scale):  # any number of people: one graph (T symbolic)
+            torch._dynamo.maybe_mark_dynamic(tensor, 1)
         for hook in self.block_hooks:
             layer = layers[hook.key] if hook.key in layers else None
             previous = layers[hook.previous] if hook.previous in layers else None
@@ -298,7 +319,7 @@ class _BlockHook(ModelHook):
     sees the base model's change between steps, not the identity residual, and skips it with the rest.
     """
 
-    def __init__(self, key: str | None, previous: str | None, hidden_position: int, lock: threading.RLock):
+    def __init__(self, key: str | None, previous: str | None, hidden_position: int, lock: _CallLock):
         super().__init__()
         self.key = key
         self.previous = previous
@@ -503,7 +524,7 @@ def attach_identity_hooks(transformer: nn.Module) -> None:
         return
     blocks = [(f"double_{i}", b) for i, b in enumerate(transformer.transformer_blocks)]
     blocks += [(f"single_{i}", b) for i, b in enumerate(transformer.single_transformer_blocks)]
-    lock = threading.RLock()
+    lock = _CallLock()
     hooks = []
     for position, (key, block) in enumerate(blocks):
         block_registry = HookRegistry.check_if_exists_or_initialize(block)
@@ -516,6 +537,7 @@ def attach_identity_hooks(transformer: nn.Module) -> None:
         else:
             hook = _BlockHook(key, blocks[0][0] if position == 1 else None, hidden_position, lock)
         block_registry.register_hook(hook, BLOCK_HOOK)
+        _BLOCK_HOOKS[block] = hook
         hooks.append(hook)
     registry.register_hook(_SigmaHook(hooks, lock), SIGMA_HOOK)
 
@@ -528,3 +550,4 @@ def detach_identity_hooks(transformer: nn.Module) -> None:
     for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
         for block in blocks:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(BLOCK_HOOK, recurse=False)
+            _BLOCK_HOOKS.pop(block, None)

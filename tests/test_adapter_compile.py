@@ -71,6 +71,7 @@ def test_compiled_blocks_inject_identity_without_graph_breaks_or_recompiles(dyna
     compiled["always_on"] = run(pipe, **variants["always_on"])
     for name in ("age", "base", "age"):  # gate switching and repeated calls: every graph is already there
         np.testing.assert_allclose(run(pipe, **variants[name]), eager[name], atol=1e-5)
+    run(pipe, subject_embeds=random_embeddings(2, seed=4))  # another number of people: the same graphs
 
     assert dynamo.graph_breaks == 0, dict(dynamo.counters["graph_break"])
     assert dynamo.compiles == dynamo.compiled_ok  # no frame fell back to eager on the recompile limit
@@ -133,3 +134,10 @@ def test_concurrent_calls_keep_their_own_identity():
         t.join()
     for i, image in enumerate(alone):
         assert np.array_equal(results[i], image), i
+
+
+def test_a_deep_copy_of_the_pipeline_injects_like_the_original():
+    pipe = tiny_pipeline(seed=0)
+    copied = copy.deepcopy(pipe)  # the transformer's call lock is not copied: the copy gets its own
+    emb = random_embeddings(2, seed=3)
+    np.testing.assert_array_equal(run(copied, steps=4, subject_embeds=emb), run(pipe, steps=4, subject_embeds=emb))
