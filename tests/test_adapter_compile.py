@@ -136,8 +136,8 @@ def test_concurrent_calls_keep_their_own_identity():
         assert np.array_equal(results[i], image), i
 
 
-def test_a_deep_copy_of_the_pipeline_injects_like_the_original():
+def test_a_pipeline_with_identity_hooks_can_be_deep_copied():
     pipe = tiny_pipeline(seed=0)
-    copied = copy.deepcopy(pipe)  # the transformer's call lock is not copied: the copy gets its own
+    copied = copy.deepcopy(pipe)  # a thread lock cannot be copied: the copy's hooks get a lock of their own
     emb = random_embeddings(2, seed=3)
     np.testing.assert_array_equal(run(copied, steps=4, subject_embeds=emb), run(pipe, steps=4, subject_embeds=emb))
