@@ -179,21 +179,39 @@ def section_cache(pipe, meter, args, text, embeds) -> dict:
     return result
 
 
-def section_compile(pipe, meter, args, text, embeds) -> dict:
-    import torch._dynamo
-
-    for name in ("recompile_limit", "cache_size_limit"):  # identity on/off and σ gating add guards
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+def dynamo_counts() -> dict:
+    """TorchDynamo's counters since the last reset: graph breaks, graphs, frame compiles (first compiles and
+    recompiles) and compiles that failed (a frame past the recompile limit runs uncompiled)."""
     from torch._dynamo.utils import counters
 
+    return {"graph_breaks": int(sum(counters["graph_break"].values())),
+            "unique_graphs": int(counters["stats"]["unique_graphs"]),
+            "compiles": int(counters["frames"]["total"]),
+            "failed_compiles": int(counters["frames"]["total"] - counters["frames"]["ok"])}
+
+
+def section_compile(pipe, meter, args, text, embeds) -> dict:
+    """The three variants with the repeated blocks compiled (TorchDynamo's default recompile limit kept)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     pipe.transformer.compile_repeated_blocks(fullgraph=False, backend=args.compile_backend)
     # 4 warm-up steps reach σ inside the age window, so both gate states are compiled before timing.
+    start = time.perf_counter()
+    for variant in VARIANTS:
+        generate(pipe, variant, 4, args.size, text, embeds)
+    meter.sync()
+    compile_s = time.perf_counter() - start
+    warm = dynamo_counts()
     result = time_variants(pipe, meter, args, text, embeds, warmup_steps=4)
-    result["compile_s"] = result.pop("warmup_s")
-    result["backend"] = args.compile_backend
-    result["unique_graphs"] = int(counters["stats"]["unique_graphs"])
-    result["graph_breaks"] = int(sum(counters["graph_break"].values()))
+    result.pop("warmup_s")
+    counts = dynamo_counts()
+    result.update(compile_s=compile_s, backend=args.compile_backend, **counts,
+                  recompiles_after_warmup=counts["compiles"] - warm["compiles"],
+                  recompile_limit=int(torch._dynamo.config.recompile_limit),
+                  graph_break_reasons=sorted({r.splitlines()[0][:160] for r in counters["graph_break"]}))
     return result
 
 
@@ -365,7 +383,9 @@ def table(report: dict) -> str:
     comp = s.get("compile", {})
     if "compile_s" in comp:
         lines.append(f"compile (warm-up of all variants): {comp['compile_s']:.1f} s, backend {comp['backend']}, "
-                     f"{comp['unique_graphs']} graphs, {comp['graph_breaks']} graph breaks")
+                     f"{comp['unique_graphs']} graphs, {comp['graph_breaks']} graph breaks, {comp['compiles']} "
+                     f"compiles ({comp['failed_compiles']} past the recompile limit "
+                     f"{comp['recompile_limit']}), {comp['recompiles_after_warmup']} recompiles after warm-up")
     train = s.get("train", {})
     for kind in ("sft", "dpo"):
         if kind in train:

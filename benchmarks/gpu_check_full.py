@@ -254,40 +254,32 @@ def _generate(full, args, embeds, meter, device, identity: bool = True) -> tuple
 
 def quantized_transformer(transformer, folder: Path, dtype: torch.dtype, backend: str, device: str):
     """The transformer saved to ``folder`` and loaded back with int8 weights through diffusers' ``backend``
-    quantizer ("torchao" or "quanto"), quantized on ``device`` (on the GPU it takes seconds)."""
+    quantizer ("torchao" or "quanto"; the config of ``idglow generate --quantize int8``), quantized on
+    ``device`` (on the GPU it takes seconds)."""
     from diffusers import FluxTransformer2DModel
 
+    from idglow.quantization import transformer_quantization
+
     transformer.save_pretrained(str(folder))
-    if backend == "torchao":
-        from diffusers import TorchAoConfig
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        config = TorchAoConfig(Int8WeightOnlyConfig())
-    else:
-        from diffusers import QuantoConfig
-
-        config = QuantoConfig(weights_dtype="int8")
-    return FluxTransformer2DModel.from_pretrained(str(folder), quantization_config=config, torch_dtype=dtype,
-                                                  device_map={"": device})
+    return FluxTransformer2DModel.from_pretrained(str(folder), quantization_config=transformer_quantization(
+        "int8", backend), torch_dtype=dtype, device_map={"": device})
 
 
 def quant_backend(choice: str) -> str:
     """"torchao" or "quanto": the one asked for, or with "auto" the first that imports."""
-    import importlib
+    from idglow.quantization import quantization_backend
 
-    if choice != "auto":
-        return choice
-    for name, module in (("torchao", "torchao.quantization"), ("quanto", "optimum.quanto")):
-        try:
-            importlib.import_module(module)
-        except Exception:  # not installed, or built for another torch
-            continue
-        return name
-    raise RuntimeError("no quantization backend: install torchao or optimum-quanto")
+    return quantization_backend(choice)
 
 
 def section_pipeline(pipe, meter, args, text, embeds) -> dict:
-    """Prompt text → image with text encoders at FLUX's dims, in each memory mode (peak memory, seconds)."""
+    """Prompt text → image with text encoders at FLUX's dims, in each memory mode (peak memory, seconds), with
+    the eager model even after the ``compile`` section compiled the transformer's blocks."""
+    with torch.compiler.set_stance("force_eager"):
+        return _memory_modes(pipe, meter, args, embeds)
+
+
+def _memory_modes(pipe, meter, args, embeds) -> dict:
     device, dtype = args.device, pipe.transformer.dtype
     full = with_text_encoders(pipe, text_encoders(args.tiny, args.device, dtype))
     result: dict = {"steps": args.memory_steps,

@@ -11,10 +11,14 @@ added at the second block's input (the same sum), so that caches deciding from t
 the base model's change between steps.
 
 The modules are attached with diffusers' ``HookRegistry`` (no copy of FLUX's forward). Per-call state (tokens,
-scales, window) lives in a ``ContextVar`` that the hooks read, so one transformer can serve several adapters
-and concurrent requests without any model object being mutated per request. When the gate is 0 for every
-sample, or every scale is 0, the identity attention is not computed and the transformer's output is
-bit-identical to the base model's.
+scales, window) lives in a ``ContextVar``, so one transformer can serve several adapters and concurrent
+requests without any model object being changed by a request. A hook around each transformer call reads it,
+computes the gates at this call's σ and hands each block hook a :class:`BlockIdentity` (tensors and the
+block's identity module) for the duration of the call; calls through one transformer take turns. The block
+hooks thus run no Python that TorchDynamo cannot trace: ``transformer.compile_repeated_blocks()`` compiles
+them without graph breaks, and gating only switches between two compiled graphs per block kind (with or
+without identity). When the gate is 0 for every sample, or every scale is 0, the identity attention is not
+computed and the transformer's output is bit-identical to the base model's.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import inspect
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -98,7 +103,8 @@ SigmaSource = Callable[[], "torch.Tensor | float | None"]
 
 @dataclass
 class InjectionState:
-    """What one call injects. Built per call, read by the hooks through ``_ACTIVE``; never shared.
+    """What one call injects. Built per call and read through ``_ACTIVE`` by the hook around each transformer
+    call, which hands the blocks their part of it; never shared.
 
     ``windows`` holds one IdentityWindow per slot: at each transformer call every slot's gate g(σ) is folded
     into that slot's scale, so people in one image may follow different windows. σ comes from
@@ -114,7 +120,7 @@ class InjectionState:
     token_scale: torch.Tensor | None = None  # (B, T) for the transformer call in progress; None → inject nothing
     active_sigmas: list[float] = field(default_factory=list)
     transformer_calls: int = 0
-    attention_calls: int = 0
+    attention_calls: int = 0  # identity modules handed to blocks (a block that a cache skips still counts)
     _last_gates: tuple | None = None
 
     def schedule_sigmas(self, timestep: torch.Tensor) -> list[float]:
@@ -144,20 +150,9 @@ class InjectionState:
         self._last_gates = gates
         self.token_scale = self.adapter.token_scales(scale) if bool((scale > 0).any()) else None
 
-    def residual(self, key: str, hidden: torch.Tensor) -> torch.Tensor | None:
-        layer = self.adapter.layers[key] if key in self.adapter.layers else None
-        if layer is None or self.token_scale is None:
-            return None
-        b = hidden.shape[0]
-        tokens = self.tokens.to(hidden.dtype).expand(b, -1, -1)
-        scale = self.token_scale.to(hidden.device).expand(b, -1)
-        self.attention_calls += 1
-        return layer(hidden, tokens, scale)
-
 
 _ACTIVE: ContextVar[InjectionState | None] = ContextVar("idglow_injection", default=None)
-# Whether any thread is inside ``inject`` right now. The block hooks test this plain flag before reading the
-# ContextVar, which TorchDynamo cannot trace: compiled blocks run without graph breaks while nothing is injected.
+# Whether any thread is inside ``inject`` right now: while none is, a transformer call skips the ContextVar.
 _injecting = 0
 _ANY_INJECTING = False
 _INJECTING_LOCK = threading.Lock()
@@ -182,29 +177,48 @@ def active_injection() -> InjectionState | None:
     return _ACTIVE.get()
 
 
+@dataclass(frozen=True)
+class BlockIdentity:
+    """What one transformer block injects during the transformer call in progress.
+
+    ``layer`` is the block's own identity module (its residual is added to the block's output); ``previous`` is
+    the module of the block before it (added to this block's input). The transformer-level hook hands each
+    block hook one of these before the call and takes it back after, so the block hooks read only tensors and
+    modules: TorchDynamo traces them without graph breaks, and the blocks of one kind share compiled graphs.
+    """
+
+    tokens: torch.Tensor  # (B or 1, T, D)
+    token_scale: torch.Tensor  # (B or 1, T)
+    layer: IdentityCrossAttention | None = None
+    previous: IdentityCrossAttention | None = None
+
+    def residual(self, layer: IdentityCrossAttention, hidden: torch.Tensor) -> torch.Tensor:
+        b = hidden.shape[0]
+        tokens = self.tokens.to(hidden.dtype).expand(b, -1, -1)
+        return layer(hidden, tokens, self.token_scale.to(hidden.device).expand(b, -1))
+
+
 def identity_checkpoint(function, *args, **kwargs):
     """``torch.utils.checkpoint`` that recomputes a block with the identity injection of its forward pass.
 
-    Backward (and so checkpoint recomputation) may run in autograd's own threads, which do not see this
-    thread's context, and later transformer calls may have moved the gates on. Use it as
+    The block hooks hold the identity of a transformer call only while that call runs; backward (and so
+    checkpoint recomputation) comes later, possibly in autograd's own threads. Use it as
     ``transformer.enable_gradient_checkpointing(gradient_checkpointing_func=identity_checkpoint)``.
     """
-    state = _ACTIVE.get()
-    saved = None if state is None else state.token_scale
+    hook = _block_hook(function)
+    saved = None if hook is None else hook.identity
 
     @contextlib.contextmanager
     def recompute():
-        token = _ACTIVE.set(state)
-        current = None if state is None else state.token_scale
-        if state is not None:
-            state.token_scale = saved
-        try:
-            with _injecting_scope():  # backward may run after the forward's inject() has exited
+        if hook is None:
+            yield
+            return
+        with hook.lock:  # no other transformer call may use the block hooks meanwhile
+            current, hook.identity = hook.identity, saved
+            try:
                 yield
-        finally:
-            if state is not None:
-                state.token_scale = current
-            _ACTIVE.reset(token)
+            finally:
+                hook.identity = current
 
     kwargs.setdefault("use_reentrant", False)
     return torch.utils.checkpoint.checkpoint(
@@ -227,28 +241,77 @@ def _argument(module: nn.Module, name: str, args: tuple, kwargs: dict):
     return args[index] if index < len(args) else None
 
 
-def _replace_argument(module: nn.Module, name: str, value, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    if name in kwargs:
-        return args, {**kwargs, name: value}
-    index = _positions(type(module).forward).index(name)
-    return (*args[:index], value, *args[index + 1:]), kwargs
+class _CallLock:
+    """The lock that makes calls through one transformer take turns. A deep copy of the transformer gets a
+    lock of its own (a thread lock cannot be copied)."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def __deepcopy__(self, memo) -> _CallLock:
+        return _CallLock()
+
+
+# transformer block → its identity hook, for identity_checkpoint (which is handed the block itself)
+_BLOCK_HOOKS: weakref.WeakKeyDictionary[nn.Module, _BlockHook] = weakref.WeakKeyDictionary()
+
+
+def _block_hook(function) -> _BlockHook | None:
+    """The identity hook of a transformer block, if ``function`` is a block that has one."""
+    return _BLOCK_HOOKS.get(function) if isinstance(function, nn.Module) else None
 
 
 class _SigmaHook(ModelHook):
-    """Reads σ at each transformer call (FLUX's ``timestep`` argument is σ = t / 1000) and sets the gates."""
+    """Runs around each transformer call: reads σ (FLUX's ``timestep`` argument is σ = t / 1000), sets the
+    gates, and hands every block hook its :class:`BlockIdentity` for this call, taken back when the call
+    returns. Calls through one transformer take turns (a lock), since the block hooks hold the call's identity.
+    """
 
-    def pre_forward(self, module, *args, **kwargs):
-        state = _ACTIVE.get()
-        if state is not None:
-            timestep = _argument(module, "timestep", args, kwargs)
-            if timestep is None:
-                raise ValueError("IdGlow needs the transformer's `timestep` argument to gate identity injection")
-            state.begin_forward(timestep)
-        return args, kwargs
+    def __init__(self, block_hooks: list[_BlockHook], lock: _CallLock):
+        super().__init__()
+        self.block_hooks = block_hooks
+        self.lock = lock
+
+    def new_forward(self, module, *args, **kwargs):
+        state = _ACTIVE.get() if _ANY_INJECTING else None
+        with self.lock:
+            if state is not None:
+                timestep = _argument(module, "timestep", args, kwargs)
+                if timestep is None:
+                    raise ValueError("IdGlow needs the transformer's `timestep` argument to gate identity injection")
+                state.begin_forward(timestep)
+            self.hand_out(state)
+            try:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            finally:
+                self.hand_out(None)
+
+    def hand_out(self, state: InjectionState | None) -> None:
+        """Give each block hook what it injects in this call (None: nothing, the base model's graph)."""
+        if state is None or state.token_scale is None:
+            for hook in self.block_hooks:
+                hook.identity = None
+            return
+        layers = state.adapter.layers
+        for tensor in (state.tokens, state.token_scale):  # any number of people: one graph (T symbolic)
+            torch._dynamo.maybe_mark_dynamic(tensor, 1)
+        for hook in self.block_hooks:
+            layer = layers[hook.key] if hook.key in layers else None
+            previous = layers[hook.previous] if hook.previous in layers else None
+            hook.identity = None
+            if layer is not None or previous is not None:
+                hook.identity = BlockIdentity(state.tokens, state.token_scale, layer, previous)
+                state.attention_calls += (layer is not None) + (previous is not None)
 
 
 class _BlockHook(ModelHook):
-    """Adds identity residuals to a block's image tokens.
+    """Adds identity residuals to a block's image tokens, from the :class:`BlockIdentity` it holds (if any).
 
     ``key``: the block's own identity module, added to its output. ``previous``: the identity module of the
     block before it, added to this block's input instead of that block's output. The first block's residual
@@ -256,34 +319,31 @@ class _BlockHook(ModelHook):
     sees the base model's change between steps, not the identity residual, and skips it with the rest.
     """
 
-    def __init__(self, key: str | None, previous: str | None = None):
+    def __init__(self, key: str | None, previous: str | None, hidden_position: int, lock: _CallLock):
         super().__init__()
         self.key = key
         self.previous = previous
+        self.hidden_position = hidden_position
+        self.lock = lock
+        self.identity: BlockIdentity | None = None
 
     def pre_forward(self, module, *args, **kwargs):
-        if self.previous is None or not _ANY_INJECTING:
+        identity = self.identity
+        if identity is None or identity.previous is None:
             return args, kwargs
-        state = _ACTIVE.get()
-        if state is None or state.token_scale is None:
-            return args, kwargs
-        hidden = _argument(module, "hidden_states", args, kwargs)
-        delta = state.residual(self.previous, hidden)
-        if delta is None:
-            return args, kwargs
-        return _replace_argument(module, "hidden_states", hidden + delta, args, kwargs)
+        if "hidden_states" in kwargs:
+            hidden = kwargs["hidden_states"]
+            return args, {**kwargs, "hidden_states": hidden + identity.residual(identity.previous, hidden)}
+        i = self.hidden_position
+        hidden = args[i]
+        return (*args[:i], hidden + identity.residual(identity.previous, hidden), *args[i + 1:]), kwargs
 
     def post_forward(self, module, output):
-        if self.key is None or not _ANY_INJECTING:
-            return output
-        state = _ACTIVE.get()
-        if state is None or state.token_scale is None:
+        identity = self.identity
+        if identity is None or identity.layer is None:
             return output
         encoder_hidden, hidden = output
-        delta = state.residual(self.key, hidden)
-        if delta is None:
-            return output
-        return encoder_hidden, hidden + delta
+        return encoder_hidden, hidden + identity.residual(identity.layer, hidden)
 
 
 def block_keys(num_layers: int, num_single_layers: int, double_interval: int, single_interval: int) -> list[str]:
@@ -464,17 +524,22 @@ def attach_identity_hooks(transformer: nn.Module) -> None:
         return
     blocks = [(f"double_{i}", b) for i, b in enumerate(transformer.transformer_blocks)]
     blocks += [(f"single_{i}", b) for i, b in enumerate(transformer.single_transformer_blocks)]
+    lock = _CallLock()
+    hooks = []
     for position, (key, block) in enumerate(blocks):
         block_registry = HookRegistry.check_if_exists_or_initialize(block)
         if block_registry.hooks:
             logger.warning("block %s already has hooks %s; attach IdGlow before enabling caches",
                            key, sorted(block_registry.hooks))
+        hidden_position = _positions(type(block).forward).index("hidden_states")
         if position == 0 and len(blocks) > 1:
-            hook = _BlockHook(None)  # its residual is added at the next block's input
+            hook = _BlockHook(None, None, hidden_position, lock)  # its residual is added at the next block's input
         else:
-            hook = _BlockHook(key, previous=blocks[0][0] if position == 1 else None)
+            hook = _BlockHook(key, blocks[0][0] if position == 1 else None, hidden_position, lock)
         block_registry.register_hook(hook, BLOCK_HOOK)
-    registry.register_hook(_SigmaHook(), SIGMA_HOOK)
+        _BLOCK_HOOKS[block] = hook
+        hooks.append(hook)
+    registry.register_hook(_SigmaHook(hooks, lock), SIGMA_HOOK)
 
 
 def detach_identity_hooks(transformer: nn.Module) -> None:
@@ -485,3 +550,4 @@ def detach_identity_hooks(transformer: nn.Module) -> None:
     for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
         for block in blocks:
             HookRegistry.check_if_exists_or_initialize(block).remove_hook(BLOCK_HOOK, recurse=False)
+            _BLOCK_HOOKS.pop(block, None)

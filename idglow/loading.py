@@ -76,13 +76,14 @@ def resolve_dtype(name: str | None, device: str) -> torch.dtype:
 
 def load_flux_pipeline(model: str | None, *, dtype: torch.dtype, adapter_dir: str | None = None,
                        adapter_dtype: torch.dtype | None = None, face_analyzer: FaceAnalyzer | None = None,
-                       seed: int = 0) -> IdGlowPipeline:
+                       seed: int = 0, quantize: str | None = None, quant_backend: str = "auto") -> IdGlowPipeline:
     """The one loader of "the tiny model or a folder": ``model`` None or ``"tiny"`` gives the embedded tiny model
     (``idglow.tiny``, built from ``seed``), anything else a local FLUX folder in diffusers format.
 
     The frozen components (transformer, text encoders, VAE) come in ``dtype``; the adapter in ``adapter_dtype``
-    (default ``dtype``) — from ``adapter_dir`` when given, else the folder's own ``adapter/`` or the tiny one. The
-    pipeline stays on the CPU; callers move it."""
+    (default ``dtype``) — from ``adapter_dir`` when given, else the folder's own ``adapter/`` or the tiny one.
+    ``quantize="int8"`` loads the transformer with int8 weights through diffusers' ``quant_backend`` quantizer
+    (:mod:`idglow.quantization`). The pipeline stays on the CPU; callers move it."""
     from idglow.adapter import IdGlowAdapter
     from idglow.pipeline import IdGlowPipeline, check_adapter_folder, check_flux_folder
 
@@ -103,10 +104,22 @@ def load_flux_pipeline(model: str | None, *, dtype: torch.dtype, adapter_dir: st
             pipe.adapter = adapter
         if pipe.adapter is not None:
             _cast(pipe.adapter, adapter_dtype)
+        if quantize:
+            from idglow.quantization import quantized_copy, transformer_quantization
+
+            transformer = quantized_copy(pipe.transformer, transformer_quantization(quantize, quant_backend), dtype)
+            pipe = IdGlowPipeline(**{**pipe.components, "transformer": transformer}, face_analyzer=face_analyzer)
+            pipe.set_progress_bar_config(disable=True)
         return pipe
     torch_dtype = dtype if adapter_dtype == dtype else {"default": dtype, "adapter": adapter_dtype}
+    if quantize:
+        from idglow.quantization import pipeline_quantization
+
+        kwargs = {"quantization_config": pipeline_quantization(quantize, quant_backend)}
+    else:
+        kwargs = {}
     return IdGlowPipeline.from_pretrained(model, adapter=adapter, face_analyzer=face_analyzer,
-                                          torch_dtype=torch_dtype)
+                                          torch_dtype=torch_dtype, **kwargs)
 
 
 def _cast(module, dtype) -> None:
@@ -115,8 +128,12 @@ def _cast(module, dtype) -> None:
         module.to(dtype)
 
 
-def load_pipeline(settings: ModelSettings, face_analyzer: FaceAnalyzer | None = None):
-    """The pipeline these settings describe, on its device, with a face analyzer attached."""
+def load_pipeline(settings: ModelSettings, face_analyzer: FaceAnalyzer | None = None, *, quantize: str | None = None,
+                  quant_backend: str = "auto", cpu_offload: bool = False):
+    """The pipeline these settings describe, on its device, with a face analyzer attached.
+
+    ``quantize="int8"``: the transformer with int8 weights (see :func:`load_flux_pipeline`). ``cpu_offload``:
+    diffusers' model CPU offload, each model on the GPU only while it runs (the adapter stays there)."""
     import torch
 
     if settings.adapter_dir and not settings.model_dir:
@@ -132,10 +149,15 @@ def load_pipeline(settings: ModelSettings, face_analyzer: FaceAnalyzer | None = 
         check_flux_folder(settings.model_dir)
         if not settings.adapter_dir and not (Path(settings.model_dir) / "adapter").is_dir():
             raise InputError(f"{settings.model_dir} holds no adapter/ folder; pass --adapter DIR")
+    if cpu_offload and not device.startswith("cuda"):
+        raise InputError(f"CPU offload needs a CUDA device; got device {device!r}")
     pipe = load_flux_pipeline(settings.model_dir, dtype=dtype, adapter_dir=settings.adapter_dir,
-                              face_analyzer=analyzer)
+                              face_analyzer=analyzer, quantize=quantize, quant_backend=quant_backend)
     if pipe.adapter.config.id_dim != analyzer.embedding_dim:
         model = "the tiny model" if settings.is_tiny else "the adapter"
         raise InputError(f"{model} expects {pipe.adapter.config.id_dim}-d face embeddings but the "
                          f"{settings.faces} analyzer gives {analyzer.embedding_dim}-d")
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
     return pipe.to(device)

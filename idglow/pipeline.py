@@ -45,6 +45,23 @@ class IdGlowOutput:
     face_matches: list[FaceMatch] | None = None
 
 
+@dataclass
+class _IdentityPlan:
+    """The identities of one call: subjects (empty with bare embeddings), embeddings (N, id_dim) or None, and
+    per person the target age, weight, scale and identity window."""
+
+    subjects: list[SubjectRef]
+    embeds: torch.Tensor | None
+    ages: list[float | None]
+    weights: list[float]
+    per_slot: list[float]
+    windows: list[IdentityWindow]
+
+    @property
+    def n(self) -> int:
+        return 0 if self.embeds is None else self.embeds.shape[-2]
+
+
 def check_flux_folder(path: str | Path) -> Path:
     """Raise ModelFolderError unless ``path`` is a FLUX checkpoint in diffusers format."""
     path = Path(path)
@@ -237,54 +254,80 @@ class IdGlowPipeline(FluxPipeline):
         IdGlowAdapter for this call only (nothing shared is changed). Any other FluxPipeline argument passes
         through.
         """
-        adapter = adapter if adapter is not None else self.adapter
-        if adapter is not None and adapter is not self.adapter:
-            adapter.attach(self.transformer)  # checks the shapes; the hooks are shared and attached once
+        adapter = self._call_adapter(adapter)
         self.check_idglow_inputs(subjects, subject_embeds, task, id_scale, id_window, num_images, adapter,
                                  target_ages)
-        subjects = list(subjects or [])
-        if subjects:  # 1. subjects → embeddings (once per call)
-            subject_embeds = self.encode_subjects(subjects)
-        n = 0 if subject_embeds is None else subject_embeds.shape[-2]
-        ages = [s.target_age for s in subjects] if subjects else list(target_ages or [None] * n)
-        windows = self._slot_windows(task, ages, id_window, id_profile)
-        weights = [s.weight for s in subjects] if subjects else [1.0] * n
-        per_slot = [float(id_scale)] * n if isinstance(id_scale, (int, float)) else [float(v) for v in id_scale]
-        slot_scales = torch.tensor([a * w for a, w in zip(per_slot, weights)], dtype=torch.float32)
+        plan = self._identity_plan(subjects, subject_embeds, task, id_scale, id_window, id_profile,
+                                   target_ages)  # 1. subjects → embeddings (once per call), windows, scales
         generator, seeds, seed_record = self._generators(generator, seed, num_images)  # 2. seeds
         flux_args = self._flux_arguments(prompt, height, width, num_inference_steps, guidance_scale, num_images,
                                          generator, output_type, callback_on_step_end,
                                          callback_on_step_end_tensor_inputs, flux_kwargs)
-        state: InjectionState | None = None  # 3. FLUX's recipe, identities injected inside their windows
-        if n and adapter is not None:
-            with adapter.inject(subject_embeds, slot_scales, windows, sigma_source=self._schedule_sigma) as state:
-                images = super().__call__(**flux_args).images
-        else:
-            images = super().__call__(**flux_args).images
+        images, state = self._denoise(adapter, plan, flux_args)  # 3. FLUX's recipe, identities injected
         face_matches = None  # 4. match generated faces to the subjects
-        if analyze_faces and output_type == "pil" and n:
-            face_matches = self.match_generated(images, subject_embeds)
-        task_window = self._task_window(task, id_window, id_profile)
-        params = {
-            "prompt": flux_args["prompt"], "task": task, "num_subjects": n, "id_scale": per_slot, "weights": weights,
-            "id_window": [task_window.sigma_lo, task_window.sigma_hi, task_window.ramp],
-            "id_profile": task_window.profile, "slot_windows": [w.to_dict() for w in windows],
-            "target_ages": ages, "labels": [s.label for s in subjects] if subjects else [None] * n,
-            "num_images": num_images, **seed_record,
-            "height": height or self.default_sample_size * self.vae_scale_factor,
-            "width": width or self.default_sample_size * self.vae_scale_factor,
-            "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-        }
-        if subjects:  # the identity inputs as the face analyzer computed them (kept with the generation)
-            params["subject_embeddings"] = [[round(float(v), 6) for v in e] for e in subject_embeds.float().cpu()]
-            params["face_backend"] = face_backend_name(self.face_analyzer)
+        if analyze_faces and output_type == "pil" and plan.n:
+            face_matches = self.match_generated(images, plan.embeds)
         return IdGlowOutput(
             images=list(images) if output_type == "pil" else images,
             seeds=seeds,
-            params=params,
+            params=self._call_params(plan, flux_args, task, id_window, id_profile, seed_record),
             active_sigmas=list(state.active_sigmas) if state is not None else [],
             face_matches=face_matches,
         )
+
+    # --- call steps -------------------------------------------------------------------------------------
+
+    def _call_adapter(self, adapter: IdGlowAdapter | None) -> IdGlowAdapter | None:
+        """The adapter of this call: the given one (checked against the transformer), else the pipeline's."""
+        if adapter is None or adapter is self.adapter:
+            return self.adapter
+        adapter.attach(self.transformer)  # checks the shapes; the hooks are shared and attached once
+        return adapter
+
+    def _identity_plan(self, subjects, subject_embeds, task: str, id_scale, id_window, id_profile: str | None,
+                       target_ages) -> _IdentityPlan:
+        """Who is injected in this call, and how: embeddings, per-person windows, scales and weights."""
+        subjects = list(subjects or [])
+        if subjects:
+            subject_embeds = self.encode_subjects(subjects)
+        n = 0 if subject_embeds is None else subject_embeds.shape[-2]
+        ages = [s.target_age for s in subjects] if subjects else list(target_ages or [None] * n)
+        weights = [s.weight for s in subjects] if subjects else [1.0] * n
+        per_slot = [float(id_scale)] * n if isinstance(id_scale, (int, float)) else [float(v) for v in id_scale]
+        return _IdentityPlan(
+            subjects=subjects, embeds=subject_embeds, ages=ages, weights=weights, per_slot=per_slot,
+            windows=self._slot_windows(task, ages, id_window, id_profile),
+        )
+
+    def _denoise(self, adapter: IdGlowAdapter | None, plan: _IdentityPlan,
+                 flux_args: dict[str, Any]) -> tuple[Any, InjectionState | None]:
+        """FluxPipeline's denoising and decoding, with the plan's identities injected inside their windows."""
+        if not plan.n or adapter is None:
+            return super().__call__(**flux_args).images, None
+        slot_scales = torch.tensor([a * w for a, w in zip(plan.per_slot, plan.weights)], dtype=torch.float32)
+        with adapter.inject(plan.embeds, slot_scales, plan.windows, sigma_source=self._schedule_sigma) as state:
+            images = super().__call__(**flux_args).images
+        return images, state
+
+    def _call_params(self, plan: _IdentityPlan, flux_args: dict[str, Any], task: str, id_window,
+                     id_profile: str | None, seed_record: dict) -> dict[str, Any]:
+        """Every setting of the call, as the output records it."""
+        task_window = self._task_window(task, id_window, id_profile)
+        params = {
+            "prompt": flux_args["prompt"], "task": task, "num_subjects": plan.n, "id_scale": plan.per_slot,
+            "weights": plan.weights, "id_window": [task_window.sigma_lo, task_window.sigma_hi, task_window.ramp],
+            "id_profile": task_window.profile, "slot_windows": [w.to_dict() for w in plan.windows],
+            "target_ages": plan.ages,
+            "labels": [s.label for s in plan.subjects] if plan.subjects else [None] * plan.n,
+            "num_images": flux_args["num_images_per_prompt"], **seed_record,
+            "height": flux_args["height"] or self.default_sample_size * self.vae_scale_factor,
+            "width": flux_args["width"] or self.default_sample_size * self.vae_scale_factor,
+            "num_inference_steps": flux_args["num_inference_steps"], "guidance_scale": flux_args["guidance_scale"],
+        }
+        if plan.subjects:  # the identity inputs as the face analyzer computed them (kept with the generation)
+            params["subject_embeddings"] = [[round(float(v), 6) for v in e] for e in plan.embeds.float().cpu()]
+            params["face_backend"] = face_backend_name(self.face_analyzer)
+        return params
 
     # --- call helpers -----------------------------------------------------------------------------------
 

@@ -48,7 +48,12 @@ def test_gpu_check_tiny_cache_compile_and_budget(tmp_path, capsys):
     report = json.loads(out.read_text())
     check_variants(report["sections"]["cache"])
     check_variants(report["sections"]["compile"])
-    assert report["sections"]["compile"]["compile_s"] > 0
+    compiled = report["sections"]["compile"]
+    assert compiled["compile_s"] > 0
+    # identity on and the age window switching: no graph break, nothing past the recompile limit, and the
+    # timed rounds reuse the graphs compiled during warm-up
+    assert compiled["graph_breaks"] == 0 and compiled["failed_compiles"] == 0, compiled
+    assert compiled["recompiles_after_warmup"] == 0 and 0 < compiled["compiles"] <= compiled["recompile_limit"]
     gpu_check.main(["--tiny", "--device", "cpu", "--sections", "eager", "--budget-s", "0", "--out", str(out)])
     assert "time budget" in json.loads(out.read_text())["sections"]["eager"]["skipped"]
     capsys.readouterr()

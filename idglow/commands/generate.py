@@ -9,6 +9,7 @@ from pathlib import Path
 
 from idglow.commands.common import add_model_arguments, add_subject_arguments, build_subjects, model_settings
 from idglow.errors import InputError
+from idglow.quantization import BACKENDS, QUANTIZATIONS
 from idglow.schedule import PROFILES
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, help="default: 1024 (tiny model: 64)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for PNGs and JSON sidecars")
     add_model_arguments(p)
+    m = p.add_argument_group("memory (smaller GPUs)")
+    m.add_argument("--quantize", choices=QUANTIZATIONS,
+                   help="int8 weights for the transformer's blocks (torchao or optimum-quanto must be installed)")
+    m.add_argument("--quant-backend", choices=BACKENDS, default="auto",
+                   help="quantization library (default auto: torchao, else optimum-quanto)")
+    m.add_argument("--cpu-offload", action="store_true",
+                   help="keep each model on the CPU until it runs (diffusers' model CPU offload; CUDA only)")
     p.set_defaults(func=run)
 
 
@@ -53,11 +61,14 @@ def check_generation_flags(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from idglow.loading import TINY_MODEL_NOTE, load_pipeline
     from idglow.progress import StepProgress
+    from idglow.quantization import quantization_backend
 
     check_generation_flags(args)
     subjects = build_subjects(args)
     settings = model_settings(args)
-    pipe = load_pipeline(settings)
+    backend = quantization_backend(args.quant_backend) if args.quantize else None  # a missing one fails here
+    pipe = load_pipeline(settings, quantize=args.quantize, quant_backend=backend or "auto",
+                         cpu_offload=args.cpu_offload)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if settings.is_tiny:
@@ -87,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             width=args.width or size,
             callback_on_step_end=progress.callback,
         )
-    model_info = {"model": args.model or "tiny-demo", "adapter": args.adapter, "faces": args.faces}
+    model_info = {"model": args.model or "tiny-demo", "adapter": args.adapter, "faces": args.faces,
+                  "quantize": args.quantize, "quant_backend": backend, "cpu_offload": args.cpu_offload}
     for i, (image, seed) in enumerate(zip(output.images, output.seeds)):
         stem = f"idglow_{seed}"
         image.save(out_dir / f"{stem}.png")
