@@ -543,6 +543,7 @@ def attach_identity_hooks(transformer: nn.Module) -> None:
 
 
 def detach_identity_hooks(transformer: nn.Module) -> None:
+    """Remove every identity hook from ``transformer``; it runs as the base model again."""
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(SIGMA_HOOK) is None:
         return

@@ -75,6 +75,7 @@ def check_flux_folder(path: str | Path) -> Path:
 
 
 def check_adapter_folder(path: str | Path) -> Path:
+    """``path`` as a Path when it holds an adapter's config and weights, else ModelFolderError naming what is missing."""
     path = Path(path)
     expected = ["config.json", "diffusion_pytorch_model.safetensors"]
     if not path.is_dir() or any(not (path / e).exists() for e in expected):

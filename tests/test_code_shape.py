@@ -17,9 +17,7 @@ DOCSTRING_ROOTS = ("idglow", "annotation", "db")
 SKIPPED_FOLDERS = ("db/migrations/versions",)  # generated migration scripts
 
 # Temporary: these files are being reworked at the moment; fold them into the checks once that work lands.
-LONG_FUNCTIONS_ALLOWED = {
-    "idglow/pipeline.py",  # IdGlowPipeline.__call__
-}
+LONG_FUNCTIONS_ALLOWED: set[str] = set()
 MISSING_DOCSTRINGS_ALLOWED = {
     "annotation/research.py",
     "annotation/ui/annotate_handlers.py",
@@ -29,16 +27,6 @@ MISSING_DOCSTRINGS_ALLOWED = {
     "annotation/ui/services.py",
     "annotation/ui/settings.py",
     "annotation/ui/testing.py",
-    "idglow/adapter.py",
-    "idglow/commands/common.py",
-    "idglow/commands/data.py",
-    "idglow/commands/eval.py",
-    "idglow/commands/faces.py",
-    "idglow/commands/generate.py",
-    "idglow/commands/prompt.py",
-    "idglow/commands/samples.py",
-    "idglow/commands/train.py",
-    "idglow/pipeline.py",
 }
 
 

@@ -11,6 +11,7 @@ KEEP_AGE = ("-", "keep")
 
 
 def add_subject_arguments(p: argparse.ArgumentParser) -> None:
+    """The people of a group: --subject (repeated), --task, --target-age and --label."""
     p.add_argument("--subject", action="append", required=True, metavar="IMAGE",
                    help="portrait of one person (repeat, 1-6 times; slot order = order given)")
     p.add_argument("--task", default="fusion", choices=["fusion", "age"],
@@ -53,6 +54,7 @@ def build_subjects(args: argparse.Namespace):
 
 
 def add_face_arguments(g) -> None:
+    """The face-analysis options shared by every command that finds faces."""
     g.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
     g.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
     g.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
@@ -69,6 +71,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def model_settings(args: argparse.Namespace):
+    """The model and adapter folders, device, dtype and face backend given on the command line."""
     from idglow.loading import ModelSettings
 
     return ModelSettings(

@@ -9,6 +9,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    """Add ``idglow data`` and its actions to the command-line parser."""
     p = subparsers.add_parser("data", help="prepare training data")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
 
 
 def run_build_sft(args: argparse.Namespace) -> int:
+    """``idglow data build-sft``: write an SFT data folder; returns the exit code."""
     from idglow.loading import ModelSettings, load_face_analyzer
     from idglow.training.build_sft import BuildOptions, build_sft_dataset
 

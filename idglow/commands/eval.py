@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    """Add ``idglow eval`` to the command-line parser."""
     p = subparsers.add_parser(
         "eval",
         help="benchmark identity fidelity vs aesthetic quality (report + Pareto plot)",
@@ -51,6 +52,7 @@ def register(subparsers) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, default_steps: int, default_size: int):
+    """The evaluation settings from the command line, with this model's default steps and size."""
     from idglow.eval.runner import EvalSettings
 
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
@@ -65,6 +67,7 @@ def settings_from_args(args: argparse.Namespace, default_steps: int, default_siz
 
 
 def run(args: argparse.Namespace) -> int:
+    """``idglow eval``: run the benchmark and write the report; returns the exit code."""
     from idglow.eval.manifest import load_manifest
     from idglow.eval.runner import EvalRunner
     from idglow.loading import TINY_MODEL_NOTE, load_face_analyzer, load_pipeline

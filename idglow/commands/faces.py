@@ -12,6 +12,7 @@ from idglow.commands.common import add_face_arguments
 
 
 def register(subparsers) -> None:
+    """Add ``idglow faces`` to the command-line parser."""
     p = subparsers.add_parser(
         "faces",
         help="print each face of the photos as JSON (box, score, estimated age)",
@@ -39,6 +40,7 @@ def describe_photo(path: str | Path, analyzer, with_embedding: bool = False) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    """``idglow faces``: print each photo's faces as JSON; returns the exit code."""
     from idglow.errors import InputError
     from idglow.loading import ModelSettings, load_face_analyzer
 

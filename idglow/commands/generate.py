@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    """Add ``idglow generate`` to the command-line parser."""
     p = subparsers.add_parser(
         "generate",
         help="make group photos from one portrait per person",
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
 
 
 def check_generation_flags(args: argparse.Namespace) -> None:
+    """Refuse a bad --window or --num-images before any model loads."""
     from idglow.schedule import IdentityWindow
 
     if args.window is not None:
@@ -59,6 +61,7 @@ def check_generation_flags(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``idglow generate``: load the model, make the images and their sidecars; returns the exit code."""
     from idglow.loading import TINY_MODEL_NOTE, load_pipeline
     from idglow.progress import StepProgress
     from idglow.quantization import quantization_backend
@@ -75,13 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {TINY_MODEL_NOTE}")
     steps = args.steps or settings.default_steps
     size = settings.default_size
-    if args.prompt:
-        prompt_kwargs, prompt_record = {"prompt": args.prompt}, {"text": args.prompt, "source": "user"}
-    else:
-        from idglow.prompting import PromptSynthesizer
-
-        group_prompt = PromptSynthesizer.from_pipeline(pipe).compose(subjects, task=args.task, scene=args.scene or "")
-        prompt_kwargs, prompt_record = group_prompt.pipeline_kwargs(), group_prompt.to_dict()
+    prompt_kwargs, prompt_record = _prompt(args, pipe, subjects)
     with StepProgress(total=steps, desc="generating") as progress:
         output = pipe(
             **prompt_kwargs,
@@ -100,6 +97,23 @@ def run(args: argparse.Namespace) -> int:
         )
     model_info = {"model": args.model or "tiny-demo", "adapter": args.adapter, "faces": args.faces,
                   "quantize": args.quantize, "quant_backend": backend, "cpu_offload": args.cpu_offload}
+    _write_outputs(args, out_dir, output, subjects, prompt_record, model_info)
+    return 0
+
+
+def _prompt(args: argparse.Namespace, pipe, subjects) -> tuple[dict, dict]:
+    """The pipeline's prompt arguments and the sidecar's prompt record: the user's --prompt, else a composed one."""
+    if args.prompt:
+        return {"prompt": args.prompt}, {"text": args.prompt, "source": "user"}
+    from idglow.prompting import PromptSynthesizer
+
+    group_prompt = PromptSynthesizer.from_pipeline(pipe).compose(subjects, task=args.task, scene=args.scene or "")
+    return group_prompt.pipeline_kwargs(), group_prompt.to_dict()
+
+
+def _write_outputs(args: argparse.Namespace, out_dir: Path, output, subjects, prompt_record: dict,
+                   model_info: dict) -> None:
+    """Each image as ``idglow_SEED.png`` with its JSON sidecar; one line per image on stdout."""
     for i, (image, seed) in enumerate(zip(output.images, output.seeds)):
         stem = f"idglow_{seed}"
         image.save(out_dir / f"{stem}.png")
@@ -117,5 +131,3 @@ def run(args: argparse.Namespace) -> int:
         (out_dir / f"{stem}.json").write_text(json.dumps(sidecar, indent=2))
         scores = ", ".join(f"{s:.2f}" for s in sidecar["face_match"]["similarity"]) if sidecar["face_match"] else "-"
         print(f"{out_dir / (stem + '.png')}  seed={seed}  identity per person: {scores}")
-    return 0
-

@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    """Add ``idglow prompt`` to the command-line parser."""
     p = subparsers.add_parser(
         "prompt",
         help="write the group prompt for one portrait per person (JSON)",
@@ -83,6 +84,7 @@ def load_tokenizers(model_dir: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    """``idglow prompt``: write the group prompt as JSON; returns the exit code."""
     from idglow.errors import NoFaceError
     from idglow.prompting import PromptSynthesizer, TransformersVLM
 

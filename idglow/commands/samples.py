@@ -4,12 +4,14 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    """Add ``idglow samples`` to the command-line parser."""
     p = subparsers.add_parser("samples", help="write sample portraits to try the other commands with")
     p.add_argument("--out", default="samples", metavar="DIR", help="folder to write to (default: samples)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    """``idglow samples``: write the bundled sample portraits; returns the exit code."""
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.samples import write_sample_portraits
 

@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    """Add ``idglow train`` and its stages (sft, dpo) to the command-line parser."""
     p = subparsers.add_parser("train", help="train the identity adapter (SFT, then DPO)")
     sub = p.add_subparsers(dest="train_command", metavar="STAGE")
     sub.required = True
@@ -61,6 +62,7 @@ def _load_model(config, face_analyzer=None):
 
 
 def run(args: argparse.Namespace) -> int:
+    """``idglow train sft|dpo``: run one training stage; returns the exit code."""
     from idglow.errors import InputError
     from idglow.training.config import DPOConfig, SFTConfig
     from idglow.training.trainer import DPOTrainer, SFTTrainer
