@@ -10,6 +10,7 @@ upload: :mod:`annotation.reference_faces`; a visitor's pool and deletion: :mod:`
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import secrets
@@ -218,7 +219,7 @@ class GenerationService:
                     on_step(_offset + step + 1, total)
                 return kwargs
 
-            out = self.pipe(
+            out = self._pipeline_for_one_call()(
                 **prompt_kwargs, subjects=list(request.subjects), task=request.task,
                 id_scale=float(request.id_scale), id_window=request.id_window, num_images=request.num_images,
                 seed=seed, adapter=adapters[version], num_inference_steps=steps,
@@ -232,6 +233,15 @@ class GenerationService:
             labels = [s.label or f"Person {i}" for i, s in enumerate(request.subjects, start=1)]
             result.downloads = write_downloads(self.data_dir, request.visitor_id, result, labels)
         return result
+
+    def _pipeline_for_one_call(self):
+        """The shared pipeline with a scheduler of its own: models and hooks are shared (the adapter keeps each
+        call's identity state apart), while the scheduler's step index and the attributes the pipeline sets
+        during a call belong to this call, so generations running at once (``--concurrency`` > 1) do not
+        step each other's schedules."""
+        call = copy.copy(self.pipe)
+        call.scheduler = copy.deepcopy(self.pipe.scheduler)
+        return call
 
     def _screen(self, images: list) -> list[str | None]:
         if self.safety_checker is None:

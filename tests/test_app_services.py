@@ -311,3 +311,30 @@ def test_scores_and_estimated_ages_per_person_from_a_face_match():
     assert _estimated_ages(match, 3) == [None, None, None]
     with_faces = SimpleNamespace(face_of_slot=[1, None, 0], faces=[Face((2, 2, 3, 3), age=7.2), Face((0, 0, 1, 1), age=41.0)])
     assert _estimated_ages(with_faces, 3) == [41.0, None, 7.2]
+
+
+def test_concurrent_generations_each_keep_their_own_schedule(pipe, store, sample_portraits):
+    """With --concurrency 2, two requests run on the one pipeline at once: each finishes, with the images it
+    gives when it runs alone."""
+    service = make_service(pipe, store, queue=GpuQueue(concurrency=2, max_waiting=0))
+    alone = {seed: service.generate(request(sample_portraits, visitor=f"a{seed}", seed=seed, num_images=1,
+                                            num_inference_steps=6)) for seed in (3, 4)}
+    both, errors = {}, []
+    start = threading.Barrier(2)
+
+    def run(seed):
+        try:
+            start.wait(5)
+            both[seed] = service.generate(request(sample_portraits, visitor=f"b{seed}", seed=seed, num_images=1,
+                                                  num_inference_steps=6))
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for seed in (3, 4):
+        assert both[seed].candidates[0].image.tobytes() == alone[seed].candidates[0].image.tobytes(), seed
