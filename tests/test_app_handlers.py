@@ -278,16 +278,22 @@ def test_research_needs_a_researcher_and_passes_the_export_filters():
     exported = []
     service = SimpleNamespace(export=lambda user_id, filters: exported.append((user_id, filters)) or SimpleNamespace(
         archive=Path("/x/e.zip"), data_files=[Path("/x/data/train.parquet")], rows=3, command="idglow train dpo ..."))
-    handlers = ResearchHandlers(service, AUTH)
+    published = []
+    downloads = SimpleNamespace(publish=lambda paths, **grant: published.append((paths, grant)) or [
+        f"/tmp/served/{p.name}" for p in paths])
+    handlers = ResearchHandlers(service, AUTH, downloads=downloads, download_ttl_s=600)
     form = ExportForm("parquet", True, "drop", 2, "2025-01-31")
     for token, message in [(None, "sign in as researcher"), ("t-ann", "anna may not export")]:
         with pytest.raises(gr.Error, match=message):
             handlers.export(token, form)
-    files, status = handlers.export("t-res", form)
+    files, status = handlers.export("t-res", form, "b" * 43)
     user_id, filters = exported[0]
     assert user_id == 2 and filters.tie_policy == "drop" and filters.min_votes == 2 and filters.with_images
     assert filters.since.isoformat() == "2025-01-31T00:00:00+00:00"
-    assert files == ["/x/e.zip", "/x/data/train.parquet"] and "idglow train dpo" in status
+    assert files == ["/tmp/served/e.zip", "/tmp/served/train.parquet"] and "idglow train dpo" in status
+    paths, grant = published[0]
+    assert paths == [Path("/x/e.zip"), Path("/x/data/train.parquet")] and grant["browser"] == "b" * 43
+    assert grant["ttl_s"] == 600 and grant["allowed"]() and "for 10 minutes" in status
     with pytest.raises(gr.Error, match="'since' 'yesterday' is not a date"):
         handlers.export("t-res", ExportForm("parquet", False, "half", 1, "yesterday"))
 
