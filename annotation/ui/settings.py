@@ -53,8 +53,9 @@ class AppSettings:
             raise InputError(f"need --concurrency >= 1 and --max-queue >= 0, got {self.concurrency}, {self.max_queue}")
         if self.max_per_visitor < 1:
             raise InputError(f"--max-per-visitor {self.max_per_visitor} must be at least 1")
-        if self.export_minutes <= 0:
-            raise InputError(f"--export-minutes {self.export_minutes} must be positive")
+        if not 0 < self.export_minutes <= 60:
+            raise InputError(f"--export-minutes {self.export_minutes} must be above 0 and at most 60 (the sweeper "
+                             "removes every served copy of a file after an hour)")
         if not 1 <= self.max_upload_mb <= 200:
             raise InputError(f"--max-upload-mb {self.max_upload_mb} must be between 1 and 200")
 
