@@ -59,8 +59,13 @@ class GpuQueue:
         rounds = max(1, math.ceil((self._admitted - self.concurrency + 1) / self.concurrency))
         return rounds * self._job_seconds
 
-    def _admit(self, owner: str | None) -> int:
-        """Count the request in (under the lock) or refuse it; returns how many are ahead of it."""
+    def check_room(self, owner: str | None = None) -> None:
+        """Refuse at once (:class:`QueueFullError`, :class:`TooManyPendingError`) if a request of ``owner`` would be
+        refused now, before the caller does any costly work for it; admits nothing (:meth:`slot` checks again)."""
+        with self._lock:
+            self._refusal(owner)
+
+    def _refusal(self, owner: str | None) -> None:
         wait = _readable(self.expected_wait_s())
         if self._admitted >= self.capacity:
             raise QueueFullError(
@@ -73,6 +78,11 @@ class GpuQueue:
                 f"You already have {mine} generation(s) running or waiting (at most {self.max_per_owner} per "
                 f"visitor): try again in {wait}, when one has finished."
             )
+
+    def _admit(self, owner: str | None) -> int:
+        """Count the request in (under the lock) or refuse it; returns how many are ahead of it."""
+        self._refusal(owner)
+        mine = self._per_owner.get(owner, 0) if owner else 0
         self._admitted += 1
         if owner:
             self._per_owner[owner] = mine + 1

@@ -29,7 +29,10 @@ class FakeGeneration:
     """Finds one person per photo, none in a photo whose name starts with "landscape"."""
 
     def __init__(self):
+        from annotation.gpu_queue import GpuQueue
+
         self.requests = []
+        self.queue = GpuQueue(concurrency=1, max_waiting=0)
 
     def people_in_photo(self, name, image, group=False):
         if name.startswith("landscape"):
@@ -120,6 +123,19 @@ def test_remove_one_person_and_try_the_example_family(tmp_path):
     assert not handlers.request(view["state"], GenerateForm()).consent
 
 
+def test_a_full_queue_refuses_generate_before_the_request_is_built():
+    """The busy answer comes before any work: no request is built (no subjects, no database) and nothing is
+    queued, even for a visitor with nobody added yet."""
+    service = FakeGeneration()
+    handlers = GenerateHandlers(service, default_steps=8, default_size=64)
+    with service.queue.slot(owner="someone-else"):
+        with pytest.raises(gr.Error, match=r"The generator is busy \(1 requests running or waiting, the limit is 1\)"):
+            handlers.generate(VisitorState(), GenerateForm(consent=True))
+    assert service.requests == [] and service.queue.admitted == 0
+    with pytest.raises(gr.Error, match="Add 1–6 people first"):
+        handlers.generate(VisitorState(), GenerateForm(consent=True))  # with room, the request is checked as before
+
+
 def test_generate_builds_a_typed_request_and_shows_scores_in_words():
     service = FakeGeneration()
     handlers = GenerateHandlers(service, default_steps=8, default_size=64)
@@ -164,8 +180,7 @@ def test_the_generate_wiring_passes_widget_values_by_name():
     from annotation.ui.generate_tab import FORM_FIELDS, build_generate_tab
 
     with gr.Blocks() as demo:
-        build_generate_tab(GenerateHandlers(FakeGeneration(), default_size=64), lambda: ["tiny-demo"], tiny=True,
-                           concurrency_limit=2)
+        build_generate_tab(GenerateHandlers(FakeGeneration(), default_size=64), lambda: ["tiny-demo"], tiny=True)
     deps = {d.api_name: d for d in demo.fns.values() if d.api_name}
     names = set(deps["generate"].input_keyword_names)
     cards = {f"{k}_{i}" for i in range(6) for k in ("label", "age", "weight")}

@@ -91,3 +91,20 @@ def test_one_visitor_may_have_two_generations_pending(gated, sample_portraits):
     gate.set()
     assert [len(job.result(timeout=120)[0]) for job in [*jobs, another]] == [1, 1, 1]
     assert len(_submit(eager, 5).result(timeout=120)[0]) == 1, "the limit counts pending generations only"
+
+
+def test_check_room_refuses_like_slot_and_admits_nothing():
+    from annotation.gpu_queue import GpuQueue, QueueFullError, TooManyPendingError
+
+    queue = GpuQueue(concurrency=3, max_waiting=0, max_per_owner=1)  # three run at once: no slot blocks here
+    queue.check_room("ann")
+    assert queue.admitted == 0
+    with queue.slot(owner="ann"):
+        with pytest.raises(TooManyPendingError, match="at most 1 per visitor"):
+            queue.check_room("ann")
+        queue.check_room("bob")
+        with queue.slot(owner="bob"), queue.slot(owner="cat"):
+            with pytest.raises(QueueFullError, match=r"busy \(3 requests running or waiting, the limit is 3\)"):
+                queue.check_room("dan")
+        assert queue.admitted == 1
+    assert queue.admitted == 0

@@ -16,10 +16,6 @@ from annotation.ui.research_handlers import ResearchHandlers
 from annotation.ui.research_tab import build_research_tab
 from annotation.ui.theme import CSS, SHORTCUTS_JS
 
-# Gradio lets this many more generate calls reach the app than the generator's queue admits, so that a call
-# beyond the queue's limits gets the app's own "busy, try again in …" at once instead of waiting in Gradio's queue.
-REFUSAL_LANES = 4
-
 
 @dataclass
 class AppServices:
@@ -50,8 +46,7 @@ def build_app(services: AppServices) -> gr.Blocks:
         token = gr.State(None)
         signin = _sign_in_panel()
         with gr.Tabs():
-            build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny,
-                               concurrency_limit=services.concurrency + services.max_queue + REFUSAL_LANES)
+            build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny)
             annotate_tab = build_annotate_tab(AnnotateHandlers(services.annotation, services.auth), token)
             research_tab = build_research_tab(
                 ResearchHandlers(services.research, services.auth, download_ttl_s=services.export_ttl_s), token)

@@ -314,6 +314,7 @@ class GenerateHandlers:
         """Gallery, identity scores, seed, status, download files and state by name. ``progress`` is a
         ``gr.Progress`` (or any callable taking ``((done, total), desc=..., unit=...)``)."""
         state = state or VisitorState()
+        self.service.queue.check_room(state.visitor_id)  # a full queue refuses before any work on the request
         request = self.request(state, form)
         on_step, on_wait = self._progress(progress)
         started = time.monotonic()
