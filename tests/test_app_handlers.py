@@ -134,6 +134,7 @@ def test_a_full_queue_refuses_generate_before_the_request_is_built():
     assert service.requests == [] and service.queue.admitted == 0
     with pytest.raises(gr.Error, match="Add 1–6 people first"):
         handlers.generate(VisitorState(), GenerateForm(consent=True))  # with room, the request is checked as before
+    assert service.queue.admitted == 0, "the place taken for a request that failed its checks is given back"
 
 
 def test_generate_builds_a_typed_request_and_shows_scores_in_words():
