@@ -118,6 +118,11 @@ def test_a_raw_call_without_a_browser_cookie_gets_no_downloadable_files(app):
         assert _get(f["url"], rita).status_code == 404 and _get(f["url"]).status_code == 404
 
 
+def test_a_file_path_no_machine_can_name_is_refused_without_a_server_error(app):
+    for path in ("/tmp/a%00b.zip", "/" + "x" * 5000):
+        assert httpx.get(f"{app.url}gradio_api/file={path}", timeout=30).status_code in (400, 403, 404)
+
+
 def _fn_index(app, api_name: str) -> int:
     return next(k for k, fn in app.demo.fns.items() if fn.api_name == api_name)
 

@@ -166,10 +166,13 @@ class TempAreaGuard:
 
         if not target or "://" in target:
             return False
-        if self.downloads.is_private(target):
-            browser = browser_id(_cookies(scope))
-            return not await run_in_threadpool(self.downloads.allows, target, browser)
-        return self._hidden(target)
+        try:
+            if self.downloads.is_private(target):
+                browser = browser_id(_cookies(scope))
+                return not await run_in_threadpool(self.downloads.allows, target, browser)
+            return self._hidden(target)
+        except (ValueError, OSError):  # not a path this machine can name (a NUL byte, too long): Gradio refuses it
+            return False
 
     def _hidden(self, target: str) -> bool:
         if not self.registry.covers(target):
