@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from idglow.errors import IdGlowError, InputError
 
@@ -23,6 +25,22 @@ class QueueFullError(IdGlowError):
 
 class TooManyPendingError(QueueFullError):
     """This visitor already has as many generations running or waiting as allowed."""
+
+
+@dataclass
+class _Reservation:
+    """A place taken by :meth:`GpuQueue.reserved`, for the slot that the same call enters next."""
+
+    queue: GpuQueue
+    owner: str | None
+    ahead: int
+    used: bool = False
+
+    def fits(self, queue: GpuQueue, owner: str | None) -> bool:
+        return not self.used and self.queue is queue and self.owner == owner
+
+
+_RESERVED: ContextVar[_Reservation | None] = ContextVar("idglow_queue_reservation", default=None)
 
 
 class GpuQueue:
@@ -59,8 +77,25 @@ class GpuQueue:
         rounds = max(1, math.ceil((self._admitted - self.concurrency + 1) / self.concurrency))
         return rounds * self._job_seconds
 
-    def _admit(self, owner: str | None) -> int:
-        """Count the request in (under the lock) or refuse it; returns how many are ahead of it."""
+    @contextmanager
+    def reserved(self, owner: str | None = None):
+        """Take a place for ``owner`` now, or refuse at once (:class:`QueueFullError`,
+        :class:`TooManyPendingError`), before the caller does any costly work for the request. A :meth:`slot`
+        entered for the same owner inside this block (same thread or task) uses that place instead of asking
+        again; a place no slot used is given back when the block ends."""
+        with self._lock:
+            ahead = self._admit(owner)
+        reservation = _Reservation(self, owner, ahead)
+        token = _RESERVED.set(reservation)
+        try:
+            yield
+        finally:
+            _RESERVED.reset(token)
+            if not reservation.used:
+                with self._lock:
+                    self._release(owner, None)
+
+    def _refusal(self, owner: str | None) -> None:
         wait = _readable(self.expected_wait_s())
         if self._admitted >= self.capacity:
             raise QueueFullError(
@@ -73,6 +108,11 @@ class GpuQueue:
                 f"You already have {mine} generation(s) running or waiting (at most {self.max_per_owner} per "
                 f"visitor): try again in {wait}, when one has finished."
             )
+
+    def _admit(self, owner: str | None) -> int:
+        """Count the request in (under the lock) or refuse it; returns how many are ahead of it."""
+        self._refusal(owner)
+        mine = self._per_owner.get(owner, 0) if owner else 0
         self._admitted += 1
         if owner:
             self._per_owner[owner] = mine + 1
@@ -92,12 +132,16 @@ class GpuQueue:
     @contextmanager
     def slot(self, on_wait: Callable[[int], None] | None = None, owner: str | None = None):
         """Hold one generation place for the ``with`` body; ``on_wait(ahead)`` is called when it must wait."""
+        reservation = _RESERVED.get()
         with self._lock:
-            try:
-                ahead = self._admit(owner)
-            except QueueFullError as err:
-                logger.info("generation refused: %s", type(err).__name__)
-                raise
+            if reservation is not None and reservation.fits(self, owner):
+                reservation.used, ahead = True, reservation.ahead
+            else:
+                try:
+                    ahead = self._admit(owner)
+                except QueueFullError as err:
+                    logger.info("generation refused: %s", type(err).__name__)
+                    raise
             admitted = self._admitted
         logger.debug("generation admitted: %d ahead, %d running or waiting of %d", ahead, admitted, self.capacity)
         seconds = None

@@ -1,18 +1,25 @@
 """The generator under a burst: busy answers, the per-visitor limit and vote latency, on the real running app.
 
-``python benchmarks/bench_busy.py [--burst 20] [--votes 40] [--steps 20]``
+``python benchmarks/bench_busy.py [--burst 20] [--votes 40] [--steps 20] [--per-process 5] [--cold]``
 
 Starts ``python app.py`` (tiny model, dlib, SQLite in a temporary folder with a seeded annotation pool, default
 queue: 1 running + 8 waiting, 2 per visitor) on a free local port in its own process, then at once: ``--burst``
 visitors (one session each) call generate while an annotator votes. Measures how long each refused call took
 to get its answer, how many were admitted, the vote latency while they wait (and, side by side, with no
 generation at all), and how one visitor's third simultaneous call is answered. Prints one RESULT line. Every loop is bounded (calls, votes and a deadline).
+
+The annotator votes from a process of their own and the visitors call from processes of ``--per-process``
+clients each, as from browsers of their own: with all clients in one Python process, the clients' own share of
+that process (twenty gradio_client threads) was counted as the server's answer time. Each visitor uploads its own
+copy of the portraits (same pixels, other bytes), and the app serves one generation before the burst, as a
+running app has (``--cold`` leaves that out and measures the burst against a fresh process).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -76,6 +83,72 @@ def _vote_loop(url: str, user: str, password: str, votes: int, stop: threading.E
     return latencies
 
 
+def _vote_process(url: str, user: str, password: str, votes: int, stop, out) -> None:
+    out.put(_vote_loop(url, user, password, votes, stop))
+
+
+def _votes_elsewhere(url: str, user: str, password: str, votes: int):
+    """Start the vote loop in a process of its own; returns (stop event, a function that waits for the latencies)."""
+    ctx = multiprocessing.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_vote_process, args=(url, user, password, votes, stop, out), daemon=True)
+    proc.start()
+
+    def result() -> list[float]:
+        latencies = out.get(timeout=DEADLINE_S)
+        proc.join(30)
+        return latencies
+
+    return stop, result
+
+
+def _own_copies(portraits: list[Path], visitor: int) -> list[Path]:
+    """The portraits as this visitor's own files (same pixels, different bytes): the web server stores uploads
+    of identical bytes at one path, so visitors in different processes would share (and delete) one file."""
+    from PIL import Image, PngImagePlugin
+
+    folder = Path(tempfile.mkdtemp(prefix=f"visitor{visitor}-"))
+    copies = []
+    for path in portraits:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("visitor", str(visitor))
+        copies.append(folder / f"{path.stem}.png")
+        Image.open(path).save(copies[-1], pnginfo=info)
+    return copies
+
+
+def _burst_process(url: str, portraits: list[Path], steps: int, seeds: list[int], ready, start, out) -> None:
+    """Visitors with these seeds upload, say ``ready``, wait for ``start`` (a barrier), then all call generate
+    at once."""
+    visitors = [_visitor(url, _own_copies(portraits, seed)) for seed in seeds]
+    ready.put(len(visitors))
+    start.wait(DEADLINE_S)
+    with ThreadPoolExecutor(len(visitors)) as pool:
+        out.put(list(pool.map(lambda sv: _timed_generate(sv[1], steps, sv[0]), zip(seeds, visitors))))
+
+
+def _burst(url: str, portraits: list[Path], steps: int, burst: int, per_process: int):
+    """Start the visitors' processes and wait until every visitor has uploaded; returns (barrier that starts
+    the burst, a function that waits for the outcomes)."""
+    ctx = multiprocessing.get_context("spawn")
+    groups = [list(range(k, min(k + per_process, burst))) for k in range(0, burst, per_process)]
+    ready, start, out = ctx.Queue(), ctx.Barrier(len(groups) + 1), ctx.Queue()
+    procs = [ctx.Process(target=_burst_process, args=(url, portraits, steps, seeds, ready, start, out), daemon=True)
+             for seeds in groups]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=DEADLINE_S)
+
+    def outcomes() -> list[tuple[str, float]]:
+        found = [item for _ in procs for item in out.get(timeout=DEADLINE_S)]
+        for proc in procs:
+            proc.join(30)
+        return found
+
+    return start, outcomes
+
+
 def _per_visitor(url: str, portraits: list[Path], steps: int) -> list[str]:
     """One visitor sends three generate calls at once; returns the three outcomes."""
     client = _visitor(url, portraits)
@@ -118,7 +191,7 @@ def _served_app(data_dir: Path, log: Path):
         proc.wait(30)
 
 
-def run(burst: int, votes: int, steps: int) -> dict:
+def run(burst: int, votes: int, steps: int, per_process: int = 5, cold: bool = False) -> dict:
     from annotation.demo import DEMO_PASSWORD, seed_demo_data
     from annotation.testing import make_store
     from idglow.faces.dlib_backend import DlibAnalyzer
@@ -131,15 +204,17 @@ def run(burst: int, votes: int, steps: int) -> dict:
         store.engine.dispose()
         portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
         with _served_app(store.data_dir, Path(tmp) / "app.log") as url:
-            visitors = [_visitor(url, portraits) for _ in range(burst)]
-            idle_s = _vote_loop(url, "annotator1", DEMO_PASSWORD, votes // 2, threading.Event())
-            stop = threading.Event()
-            with ThreadPoolExecutor(burst + 1) as pool:
-                voting = pool.submit(_vote_loop, url, "annotator1", DEMO_PASSWORD, votes, stop)
-                time.sleep(0.5)  # the annotator is signed in and voting before the burst
-                outcomes = list(pool.map(lambda kv: _timed_generate(kv[1], steps, kv[0]), enumerate(visitors)))
-                stop.set()
-                vote_s = voting.result()
+            if not cold:
+                _timed_generate(_visitor(url, portraits), steps, 999)  # the app has served a generation before
+            start, burst_outcomes = _burst(url, portraits, steps, burst, per_process)
+            _, idle = _votes_elsewhere(url, "annotator1", DEMO_PASSWORD, votes // 2)
+            idle_s = idle()
+            stop, voting = _votes_elsewhere(url, "annotator1", DEMO_PASSWORD, votes)
+            time.sleep(5.0)  # the annotator's process has started, signed in and is voting before the burst
+            start.wait(DEADLINE_S)  # every visitor has uploaded: all call generate now
+            outcomes = burst_outcomes()
+            stop.set()
+            vote_s = voting()
             per_visitor = _per_visitor(url, portraits, steps)
     busy = [s for kind, s in outcomes if kind == "busy"]
     done = [s for kind, s in outcomes if kind == "done"]
@@ -157,9 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", type=int, default=20, help="visitors calling generate at once")
     parser.add_argument("--votes", type=int, default=40, help="votes cast while they wait (at most)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per generation")
+    parser.add_argument("--per-process", type=int, default=5, help="visitors' clients per process")
+    parser.add_argument("--cold", action="store_true", help="no generation before the burst")
     args = parser.parse_args(argv)
-    r = run(args.burst, args.votes, args.steps)
-    print(f"RESULT bench_busy burst={r['burst']} admitted={r['admitted']} busy={r['busy']} errors={r['errors']} "
+    r = run(args.burst, args.votes, args.steps, args.per_process, args.cold)
+    print(f"RESULT bench_busy burst={r['burst']} cold={args.cold} admitted={r['admitted']} busy={r['busy']} errors={r['errors']} "
           f"busy_answer_p95_s={r['busy_p95_s']:.2f} busy_answer_max_s={r['busy_max_s']:.2f} "
           f"longest_admitted_s={r['longest_admitted_s']:.1f} votes={r['votes']} vote_p50_ms={r['vote_p50_ms']:.0f} "
           f"vote_p95_ms={r['vote_p95_ms']:.0f} idle_vote_p50_ms={r['idle_vote_p50_ms']:.0f} "

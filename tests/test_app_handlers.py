@@ -29,7 +29,10 @@ class FakeGeneration:
     """Finds one person per photo, none in a photo whose name starts with "landscape"."""
 
     def __init__(self):
+        from annotation.gpu_queue import GpuQueue
+
         self.requests = []
+        self.queue = GpuQueue(concurrency=1, max_waiting=0)
 
     def people_in_photo(self, name, image, group=False):
         if name.startswith("landscape"):
@@ -120,6 +123,20 @@ def test_remove_one_person_and_try_the_example_family(tmp_path):
     assert not handlers.request(view["state"], GenerateForm()).consent
 
 
+def test_a_full_queue_refuses_generate_before_the_request_is_built():
+    """The busy answer comes before any work: no request is built (no subjects, no database) and nothing is
+    queued, even for a visitor with nobody added yet."""
+    service = FakeGeneration()
+    handlers = GenerateHandlers(service, default_steps=8, default_size=64)
+    with service.queue.slot(owner="someone-else"):
+        with pytest.raises(gr.Error, match=r"The generator is busy \(1 requests running or waiting, the limit is 1\)"):
+            handlers.generate(VisitorState(), GenerateForm(consent=True))
+    assert service.requests == [] and service.queue.admitted == 0
+    with pytest.raises(gr.Error, match="Add 1–6 people first"):
+        handlers.generate(VisitorState(), GenerateForm(consent=True))  # with room, the request is checked as before
+    assert service.queue.admitted == 0, "the place taken for a request that failed its checks is given back"
+
+
 def test_generate_builds_a_typed_request_and_shows_scores_in_words():
     service = FakeGeneration()
     handlers = GenerateHandlers(service, default_steps=8, default_size=64)
@@ -164,8 +181,7 @@ def test_the_generate_wiring_passes_widget_values_by_name():
     from annotation.ui.generate_tab import FORM_FIELDS, build_generate_tab
 
     with gr.Blocks() as demo:
-        build_generate_tab(GenerateHandlers(FakeGeneration(), default_size=64), lambda: ["tiny-demo"], tiny=True,
-                           concurrency_limit=2)
+        build_generate_tab(GenerateHandlers(FakeGeneration(), default_size=64), lambda: ["tiny-demo"], tiny=True)
     deps = {d.api_name: d for d in demo.fns.values() if d.api_name}
     names = set(deps["generate"].input_keyword_names)
     cards = {f"{k}_{i}" for i in range(6) for k in ("label", "age", "weight")}
@@ -278,16 +294,22 @@ def test_research_needs_a_researcher_and_passes_the_export_filters():
     exported = []
     service = SimpleNamespace(export=lambda user_id, filters: exported.append((user_id, filters)) or SimpleNamespace(
         archive=Path("/x/e.zip"), data_files=[Path("/x/data/train.parquet")], rows=3, command="idglow train dpo ..."))
-    handlers = ResearchHandlers(service, AUTH)
+    published = []
+    downloads = SimpleNamespace(publish=lambda paths, **grant: published.append((paths, grant)) or [
+        f"/tmp/served/{p.name}" for p in paths])
+    handlers = ResearchHandlers(service, AUTH, downloads=downloads, download_ttl_s=600)
     form = ExportForm("parquet", True, "drop", 2, "2025-01-31")
     for token, message in [(None, "sign in as researcher"), ("t-ann", "anna may not export")]:
         with pytest.raises(gr.Error, match=message):
             handlers.export(token, form)
-    files, status = handlers.export("t-res", form)
+    files, status = handlers.export("t-res", form, "b" * 43)
     user_id, filters = exported[0]
     assert user_id == 2 and filters.tie_policy == "drop" and filters.min_votes == 2 and filters.with_images
     assert filters.since.isoformat() == "2025-01-31T00:00:00+00:00"
-    assert files == ["/x/e.zip", "/x/data/train.parquet"] and "idglow train dpo" in status
+    assert files == ["/tmp/served/e.zip", "/tmp/served/train.parquet"] and "idglow train dpo" in status
+    paths, grant = published[0]
+    assert paths == [Path("/x/e.zip"), Path("/x/data/train.parquet")] and grant["browser"] == "b" * 43
+    assert grant["ttl_s"] == 600 and grant["allowed"]() and "for 10 minutes" in status
     with pytest.raises(gr.Error, match="'since' 'yesterday' is not a date"):
         handlers.export("t-res", ExportForm("parquet", False, "half", 1, "yesterday"))
 

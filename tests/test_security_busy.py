@@ -91,3 +91,50 @@ def test_one_visitor_may_have_two_generations_pending(gated, sample_portraits):
     gate.set()
     assert [len(job.result(timeout=120)[0]) for job in [*jobs, another]] == [1, 1, 1]
     assert len(_submit(eager, 5).result(timeout=120)[0]) == 1, "the limit counts pending generations only"
+
+
+def test_a_reserved_place_is_used_by_the_slot_or_given_back():
+    from annotation.gpu_queue import GpuQueue, QueueFullError, TooManyPendingError
+
+    queue = GpuQueue(concurrency=3, max_waiting=0, max_per_owner=1)  # three run at once: no slot blocks here
+    with queue.reserved("ann"):
+        assert queue.admitted == 1
+        with queue.slot(owner="ann"):
+            assert queue.admitted == 1, "the slot uses the reserved place"
+            with pytest.raises(TooManyPendingError, match="at most 1 per visitor"):
+                with queue.reserved("ann"):
+                    pass
+    assert queue.admitted == 0
+    with queue.reserved("bob"):
+        pass  # the request failed its checks: no slot
+    assert queue.admitted == 0
+    with queue.reserved("bob"), queue.reserved("cat"), queue.reserved("dan"):
+        with pytest.raises(QueueFullError, match=r"busy \(3 requests running or waiting, the limit is 3\)"):
+            with queue.reserved("eve"):
+                pytest.fail("a refused request runs nothing")
+    assert queue.admitted == 0
+
+
+def test_a_burst_gets_exactly_as_many_places_as_the_queue_holds():
+    """Reservation is atomic: twelve calls arriving together while each prepares for a while (building the request,
+    reading the database) get exactly the queue's three places, never more."""
+    from annotation.gpu_queue import GpuQueue, QueueFullError
+
+    queue = GpuQueue(concurrency=1, max_waiting=2, max_per_owner=None)
+    start, outcomes = threading.Barrier(12), []
+
+    def call(k: int) -> None:
+        start.wait(10)
+        try:
+            with queue.reserved(f"v{k}"):
+                time.sleep(0.3)  # preparing the request
+                outcomes.append("admitted")
+        except QueueFullError:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == ["admitted"] * 3 + ["busy"] * 9 and queue.admitted == 0

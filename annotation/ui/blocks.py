@@ -9,15 +9,12 @@ import gradio as gr
 from annotation.privacy import UploadLimits
 from annotation.ui.annotate_handlers import AnnotateHandlers, SignInHandlers
 from annotation.ui.annotate_tab import AnnotateTab, build_annotate_tab
+from annotation.ui.file_guard import DEFAULT_DOWNLOAD_TTL_S
 from annotation.ui.generate_handlers import GenerateHandlers
 from annotation.ui.generate_tab import build_generate_tab
 from annotation.ui.research_handlers import ResearchHandlers
 from annotation.ui.research_tab import build_research_tab
 from annotation.ui.theme import CSS, SHORTCUTS_JS
-
-# Gradio lets this many more generate calls reach the app than the generator's queue admits, so that a call
-# beyond the queue's limits gets the app's own "busy, try again in …" at once instead of waiting in Gradio's queue.
-REFUSAL_LANES = 4
 
 
 @dataclass
@@ -35,6 +32,7 @@ class AppServices:
     default_size: int = 64
     concurrency: int = 1
     max_queue: int = 8
+    export_ttl_s: float = DEFAULT_DOWNLOAD_TTL_S  # a researcher's export download is deleted after this
 
 
 def build_app(services: AppServices) -> gr.Blocks:
@@ -48,10 +46,10 @@ def build_app(services: AppServices) -> gr.Blocks:
         token = gr.State(None)
         signin = _sign_in_panel()
         with gr.Tabs():
-            build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny,
-                               concurrency_limit=services.concurrency + services.max_queue + REFUSAL_LANES)
+            build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny)
             annotate_tab = build_annotate_tab(AnnotateHandlers(services.annotation, services.auth), token)
-            research_tab = build_research_tab(ResearchHandlers(services.research, services.auth), token)
+            research_tab = build_research_tab(
+                ResearchHandlers(services.research, services.auth, download_ttl_s=services.export_ttl_s), token)
         _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab)
         demo.load(None, js=SHORTCUTS_JS)
     demo.queue(max_size=max(64, 4 * (services.concurrency + services.max_queue)), default_concurrency_limit=4)

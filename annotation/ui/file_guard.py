@@ -4,6 +4,10 @@
   so that only they can be deleted as "processed uploads" and the sweeper removes them within minutes.
 - ``GET|HEAD …/file=<path>`` inside the temporary area: a raw upload (original bytes, EXIF and GPS included)
   is never served back, and a file that is gone answers 404.
+- ``GET|HEAD …/file=<path>`` of a private download (a researcher's export, :class:`PrivateDownloads`): served
+  only to the browser and signed-in session that made it, until it expires; anyone else gets 404.
+- Every page answer gives a browser without one an unguessable HttpOnly cookie (:data:`BROWSER_COOKIE`), which
+  is what ties a private download to the browser that asked for it.
 - ``POST …/queue/join`` and ``POST …/call/<api>``: each input is checked against its widget's own data shape
   before Gradio queues the call, so that malformed API input (a broken table, text where a number goes) gets a
   clear 422 answer naming the input, instead of a generic server error.
@@ -13,20 +17,131 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from annotation.privacy import UPLOADS, UploadRegistry
 
 logger = logging.getLogger(__name__)
 
 NOT_FOUND = b"Not found: this file was deleted or has expired."
+BROWSER_COOKIE = "idglow_browser"
+_BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{32,128}")
+DEFAULT_DOWNLOAD_TTL_S = 3600.0
+
+
+def browser_id(cookies: dict | None) -> str | None:
+    """The browser's id from its cookies, or None when it sent none (or one too short to be unguessable)."""
+    value = (cookies or {}).get(BROWSER_COOKIE)
+    return value if isinstance(value, str) and _BROWSER_ID.fullmatch(value) else None
+
+
+@dataclass(frozen=True)
+class _Grant:
+    browser: str | None  # None: no browser can fetch it (an API call that sent no browser cookie)
+    expires: float
+    allowed: Callable[[], bool]  # is the session that made it still signed in with the right role?
+
+
+class PrivateDownloads:
+    """Files served to one browser and signed-in session only, until they expire (researchers' exports).
+
+    :meth:`publish` copies each file into the web server's temporary area (where Gradio serves it from, so Gradio
+    does not make a public copy of its own) and records who may fetch that copy: the browser that asked for it
+    (its :data:`BROWSER_COOKIE`), while ``allowed()`` holds (the session is still signed in with its role). At
+    expiry the copy is deleted from disk, whether or not anyone asks for it again.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._grants: dict[str, list[_Grant]] = {}
+
+    def publish(self, paths: list[Path], *, browser: str | None, allowed: Callable[[], bool],
+                ttl_s: float = DEFAULT_DOWNLOAD_TTL_S, cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """The served copies of ``paths`` (inside ``cache_dir``, by default the web server's temporary area),
+        reachable only by ``browser`` while ``allowed()`` holds, for ``ttl_s`` seconds."""
+        from gradio.processing_utils import save_file_to_cache
+        from gradio.utils import get_upload_folder
+
+        cache_dir = get_upload_folder() if cache_dir is None else cache_dir
+        if ttl_s <= 0:
+            raise ValueError(f"download lifetime {ttl_s} s must be positive")
+        served = [str(Path(save_file_to_cache(path, str(cache_dir))).resolve()) for path in paths]
+        grant = _Grant(browser, self.clock() + ttl_s, allowed)
+        with self._lock:
+            for path in served:
+                self._grants.setdefault(path, []).append(grant)
+        timer = threading.Timer(ttl_s + 0.05, self.expire)
+        timer.daemon = True
+        timer.start()
+        return served
+
+    def is_private(self, path: str | os.PathLike[str]) -> bool:
+        with self._lock:
+            return str(Path(path).resolve()) in self._grants
+
+    def allows(self, path: str | os.PathLike[str], browser: str | None) -> bool:
+        """Whether this browser may fetch this private file now (False once it expired)."""
+        self.expire()
+        with self._lock:
+            grants = list(self._grants.get(str(Path(path).resolve()), ()))
+        return browser is not None and any(g.browser == browser and _holds(g.allowed) for g in grants)
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget the grants past their expiry and delete the copies nobody may fetch any more; returns how
+        many files were deleted."""
+        now = self.clock() if now is None else now
+        gone = []
+        with self._lock:
+            for path, grants in list(self._grants.items()):
+                left = [g for g in grants if g.expires > now]
+                if left:
+                    self._grants[path] = left
+                else:
+                    del self._grants[path]
+                    gone.append(Path(path))
+        removed = 0
+        for path in gone:
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
+        if removed:
+            logger.info("deleted %d expired private download(s)", removed)
+        return removed
+
+
+def _holds(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:  # a failing check never opens a file
+        logger.exception("private download check failed")
+        return False
+
+
+DOWNLOADS = PrivateDownloads()
 
 
 class TempAreaGuard:
-    """Pure ASGI middleware (``Middleware(TempAreaGuard, registry=...)`` in FastAPI's ``middleware=``)."""
+    """Pure ASGI middleware (``Middleware(TempAreaGuard, registry=..., downloads=...)`` in FastAPI's
+    ``middleware=``)."""
 
-    def __init__(self, app, registry: UploadRegistry = UPLOADS):
+    def __init__(self, app, registry: UploadRegistry = UPLOADS, downloads: PrivateDownloads = DOWNLOADS):
         self.app = app
         self.registry = registry
+        self.downloads = downloads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -39,16 +154,28 @@ class TempAreaGuard:
             problems = _input_problems(scope, path, body)
             if problems:
                 return await _unprocessable(send, problems)
-        if method in ("GET", "HEAD") and "/file=" in path:
-            target = path.split("/file=", 1)[1]
-            if self._hidden(target):
-                return await _not_found(send)
+        target = _file_target(path) if method in ("GET", "HEAD") else None
+        if target is not None and await self._refused(scope, target):
+            return await _not_found(send)
+        if method == "GET" and browser_id(_cookies(scope)) is None:
+            send = _with_browser_cookie(send, scope.get("scheme") == "https")
         return await self.app(scope, receive, send)
 
-    def _hidden(self, target: str) -> bool:
-        from pathlib import Path
+    async def _refused(self, scope, target: str) -> bool:
+        from starlette.concurrency import run_in_threadpool
 
-        if not target or "://" in target or not self.registry.covers(target):
+        if not target or "://" in target:
+            return False
+        try:
+            if self.downloads.is_private(target):
+                browser = browser_id(_cookies(scope))
+                return not await run_in_threadpool(self.downloads.allows, target, browser)
+            return self._hidden(target)
+        except (ValueError, OSError):  # not a path this machine can name (a NUL byte, too long): Gradio refuses it
+            return False
+
+    def _hidden(self, target: str) -> bool:
+        if not self.registry.covers(target):
             return False
         return self.registry.is_upload(target) or not Path(target).is_file()
 
@@ -84,6 +211,41 @@ async def _not_found(send) -> None:
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(NOT_FOUND)).encode())]})
     await send({"type": "http.response.body", "body": NOT_FOUND})
+
+
+def _file_target(path: str) -> str | None:
+    """The file a GET asks Gradio for (``…/file=<path>`` or the older ``…/gradio_api/file/<path>``), or None."""
+    if "/file=" in path:
+        return path.split("/file=", 1)[1]
+    if "/gradio_api/file/" in path:
+        return path.split("/gradio_api/file/", 1)[1]
+    return None
+
+
+def _cookies(scope) -> dict[str, str]:
+    from http.cookies import SimpleCookie
+
+    raw = b"; ".join(v for k, v in scope.get("headers", ()) if k == b"cookie").decode("latin-1")
+    jar = SimpleCookie()
+    try:
+        jar.load(raw)
+    except Exception:  # a malformed cookie header counts as no cookie
+        return {}
+    return {k: m.value for k, m in jar.items()}
+
+
+def _with_browser_cookie(send, secure: bool):
+    """A ``send`` that gives the browser its id cookie (HttpOnly, same site only) with the answer."""
+    cookie = f"{BROWSER_COOKIE}={secrets.token_urlsafe(32)}; Path=/; HttpOnly; SameSite=Strict"
+    cookie += "; Secure" if secure else ""
+
+    async def cookie_send(message):
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", []), (b"set-cookie", cookie.encode())]
+            message = {**message, "headers": headers}
+        return await send(message)
+
+    return cookie_send
 
 
 async def _buffered(receive):

@@ -314,10 +314,11 @@ class GenerateHandlers:
         """Gallery, identity scores, seed, status, download files and state by name. ``progress`` is a
         ``gr.Progress`` (or any callable taking ``((done, total), desc=..., unit=...)``)."""
         state = state or VisitorState()
-        request = self.request(state, form)
-        on_step, on_wait = self._progress(progress)
-        started = time.monotonic()
-        result = self.service.generate(request, on_step=on_step, on_wait=on_wait)
+        with self.service.queue.reserved(state.visitor_id):  # a full queue refuses before any work on the request
+            request = self.request(state, form)
+            on_step, on_wait = self._progress(progress)
+            started = time.monotonic()
+            result = self.service.generate(request, on_step=on_step, on_wait=on_wait)
         took = time.monotonic() - started
         self._seconds_per_run = took if self._seconds_per_run is None else 0.7 * self._seconds_per_run + 0.3 * took
         state.generation_ids = list(result.generation_ids)

@@ -101,7 +101,7 @@ def _outputs(w: dict[str, Any]) -> None:
         w["delete"] = gr.Button("Delete my data", variant="stop", size="sm", elem_id="gen-delete")
 
 
-def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool, concurrency_limit: int) -> None:
+def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool) -> None:
     """``versions()`` lists the servable model versions (the base first)."""
     w: dict[str, Any] = {}
     with gr.Tab("Generate", elem_id="gen-tab"):
@@ -116,7 +116,7 @@ def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool, conc
         if tiny:
             with gr.Accordion("About this demo server (for its operator)", open=False, elem_id="gen-operator"):
                 gr.Markdown(OPERATOR_NOTES)
-    _wire(handlers, w, concurrency_limit)
+    _wire(handlers, w)
 
 
 def _by_name(w: dict[str, Any], names: list[str], inputs: dict[str, Any] | None = None):
@@ -146,7 +146,7 @@ def _form(values: dict[str, Any]) -> GenerateForm:
     return GenerateForm(**{k: values[k] for k in FORM_FIELDS}, cards=cards_from(values))
 
 
-def _wire(handlers: GenerateHandlers, w: dict[str, Any], concurrency_limit: int) -> None:
+def _wire(handlers: GenerateHandlers, w: dict[str, Any]) -> None:
     card_in = _card_widgets(w, ("label", "age", "weight"))
     cards_out = ["state", "photo_status", *_card_widgets(w, ("card", "crop", "label", "age", "weight"))]
     form_in = {**{k: w[k] for k in FORM_FIELDS}, **card_in, "state": w["state"]}
@@ -184,8 +184,12 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any], concurrency_limit: int)
     def generate(progress=gr.Progress(), **values):
         return handlers.generate(values["state"], _form(values), progress=progress)
 
+    # The generator's own queue (GpuQueue) is the only limit on generate calls: Gradio hands each call to the app
+    # at once (no concurrency limit of its own), and the handler refuses a call beyond the queue's limits before
+    # any work. Widget values arrive as sent (preprocess=False): the input guard (file_guard) has already checked
+    # their shapes, and preprocessing this form's ~30 inputs one thread hop each took up to 0.8 s under a burst.
     w["run"].click(generate, inputs_kwargs=form_in, outputs=[w[k] for k in results], api_name="generate",
-                   concurrency_limit=concurrency_limit, concurrency_id="generate", show_progress="full",
+                   concurrency_limit=None, concurrency_id="generate", preprocess=False, show_progress="full",
                    show_progress_on=[w["gallery"]])
     w["pool"].click(_by_name(w, ["status"])(handlers.add_to_pool), inputs_kwargs={"state": w["state"]},
                     outputs=[w["status"]], api_name="add_to_pool", concurrency_id="db", concurrency_limit=8)

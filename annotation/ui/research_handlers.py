@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import gradio as gr
 
 from annotation.ui.errors import ui_errors
+from annotation.ui.file_guard import BROWSER_COOKIE, DEFAULT_DOWNLOAD_TTL_S, DOWNLOADS, PrivateDownloads
 from annotation.users import has_role
 from db.models import Role
 
@@ -169,10 +170,28 @@ def export_status(download) -> str:
     return "\n\n".join(parts)
 
 
+NO_BROWSER_NOTE = (
+    f"⚠ This call sent no `{BROWSER_COOKIE}` cookie, so nobody can download these files: the links work only "
+    "for the browser that asked for the export. Through the API, keep the cookie the app sets on its first answer "
+    "(gradio_client does) and send it with the export call and the download."
+)
+
+
+def download_note(ttl_s: float) -> str:
+    """What the page says about the download links: who may use them, and for how long."""
+    minutes = ttl_s / 60
+    span = f"{minutes:.0f} minutes" if minutes >= 2 else f"{ttl_s:.0f} seconds"
+    return (f"The download links work only in this browser while you are signed in, for {span}; then the files "
+            "are deleted from the server (export again to get a fresh copy).")
+
+
 class ResearchHandlers:
-    def __init__(self, service, auth):
+    def __init__(self, service, auth, downloads: PrivateDownloads = DOWNLOADS,
+                 download_ttl_s: float = DEFAULT_DOWNLOAD_TTL_S):
         self.service = service
         self.auth = auth
+        self.downloads = downloads
+        self.download_ttl_s = download_ttl_s
 
     def _user(self, token, action: str):
         return self.auth.require(token, Role.researcher, action)
@@ -202,13 +221,26 @@ class ResearchHandlers:
                 agreement_notes, board_notes)
 
     @ui_errors
-    def export(self, token: str | None, form: ExportForm):
-        """Returns (files to download, status: the summary, the DPO command and the dataset card)."""
+    def export(self, token: str | None, form: ExportForm, browser: str | None = None):
+        """Returns (files to download, status: the summary, the DPO command and the dataset card). The files are
+        private downloads: only ``browser`` (the caller's browser id cookie) may fetch them, while this session
+        stays signed in as a researcher, for ``download_ttl_s``."""
         user = self._user(token, "export preferences")
         from annotation.research import ExportFilters
 
         filters = ExportFilters(format=form.format, with_images=bool(form.with_images), tie_policy=form.tie_policy,
                                 min_votes=int(form.min_votes or 1), since=_parse_since(form.since))
         result = self.service.export(user.id, filters)
-        files = [str(result.archive), *[str(p) for p in result.data_files]]
-        return files, export_status(result)
+        files = self.downloads.publish([result.archive, *result.data_files], browser=browser,
+                                       allowed=self._still_signed_in(token, user.id), ttl_s=self.download_ttl_s)
+        note = download_note(self.download_ttl_s) if browser else NO_BROWSER_NOTE
+        return files, f"{note}\n\n{export_status(result)}"
+
+    def _still_signed_in(self, token: str | None, user_id: int):
+        """A check that this session is still signed in as the same researcher (role and account re-read)."""
+
+        def check() -> bool:
+            user = self.auth.user(token)
+            return user is not None and user.id == user_id and has_role(user, Role.researcher)
+
+        return check

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from annotation.research import dpo_command
+from annotation.ui.file_guard import browser_id
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
 
 
@@ -45,8 +46,10 @@ def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column
     form = dict(format=fmt, with_images=with_images, tie_policy=tie_policy, min_votes=min_votes, since=since)
     assert list(form) == ExportForm.names()
 
-    def run_export(token_value, format, with_images, tie_policy, min_votes, since):  # noqa: A002 - API names
-        return handlers.export(token_value, ExportForm(format, with_images, tie_policy, min_votes, since))
+    def run_export(token_value, format, with_images, tie_policy, min_votes, since,  # noqa: A002 - API names
+                   request: gr.Request):
+        form = ExportForm(format, with_images, tie_policy, min_votes, since)
+        return handlers.export(token_value, form, browser_id(getattr(request, "cookies", None)))
 
     outputs = [counts, annotators, agreement, leaderboard, plot, annotator_notes, agreement_notes, board_notes]
     opts = dict(concurrency_id="research", concurrency_limit=2)

@@ -37,6 +37,7 @@ class AppSettings:
     max_per_visitor: int = 2
     max_upload_mb: int = 20
     max_pixels: int = 40_000_000
+    export_minutes: float = 60.0
 
     def __post_init__(self) -> None:
         if self.public and not self.safety_model:
@@ -52,6 +53,9 @@ class AppSettings:
             raise InputError(f"need --concurrency >= 1 and --max-queue >= 0, got {self.concurrency}, {self.max_queue}")
         if self.max_per_visitor < 1:
             raise InputError(f"--max-per-visitor {self.max_per_visitor} must be at least 1")
+        if not 0 < self.export_minutes <= 60:
+            raise InputError(f"--export-minutes {self.export_minutes} must be above 0 and at most 60 (the sweeper "
+                             "removes every served copy of a file after an hour)")
         if not 1 <= self.max_upload_mb <= 200:
             raise InputError(f"--max-upload-mb {self.max_upload_mb} must be between 1 and 200")
 
@@ -90,6 +94,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", dest="db_url", metavar="URL", help="SQLAlchemy URL [IDGLOW_DB_URL] (default: SQLite in the data dir)")
     s.add_argument("--data-dir", metavar="DIR", help="images, database and exports [IDGLOW_DATA_DIR] (default ./data)")
     s.add_argument("--retention-hours", type=float, help="uploads and outputs expire after this [IDGLOW_RETENTION_HOURS] (24)")
+    s.add_argument("--export-minutes", type=float,
+                   help="a researcher's export download is deleted after this [IDGLOW_EXPORT_MINUTES] (60)")
     w = p.add_argument_group("server")
     w.add_argument("--host", help="bind address [GRADIO_SERVER_NAME] (default 127.0.0.1; 0.0.0.0 with --public)")
     w.add_argument("--port", type=int, help=f"port [GRADIO_SERVER_PORT] (default {DEFAULT_PORT})")
@@ -114,12 +120,12 @@ _ENV = {
     "device": "IDGLOW_DEVICE", "db_url": "IDGLOW_DB_URL", "data_dir": "IDGLOW_DATA_DIR",
     "retention_hours": "IDGLOW_RETENTION_HOURS", "host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT",
     "concurrency": "IDGLOW_CONCURRENCY", "max_queue": "IDGLOW_MAX_QUEUE", "max_per_visitor": "IDGLOW_MAX_PER_VISITOR",
-    "max_upload_mb": "IDGLOW_MAX_UPLOAD_MB",
+    "max_upload_mb": "IDGLOW_MAX_UPLOAD_MB", "export_minutes": "IDGLOW_EXPORT_MINUTES",
     "safety_model": "IDGLOW_SAFETY_MODEL", "safety_threshold": "IDGLOW_SAFETY_THRESHOLD",
     "blocklist_file": "IDGLOW_BLOCKLIST",
 }
 _TYPES = {"retention_hours": float, "port": int, "concurrency": int, "max_queue": int, "max_per_visitor": int, "max_upload_mb": int,
-          "safety_threshold": float}
+          "safety_threshold": float, "export_minutes": float}
 
 
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:

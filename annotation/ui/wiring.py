@@ -61,7 +61,7 @@ def build_services(settings):
         limits=UploadLimits(max_bytes=settings.max_upload_mb * 2**20, max_pixels=settings.max_pixels),
         banner=banner(settings.is_tiny, TINY_MODEL_NOTE), tiny=settings.is_tiny,
         default_steps=model.default_steps, default_size=model.default_size,
-        concurrency=settings.concurrency, max_queue=settings.max_queue,
+        concurrency=settings.concurrency, max_queue=settings.max_queue, export_ttl_s=settings.export_minutes * 60,
     )
     sweeper = RetentionSweeper(sessions, data_dir, interval=timedelta(minutes=settings.sweep_minutes),
                                retention=settings.retention, temp_dir=temp_dir)
