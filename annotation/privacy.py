@@ -157,12 +157,14 @@ class UploadRegistry:
 
     The web layer records each upload here; :func:`discard_upload` deletes only recorded uploads inside a
     watched temporary area (never a served copy or another file a caller names), and the sweeper removes
-    recorded uploads that nobody processed within minutes.
+    recorded uploads that nobody processed within minutes. The web server stores identical uploads (same bytes,
+    same name) at one path, so each upload is one record at that path: the file goes once every record has
+    been processed or has expired.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._uploads: dict[str, float] = {}
+        self._uploads: dict[str, list[float]] = {}  # path → the time of each upload stored there
         self._roots: set[Path] = set()
 
     def watch(self, root: str | os.PathLike[str]) -> None:
@@ -177,24 +179,43 @@ class UploadRegistry:
             return next((root for root in self._roots if resolved.is_relative_to(root)), None)
 
     def covers(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` lies in a watched temporary area."""
         return self.root_of(path) is not None
 
     def add(self, paths: list[str], when: float | None = None) -> None:
+        """Record one upload at each of ``paths`` (received at ``when``, default now)."""
         when = time.time() if when is None else when
         with self._lock:
-            self._uploads.update({str(Path(p).resolve()): when for p in paths})
+            for p in paths:
+                self._uploads.setdefault(str(Path(p).resolve()), []).append(when)
 
     def is_upload(self, path: str | os.PathLike[str]) -> bool:
+        """Whether an upload not yet processed is recorded at ``path``."""
         with self._lock:
             return str(Path(path).resolve()) in self._uploads
 
+    def release(self, path: str | os.PathLike[str]) -> bool:
+        """One upload at ``path`` was processed (the newest record goes); True when none is left, so the file
+        may be deleted."""
+        key = str(Path(path).resolve())
+        with self._lock:
+            times = self._uploads.get(key)
+            if times:
+                times.remove(max(times))
+            if not times:
+                self._uploads.pop(key, None)
+                return True
+            return False
+
     def forget(self, path: str | os.PathLike[str]) -> None:
+        """Drop every record at ``path``."""
         with self._lock:
             self._uploads.pop(str(Path(path).resolve()), None)
 
     def older_than(self, cutoff: float) -> list[str]:
+        """The paths whose every recorded upload was received before ``cutoff``."""
         with self._lock:
-            return [p for p, t in self._uploads.items() if t < cutoff]
+            return [p for p, times in self._uploads.items() if max(times) < cutoff]
 
 
 UPLOADS = UploadRegistry()
@@ -245,7 +266,8 @@ def discard_upload(path: str | os.PathLike[str] | None, registry: UploadRegistry
     """Delete the web server's copy of an upload (it still holds the original metadata) once it was decoded.
 
     Inside a watched temporary area only recorded uploads are deleted: a caller who names a served file or
-    any other file there as "their upload" deletes nothing. Returns whether a file was deleted.
+    any other file there as "their upload" deletes nothing, and a file uploaded again (by another visitor) stays
+    until that upload is processed too. Returns whether a file was deleted.
     """
     if not path:
         return False
@@ -256,7 +278,8 @@ def discard_upload(path: str | os.PathLike[str] | None, registry: UploadRegistry
     if not registry.is_upload(target):
         logger.warning("kept a temporary-area file that was not uploaded as a file to process")
         return False
-    registry.forget(target)
+    if not registry.release(target):
+        return False  # the same file was uploaded again and is still to be processed
     deleted = _unlink(target)
     _remove_if_empty(target.parent)
     remove_stray_temp_files(root)

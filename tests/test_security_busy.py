@@ -24,6 +24,8 @@ class GatedPipeline:
         return self._pipe(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # copy.copy looks for __setstate__ before _pipe is set
+            raise AttributeError(name)
         return getattr(self._pipe, name)
 
 

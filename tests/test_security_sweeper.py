@@ -74,3 +74,31 @@ def test_discard_upload_deletes_only_recorded_uploads_in_a_watched_area(tmp_path
     assert discard_upload(str(upload), registry) is True and not upload.parent.exists()
     assert not registry.is_upload(upload)
     assert discard_upload(str(elsewhere), registry) is True and not elsewhere.exists()
+
+
+def test_the_same_photo_uploaded_by_two_visitors_stays_until_both_are_done(tmp_path):
+    """The web server stores identical uploads (same bytes, same name) at one path: the first visitor's
+    processing must not delete the file the second visitor is about to process."""
+    registry = UploadRegistry()
+    tmp = tmp_path / "tmp"
+    registry.watch(tmp)
+    shared = _file(tmp / "f1" / "grandma.jpg")
+    registry.add([str(shared)])  # visitor 1
+    registry.add([str(shared)])  # visitor 2, the same bytes
+    assert discard_upload(str(shared), registry) is False and shared.exists()
+    assert discard_upload(str(shared), registry) is True and not shared.exists()
+    assert not registry.is_upload(shared)
+
+
+def test_an_unprocessed_copy_of_a_shared_upload_is_still_swept(tmp_path):
+    store = make_store(tmp_path / "data")
+    registry = UploadRegistry()
+    sweeper = RetentionSweeper(store.sessions, store.data_dir, registry=registry)
+    tmp = temp_area(store.data_dir)
+    registry.watch(tmp)
+    shared = _file(tmp / "g1" / "grandpa.jpg")
+    registry.add([str(shared)], when=time.time() - 7 * 60)  # a visitor who never processed it
+    registry.add([str(shared)], when=time.time() - 6 * 60)
+    assert discard_upload(str(shared), registry) is False and shared.exists()  # the other visitor's, processed
+    sweeper.sweep_files()
+    assert not shared.exists() and not registry.is_upload(shared)
