@@ -13,6 +13,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ExportFilters:
+    """What the Research tab's export includes: format, images, tie policy, minimum votes per pair, since when."""
+
     format: str = "parquet"
     with_images: bool = False
     tie_policy: str = "half"
@@ -45,6 +47,8 @@ class Leaderboard:
 
 
 class ResearchService:
+    """The Research tab's use-cases on the preference store: counts, annotator stats, agreement, leaderboard, export."""
+
     def __init__(self, sessions, data_dir: str | os.PathLike[str]):
         self.sessions = sessions
         self.data_dir = Path(data_dir)

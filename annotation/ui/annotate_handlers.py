@@ -64,6 +64,8 @@ class SignInHandlers:
 
 @dataclass
 class PairState:
+    """The pair on screen: what was served, when, its idempotency key and whom it was served to."""
+
     served: Any = None  # ServedComparison
     shown_at: float = 0.0
     key: str = ""

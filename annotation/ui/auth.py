@@ -34,6 +34,8 @@ class NotSignedIn(PermissionDenied):
 
 @dataclass(frozen=True)
 class SignedIn:
+    """A session: its token, the signed-in user and when it expires (on the auth clock)."""
+
     token: str
     user: UserInfo
     expires: float

@@ -36,6 +36,7 @@ class AppServices:
 
 
 def build_app(services: AppServices) -> gr.Blocks:
+    """The whole page: banner, sign-in panel and the Generate, Annotate and Research tabs wired to ``services``."""
     generate = GenerateHandlers(services.generation, services.limits, default_steps=services.default_steps,
                                 default_size=services.default_size)
     sign_in = SignInHandlers(services.auth)
@@ -58,6 +59,8 @@ def build_app(services: AppServices) -> gr.Blocks:
 
 @dataclass
 class SignInPanel:
+    """The sign-in form and the signed-in bar that replaces it."""
+
     username: gr.Textbox
     password: gr.Textbox
     run: gr.Button

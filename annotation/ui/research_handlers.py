@@ -15,6 +15,8 @@ from db.models import Role
 
 @dataclass
 class ExportForm:
+    """The export form's widget values, by input name, before they are checked."""
+
     format: str
     with_images: bool
     tie_policy: str
@@ -186,6 +188,9 @@ def download_note(ttl_s: float) -> str:
 
 
 class ResearchHandlers:
+    """The Research tab's handlers for a signed-in researcher: the overview (counts, annotators, agreement,
+    leaderboard) and the export."""
+
     def __init__(self, service, auth, downloads: PrivateDownloads = DOWNLOADS,
                  download_ttl_s: float = DEFAULT_DOWNLOAD_TTL_S):
         self.service = service

@@ -11,11 +11,15 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class AnnotatorProgress:
+    """An annotator's vote count and the pairs left for them."""
+
     votes: int
     remaining: int  # comparisons in the pool this annotator has not judged yet
 
 
 class AnnotationService:
+    """The Annotate tab's use-cases on the store: serve a pair, vote, skip, undo, flag, progress."""
+
     def __init__(self, sessions, data_dir: str | os.PathLike[str], *, overlap: int = 3, gold_rate: float = 0.1):
         self.sessions = sessions
         self.data_dir = Path(data_dir)

@@ -15,6 +15,8 @@ DEFAULT_PORT = 7860
 
 @dataclass(frozen=True)
 class AppSettings:
+    """Every setting of the web app, from flags and environment variables (see README's table)."""
+
     model_dir: str | None = None
     adapter_dir: str | None = None
     model_name: str | None = None
@@ -81,6 +83,7 @@ def _env_flag(value: str | None) -> bool:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
+    """The command-line flags of ``python app.py``, each naming its environment variable."""
     p = argparse.ArgumentParser(prog="app.py", description="IdGlow web app: Generate, Annotate and Research tabs.")
     g = p.add_argument_group("model (default: the embedded tiny demo model with dlib faces)")
     g.add_argument("--model", dest="model_dir", metavar="DIR", help="FLUX checkpoint folder [IDGLOW_MODEL_DIR]")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -17,6 +18,8 @@ def free_port() -> int:
 
 @dataclass
 class RunningApp:
+    """An app served by :func:`running_app`: its URL, services and Blocks."""
+
     url: str
     services: object  # AppServices
     demo: object  # gr.Blocks
