@@ -253,15 +253,20 @@ def test_every_pair_starts_with_an_empty_form_one_update_per_output():
 
 def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
     handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
-    skipped = handlers.show_if_signed_in(None)
-    assert len(skipped) == SHOWN_OUTPUTS and all(u == gr.skip() for u in skipped)
-    shown = handlers.show_if_signed_in("t-ann")
+
+    def skipped(out):
+        return len(out) == SHOWN_OUTPUTS and all(u == gr.skip() for u in out)
+
+    assert skipped(handlers.show_on_tab(None)) and skipped(handlers.show_after_sign_in(None))
+    # the tab is clicked while the sign-in's own pair is still on its way: that reply alone fills the form
+    assert skipped(handlers.show_on_tab("t-ann"))
+    shown = handlers.show_after_sign_in("t-ann")
     assert shown[1] == "/data/b.png"
-    # a second reply (sign-in, then a click on the tab) keeps this annotator's pair and the answers being given
-    again = handlers.show_if_signed_in("t-ann", shown[-1])
-    assert len(again) == SHOWN_OUTPUTS and all(u == gr.skip() for u in again)
-    # someone else's pair left on the page is replaced
-    assert handlers.show_if_signed_in("t-ann", replace(shown[-1], user_id=2))[1] == "/data/b.png"
+    # later replies (another sign-in, a click on the tab) keep this annotator's pair and the answers being given
+    assert skipped(handlers.show_on_tab("t-ann", shown[-1])) and skipped(handlers.show_after_sign_in("t-ann", shown[-1]))
+    # nothing on screen (no pair was waiting) or someone else's pair: the tab loads this annotator's pair
+    assert handlers.show_on_tab("t-ann", PairState())[1] == "/data/b.png"
+    assert handlers.show_on_tab("t-ann", replace(shown[-1], user_id=2))[1] == "/data/b.png"
     signed = SimpleNamespace(token="tok", user=SimpleNamespace(username="anna", role=Role.annotator))
     sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password: signed, sign_out=lambda token: None))
     token, status, password, form, bar, content, intro, research = sign_in.sign_in("anna", "pw")

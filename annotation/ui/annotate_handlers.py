@@ -7,8 +7,10 @@ Every pair is shown with a fresh form: ``_form`` builds one ``gr.update`` per ou
 from __future__ import annotations
 
 import html
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,10 +133,14 @@ class AnnotateHandlers:
     6 identity radios, overall, strength, texture, artifacts, flag side, failure types, flag note, flag status,
     the pair state."""
 
+    MAX_TRACKED_SIGN_INS = 10_000
+
     def __init__(self, service, auth, clock=time.monotonic):
         self.service = service
         self.auth = auth
         self.clock = clock
+        self._loaded: OrderedDict[str, None] = OrderedDict()  # sign-ins whose first pair was sent
+        self._loaded_lock = threading.Lock()
 
     def _user(self, token):
         return self.auth.require(token, Role.annotator, "annotate")
@@ -161,12 +167,32 @@ class AnnotateHandlers:
     def show(self, token: str | None):
         return self._show(self._user(token))
 
-    def show_if_signed_in(self, token: str | None, pair: PairState | None = None):
-        """``show`` for the page itself (sign-in, tab selected). Nothing changes when nobody is signed in, so the
-        tab shows no errors before sign-in, nor while this annotator's pair is on screen, so answers being given
-        survive a second sign-in reply or a click on the tab."""
+    def _keeps_screen(self, token: str | None, pair: PairState | None) -> bool:
+        """Nobody is signed in (the tab shows no errors before sign-in), or this annotator's pair is already on
+        screen (answers being given stay)."""
         user = self.auth.user(token)
-        if user is None or (pair is not None and pair.served is not None and pair.user_id == user.id):
+        return user is None or (pair is not None and pair.served is not None and pair.user_id == user.id)
+
+    def show_after_sign_in(self, token: str | None, pair: PairState | None = None):
+        """``show`` once a sign-in succeeded, on whichever tab it happened."""
+        try:
+            if self._keeps_screen(token, pair):
+                return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
+            return self.show(token)
+        finally:
+            if token:
+                with self._loaded_lock:
+                    self._loaded[token] = None
+                    while len(self._loaded) > self.MAX_TRACKED_SIGN_INS:
+                        self._loaded.popitem(last=False)
+
+    def show_on_tab(self, token: str | None, pair: PairState | None = None):
+        """``show`` when the Annotate tab is selected: only when nothing is on screen yet and the sign-in's own
+        pair is not still on its way (a click on the tab right after signing in would otherwise answer second
+        and clear the answers given meanwhile)."""
+        with self._loaded_lock:
+            loaded = token in self._loaded
+        if not loaded or self._keeps_screen(token, pair):
             return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
         return self.show(token)
 
