@@ -70,7 +70,8 @@ class FakeAuth:
         return user
 
 
-AUTH = FakeAuth({"t-ann": SimpleNamespace(id=1, username="anna", role=Role.annotator),
+ANNA = SimpleNamespace(id=1, username="anna", role=Role.annotator)
+AUTH = FakeAuth({"t-ann": ANNA, "t-ann2": ANNA,
                  "t-res": SimpleNamespace(id=2, username="rita", role=Role.researcher)})
 
 
@@ -257,16 +258,15 @@ def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
     def skipped(out):
         return len(out) == SHOWN_OUTPUTS and all(u == gr.skip() for u in out)
 
-    assert skipped(handlers.show_on_tab(None)) and skipped(handlers.show_after_sign_in(None))
-    # the tab is clicked while the sign-in's own pair is still on its way: that reply alone fills the form
-    assert skipped(handlers.show_on_tab("t-ann"))
-    shown = handlers.show_after_sign_in("t-ann")
+    assert skipped(handlers.show_for_page(None))
+    shown = handlers.show_for_page("t-ann")  # the first of the sign-in's and the tab's replies shows the pair
     assert shown[1] == "/data/b.png"
-    # later replies (another sign-in, a click on the tab) keep this annotator's pair and the answers being given
-    assert skipped(handlers.show_on_tab("t-ann", shown[-1])) and skipped(handlers.show_after_sign_in("t-ann", shown[-1]))
-    # nothing on screen (no pair was waiting) or someone else's pair: the tab loads this annotator's pair
-    assert handlers.show_on_tab("t-ann", PairState())[1] == "/data/b.png"
-    assert handlers.show_on_tab("t-ann", replace(shown[-1], user_id=2))[1] == "/data/b.png"
+    # the other one, sent before the pair was on screen, leaves it and the answers being given alone
+    assert skipped(handlers.show_for_page("t-ann"))
+    # so does any later one while this annotator's pair is on screen
+    assert skipped(handlers.show_for_page("t-ann", shown[-1]))
+    # another sign-in on a page that still holds someone else's pair: this annotator's pair is shown
+    assert handlers.show_for_page("t-ann2", replace(shown[-1], user_id=2))[1] == "/data/b.png"
     signed = SimpleNamespace(token="tok", user=SimpleNamespace(username="anna", role=Role.annotator))
     sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password: signed, sign_out=lambda token: None))
     token, status, password, form, bar, content, intro, research = sign_in.sign_in("anna", "pw")

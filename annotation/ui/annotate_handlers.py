@@ -139,14 +139,16 @@ class AnnotateHandlers:
         self.service = service
         self.auth = auth
         self.clock = clock
-        self._loaded: OrderedDict[str, None] = OrderedDict()  # sign-ins whose first pair was sent
-        self._loaded_lock = threading.Lock()
+        self._sent: OrderedDict[str, int | None] = OrderedDict()  # sign-in token → the comparison last sent to it
+        self._sent_lock = threading.Lock()
+        self._page_lock = threading.Lock()
 
     def _user(self, token):
         return self.auth.require(token, Role.annotator, "annotate")
 
-    def _show(self, user, note: str = "", undone=None):
+    def _show(self, user, note: str = "", undone=None, token: str | None = None):
         served = self.service.next_pair(user.id)
+        self._sent_to(token, served)
         progress = self.service.progress(user.id)
         text = f"{progress.votes} vote(s) by you · {progress.remaining} pair(s) left in the pool"
         if note:
@@ -165,36 +167,35 @@ class AnnotateHandlers:
 
     @ui_errors
     def show(self, token: str | None):
-        return self._show(self._user(token))
+        return self._show(self._user(token), token=token)
 
-    def _keeps_screen(self, token: str | None, pair: PairState | None) -> bool:
-        """Nobody is signed in (the tab shows no errors before sign-in), or this annotator's pair is already on
-        screen (answers being given stay)."""
+    @ui_errors
+    def show_for_page(self, token: str | None, pair: PairState | None = None):
+        """``show`` for the page itself: after a sign-in (on any tab) and when the Annotate tab is selected.
+
+        Nothing changes when nobody is signed in (the tab shows no errors before sign-in), when this annotator's
+        pair is on screen, or when the pair to show was already sent to this sign-in: the two page events race
+        (a click on the tab right after signing in), and the later reply must not clear the answers being given
+        on the pair the first one showed."""
         user = self.auth.user(token)
-        return user is None or (pair is not None and pair.served is not None and pair.user_id == user.id)
-
-    def show_after_sign_in(self, token: str | None, pair: PairState | None = None):
-        """``show`` once a sign-in succeeded, on whichever tab it happened."""
-        try:
-            if self._keeps_screen(token, pair):
+        if user is None or (pair is not None and pair.served is not None and pair.user_id == user.id):
+            return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
+        with self._page_lock:
+            served = self.service.next_pair(user.id)
+            with self._sent_lock:
+                already = served is not None and token in self._sent and self._sent[token] == served.comparison_id
+            if already:
                 return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
             return self.show(token)
-        finally:
-            if token:
-                with self._loaded_lock:
-                    self._loaded[token] = None
-                    while len(self._loaded) > self.MAX_TRACKED_SIGN_INS:
-                        self._loaded.popitem(last=False)
 
-    def show_on_tab(self, token: str | None, pair: PairState | None = None):
-        """``show`` when the Annotate tab is selected: only when nothing is on screen yet and the sign-in's own
-        pair is not still on its way (a click on the tab right after signing in would otherwise answer second
-        and clear the answers given meanwhile)."""
-        with self._loaded_lock:
-            loaded = token in self._loaded
-        if not loaded or self._keeps_screen(token, pair):
-            return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
-        return self.show(token)
+    def _sent_to(self, token: str | None, served) -> None:
+        if not token:
+            return
+        with self._sent_lock:
+            self._sent[token] = None if served is None else served.comparison_id
+            self._sent.move_to_end(token)
+            while len(self._sent) > self.MAX_TRACKED_SIGN_INS:
+                self._sent.popitem(last=False)
 
     @ui_errors
     def vote(self, token: str | None, pair: PairState | None, overall: str | None, strength: str | None,
@@ -214,14 +215,14 @@ class AnnotateHandlers:
             artifacts=choice(artifacts) if artifacts else None,
             duration_ms=min(int((self.clock() - pair.shown_at) * 1000), 24 * 3600 * 1000), key=pair.key,
         )
-        return self._show(user, "Vote saved")
+        return self._show(user, "Vote saved", token=token)
 
     @ui_errors
     def skip(self, token: str | None, pair: PairState | None):
         user = self._user(token)
         if pair is not None and pair.served is not None:
             self.service.skip(user.id, pair.served.comparison_id)
-        return self._show(user, "Skipped")
+        return self._show(user, "Skipped", token=token)
 
     @ui_errors
     def undo(self, token: str | None, pair: PairState | None):
@@ -233,7 +234,7 @@ class AnnotateHandlers:
             raise gr.Error(f"Nothing to undo: {err}", print_exception=False) from None
         if pair is not None and pair.served is not None:  # the pair on screen goes back in the queue
             self.service.skip(user.id, pair.served.comparison_id)
-        return self._show(user, "Last vote undone", undone=undone)
+        return self._show(user, "Last vote undone", undone=undone, token=token)
 
     @ui_errors
     def flag(self, token: str | None, pair: PairState | None, side: str | None, failure_types, note: str):

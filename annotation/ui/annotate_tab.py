@@ -37,7 +37,7 @@ class AnnotateTab:
 
     def load_after(self, event) -> None:
         """After ``event`` succeeds (a sign-in), show the annotator's pair and move the focus to it."""
-        event.success(self.handlers.show_after_sign_in, [self.token, self.shown[-1]], self.shown, api_visibility="private",
+        event.success(self.handlers.show_for_page, [self.token, self.shown[-1]], self.shown, api_visibility="private",
                       **EVENTS).success(None, js=FOCUS_PAIR_JS)
 
 
@@ -101,7 +101,7 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
 
     shown = [refs, left, right, prompt, progress, *identity, overall, strength, texture, artifacts,
              side, types, note, flag_status, pair]
-    tab.select(handlers.show_on_tab, [token, pair], shown, api_visibility="private", **EVENTS).success(
+    tab.select(handlers.show_for_page, [token, pair], shown, api_visibility="private", **EVENTS).success(
         None, js=FOCUS_PAIR_JS)
     reload.click(handlers.show, [token], shown, api_name="annotate_show", **EVENTS)
     submit.click(handlers.vote, [token, pair, overall, strength, texture, artifacts, *identity], shown,
