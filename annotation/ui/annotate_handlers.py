@@ -7,10 +7,8 @@ Every pair is shown with a fresh form: ``_form`` builds one ``gr.update`` per ou
 from __future__ import annotations
 
 import html
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,8 +107,10 @@ def _caption(served, i: int) -> str:
 def _prompt_html(served) -> str:
     """Task and prompt as escaped text: a visitor's Markdown or HTML is shown, never rendered or fetched."""
     task = "age transformation" if served.task == "age" else "group fusion"
-    return (f'<div class="annotate-prompt-text"><b>Task:</b> {task} · <b>Prompt:</b> '
-            f"{html.escape(served.prompt or '')}</div>")
+    prompt = html.escape(served.prompt or "")
+    # one line (the candidates stay on the first screen); a click shows the whole prompt
+    return (f'<details class="annotate-prompt-text"><summary title="{prompt}"><b>Task:</b> {task} · '
+            f"<b>Prompt:</b> {prompt}</summary></details>")
 
 
 def _identity_updates(served, answers: Answers) -> list[dict]:
@@ -133,22 +133,16 @@ class AnnotateHandlers:
     6 identity radios, overall, strength, texture, artifacts, flag side, failure types, flag note, flag status,
     the pair state."""
 
-    MAX_TRACKED_SIGN_INS = 10_000
-
     def __init__(self, service, auth, clock=time.monotonic):
         self.service = service
         self.auth = auth
         self.clock = clock
-        self._sent: OrderedDict[str, int | None] = OrderedDict()  # sign-in token → the comparison last sent to it
-        self._sent_lock = threading.Lock()
-        self._page_lock = threading.Lock()
 
     def _user(self, token):
         return self.auth.require(token, Role.annotator, "annotate")
 
-    def _show(self, user, note: str = "", undone=None, token: str | None = None):
+    def _show(self, user, note: str = "", undone=None):
         served = self.service.next_pair(user.id)
-        self._sent_to(token, served)
         progress = self.service.progress(user.id)
         text = f"{progress.votes} vote(s) by you · {progress.remaining} pair(s) left in the pool"
         if note:
@@ -167,35 +161,16 @@ class AnnotateHandlers:
 
     @ui_errors
     def show(self, token: str | None):
-        return self._show(self._user(token), token=token)
+        return self._show(self._user(token))
 
     @ui_errors
     def show_for_page(self, token: str | None, pair: PairState | None = None):
-        """``show`` for the page itself: after a sign-in (on any tab) and when the Annotate tab is selected.
-
-        Nothing changes when nobody is signed in (the tab shows no errors before sign-in), when this annotator's
-        pair is on screen, or when the pair to show was already sent to this sign-in: the two page events race
-        (a click on the tab right after signing in), and the later reply must not clear the answers being given
-        on the pair the first one showed."""
+        """``show`` after a sign-in (on any tab). Nothing changes when nobody is signed in or when this annotator's
+        pair is already on screen: the answers being given on it stay."""
         user = self.auth.user(token)
         if user is None or (pair is not None and pair.served is not None and pair.user_id == user.id):
             return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
-        with self._page_lock:
-            served = self.service.next_pair(user.id)
-            with self._sent_lock:
-                already = served is not None and token in self._sent and self._sent[token] == served.comparison_id
-            if already:
-                return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
-            return self.show(token)
-
-    def _sent_to(self, token: str | None, served) -> None:
-        if not token:
-            return
-        with self._sent_lock:
-            self._sent[token] = None if served is None else served.comparison_id
-            self._sent.move_to_end(token)
-            while len(self._sent) > self.MAX_TRACKED_SIGN_INS:
-                self._sent.popitem(last=False)
+        return self._show(user)
 
     @ui_errors
     def vote(self, token: str | None, pair: PairState | None, overall: str | None, strength: str | None,
@@ -215,14 +190,14 @@ class AnnotateHandlers:
             artifacts=choice(artifacts) if artifacts else None,
             duration_ms=min(int((self.clock() - pair.shown_at) * 1000), 24 * 3600 * 1000), key=pair.key,
         )
-        return self._show(user, "Vote saved", token=token)
+        return self._show(user, "Vote saved")
 
     @ui_errors
     def skip(self, token: str | None, pair: PairState | None):
         user = self._user(token)
         if pair is not None and pair.served is not None:
             self.service.skip(user.id, pair.served.comparison_id)
-        return self._show(user, "Skipped", token=token)
+        return self._show(user, "Skipped")
 
     @ui_errors
     def undo(self, token: str | None, pair: PairState | None):
@@ -234,7 +209,7 @@ class AnnotateHandlers:
             raise gr.Error(f"Nothing to undo: {err}", print_exception=False) from None
         if pair is not None and pair.served is not None:  # the pair on screen goes back in the queue
             self.service.skip(user.id, pair.served.comparison_id)
-        return self._show(user, "Last vote undone", undone=undone, token=token)
+        return self._show(user, "Last vote undone", undone=undone)
 
     @ui_errors
     def flag(self, token: str | None, pair: PairState | None, side: str | None, failure_types, note: str):

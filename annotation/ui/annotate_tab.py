@@ -54,7 +54,11 @@ def _pair_row():
 
 
 def _flag_form():
-    with gr.Accordion("Flag a bad image [f]", open=False, elem_id="flag-box"):
+    # Always mounted: Gradio renders a closed accordion's content only when it opens, so keys pressed right after
+    # opening one would reach inputs that are not there yet.
+    with gr.Group(elem_id="flag-box"):
+        gr.Markdown("**Flag a bad image** · key <kbd>f</kbd>, then <kbd>a</kbd>/<kbd>b</kbd>, number keys, "
+                    "<kbd>Enter</kbd>", elem_id="flag-title")
         with gr.Row():
             side = gr.Radio(FLAG_SIDE_CHOICES, label="Image (a/b)", elem_id="flag-side", scale=1)
             types = gr.CheckboxGroup(FAILURE_CHOICES, label="Failure types (number keys)", elem_id="flag-types",
@@ -101,8 +105,9 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
 
     shown = [refs, left, right, prompt, progress, *identity, overall, strength, texture, artifacts,
              side, types, note, flag_status, pair]
-    tab.select(handlers.show_for_page, [token, pair], shown, api_visibility="private", **EVENTS).success(
-        None, js=FOCUS_PAIR_JS)
+    # Selecting the tab only moves the focus to the pair: the sign-in already showed it, and a second reply
+    # that lists the answers as outputs would race with the keys being pressed.
+    tab.select(None, js=FOCUS_PAIR_JS)
     reload.click(handlers.show, [token], shown, api_name="annotate_show", **EVENTS)
     submit.click(handlers.vote, [token, pair, overall, strength, texture, artifacts, *identity], shown,
                  api_name="vote", **EVENTS)

@@ -34,9 +34,15 @@ body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; o
   text-overflow: ellipsis; margin: 0; font-size: 0.85rem;}
 #annotate-content {gap: 8px;}
 #signin-bar {align-items: center; min-height: 0;}
-#annotate-head {align-items: baseline; gap: 0.5rem;}
-#annotate-head .annotate-prompt-text {font-size: 0.9em; white-space: pre-wrap; overflow-wrap: anywhere;}
-#annotate-progress {font-size: 0.85em; text-align: right;}
+#annotate-head {align-items: baseline; gap: 0.5rem; flex-wrap: nowrap;}
+#annotate-head .annotate-prompt-text {font-size: 0.9em; min-width: 0;}
+#annotate-head .annotate-prompt-text summary {display: block; cursor: pointer; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis;}
+#annotate-head .annotate-prompt-text[open] summary {white-space: pre-wrap; overflow-wrap: anywhere;}
+#annotate-prompt {flex: 1 1 0% !important; min-width: 0 !important;}
+#annotate-progress {font-size: 0.85em; text-align: right; white-space: nowrap; flex: 0 0 auto !important;
+  width: max-content !important; min-width: 0 !important;}
+#flag-title p {margin: 0; padding: 4px 8px; font-size: 0.9em;}
 #annotate-left img, #annotate-right img {object-fit: contain;}
 #annotate-refs .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
   grid-auto-rows: auto !important;}
@@ -54,6 +60,7 @@ body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; o
   #annotate-refs, #annotate-refs .grid-wrap {height: auto !important;}
   #annotate-refs .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr)) !important;}
   #annotate-head {flex-direction: column; align-items: stretch;}
+  #annotate-head .annotate-prompt-text summary {white-space: pre-wrap; overflow-wrap: anywhere;}
   #annotate-progress {text-align: left;}
 }
 """
@@ -111,9 +118,9 @@ SHORTCUTS_JS = """
     const el = document.querySelector(`#${id}`);
     if (el) el.click();
   };
-  const openFlagForm = () => {
-    const toggle = document.querySelector('#flag-box .label-wrap');
-    if (toggle && !toggle.classList.contains('open')) toggle.click();
+  const showFlagForm = () => {
+    const box = document.querySelector('#flag-box');
+    if (box) box.scrollIntoView({block: 'nearest'});
   };
   const FLAG_HINT = 'flag: a or b picks the image, number keys the failure types, Enter flags, Esc cancels';
   const flagKey = (key) => {
@@ -143,7 +150,7 @@ SHORTCUTS_JS = """
     if (/^[1-6]$/.test(key)) { prefix = Number(key) - 1; hint(`person ${key}: press a, b or t`); ev.preventDefault(); return; }
     if (key === 'y') { prefix = 'y'; hint('texture: press a, b or t'); ev.preventDefault(); return; }
     if (key === 'r') { prefix = 'r'; hint('fewer artifacts: press a, b or t'); ev.preventDefault(); return; }
-    if (key === 'f') { prefix = 'f'; openFlagForm(); hint(FLAG_HINT); ev.preventDefault(); return; }
+    if (key === 'f') { prefix = 'f'; showFlagForm(); hint(FLAG_HINT); ev.preventDefault(); return; }
     const overall = {a: 'left', b: 'right', t: 'tie', x: 'both_bad'};
     if (key in overall) { pick('annotate-overall', overall[key]); ev.preventDefault(); return; }
     if (key === 's') { pick('annotate-strength', 'slight'); ev.preventDefault(); return; }

@@ -46,7 +46,7 @@ def listener():
 
 def _poison_open_pair(data: Path, user: str, host: str) -> None:
     """The prompt and labels of the pair served to ``user`` get a Markdown image and an <img> tag pointing at
-    the listener."""
+    the listener; the prompt gets long as well."""
     from sqlalchemy import select, update
 
     from db.engine import make_engine, make_session_factory
@@ -61,6 +61,7 @@ def _poison_open_pair(data: Path, user: str, host: str) -> None:
     )
 
     tags = f" ![x]({host}/md.png) <img src={host}/tag.png>"
+    long = ", standing together in a sunlit park with autumn trees behind them" * 4
     engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
     try:
         with make_session_factory(engine)() as session:
@@ -69,7 +70,7 @@ def _poison_open_pair(data: Path, user: str, host: str) -> None:
                 .join(Assignment, Assignment.comparison_id == Comparison.id).join(User, User.id == Assignment.user_id)
                 .where(User.username == user, Assignment.status == AssignmentStatus.open))
             session.execute(update(Generation).where(Generation.id == generation_id)
-                            .values(final_prompt=Generation.final_prompt + tags))
+                            .values(final_prompt=Generation.final_prompt + long + tags))
             session.execute(update(GenerationSubject).where(GenerationSubject.generation_id == generation_id)
                             .values(label=GenerationSubject.label + tags))
             session.commit()
@@ -180,7 +181,6 @@ def test_every_pair_starts_with_an_empty_form(server, browser):
 
     page = _page(browser)
     _open_pair(page, url, "ann1")
-    page.get_by_text("Flag a bad image").click()
     page.locator("#flag-side input[value=left]").check()
     page.locator("#flag-types input[type=checkbox]").first.check()
     page.locator("#flag-note textarea, #flag-note input").first.fill("looks odd")
@@ -341,6 +341,13 @@ def test_untrusted_prompt_and_labels_are_shown_as_text(server, browser, listener
     expect(page.locator("#annotate-identity-0")).to_contain_text("<img src=")
     expect(page.locator("#annotate-refs")).to_contain_text("<img src=")
     assert hits == []
+    # the long prompt takes one line above the candidates until it is clicked
+    line = page.locator("#annotate-prompt summary")
+    one_line = line.bounding_box()["height"]
+    assert one_line < 30, one_line
+    line.click()
+    expect(page.locator("#annotate-prompt details")).to_have_attribute("open", "")
+    assert line.bounding_box()["height"] > 1.5 * one_line
 
 
 def _skip_to_a_group_with_target_ages(page, tries: int = 40) -> None:
