@@ -55,6 +55,16 @@ def serve_app(data: Path, *args: str) -> Iterator[str]:
                 proc.kill()
 
 
+
+def sign_in(page, url: str, user: str) -> None:
+    """Open ``url`` and sign in as ``user`` (password PASSWORD) with the Sign in button."""
+    page.goto(url)
+    page.get_by_text("Sign in (annotators and researchers)").click()
+    page.locator("#signin-user textarea, #signin-user input").first.fill(user)
+    page.locator("#signin-password input").fill(PASSWORD)
+    page.locator("#signin-run").click()
+    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+
 @pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):

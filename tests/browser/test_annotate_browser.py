@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import PASSWORD, serve_app
+from tests.browser.conftest import PASSWORD, serve_app, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -117,22 +117,10 @@ def _page(browser, width: int = 1366, height: int = 768):
     return browser.new_context(viewport={"width": width, "height": height}).new_page()
 
 
-def _sign_in(page, url: str, user: str, *, by_enter: bool = False) -> None:
-    page.goto(url)
-    page.get_by_text("Sign in (annotators and researchers)").click()
-    page.locator("#signin-user textarea, #signin-user input").first.fill(user)
-    page.locator("#signin-password input").fill(PASSWORD)
-    if by_enter:
-        page.locator("#signin-password input").press("Enter")
-    else:
-        page.locator("#signin-run").click()
-    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
-
-
 def _open_pair(page, url: str, user: str) -> None:
     from playwright.sync_api import expect
 
-    _sign_in(page, url, user)
+    sign_in(page, url, user)
     page.get_by_role("tab", name="Annotate").click()
     expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
 
@@ -257,7 +245,7 @@ def test_sign_in_on_another_tab_then_open_annotate(server, browser):
     from playwright.sync_api import expect
 
     page = _page(browser)
-    _sign_in(page, url, "ann3")
+    sign_in(page, url, "ann3")
     page.get_by_role("tab", name="Annotate").click()
     expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("Error", exact=True)).to_have_count(0)

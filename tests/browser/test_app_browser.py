@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import PASSWORD, serve_app
+from tests.browser.conftest import PASSWORD, serve_app, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -36,15 +36,6 @@ def _shot(page, folder: Path, name: str) -> None:
     path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
-
-
-def _sign_in(page, url: str, user: str) -> None:
-    page.goto(url)
-    page.get_by_text("Sign in (annotators and researchers)").click()
-    page.locator("#signin-user textarea, #signin-user input").first.fill(user)
-    page.locator("#signin-password input").fill(PASSWORD)
-    page.locator("#signin-run").click()
-    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
 
 
 def test_visitor_annotator_researcher(server, browser, shots, sample_portraits, tmp_path):
@@ -75,7 +66,7 @@ def test_visitor_annotator_researcher(server, browser, shots, sample_portraits, 
 
     # --- annotator: keyboard vote with per-person labels, undo, vote again
     page = browser.new_context(viewport={"width": 1280, "height": 1600}).new_page()
-    _sign_in(page, url, "anna")
+    sign_in(page, url, "anna")
     page.get_by_role("tab", name="Annotate").click()
     expect(page.locator("#annotate-left img")).to_be_visible(timeout=30_000)
     expect(page.locator("#annotate-progress")).to_contain_text("0 vote(s) by you")
@@ -113,7 +104,7 @@ def test_visitor_annotator_researcher(server, browser, shots, sample_portraits, 
 
     # --- researcher: leaderboard and a Parquet export that loads
     page = browser.new_context(viewport={"width": 1280, "height": 1800}, accept_downloads=True).new_page()
-    _sign_in(page, url, "rita")
+    sign_in(page, url, "rita")
     page.get_by_role("tab", name="Research").click()
     expect(page.locator("#research-leaderboard")).to_contain_text("demo-dpo", timeout=60_000)
     expect(page.locator("#research-plot")).to_be_visible()

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.conftest import PASSWORD, serve_app
-from tests.browser.test_app_browser import _sign_in
+from tests.browser.conftest import PASSWORD, serve_app, sign_in
 
 pytestmark = pytest.mark.browser
 VIEWPORTS = {"laptop": (1366, 768), "phone": (390, 844)}
@@ -40,7 +39,7 @@ def test_researcher_exports_and_reads_the_summary(server, browser, shots, viewpo
     url, store = server
     width, height = VIEWPORTS[viewport]
     page = browser.new_context(viewport={"width": width, "height": height}).new_page()
-    _sign_in(page, url, "rita")
+    sign_in(page, url, "rita")
     page.get_by_role("tab", name="Research").click()
     expect(page.locator("#research-leaderboard")).to_contain_text("demo-dpo", timeout=60_000)
     expect(page.locator("#research-leaderboard")).to_contain_text("win rate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.conftest import PASSWORD, serve_app
+from tests.browser.conftest import PASSWORD, serve_app, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -27,12 +27,7 @@ def server(tmp_path_factory):
 def _signed_in_page(browser, url: str, user: str):
     context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True)
     page = context.new_page()
-    page.goto(url)
-    page.get_by_text("Sign in (annotators and researchers)").click()
-    page.locator("#signin-user textarea, #signin-user input").first.fill(user)
-    page.locator("#signin-password input").fill(PASSWORD)
-    page.locator("#signin-run").click()
-    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+    sign_in(page, url, user)
     return context, page
 
 
