@@ -338,3 +338,22 @@ def test_concurrent_generations_each_keep_their_own_schedule(pipe, store, sample
     assert errors == []
     for seed in (3, 4):
         assert both[seed].candidates[0].image.tobytes() == alone[seed].candidates[0].image.tobytes(), seed
+
+
+def test_a_cpu_generation_leaves_the_server_a_core_and_short_gil_turns():
+    import os
+    import sys
+
+    import torch
+
+    from annotation.ui.wiring import share_cpu_with_the_server
+
+    threads, interval = torch.get_num_threads(), sys.getswitchinterval()
+    try:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        share_cpu_with_the_server(torch.device("cpu"))
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) - 1)
+    finally:
+        torch.set_num_threads(threads)
+        sys.setswitchinterval(interval)

@@ -21,6 +21,20 @@ def use_temp_area(data_dir: Path) -> Path:
     return temp_dir
 
 
+def share_cpu_with_the_server(device) -> None:
+    """Keep the web server answering while a generation runs: shorter GIL turns (a generation is mostly Python
+    between small tensor ops on CPU, and would otherwise hold the interpreter for 5 ms at a time), and on CPU one
+    core left to the server. Measured with ``benchmarks/bench_busy.py`` (README)."""
+    import sys
+
+    import torch
+
+    sys.setswitchinterval(0.001)
+    cores = os.cpu_count() or 1
+    if torch.device(device).type == "cpu" and cores > 1:
+        torch.set_num_threads(min(torch.get_num_threads(), cores - 1))
+
+
 def build_services(settings):
     """(AppServices, RetentionSweeper) for these settings: database migrated, pipeline loaded, base version
     registered."""
@@ -49,6 +63,7 @@ def build_services(settings):
     model = ModelSettings(model_dir=settings.model_dir, adapter_dir=settings.adapter_dir, faces=settings.faces,
                           face_root=settings.face_root, face_pack=settings.face_pack, device=settings.device)
     pipe = load_pipeline(model)
+    share_cpu_with_the_server(pipe.device)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
         queue=GpuQueue(settings.concurrency, settings.max_queue, settings.max_per_visitor), safety_checker=safety, blocklist=blocklist,
