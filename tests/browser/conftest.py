@@ -55,7 +55,6 @@ def serve_app(data: Path, *args: str) -> Iterator[str]:
                 proc.kill()
 
 
-
 def sign_in(page, url: str, user: str) -> None:
     """Open ``url`` and sign in as ``user`` (password PASSWORD) with the Sign in button."""
     page.goto(url)
@@ -64,6 +63,7 @@ def sign_in(page, url: str, user: str) -> None:
     page.locator("#signin-password input").fill(PASSWORD)
     page.locator("#signin-run").click()
     page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+
 
 @pytest.fixture(scope="session")
 def browser():
