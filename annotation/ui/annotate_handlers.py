@@ -109,7 +109,7 @@ def _prompt_html(served) -> str:
     task = "age transformation" if served.task == "age" else "group fusion"
     prompt = html.escape(served.prompt or "")
     # one line (the candidates stay on the first screen); a click shows the whole prompt
-    return (f'<details class="annotate-prompt-text"><summary title="{prompt}"><b>Task:</b> {task} · '
+    return (f'<details class="annotate-prompt-text"><summary><b>Task:</b> {task} · '
             f"<b>Prompt:</b> {prompt}</summary></details>")
 
 
@@ -164,7 +164,7 @@ class AnnotateHandlers:
         return self._show(self._user(token))
 
     @ui_errors
-    def show_for_page(self, token: str | None, pair: PairState | None = None):
+    def show_after_sign_in(self, token: str | None, pair: PairState | None = None):
         """``show`` after a sign-in (on any tab). Nothing changes when nobody is signed in or when this annotator's
         pair is already on screen: the answers being given on it stay."""
         user = self.auth.user(token)

@@ -37,7 +37,7 @@ class AnnotateTab:
 
     def load_after(self, event) -> None:
         """After ``event`` succeeds (a sign-in), show the annotator's pair and move the focus to it."""
-        event.success(self.handlers.show_for_page, [self.token, self.shown[-1]], self.shown, api_visibility="private",
+        event.success(self.handlers.show_after_sign_in, [self.token, self.shown[-1]], self.shown, api_visibility="private",
                       **EVENTS).success(None, js=FOCUS_PAIR_JS)
 
 
