@@ -35,6 +35,21 @@ def share_cpu_with_the_server(device) -> None:
         torch.set_num_threads(min(torch.get_num_threads(), cores - 1))
 
 
+def face_analyzer_for_the_server(model):
+    """The face analyzer the app serves with: dlib in a process of its own (its native calls hold the
+    interpreter for up to 75 ms each, during which the server could answer no one), insightface in this
+    process (onnxruntime lets the interpreter go while it runs)."""
+    import functools
+
+    from idglow.loading import load_face_analyzer
+
+    if model.faces == "dlib":
+        from idglow.faces.process import AnalyzerProcess
+
+        return AnalyzerProcess(functools.partial(load_face_analyzer, model))
+    return load_face_analyzer(model)
+
+
 def build_services(settings):
     """(AppServices, RetentionSweeper) for these settings: database migrated, pipeline loaded, base version
     registered."""
@@ -62,7 +77,7 @@ def build_services(settings):
     blocklist = PromptBlocklist.from_file(settings.blocklist_file) if settings.blocklist_file else PromptBlocklist()
     model = ModelSettings(model_dir=settings.model_dir, adapter_dir=settings.adapter_dir, faces=settings.faces,
                           face_root=settings.face_root, face_pack=settings.face_pack, device=settings.device)
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, face_analyzer_for_the_server(model))
     share_cpu_with_the_server(pipe.device)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
