@@ -16,6 +16,7 @@ import pytest
 
 from idglow.faces import DlibAnalyzer
 from idglow.faces.match import analyzer_match_threshold
+from idglow.faces.memo import RememberedFaces
 from idglow.faces.process import AnalyzerProcess
 from idglow.loading import ModelSettings
 
@@ -43,7 +44,8 @@ def _gone(pid: int, within_s: float) -> bool:
 
 
 def test_the_app_finds_the_same_faces_in_a_process_of_its_own(served, sample_portraits):
-    assert isinstance(served, AnalyzerProcess) and served.worker_pid != os.getpid()
+    assert isinstance(served, RememberedFaces) and isinstance(served.analyzer, AnalyzerProcess)
+    assert served.worker_pid != os.getpid()
     here = DlibAnalyzer()
     assert (served.embedding_dim, served.backend_name, served.estimates_age) == (128, "dlib", here.estimates_age)
     assert served.same_person_threshold == analyzer_match_threshold(here)
@@ -63,7 +65,7 @@ def test_a_child_that_dies_is_replaced(served, sample_portraits):
     outcomes = []
     for _ in range(2):  # the call that meets the dead child may fail, with a clear message; the next one works
         try:
-            outcomes.append(len(served.detect(sample_portraits["person1"])))
+            outcomes.append(len(served.analyzer.detect(sample_portraits["person1"])))  # not the remembered faces
             break
         except RuntimeError as err:
             outcomes.append(str(err))

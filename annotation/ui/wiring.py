@@ -38,16 +38,18 @@ def share_cpu_with_the_server(device) -> None:
 def face_analyzer_for_the_server(model):
     """The face analyzer the app serves with: dlib in a process of its own (its native calls hold the
     interpreter for up to 75 ms each, during which the server could answer no one), insightface in this
-    process (onnxruntime lets the interpreter go while it runs)."""
+    process (onnxruntime lets the interpreter go while it runs); either remembers the faces of the photos it
+    analysed last, so that a reference photo is analysed once, not twice per generation."""
     import functools
 
+    from idglow.faces.memo import RememberedFaces
     from idglow.loading import load_face_analyzer
 
     if model.faces == "dlib":
         from idglow.faces.process import AnalyzerProcess
 
-        return AnalyzerProcess(functools.partial(load_face_analyzer, model))
-    return load_face_analyzer(model)
+        return RememberedFaces(AnalyzerProcess(functools.partial(load_face_analyzer, model)))
+    return RememberedFaces(load_face_analyzer(model))
 
 
 def build_services(settings):
