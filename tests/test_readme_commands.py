@@ -4,11 +4,13 @@ benchmarks). A command added to README without a line here fails the classificat
 
 Usage lines with optional parts (``[--task fusion|age]``) run without the optional parts; the example files they
 name (``mum.jpg``, ``my_group_photos/``, ``out/sft/adapter``) are made from the portraits bundled with installed
-packages before the commands run, in a fresh folder, in README order.
+packages, and ``badcases.jsonl`` in the format ``idglow export`` writes, before the commands run, in a fresh folder,
+in README order.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -103,6 +105,7 @@ def _sample_inputs(folder: Path) -> None:
     from PIL import Image, ImageOps
 
     from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.prompting import Badcase
     from idglow.samples import _package_file, write_sample_portraits
     from idglow.testing import tiny_pipeline
 
@@ -116,6 +119,10 @@ def _sample_inputs(folder: Path) -> None:
     (folder / "family.json").write_text(readme_json_example("--manifest FILE"))
     ImageOps.mirror(Image.open(folder / "mum.jpg")).save(folder / "mum_1994.jpg")
     tiny_pipeline(seed=0).adapter.save_pretrained(folder / "out" / "sft" / "adapter")
+    # the flagged bad cases `idglow eval --badcases` reads, as `idglow export` writes them
+    flags = [Badcase(("missing_person", "duplicate_face"), task="fusion", note="one face twice", num_subjects=2, id=1),
+             Badcase(("identity_swap",), task="fusion", note="faces swapped", num_subjects=3, id=2)]
+    (folder / "badcases.jsonl").write_text("".join(json.dumps(f.to_dict(), sort_keys=True) + "\n" for f in flags))
     # the store that Training's export command reads (README's own demo-data line comes later, in its section)
     _run("idglow demo-data --candidates 12 --votes 30 --annotators 2", folder, _env(folder))
 
@@ -175,6 +182,8 @@ def test_readme_commands_run_as_written(tmp_path):
         ran.append(command)
     assert list((folder / "out").glob("idglow_*.png")), "the quick start wrote no image"
     assert (folder / "eval" / "fusion" / "report.md").is_file()
+    shaped = json.loads((folder / "eval" / "badcases" / "report.json").read_text())["badcases"]
+    assert shaped["cases_compared"] == 2 and shaped["failure_types"][0] == "identity_swap", shaped
     assert (folder / "data" / "sft" / "metadata.jsonl").read_text().strip(), "build-sft wrote no rows"
     family = (folder / "data" / "sft-family" / "metadata.jsonl").read_text()
     assert '"other_photos"' in family and '"task": "age"' in family, "the manifest gave no other-photo or age rows"

@@ -1,5 +1,6 @@
 """``idglow eval``: run a benchmark (built-in ``fusion`` / ``age`` or a manifest file) under several
-configurations and write a Markdown + JSON report and a Pareto plot."""
+configurations and write a Markdown + JSON report and a Pareto plot; with ``--badcases``, also compare prompts
+shaped by flagged bad cases with the plain prompts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from pathlib import Path
 
 from idglow.commands.common import add_model_arguments, model_settings
+from idglow.commands.prompt import add_badcase_arguments, badcases_from_args
 from idglow.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -21,7 +23,8 @@ def register(subparsers) -> None:
         description=(
             "Run a benchmark manifest under base FLUX (no identity), always-on injection and IdGlow's task "
             "schedule; write report.md, report.json and pareto.png. Re-running with the same settings reuses "
-            "the cached images in OUT/cases/."
+            "the cached images in OUT/cases/. With --badcases, every composed prompt is run a second time "
+            "composed with the bad cases retrieved for it, and the report gives shaped - plain per metric."
         ),
     )
     p.add_argument("--benchmark", required=True, metavar="fusion|age|PATH",
@@ -46,6 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--duplicate-threshold", type=float,
                    help="cosine similarity that makes a second face a duplicate (default: the match threshold)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
+    add_badcase_arguments(p, "flagged bad cases (JSON list or JSON Lines, e.g. the badcases.jsonl of idglow export): "
+                             "also run every composed prompt shaped by them and report shaped - plain")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_arguments(p)
     p.set_defaults(func=run)
@@ -62,7 +67,7 @@ def settings_from_args(args: argparse.Namespace, default_steps: int, default_siz
         guidance_scale=args.guidance, id_scale=args.id_scale, window=tuple(args.window) if args.window else None,
         images_per_case=args.images_per_case, limit=args.limit, match_threshold=args.match_threshold,
         duplicate_threshold=args.duplicate_threshold,
-        num_resamples=args.bootstrap,
+        num_resamples=args.bootstrap, max_badcases=args.max_badcases,
     )
 
 
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first, before any model loads.
     manifest = load_manifest(args.benchmark)
     model = model_settings(args)
+    badcases = badcases_from_args(args)
     settings = settings_from_args(args, model.default_steps, model.default_size)
     manifest.select(settings.limit)
     for flag, value in (("--clip", args.clip), ("--aesthetic", args.aesthetic)):
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     runner = EvalRunner(
         pipe, analyzer, settings, clip=clip, aesthetic=aesthetic, progress=not args.no_progress,
         model_info={"model": args.model or "tiny-demo", "adapter": args.adapter, "faces": args.faces},
+        badcases=badcases if args.badcases else None, badcases_source=args.badcases,
     )
     report = runner.run(manifest, args.out)
     out = Path(args.out)
@@ -107,7 +114,26 @@ def run(args: argparse.Namespace) -> int:
     faces = report["analyzer"]
     print(f"face matching: match threshold {faces['match_threshold']:g}, "
           f"duplicate threshold {faces['duplicate_threshold']:g} (cosine)")
+    if report["badcases"]:
+        print_shaped(report)
     stats = report["stats"]
     print(f"generated {stats['generated']}, cached {stats['cached']}, rescored {stats['rescored']} image sets")
     print(f"report: {out / 'report.md'}  {out / 'report.json'}  plot: {out / 'pareto.png'}")
     return 0
+
+
+def print_shaped(report: dict) -> None:
+    """One line on the bad-case comparison, then shaped − plain of each named failure's metric per
+    configuration."""
+    section = report["badcases"]
+    print(f"bad cases: {section['cases_compared']} case(s) compared, {len(section['skipped_cases'])} skipped "
+          "(shaped - plain below; it needs real weights to mean anything)")
+    for entry in section["failure_metrics"]:
+        if "skipped" in entry:
+            print(f"{entry['failure_type']:18s} -> {entry['metric'] or 'no metric'}: skipped ({entry['skipped']})")
+            continue
+        cells = []
+        for config, diff in entry["differences"].items():
+            cells.append(f"{config} n/a" if diff is None else
+                         f"{config} {diff['mean']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]")
+        print(f"{entry['failure_type']:18s} -> {entry['metric']}: " + ", ".join(cells))

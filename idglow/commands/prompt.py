@@ -26,9 +26,7 @@ def register(subparsers) -> None:
     )
     add_subject_arguments(p)
     p.add_argument("--scene", default="", metavar="TEXT", help="the scene you want (place, light, mood)")
-    p.add_argument("--badcases", metavar="FILE",
-                   help="flagged badcases to learn from: a JSON list or JSON Lines of badcase objects")
-    p.add_argument("--max-badcases", type=int, default=4, metavar="N", help="badcases used per prompt")
+    add_badcase_arguments(p, "flagged badcases to learn from: a JSON list or JSON Lines of badcase objects")
     g = p.add_argument_group("models")
     g.add_argument("--vlm", metavar="DIR", help="vision-language model folder (transformers format)")
     g.add_argument("--device", help="device of the vision-language model (default: cuda when available)")
@@ -39,6 +37,20 @@ def register(subparsers) -> None:
     g.add_argument("--no-faces", action="store_true", help="skip face analysis (no age/gender from faces)")
     add_face_arguments(g)
     p.set_defaults(func=run)
+
+
+def add_badcase_arguments(parser: argparse.ArgumentParser, badcases_help: str) -> None:
+    """``--badcases FILE`` and ``--max-badcases N`` (read them with :func:`badcases_from_args`)."""
+    parser.add_argument("--badcases", metavar="FILE", help=badcases_help)
+    parser.add_argument("--max-badcases", type=int, default=4, metavar="N",
+                        help="badcases used per prompt (default: 4)")
+
+
+def badcases_from_args(args: argparse.Namespace) -> list:
+    """The badcases of ``--badcases`` (none without it), after checking ``--max-badcases``."""
+    if args.max_badcases < 0:
+        raise InputError(f"--max-badcases {args.max_badcases}: must be >= 0")
+    return load_badcases(args.badcases) if args.badcases else []
 
 
 def load_badcases(path: str | Path):
@@ -88,12 +100,10 @@ def run(args: argparse.Namespace) -> int:
     from idglow.errors import NoFaceError
     from idglow.prompting import PromptSynthesizer, TransformersVLM
 
-    if args.max_badcases < 0:
-        raise InputError(f"--max-badcases {args.max_badcases}: must be >= 0")
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    badcases = badcases_from_args(args)
     subjects = build_subjects(args)
-    badcases = load_badcases(args.badcases) if args.badcases else []
     face_analyzer = None
     if not args.no_faces:
         from idglow.loading import ModelSettings, load_face_analyzer

@@ -27,6 +27,7 @@ _LAZY = {
     "EvalRunner": "idglow.eval.runner",
     "EvalSettings": "idglow.eval.runner",
     "config_window": "idglow.eval.runner",
+    "FAILURE_METRICS": "idglow.eval.report",
     "build_report": "idglow.eval.report",
     "render_markdown": "idglow.eval.report",
     "write_report": "idglow.eval.report",

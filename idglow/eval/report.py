@@ -1,5 +1,6 @@
 """Evaluation report: per-configuration summaries with bootstrap intervals, paired differences, the Pareto
-front, written as ``report.json`` (everything), ``report.md`` (tables) and ``pareto.png`` (the plot)."""
+front and, with bad cases, the shaped − plain prompt differences; written as ``report.json`` (everything),
+``report.md`` (tables) and ``pareto.png`` (the plot)."""
 
 from __future__ import annotations
 
@@ -24,17 +25,43 @@ METRIC_TITLES = {
 PARETO_X = "face_sim_mean"
 PARETO_Y_CHOICES = ("aesthetic", "clip_score")
 DIFFERENCES = (("idglow", "base"), ("idglow", "always_on"), ("always_on", "base"))
+#: The metric that measures each failure type of the bad-case taxonomy (None: no metric measures it).
+FAILURE_METRICS: dict[str, str | None] = {
+    "attribute_leakage": "face_sim_worst",
+    "identity_swap": "face_sim_worst",
+    "missing_person": "missing_rate",
+    "duplicate_face": "duplicate_rate",
+    "wrong_age": "age_error",
+    "mini_adult": "age_error",
+    "texture_mismatch": None,
+    "artifact": None,
+}
+FAILURE_METRIC_NOTES = {
+    "attribute_leakage": "a proxy: attributes that leak between people pull the worst person's face away",
+    "identity_swap": "a swapped or blended face scores low against its own reference",
+    "wrong_age": "age benchmark only",
+    "mini_adult": "age benchmark only; the estimated age, not the body's proportions",
+    "texture_mismatch": "no metric measures texture consistency",
+    "artifact": "no metric measures anatomy artifacts",
+}
+SHAPED_NOTE = (
+    "Shaped − plain: each case's prompt composed with the bad cases retrieved for it minus the same case's plain "
+    "prompt, on the same seeds and configurations (CLIP scores both against the plain prompt). It measures the "
+    "effect of the prompt only with a generator whose text encoders read text (real FLUX weights); with the tiny "
+    "demo model (random text encoders) the difference means nothing."
+)
+
+
+def _paired_summary(pairs, metric: str, num_resamples: int, confidence: float, seed: int):
+    """Mean of a − b over the (a, b) record pairs that both have ``metric``, with its bootstrap interval."""
+    diffs = [ra[metric] - rb[metric] for ra, rb in pairs if ra.get(metric) is not None and rb.get(metric) is not None]
+    summary = summarize(diffs, num_resamples, confidence, seed)
+    return None if summary is None else summary.to_dict()
 
 
 def _paired_difference(rows, metric: str, a: str, b: str, num_resamples: int, confidence: float, seed: int):
-    diffs = []
-    for row in rows:
-        ra, rb = row["results"].get(a), row["results"].get(b)
-        if ra is None or rb is None or ra.get(metric) is None or rb.get(metric) is None:
-            continue
-        diffs.append(ra[metric] - rb[metric])
-    summary = summarize(diffs, num_resamples, confidence, seed)
-    return None if summary is None else summary.to_dict()
+    pairs = [(row["results"][a], row["results"][b]) for row in rows if a in row["results"] and b in row["results"]]
+    return _paired_summary(pairs, metric, num_resamples, confidence, seed)
 
 
 def pareto_axes(skipped: dict[str, str]) -> tuple[str, str | None]:
@@ -87,6 +114,59 @@ def _differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[st
     }
 
 
+def _shaped_differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per configuration and metric: shaped − plain over the cases with a shaped run."""
+    from idglow.eval.runner import IMAGE_METRICS
+
+    r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
+    compared = [row for row in case_rows if row["shaped"]["results"]]
+    out = {}
+    for config in settings.configs:
+        pairs = [(row["shaped"]["results"][config], row["results"][config]) for row in compared]
+        out[config] = {m: _paired_summary(pairs, m, r, conf, seed) for m in IMAGE_METRICS if m not in skipped}
+    return out
+
+
+def _failure_metrics(case_rows: _Rows, failure_types: Sequence[str], differences: dict[str, dict[str, Any]],
+                     skipped: dict[str, str]) -> list[dict[str, Any]]:
+    """One entry per failure type in the bad cases: the metric that measures it, how many compared cases it
+    shaped, and shaped − plain of that metric per configuration (or why there is none)."""
+    table = []
+    for failure in failure_types:
+        metric = FAILURE_METRICS[failure]
+        entry: dict[str, Any] = {
+            "failure_type": failure, "metric": metric, "note": FAILURE_METRIC_NOTES.get(failure),
+            "cases_shaped": sum(failure in row["shaped"]["failure_types"] for row in case_rows
+                                if row["shaped"]["results"]),
+        }
+        if metric is None:
+            entry["skipped"] = f"none available: {FAILURE_METRIC_NOTES[failure]}"
+        elif metric in skipped:
+            entry["skipped"] = skipped[metric]
+        else:
+            entry["differences"] = {config: diffs[metric] for config, diffs in differences.items()}
+        table.append(entry)
+    return table
+
+
+def _badcase_section(case_rows: _Rows, settings, skipped: dict[str, str],
+                     badcases: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The shaped-vs-plain comparison: the bad cases given, the cases compared and skipped (with the reason),
+    shaped − plain per configuration and metric, and the failure → metric table."""
+    if badcases is None:
+        return None
+    differences = _shaped_differences(case_rows, settings, skipped)
+    return {
+        **badcases,
+        "max_badcases": settings.max_badcases,
+        "note": SHAPED_NOTE,
+        "cases_compared": sum(bool(row["shaped"]["results"]) for row in case_rows),
+        "skipped_cases": {row["id"]: row["shaped"]["skipped"] for row in case_rows if row["shaped"]["skipped"]},
+        "differences": differences,
+        "failure_metrics": _failure_metrics(case_rows, badcases["failure_types"], differences, skipped),
+    }
+
+
 def _by_num_subjects(
     case_rows: _Rows, configs: Sequence[str], skipped: dict[str, str]
 ) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -122,9 +202,10 @@ def _pareto(summary: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict
 
 def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, model_info: dict[str, Any],
                  task: str, skipped: dict[str, str], stats: dict[str, int] | None = None,
-                 analyzer: dict[str, Any] | None = None) -> dict[str, Any]:
+                 analyzer: dict[str, Any] | None = None, badcases: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict; summaries are means over cases (each case's value is the mean over its
-    images), with percentile-bootstrap intervals over cases."""
+    images), with percentile-bootstrap intervals over cases. ``badcases`` (source, num_badcases, failure_types),
+    given when the cases were also run with bad-case-shaped prompts, adds the ``badcases`` section (else None)."""
     from idglow.eval.runner import CONFIG_TITLES, IMAGE_METRICS, LOWER_IS_BETTER, config_window
 
     summary = _summaries(case_rows, settings, skipped)
@@ -150,6 +231,7 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
         "differences": _differences(case_rows, settings, skipped),
         "by_num_subjects": _by_num_subjects(case_rows, settings.configs, skipped),
         "pareto": _pareto(summary, skipped),
+        "badcases": _badcase_section(case_rows, settings, skipped, badcases),
         "stats": dict(stats or {}),
         "cases": list(case_rows),
         "files": {"json": "report.json", "markdown": "report.md", "plot": "pareto.png"},
@@ -173,10 +255,15 @@ def _cell(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _md_table_head(title: str, first: list[str], columns: list[str]) -> list[str]:
-    """A section's title and the head of its table: the ``first`` columns, then one per entry of ``columns``."""
+def _md_table(first: list[str], columns: list[str]) -> list[str]:
+    """The head of a table: the ``first`` columns, then one per entry of ``columns``."""
     cells = " | ".join(first) + " | " + " | ".join(columns)
-    return [f"## {title}", "", f"| {cells} |", "|" + "---|" * (len(first) + len(columns))]
+    return [f"| {cells} |", "|" + "---|" * (len(first) + len(columns))]
+
+
+def _md_table_head(title: str, first: list[str], columns: list[str]) -> list[str]:
+    """A section's title and the head of its table."""
+    return [f"## {title}", "", *_md_table(first, columns)]
 
 
 def _md_header(report: dict[str, Any]) -> list[str]:
@@ -268,12 +355,63 @@ def _md_cases(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _md_shaped(report: dict[str, Any], metrics: list[str]) -> list[str]:
+    """The shaped-vs-plain section: what was compared, shaped − plain per configuration, the failure → metric
+    table, the skipped cases and each compared case's bad cases and prompts (nothing without bad cases)."""
+    section = report.get("badcases")
+    if not section:
+        return []
+    types = ", ".join(section["failure_types"]) or "none"
+    lines = [
+        "## Bad-case shaped prompts vs plain prompts", "",
+        f"{section['num_badcases']} bad case(s) from `{section['source']}` (failure types: {types}), at most "
+        f"{section['max_badcases']} per prompt; {section['cases_compared']} case(s) compared, "
+        f"{len(section['skipped_cases'])} skipped.", "",
+        section["note"] + " Negative is better for missing faces, duplicate faces and age error.", "",
+    ]
+    lines += _md_table(["shaped − plain"], [METRIC_TITLES[m] for m in metrics])
+    for config, diffs in section["differences"].items():
+        lines.append(f"| `{config}` | " + " | ".join(_fmt(diffs[m]) for m in metrics) + " |")
+    lines += ["", "### Failure named → metric", ""]
+    lines += _md_table(["failure type", "cases shaped", "metric"], [f"`{c}`" for c in report["configs"]])
+    for entry in section["failure_metrics"]:
+        metric = "none available" if entry["metric"] is None else METRIC_TITLES[entry["metric"]]
+        if entry.get("note"):
+            metric += f" ({entry['note']})"
+        if entry["metric"] is None:
+            cells = ["–"] * len(report["configs"])
+        elif "skipped" in entry:
+            cells = [f"skipped — {entry['skipped']}"] * len(report["configs"])
+        else:
+            cells = [_fmt(entry["differences"][c]) for c in report["configs"]]
+        lines.append(f"| {entry['failure_type']} | {entry['cases_shaped']} | {metric} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if section["skipped_cases"]:
+        lines += ["Cases left out of the comparison:", ""]
+        lines += [f"- {case}: {why}" for case, why in section["skipped_cases"].items()] + [""]
+    return lines + _md_shaped_prompts(report)
+
+
+def _md_shaped_prompts(report: dict[str, Any]) -> list[str]:
+    """Each compared case: the bad cases and failure types that shaped its prompt, and both prompt texts."""
+    lines = ["### Prompts", ""]
+    for row in report["cases"]:
+        shaped = row["shaped"]
+        if not shaped["results"]:
+            continue
+        ids = ", ".join(str(i) for i in shaped["badcase_ids"])
+        lines += [f"- {row['id']}: bad cases {ids} ({', '.join(shaped['failure_types'])})",
+                  f"  - plain: {shaped['plain_prompt']}", f"  - shaped: {shaped['shaped_prompt']}"]
+    return lines + [""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the report (as built by :func:`build_report`) as Markdown tables."""
     from idglow.eval.runner import IMAGE_METRICS
 
     metrics = [m for m in IMAGE_METRICS if m not in report["skipped"]]
     lines = _md_header(report) + _md_summary(report) + _md_differences(report, metrics) + _md_pareto(report)
+    lines += _md_shaped(report, metrics)
     lines += _md_by_size(report, metrics) + [""] + _md_cases(report) + [""]
     return "\n".join(lines)
 

@@ -7,8 +7,14 @@ Configurations (compared in one run, on the same cases, prompts and seeds):
 - ``idglow``: identity injected inside the task's window (``fusion``: always on; ``age``: σ ∈ [0.3, 0.6]),
   or inside ``EvalSettings.window`` when given.
 
-Outputs are cached per case and configuration under ``out/cases/<case>/``: a re-run skips every image whose
-generation settings are unchanged, and only re-scores when the scoring settings changed.
+With bad cases (``EvalRunner(..., badcases=...)``), every case whose prompt is composed is run a second time
+with its prompt composed again with the retrieved bad cases (same subjects, seeds and configurations), so that
+the report can give the shaped − plain difference of each metric. Cases with a fixed manifest prompt are left
+out of that comparison, with the reason.
+
+Outputs are cached per case and configuration under ``out/cases/<case>/`` (``<config>.json`` and
+``<config>_<seed>.png``; the shaped run's files start with ``shaped-``): a re-run skips every image whose
+generation settings, prompt included, are unchanged, and only re-scores when the scoring settings changed.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,11 @@ IMAGE_METRICS: tuple[str, ...] = (
 )
 LOWER_IS_BETTER = {"missing_rate", "duplicate_rate", "age_error"}
 RECORD_VERSION = 1
+#: Why a case is left out of the shaped-vs-plain comparison.
+FIXED_PROMPT_REASON = "the manifest gives this case a fixed prompt; bad cases shape only composed prompts"
+NO_BADCASE_REASON = ("no bad case applies to this case (none given, max_badcases=0, or only age failures for a "
+                     "case without target ages)")
+UNCHANGED_PROMPT_REASON = "the bad cases left the prompt unchanged (their constraints did not fit the token limits)"
 
 
 @dataclass
@@ -59,6 +70,7 @@ class EvalSettings:
     duplicate_threshold: a second face at or above this similarity to a subject makes it a duplicate
         (default: the match threshold).
     num_resamples / confidence / bootstrap_seed: bootstrap confidence intervals over cases.
+    max_badcases: how many retrieved bad cases shape one prompt (when the runner is given bad cases).
     """
 
     configs: tuple[str, ...] = CONFIGS
@@ -75,6 +87,7 @@ class EvalSettings:
     num_resamples: int = 1000
     confidence: float = 0.95
     bootstrap_seed: int = 0
+    max_badcases: int = 4
 
     def __post_init__(self) -> None:
         self.configs = tuple(self.configs)
@@ -92,6 +105,8 @@ class EvalSettings:
             raise InputError(f"limit={self.limit} must be at least 1")
         if not 0 < self.confidence < 1:
             raise InputError(f"confidence={self.confidence} must be between 0 and 1")
+        if self.max_badcases < 0:
+            raise InputError(f"max_badcases={self.max_badcases} must be >= 0")
         if self.window is not None:
             IdentityWindow(*self.window)  # InputError naming the bad bound
             self.window = tuple(float(v) for v in self.window)
@@ -120,7 +135,12 @@ def _digest(data: Any) -> str:
 
 @dataclass
 class CaseInputs:
-    """What every configuration of one case shares."""
+    """What every configuration of one case shares.
+
+    variant: ``"plain"``, or ``"shaped"`` for the prompt composed again with bad cases (its files are cached
+    apart). reference_text: the text the CLIP score compares the images with (default: ``prompt_text``); a
+    shaped run is scored against its plain prompt, so that both runs are measured against the same text.
+    """
 
     case: EvalCase
     subjects: list
@@ -130,6 +150,24 @@ class CaseInputs:
     prompt_source: str
     prompt_fidelity: float | None
     fidelity_violations: list[str] = field(default_factory=list)
+    variant: str = "plain"
+    reference_text: str | None = None
+
+    @property
+    def scored_text(self) -> str:
+        return self.prompt_text if self.reference_text is None else self.reference_text
+
+
+@dataclass
+class ShapedCase:
+    """A case's prompt composed again with the bad cases retrieved for it (``inputs``), or why the case is left
+    out of the comparison (``skipped``). constraints: the sentences the bad cases added to the prompt."""
+
+    inputs: CaseInputs | None
+    badcase_ids: list = field(default_factory=list)
+    failure_types: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)
+    skipped: str | None = None
 
 
 class _MemoAnalyzer:
@@ -169,14 +207,26 @@ def encode_references(analyzer, subjects: Sequence) -> Any:
     return torch.stack(embeddings)
 
 
+def _named_badcases(badcases: Sequence) -> list:
+    """The bad cases, those without an id named by their position in the list (``#1``, ``#2``, …)."""
+    return [bc if bc.id is not None else replace(bc, id=f"#{i + 1}") for i, bc in enumerate(badcases)]
+
+
+def _public(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The cached records as the report shows them (without their cache keys)."""
+    return {c: {k: v for k, v in r.items() if k not in ("generation_key", "scoring_key")} for c, r in results.items()}
+
+
 class EvalRunner:
     """Runs manifests on one pipeline. ``pipe`` needs an IdGlow adapter unless only ``base`` is run;
     ``analyzer`` finds and embeds faces (reference photos and generated images alike). ``clip`` /
     ``aesthetic`` are optional scorers (``ClipScorer`` / ``AestheticScorer``); their metrics are reported as
-    skipped without them."""
+    skipped without them. ``badcases`` (a list of ``Badcase``, possibly empty) turns on the shaped-vs-plain
+    comparison; ``badcases_source`` names where they came from in the report."""
 
     def __init__(self, pipe, analyzer, settings: EvalSettings | None = None, *, clip=None, aesthetic=None,
-                 model_info: dict[str, Any] | None = None, progress: bool = True):
+                 model_info: dict[str, Any] | None = None, progress: bool = True,
+                 badcases: Sequence | None = None, badcases_source: str | None = None):
         self.pipe = pipe
         self.analyzer = analyzer
         self.settings = settings or EvalSettings()
@@ -184,6 +234,8 @@ class EvalRunner:
         self.aesthetic = aesthetic
         self.model_info = dict(model_info or {})
         self.progress = progress
+        self.badcases = None if badcases is None else _named_badcases(badcases)
+        self.badcases_source = badcases_source
         if any(c != "base" for c in self.settings.configs) and getattr(pipe, "adapter", None) is None:
             raise InputError("the always_on and idglow configurations need a pipeline with an IdGlow adapter")
         self._references = _MemoAnalyzer(analyzer)
@@ -216,6 +268,32 @@ class EvalRunner:
             report.score, [v.message for v in report.violations],
         )
 
+    def shape_case(self, inputs: CaseInputs, task: str, synthesizer) -> ShapedCase:
+        """The case's prompt composed again with the bad cases retrieved for it (same subjects and scene)."""
+        from idglow.prompting import check_prompt_fidelity
+        from idglow.prompting.badcases import failure_types_of, select_badcases
+
+        case = inputs.case
+        if case.prompt is not None:
+            return ShapedCase(None, skipped=FIXED_PROMPT_REASON)
+        chosen = select_badcases(self.badcases or (), task, case.num_subjects, case.target_ages,
+                                 limit=self.settings.max_badcases)
+        if not chosen:
+            return ShapedCase(None, skipped=NO_BADCASE_REASON)
+        shaped = synthesizer.compose(inputs.subjects, task=task, scene=case.scene, badcases=chosen)
+        has_target_age = any(a is not None for a in case.target_ages)
+        found = ShapedCase(None, [bc.id for bc in chosen], failure_types_of(chosen, has_target_age),
+                           [c for c in shaped.constraints if c not in inputs.prompt_text])
+        if shaped.pipeline_kwargs() == inputs.prompt_kwargs:
+            return replace(found, skipped=UNCHANGED_PROMPT_REASON)
+        fidelity = check_prompt_fidelity(shaped, inputs.subjects)
+        found.inputs = replace(
+            inputs, prompt_kwargs=shaped.pipeline_kwargs(), prompt_text=shaped.text, prompt_source=shaped.source,
+            prompt_fidelity=fidelity.score, fidelity_violations=[v.message for v in fidelity.violations],
+            variant="shaped", reference_text=inputs.prompt_text,
+        )
+        return found
+
     def generation_key(self, inputs: CaseInputs, config: str, task: str, num_images: int) -> str:
         s = self.settings
         window = config_window(config, task, s)
@@ -235,7 +313,7 @@ class EvalRunner:
             "duplicate": self.duplicate_threshold, "ages": inputs.case.target_ages,
             "clip": getattr(self.clip, "source", None) if self.clip else None,
             "aesthetic": getattr(self.aesthetic, "source", None) if self.aesthetic else None,
-            "prompt": inputs.prompt_text,
+            "prompt": inputs.scored_text,
         })
 
     def generate(self, inputs: CaseInputs, config: str, task: str, num_images: int, on_step=None) -> list:
@@ -260,7 +338,7 @@ class EvalRunner:
 
         refs = [e.numpy() for e in inputs.embeds.float().cpu()]
         targets = inputs.case.target_ages
-        clip_scores = self.clip.score(images, [inputs.prompt_text] * len(images)) if self.clip else None
+        clip_scores = self.clip.score(images, [inputs.scored_text] * len(images)) if self.clip else None
         aesthetic = self.aesthetic.score(images) if self.aesthetic else None
         out = []
         for i, image in enumerate(images):
@@ -282,11 +360,12 @@ class EvalRunner:
         """Generate (or reuse) and score one case under one configuration; the record is cached on disk."""
         from PIL import Image
 
-        record_path = case_dir / f"{config}.json"
+        stem = config if inputs.variant == "plain" else f"{inputs.variant}-{config}"
+        record_path = case_dir / f"{stem}.json"
         gen_key = self.generation_key(inputs, config, task, num_images)
         score_key = self.scoring_key(inputs)
         seeds = [inputs.case.seed + i for i in range(num_images)]
-        files = [f"{config}_{seed}.png" for seed in seeds]
+        files = [f"{stem}_{seed}.png" for seed in seeds]
         cached = None
         if record_path.is_file():
             try:
@@ -318,8 +397,9 @@ class EvalRunner:
     # --- whole manifest ---------------------------------------------------------------------------------
 
     def run(self, manifest: Manifest, out_dir: str | Path) -> dict[str, Any]:
-        """Run every selected case under every configuration, then write ``report.json``, ``report.md``
-        and ``pareto.png`` to ``out_dir``. Returns the report (as written to JSON)."""
+        """Run every selected case under every configuration (with bad cases, each composed prompt a second time
+        shaped by them), then write ``report.json``, ``report.md`` and ``pareto.png`` to ``out_dir``. Returns
+        the report (as written to JSON)."""
         from tqdm.auto import tqdm
 
         from idglow.eval.report import build_report, write_report
@@ -331,31 +411,19 @@ class EvalRunner:
         cases = manifest.select(s.limit)
         num_images = s.images_per_case or manifest.images_per_case
         resolver = SubjectResolver(self.analyzer, manifest.root)
-        synthesizer = PromptSynthesizer.from_pipeline(self.pipe, face_analyzer=self._references)
+        synthesizer = PromptSynthesizer.from_pipeline(self.pipe, face_analyzer=self._references,
+                                                      max_badcases=s.max_badcases)
         case_rows = []
-        bar = tqdm(total=len(cases) * len(s.configs), desc=f"eval {manifest.name}", unit="image set",
-                   disable=not self.progress)
+        runs = len(s.configs) * (1 if self.badcases is None else 2)
+        bar = tqdm(total=len(cases) * runs, desc=f"eval {manifest.name}", unit="image set", disable=not self.progress)
         try:
             for case in cases:
                 inputs = self.prepare_case(case, manifest.task, resolver, synthesizer)
-                results = {}
-                for config in s.configs:
-                    bar.set_postfix_str(f"{case.id} {config}")
-                    results[config] = self.run_config(inputs, config, manifest.task, num_images, out / "cases" / case.id)
-                    bar.update(1)
-                case_rows.append({
-                    "id": case.id,
-                    "num_subjects": case.num_subjects,
-                    "subjects": [sp.describe() for sp in case.subjects],
-                    "target_ages": case.target_ages,
-                    "scene": case.scene,
-                    "prompt": inputs.prompt_text,
-                    "prompt_source": inputs.prompt_source,
-                    "prompt_fidelity": inputs.prompt_fidelity,
-                    "prompt_violations": inputs.fidelity_violations,
-                    "results": {c: {k: v for k, v in r.items() if k not in ("generation_key", "scoring_key")}
-                                for c, r in results.items()},
-                })
+                case_dir = out / "cases" / case.id
+                row = self.case_row(inputs, self._run_configs(inputs, manifest.task, num_images, case_dir, bar))
+                if self.badcases is not None:
+                    row["shaped"] = self._run_shaped(inputs, manifest.task, synthesizer, num_images, case_dir, bar)
+                case_rows.append(row)
         finally:
             bar.close()
         report = build_report(
@@ -363,9 +431,63 @@ class EvalRunner:
             skipped=self.skipped_reasons(manifest.task, case_rows), stats=dict(self.stats),
             analyzer={"name": type(self.analyzer).__name__, "embedding_dim": self.analyzer.embedding_dim,
                       "match_threshold": self.match_threshold, "duplicate_threshold": self.duplicate_threshold},
+            badcases=self._badcases_info(),
         )
         write_report(report, out)
         return report
+
+    def _run_configs(self, inputs: CaseInputs, task: str, num_images: int, case_dir: Path, bar) -> dict[str, Any]:
+        results = {}
+        for config in self.settings.configs:
+            bar.set_postfix_str(f"{inputs.case.id} {config}" + ("" if inputs.variant == "plain" else " shaped"))
+            results[config] = self.run_config(inputs, config, task, num_images, case_dir)
+            bar.update(1)
+        return results
+
+    @staticmethod
+    def case_row(inputs: CaseInputs, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """One case of the report: its group, its (plain) prompt and the record of every configuration."""
+        case = inputs.case
+        return {
+            "id": case.id,
+            "num_subjects": case.num_subjects,
+            "subjects": [sp.describe() for sp in case.subjects],
+            "target_ages": case.target_ages,
+            "scene": case.scene,
+            "prompt": inputs.prompt_text,
+            "prompt_source": inputs.prompt_source,
+            "prompt_fidelity": inputs.prompt_fidelity,
+            "prompt_violations": inputs.fidelity_violations,
+            "results": _public(results),
+        }
+
+    def _run_shaped(self, inputs: CaseInputs, task: str, synthesizer, num_images: int, case_dir: Path,
+                    bar) -> dict[str, Any]:
+        """The case's shaped run (or why it has none): which bad cases and failure types shaped the prompt,
+        both prompt texts, and the record of every configuration."""
+        shaped = self.shape_case(inputs, task, synthesizer)
+        entry: dict[str, Any] = {
+            "skipped": shaped.skipped, "badcase_ids": shaped.badcase_ids, "failure_types": shaped.failure_types,
+            "constraints": shaped.constraints, "plain_prompt": inputs.prompt_text, "shaped_prompt": None,
+            "prompt_fidelity": None, "prompt_violations": [], "results": {},
+        }
+        if shaped.inputs is None:
+            bar.update(len(self.settings.configs))
+            return entry
+        results = self._run_configs(shaped.inputs, task, num_images, case_dir, bar)
+        entry.update(shaped_prompt=shaped.inputs.prompt_text, prompt_fidelity=shaped.inputs.prompt_fidelity,
+                     prompt_violations=shaped.inputs.fidelity_violations, results=_public(results))
+        return entry
+
+    def _badcases_info(self) -> dict[str, Any] | None:
+        """What the report says about the bad cases given (None: no comparison was run)."""
+        from idglow.prompting.badcases import FAILURE_TYPES
+
+        if self.badcases is None:
+            return None
+        present = {t for bc in self.badcases for t in bc.failure_types}
+        return {"source": self.badcases_source, "num_badcases": len(self.badcases),
+                "failure_types": [t for t in FAILURE_TYPES if t in present]}
 
     def _no_age_error_reason(self, case_rows: Sequence[dict[str, Any]]) -> str:
         face_ages = [a for r in case_rows for c in r["results"] for im in r["results"][c]["per_image"]
