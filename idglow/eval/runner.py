@@ -33,6 +33,7 @@ from idglow.errors import InputError, NoFaceError
 from idglow.eval.manifest import EvalCase, Manifest, SubjectResolver
 from idglow.eval.metrics import age_errors, identity_metrics, mean_or_none
 from idglow.faces.match import analyzer_match_threshold
+from idglow.faces.memo import RememberedFaces
 from idglow.schedule import IdentityWindow, window_for_task
 
 logger = logging.getLogger(__name__)
@@ -170,25 +171,6 @@ class ShapedCase:
     skipped: str | None = None
 
 
-class _MemoAnalyzer:
-    """Remembers the faces of the reference photos, which are analysed for embeddings and again for the
-    prompt's face attributes."""
-
-    def __init__(self, analyzer):
-        self.analyzer = analyzer
-        self.embedding_dim = analyzer.embedding_dim
-        self._faces: dict[str, list] = {}
-
-    def detect(self, image) -> list:
-        from idglow.images import to_rgb_array
-
-        array = np.ascontiguousarray(to_rgb_array(image))
-        key = hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()
-        if key not in self._faces:
-            self._faces[key] = self.analyzer.detect(array)
-        return list(self._faces[key])
-
-
 def encode_references(analyzer, subjects: Sequence) -> Any:
     """Reference embeddings (N, id_dim) in slot order: each subject's largest face, or its ``face_index``."""
     import torch
@@ -238,7 +220,8 @@ class EvalRunner:
         self.badcases_source = badcases_source
         if any(c != "base" for c in self.settings.configs) and getattr(pipe, "adapter", None) is None:
             raise InputError("the always_on and idglow configurations need a pipeline with an IdGlow adapter")
-        self._references = _MemoAnalyzer(analyzer)
+        # the reference photos are analysed for embeddings and again for the prompt's face attributes
+        self._references = RememberedFaces(analyzer, size=256)
         s = self.settings
         self.match_threshold = (s.match_threshold if s.match_threshold is not None
                                 else analyzer_match_threshold(analyzer))

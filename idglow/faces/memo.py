@@ -29,8 +29,6 @@ class RememberedFaces:
         self.analyzer = analyzer
         self.size = size
         self.embedding_dim = analyzer.embedding_dim
-        self.backend_name = face_backend_name(analyzer)
-        self.same_person_threshold = analyzer_match_threshold(analyzer)
         self._faces: OrderedDict[tuple, list[Face]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -38,6 +36,14 @@ class RememberedFaces:
         if name == "analyzer":  # not set yet (e.g. while unpickling)
             raise AttributeError(name)
         return getattr(self.analyzer, name)
+
+    @property
+    def backend_name(self) -> str:
+        return face_backend_name(self.analyzer)
+
+    @property
+    def same_person_threshold(self) -> float:
+        return analyzer_match_threshold(self.analyzer)
 
     def __repr__(self) -> str:
         return f"RememberedFaces({self.analyzer!r}, size={self.size})"
