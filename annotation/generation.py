@@ -312,6 +312,9 @@ class GenerationService:
             result = delete_visitor(session, visitor_id, self.data_dir)
         if shown:
             forget_visitor_files(self.data_dir, visitor_id, list(shown))
+        forget_faces = getattr(self.pipe.face_analyzer, "forget", None)  # faces remembered in memory (all)
+        if forget_faces is not None:
+            forget_faces()
         return result
 
 

@@ -27,7 +27,8 @@ def dlib():
     return DlibAnalyzer()
 
 
-def test_a_generation_analyses_each_reference_photo_once(dlib, sample_portraits, tmp_path):
+def test_a_generation_analyses_each_reference_photo_once_until_the_visitor_deletes(dlib, sample_portraits,
+                                                                                      tmp_path):
     from annotation.generation import GenerationRequest, GenerationService
     from annotation.testing import make_store
     from idglow.subjects import SubjectRef
@@ -40,13 +41,16 @@ def test_a_generation_analyses_each_reference_photo_once(dlib, sample_portraits,
     service.ensure_base_version()
     subjects = [SubjectRef(decode_image(sample_portraits[n]), label=n) for n in ("person1", "person2")]
     calls = []
-    for seed in (1, 2):
+    for seed in (1, 2, 3):
         before = counting.calls
         service.generate(GenerationRequest(subjects=subjects, visitor_id="v1", consent=True, seed=seed,
                                            num_images=1))
         calls.append(counting.calls - before)
-    # the first generation: 2 references (for the prompt and the embeddings) + 1 output; then only the output
-    assert calls == [3, 1]
+        if seed == 2:
+            service.delete_visitor_data("v1")  # "Delete my data": the faces kept in memory go too
+    # the first generation: 2 references (for the prompt and the embeddings) + 1 output; then only the output;
+    # after the deletion the references are analysed again
+    assert calls == [3, 1, 3]
 
 
 def test_the_faces_kept_are_the_faces_found(dlib, sample_portraits):
@@ -57,6 +61,18 @@ def test_the_faces_kept_are_the_faces_found(dlib, sample_portraits):
     again = faces.detect(decode_image(sample_portraits["person1"]))  # the same pixels, another form
     assert faces.analyzer.calls == 1 and tuple(again[0].bbox) == found
     assert np.array_equal(again[0].embedding, first[0].embedding)
+
+
+def test_faces_are_kept_for_a_bounded_time(dlib, sample_portraits):
+    now = [0.0]
+    faces = RememberedFaces(Counting(dlib), max_age_s=60, clock=lambda: now[0])
+    faces.detect(sample_portraits["person1"])
+    now[0] = 59.0
+    faces.detect(sample_portraits["person1"])
+    assert faces.analyzer.calls == 1
+    now[0] = 61.0
+    faces.detect(sample_portraits["person1"])
+    assert faces.analyzer.calls == 2
 
 
 def test_only_the_last_photos_are_kept(dlib, sample_portraits):

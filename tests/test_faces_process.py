@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from annotation.ui.wiring import FACES_KEPT_S, face_analyzer_for_the_server
 from idglow.faces import DlibAnalyzer
 from idglow.faces.match import analyzer_match_threshold
 from idglow.faces.memo import RememberedFaces
@@ -25,8 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def served():
-    from annotation.ui.wiring import face_analyzer_for_the_server
-
     analyzer = face_analyzer_for_the_server(ModelSettings())
     yield analyzer
     analyzer.close()
@@ -45,6 +44,7 @@ def _gone(pid: int, within_s: float) -> bool:
 
 def test_the_app_finds_the_same_faces_in_a_process_of_its_own(served, sample_portraits):
     assert isinstance(served, RememberedFaces) and isinstance(served.analyzer, AnalyzerProcess)
+    assert served.max_age_s == FACES_KEPT_S == 15 * 60
     assert served.worker_pid != os.getpid()
     here = DlibAnalyzer()
     assert (served.embedding_dim, served.backend_name, served.estimates_age) == (128, "dlib", here.estimates_age)

@@ -35,11 +35,15 @@ def share_cpu_with_the_server(device) -> None:
         torch.set_num_threads(min(torch.get_num_threads(), cores - 1))
 
 
+FACES_KEPT_S = 15 * 60  # how long the app keeps a photo's faces in memory
+
+
 def face_analyzer_for_the_server(model):
     """The face analyzer the app serves with: dlib in a process of its own (its native calls hold the
     interpreter for up to 75 ms each, during which the server could answer no one), insightface in this
     process (onnxruntime lets the interpreter go while it runs); either remembers the faces of the photos it
-    analysed last, so that a reference photo is analysed once, not twice per generation."""
+    analysed in the last 15 minutes, so that a reference photo is analysed once, not twice per generation
+    ("Delete my data" forgets them at once)."""
     import functools
 
     from idglow.faces.memo import RememberedFaces
@@ -48,8 +52,8 @@ def face_analyzer_for_the_server(model):
     if model.faces == "dlib":
         from idglow.faces.process import AnalyzerProcess
 
-        return RememberedFaces(AnalyzerProcess(functools.partial(load_face_analyzer, model)))
-    return RememberedFaces(load_face_analyzer(model))
+        return RememberedFaces(AnalyzerProcess(functools.partial(load_face_analyzer, model)), max_age_s=FACES_KEPT_S)
+    return RememberedFaces(load_face_analyzer(model), max_age_s=FACES_KEPT_S)
 
 
 def build_services(settings):

@@ -30,7 +30,6 @@ def _start(factory: Callable[[], FaceAnalyzer], parent: int) -> None:
 
 def _exit_with(parent: int) -> None:
     """End the child within a second of its parent, also when the parent was killed and could not say so."""
-    import os
     import time
 
     while os.getppid() == parent:
