@@ -12,7 +12,9 @@ from idglow.faces.match import (
 )
 
 _LAZY = {
+    "AnalyzerProcess": "idglow.faces.process",
     "DlibAnalyzer": "idglow.faces.dlib_backend",
+    "RememberedFaces": "idglow.faces.memo",
     "InsightFaceAnalyzer": "idglow.faces.insightface_backend",
     "align_crop": "idglow.faces.align",
     "build_tiny_insightface_pack": "idglow.faces.tiny_pack",
