@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ from idglow.schedule import IdentityWindow, slot_windows
 from idglow.subjects import SubjectRef, validate_group, validate_task
 
 logger = logging.getLogger(__name__)
+
+# A fast tokenizer keeps its padding and truncation settings on the one object that every pipeline sharing it
+# uses, and FLUX's prompt encoding changes them between calls (max_length, then longest): a call in another
+# thread may encode with those settings and get other prompt embeddings. Prompt encoding takes turns.
+_PROMPT_ENCODING = threading.Lock()
 
 FLUX_FOLDERS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae")
 
@@ -122,6 +128,11 @@ class IdGlowPipeline(FluxPipeline):
         self.face_analyzer = face_analyzer
         if adapter is not None and transformer is not None:
             adapter.attach(transformer)
+
+    def encode_prompt(self, *args, **kwargs):
+        """FluxPipeline's, one call at a time across threads (see ``_PROMPT_ENCODING``)."""
+        with _PROMPT_ENCODING:
+            return super().encode_prompt(*args, **kwargs)
 
     # --- loading ----------------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -330,3 +332,28 @@ def test_first_block_cache_computes_as_many_steps_with_identity_as_without():
         assert steps[name] >= steps["base"] - 1, steps
         assert deviation[name] <= 2 * deviation["base"] + 1e-4, deviation
     assert np.abs(uncached["always_on"] - uncached["base"]).mean() > 10 * deviation["always_on"]
+
+
+def test_prompts_encoded_from_several_threads_get_their_own_embeddings(tiny_pipe):
+    """Pipelines sharing one set of components (as the app's concurrent generations do) encode prompts from
+    several threads at once: each call gets the embeddings it gets alone. The fast tokenizers they share change
+    their padding settings within every call."""
+    prompts = [PROMPT, "two friends", "a grandmother, her son and three grandchildren on a sunny beach at noon"]
+    alone = [tiny_pipe.encode_prompt(p, prompt_2=None) for p in prompts]
+    pipes = [IdGlowPipeline(**tiny_pipe.components) for _ in prompts]
+    start = threading.Barrier(len(prompts))
+    wrong: list[tuple[int, int]] = []
+
+    def worker(i: int) -> None:
+        start.wait()
+        for call in range(150):
+            embeds, pooled, _ = pipes[i].encode_prompt(prompts[i], prompt_2=None)
+            if not (torch.equal(embeds, alone[i][0]) and torch.equal(pooled, alone[i][1])):
+                wrong.append((i, call))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
