@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +23,11 @@ from idglow.errors import ModelFolderError, NoFaceError
 from idglow.faces.base import FaceAnalyzer, FaceMatch, face_backend_name, sort_largest_first
 from idglow.faces.match import match_faces
 from idglow.images import to_rgb_array
+from idglow.prompting.tokens import TOKENIZER_LOCK
 from idglow.schedule import IdentityWindow, slot_windows
 from idglow.subjects import SubjectRef, validate_group, validate_task
 
 logger = logging.getLogger(__name__)
-
-# A fast tokenizer keeps its padding and truncation settings on the one object that every pipeline sharing it
-# uses, and FLUX's prompt encoding changes them between calls (max_length, then longest): a call in another
-# thread may encode with those settings and get other prompt embeddings. Prompt encoding takes turns.
-_PROMPT_ENCODING = threading.Lock()
 
 FLUX_FOLDERS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae")
 
@@ -130,8 +125,8 @@ class IdGlowPipeline(FluxPipeline):
             adapter.attach(transformer)
 
     def encode_prompt(self, *args, **kwargs):
-        """FluxPipeline's, one call at a time across threads (see ``_PROMPT_ENCODING``)."""
-        with _PROMPT_ENCODING:
+        """FluxPipeline's, holding ``TOKENIZER_LOCK``: pipelines in other threads share these tokenizers."""
+        with TOKENIZER_LOCK:
             return super().encode_prompt(*args, **kwargs)
 
     # --- loading ----------------------------------------------------------------------------------------

@@ -336,22 +336,34 @@ def test_first_block_cache_computes_as_many_steps_with_identity_as_without():
 
 def test_prompts_encoded_from_several_threads_get_their_own_embeddings(tiny_pipe):
     """Pipelines sharing one set of components (as the app's concurrent generations do) encode prompts from
-    several threads at once: each call gets the embeddings it gets alone. The fast tokenizers they share change
-    their padding settings within every call."""
+    several threads while another thread counts prompt tokens with the same tokenizers (as the app's prompt
+    writer does): each call gets the embeddings it gets alone. Fast tokenizers change their padding and
+    truncation settings within every call."""
+    from idglow.prompting import TokenCounter
+
     prompts = [PROMPT, "two friends", "a grandmother, her son and three grandchildren on a sunny beach at noon"]
     alone = [tiny_pipe.encode_prompt(p, prompt_2=None) for p in prompts]
     pipes = [IdGlowPipeline(**tiny_pipe.components) for _ in prompts]
-    start = threading.Barrier(len(prompts))
+    counters = [TokenCounter(tiny_pipe.tokenizer), TokenCounter(tiny_pipe.tokenizer_2)]
+    counts = [counter(prompts[2]) for counter in counters]
+    start = threading.Barrier(len(prompts) + 1)
     wrong: list[tuple[int, int]] = []
 
-    def worker(i: int) -> None:
+    def encode(i: int) -> None:
         start.wait()
-        for call in range(150):
+        for call in range(100):
             embeds, pooled, _ = pipes[i].encode_prompt(prompts[i], prompt_2=None)
             if not (torch.equal(embeds, alone[i][0]) and torch.equal(pooled, alone[i][1])):
                 wrong.append((i, call))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    def count() -> None:
+        start.wait()
+        while any(t.is_alive() for t in encoders):
+            if [counter(prompts[2]) for counter in counters] != counts:
+                wrong.append((-1, 0))
+
+    encoders = [threading.Thread(target=encode, args=(i,)) for i in range(len(prompts))]
+    threads = [*encoders, threading.Thread(target=count)]
     for t in threads:
         t.start()
     for t in threads:

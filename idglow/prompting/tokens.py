@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Any
 
 CLIP_MAX_TOKENS = 77
 T5_MAX_TOKENS = 512
 
 _PIECES = re.compile(r"\w+|[^\w\s]")
+
+# A fast tokenizer keeps its padding and truncation settings on the tokenizer object and sets them on every
+# call (FLUX's prompt encoding: max_length, then longest; token counting: neither), so a call in another thread
+# may tokenize with those settings. Every use of the tokenizers a pipeline shares holds this lock.
+TOKENIZER_LOCK = threading.RLock()
 
 
 def estimate_tokens(text: str) -> int:
@@ -35,5 +41,6 @@ class TokenCounter:
     def __call__(self, text: str) -> int:
         if self.tokenizer is None:
             return estimate_tokens(text)
-        ids = self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        with TOKENIZER_LOCK:
+            ids = self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return len(ids)
