@@ -107,6 +107,40 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     assert [r["step"] for r in out.log_history] == [1, 2]
 
 
+def test_age_samples_train_identity_and_the_face_term_only_inside_their_window(tmp_path, monkeypatch):
+    """The SFT age path: window sampling draws age samples' σ inside σ ∈ [0.3, 0.6] (fusion samples keep the
+    full density); outside the window the gate folded into the identity scales and the face-term gate switch
+    both off, so an age sample there teaches the adapter nothing and its loss has no face term."""
+    model = small_model()
+    trainer = SFTTrainer(sft_config(tmp_path, train_batch_size=4, window_sampling_fraction=1.0, face_lambda=1.0),
+                         model, SyntheticSFTDataset(WORLD, 8, task="age"))
+    tasks = ["age"] * 32 + ["fusion"] * 32
+    sigmas = trainer.sample_sigmas(64, torch.Generator().manual_seed(0), tasks, 1.0).cpu()
+    assert bool(((sigmas[:32] >= 0.3) & (sigmas[:32] <= 0.6)).all())
+    assert bool(((sigmas[32:] < 0.3) | (sigmas[32:] > 0.6)).any())
+
+    batch = next(iter(trainer.dataloader))
+    assert set(batch["task"]) == {"age"} and bool(batch["id_mask"].any())
+
+    def step(sigma: float, face_lambda: float) -> tuple[float, float]:
+        """(loss, size of the adapter's gradient) of one step with every sample at ``sigma``."""
+        monkeypatch.setattr(trainer, "sample_sigmas", lambda b, *_: torch.full((b,), sigma))
+        monkeypatch.setattr(trainer.config, "face_lambda", face_lambda)
+        model.zero_grad(set_to_none=True)
+        loss, _ = trainer.compute_loss(batch, torch.Generator().manual_seed(0))
+        if loss.requires_grad:  # only the adapter trains (no LoRA): without identity nothing has a gradient
+            loss.backward()
+        grads = [p.grad.abs().sum() for p in model.adapter.parameters() if p.grad is not None]
+        return loss.item(), float(sum(grads)) if grads else 0.0
+
+    outside, outside_no_face = step(0.85, 1.0), step(0.85, 0.0)
+    inside, inside_no_face = step(0.45, 1.0), step(0.45, 0.0)
+    assert outside[1] == 0.0 and outside_no_face[1] == 0.0
+    assert outside[0] == outside_no_face[0]
+    assert inside[1] > 0.0
+    assert inside[0] > inside_no_face[0]
+
+
 def test_config_validation_and_yaml_overrides(tmp_path):
     with pytest.raises(ValueError, match="max_steps=0"):
         SFTConfig(max_steps=0)
