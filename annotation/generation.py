@@ -328,14 +328,7 @@ def _identity_scores(match, num_people: int) -> list[float | None]:
 
 
 def _estimated_ages(match, num_people: int) -> list[float | None]:
-    """The face analyzer's age estimate of each person's face in the image, where the match carries one: as
-    ``ages`` (per slot) or through the matched ``faces`` (``Face.age``); else None."""
-    if match is None:
-        return [None] * num_people
-    ages = getattr(match, "ages", None)
-    faces = getattr(match, "faces", None)
-    if ages is None and faces is not None:
-        ages = [None if i is None else faces[i].age for i in match.face_of_slot]
-    if not ages:
-        return [None] * num_people
-    return [None if a is None else float(a) for a in ages]
+    """The apparent age of each person's face in the image (``FaceMatch.ages``), where the face backend gives
+    one; else None."""
+    ages = list(getattr(match, "ages", None) or [])
+    return ages if len(ages) == num_people else [None] * num_people

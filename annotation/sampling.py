@@ -46,6 +46,7 @@ class ShownCandidate:
 
     candidate_id: int
     image_path: str  # relative to the data dir
+    apparent_ages: tuple[float | None, ...] = ()  # per slot, from the face analyzer (empty: none measured)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ def _pair(session: Session, comparison_id: int) -> _Pair:
             ca.image_path.label("a_path"),
             cb.id.label("b_id"),
             cb.image_path.label("b_path"),
+            ca.face_matches.label("a_matches"),
+            cb.face_matches.label("b_matches"),
             Generation.id.label("generation_id"),
             Generation.final_prompt,
             Generation.task,
@@ -147,8 +150,8 @@ def _pair(session: Session, comparison_id: int) -> _Pair:
     return _Pair(
         comparison_id=row.id,
         is_gold=row.is_gold,
-        a=ShownCandidate(row.a_id, row.a_path),
-        b=ShownCandidate(row.b_id, row.b_path),
+        a=ShownCandidate(row.a_id, row.a_path, _apparent_ages(row.a_matches)),
+        b=ShownCandidate(row.b_id, row.b_path, _apparent_ages(row.b_matches)),
         prompt=row.final_prompt,
         task=row.task.value,
         num_subjects=row.num_subjects,
@@ -156,6 +159,12 @@ def _pair(session: Session, comparison_id: int) -> _Pair:
         reference_paths=tuple(s.path for s in subjects),
         target_ages=tuple(s.target_age for s in subjects),
     )
+
+
+def _apparent_ages(face_matches: dict | None) -> tuple[float | None, ...]:
+    """Each person's apparent age in a candidate, from its stored face match (``FaceMatch.to_dict``)."""
+    ages = (face_matches or {}).get("ages") or ()
+    return tuple(None if a is None else float(a) for a in ages)
 
 
 def _open_reservations(session: Session, ids: list[int], cutoff: datetime) -> dict[int, int]:

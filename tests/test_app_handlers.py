@@ -246,10 +246,30 @@ def test_every_pair_starts_with_an_empty_form_one_update_per_output():
     handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
     shown = handlers.show("t-ann")
     assert len(shown) == SHOWN_OUTPUTS
-    form = shown[5:-2]  # identity radios, overall, strength, texture, artifacts, flag side, types, note
+    form = shown[5:-3]  # identity radios, overall, strength, texture, artifacts, flag side, types, note
     assert len({id(u) for u in form}) == len(form)  # never one update object repeated for several outputs
     assert [u["value"] for u in form] == [None] * 11 + [[], ""]
-    assert shown[-2] == ""  # the flag status of the previous pair is gone
+    assert shown[-3] == ""  # the flag status of the previous pair is gone
+    assert shown[-2] == {"__type__": "update", "value": "", "visible": False}  # no apparent ages: no suggestion
+
+
+def test_an_apparent_age_far_from_its_target_suggests_the_wrong_age_flag():
+    """Mum's target age is 6: looking 14 in A suggests the flag (off by more than 5 years); looking 9 in B does
+    not; person 2 has no target age, so their apparent age suggests nothing. Labels are shown as text."""
+    served = FakeAnnotation([]).next_pair(1)
+    served = replace(served, subject_labels=("Mum <img src=x>", None),
+                     left=replace(served.left, apparent_ages=(14.0, 70.0)),
+                     right=replace(served.right, apparent_ages=(9.0, 3.0)))
+    service = FakeAnnotation([])
+    service.next_pair = lambda user_id: served
+    update = AnnotateHandlers(service, AUTH).show("t-ann")[-2]
+    hint = update["value"]
+    assert update["visible"]
+    assert "Wrong age [5]" in hint
+    assert "in A, Mum &lt;img src=x&gt; looks 14 (target 6)" in hint
+    assert "in B" not in hint and "looks 70" not in hint and "<img" not in hint
+    service.next_pair = lambda user_id: replace(served, left=replace(served.left, apparent_ages=(10.0, 70.0)))
+    assert not AnnotateHandlers(service, AUTH).show("t-ann")[-2]["visible"]
 
 
 def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from sqlalchemy import func, select
@@ -299,18 +300,22 @@ def test_prompt_scene_and_names_have_bounded_lengths(pipe, store, sample_portrai
 
 
 def test_scores_and_estimated_ages_per_person_from_a_face_match():
-    from types import SimpleNamespace
-
     from annotation.generation import _estimated_ages, _identity_scores
     from idglow.faces.base import Face, FaceMatch
+    from idglow.faces.match import match_faces
 
     match = FaceMatch(similarity=[0.61234, 0.0, 0.4], bboxes=[(0, 0, 1, 1), None, (2, 2, 3, 3)],
                       face_of_slot=[1, None, 0], missing=[1])
     assert _identity_scores(match, 3) == [0.6123, None, 0.4]
     assert _identity_scores(None, 2) == [None, None]
     assert _estimated_ages(match, 3) == [None, None, None]
-    with_faces = SimpleNamespace(face_of_slot=[1, None, 0], faces=[Face((2, 2, 3, 3), age=7.2), Face((0, 0, 1, 1), age=41.0)])
-    assert _estimated_ages(with_faces, 3) == [41.0, None, 7.2]
+    assert _estimated_ages(None, 2) == [None, None]
+    refs = np.eye(3, 8)
+    generated = [Face((2, 2, 3, 3), embedding=refs[2], age=7.2), Face((0, 0, 1, 1), embedding=refs[0], age=41.0)]
+    matched = match_faces(generated, list(refs), min_similarity=0.5)
+    assert matched.face_of_slot == [1, None, 0]
+    assert _estimated_ages(matched, 3) == [41.0, None, 7.2]
+    assert FaceMatch.from_dict(matched.to_dict()).ages == [41.0, None, 7.2]
 
 
 def test_concurrent_generations_each_keep_their_own_schedule(pipe, store, sample_portraits):

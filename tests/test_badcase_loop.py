@@ -8,7 +8,7 @@ import pytest
 
 from annotation.generation import GenerationRequest, GenerationService
 from idglow.images import decode_image
-from idglow.prompting.badcases import FAILURE_CONSTRAINTS, Badcase
+from idglow.prompting.badcases import FAILURE_CONSTRAINTS, Badcase, wrong_age_slots
 from idglow.subjects import SubjectRef
 
 
@@ -84,3 +84,9 @@ def test_export_writes_the_badcases_in_the_format_the_prompt_command_reads(pipe,
     assert all(t in FAILURE_TYPES for c in cases for t in c.failure_types)
     manifest = json.loads((out / "manifest.json").read_text())
     assert "badcases.jsonl" in manifest["files"] and "badcases.jsonl" in (out / "README.md").read_text()
+
+
+def test_wrong_age_needs_both_ages_and_a_gap_past_5_years_or_a_quarter_of_the_target():
+    targets = [6.0, 60.0, 60.0, None, 30.0, 6.0]
+    apparent = [11.0, 74.0, 76.0, 50.0, None, 0.5]
+    assert wrong_age_slots(apparent, targets) == [2, 5]

@@ -19,6 +19,7 @@ from annotation.errors import UndoExpired
 from annotation.ui.errors import ui_errors
 from annotation.votes import FAILURE_TYPES
 from db.models import Role
+from idglow.prompting.badcases import wrong_age_slots
 from idglow.subjects import MAX_SUBJECTS
 
 # each choice shows its key in brackets
@@ -36,8 +37,8 @@ def failure_label(name: str) -> str:
 # shown with their number key; the stored value stays the taxonomy name
 FAILURE_CHOICES = [(f"{failure_label(name)} [{i + 1}]", name) for i, name in enumerate(FAILURE_TYPES)]
 # refs, A, B, prompt, progress, identity radios, overall, strength, texture, artifacts, flag side, failure types,
-# flag note, flag status, pair state
-SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 2
+# flag note, flag status, flag hint, pair state
+SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 3
 
 
 class SignInHandlers:
@@ -113,6 +114,30 @@ def _prompt_html(served) -> str:
             f"<b>Prompt:</b> {prompt}</summary></details>")
 
 
+def _flag_hint(served) -> str:
+    """The people whose apparent age (face analyzer) is far from their target age in image A or B, suggesting
+    the wrong-age flag; escaped HTML, empty when there is nothing to suggest."""
+    if served is None:
+        return ""
+    targets = served.target_ages or ()
+    found = []
+    for name, shown in (("A", served.left), ("B", served.right)):
+        ages = shown.apparent_ages
+        people = [f"{html.escape(_person(served, i))} looks {ages[i]:.0f} (target {targets[i]:g})"
+                  for i in wrong_age_slots(ages, targets)]
+        if people:
+            found.append(f"in {name}, " + ", ".join(people))
+    if not found:
+        return ""
+    label = dict((value, text) for text, value in FAILURE_CHOICES)["wrong_age"]
+    return f'<p class="flag-hint">Face ages suggest <b>{label}</b>: {"; ".join(found)}.</p>'
+
+
+def _flag_hint_update(served) -> dict:
+    hint = _flag_hint(served)
+    return gr.update(value=hint, visible=bool(hint))
+
+
 def _identity_updates(served, answers: Answers) -> list[dict]:
     n = served.num_subjects if served is not None else 0
     return [gr.update(visible=i < n, value=answers.identity.get(i) if i < n else None,
@@ -131,7 +156,7 @@ def _form(served, answers: Answers) -> list[dict]:
 class AnnotateHandlers:
     """Outputs of ``show``/``vote``/``skip``/``undo``: refs gallery, left image, right image, prompt, progress,
     6 identity radios, overall, strength, texture, artifacts, flag side, failure types, flag note, flag status,
-    the pair state."""
+    flag hint, the pair state."""
 
     def __init__(self, service, auth, clock=time.monotonic):
         self.service = service
@@ -149,7 +174,7 @@ class AnnotateHandlers:
             text = f"{note} · {text}"
         if served is None:
             return [gr.update(value=[]), None, None, "<p>No pair is waiting for you. Thank you!</p>", text,
-                    *_form(None, Answers()), "", PairState()]
+                    *_form(None, Answers()), "", gr.update(value="", visible=False), PairState()]
         answers = (Answers.of_undone(undone, served)
                    if undone is not None and undone.comparison_id == served.comparison_id else Answers())
         refs = [(self.service.image_path(p), _caption(served, i))
@@ -157,7 +182,7 @@ class AnnotateHandlers:
         state = PairState(served, self.clock(), uuid.uuid4().hex, user.id)
         return [gr.update(value=refs, columns=1 if len(refs) <= 2 else 2),
                 self.service.image_path(served.left.image_path), self.service.image_path(served.right.image_path),
-                _prompt_html(served), text, *_form(served, answers), "", state]
+                _prompt_html(served), text, *_form(served, answers), "", _flag_hint_update(served), state]
 
     @ui_errors
     def show(self, token: str | None):

@@ -59,6 +59,7 @@ def _flag_form():
     with gr.Group(elem_id="flag-box"):
         gr.Markdown("**Flag a bad image** · key <kbd>f</kbd>, then <kbd>a</kbd>/<kbd>b</kbd>, number keys, "
                     "<kbd>Enter</kbd>", elem_id="flag-title")
+        hint = gr.HTML(elem_id="flag-hint", padding=False, visible=False)  # what the faces' apparent ages suggest flagging
         with gr.Row():
             side = gr.Radio(FLAG_SIDE_CHOICES, label="Image (a/b)", elem_id="flag-side", scale=1)
             types = gr.CheckboxGroup(FAILURE_CHOICES, label="Failure types (number keys)", elem_id="flag-types",
@@ -67,7 +68,7 @@ def _flag_form():
             note = gr.Textbox(label="Note (optional)", elem_id="flag-note", scale=4)
             flag = gr.Button("Flag [Enter]", elem_id="flag-run", scale=1)
         status = gr.Markdown(elem_id="flag-status")
-    return side, types, note, flag, status
+    return side, types, note, flag, status, hint
 
 
 def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateTab:
@@ -97,14 +98,14 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
                 texture = gr.Radio(PAIR_CHOICES, label="Better texture (key y, then a/b/t)", elem_id="annotate-texture")
                 artifacts = gr.Radio(PAIR_CHOICES, label="Fewer artifacts (key r, then a/b/t)",
                                      elem_id="annotate-artifacts")
-            side, types, note, flag, flag_status = _flag_form()
+            side, types, note, flag, flag_status, flag_hint = _flag_form()
             gr.Markdown(SHORTCUTS_MD, elem_classes=["idglow-shortcuts"])
             with gr.Accordion("Guidelines", open=False):
                 gr.Markdown(GUIDELINES_MD)
             reload = gr.Button("Reload pair", visible=False, elem_id="annotate-reload")
 
     shown = [refs, left, right, prompt, progress, *identity, overall, strength, texture, artifacts,
-             side, types, note, flag_status, pair]
+             side, types, note, flag_status, flag_hint, pair]
     # Selecting the tab only moves the focus to the pair: the sign-in already showed it, and a second reply
     # that lists the answers as outputs would race with the keys being pressed.
     tab.select(None, js=FOCUS_PAIR_JS)

@@ -74,7 +74,8 @@ class FaceMatch:
     similarity[i]: cosine similarity of slot i's matched face (0 when missing). bboxes[i]: that face's box in
     the generated image or None. face_of_slot[i]: index into the generated faces or None. missing: slots
     with no matched face. extra: generated faces matched to no slot. duplicates: slots that a second,
-    unmatched face also resembles above the duplicate threshold.
+    unmatched face also resembles above the duplicate threshold. ages[i]: the apparent age (years) of slot i's
+    matched face, where the face backend estimates one (None when missing or not estimated).
     """
 
     similarity: list[float]
@@ -83,6 +84,7 @@ class FaceMatch:
     missing: list[int] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
+    ages: list[float | None] = field(default_factory=list)
 
     @property
     def mean_similarity(self) -> float:
@@ -100,6 +102,7 @@ class FaceMatch:
             "missing": list(self.missing),
             "extra": list(self.extra),
             "duplicates": list(self.duplicates),
+            "ages": [None if a is None else round(float(a), 1) for a in self.ages],
         }
 
     @classmethod
@@ -111,4 +114,5 @@ class FaceMatch:
             missing=list(data.get("missing", [])),
             extra=list(data.get("extra", [])),
             duplicates=list(data.get("duplicates", [])),
+            ages=list(data.get("ages", [])),
         )

@@ -86,7 +86,7 @@ def match_faces(
     face_of_slot: list[int | None] = [None] * n_slots
     if n_slots == 0 or not faces:
         return FaceMatch(similarity, bboxes, face_of_slot, missing=list(range(n_slots)),
-                         extra=list(range(len(generated))))
+                         extra=list(range(len(generated))), ages=[None] * n_slots)
     refs = _unit_rows(np.stack([np.asarray(r, dtype=np.float64).reshape(-1) for r in references]))
     embs = _unit_rows(np.stack([np.asarray(f.embedding, dtype=np.float64).reshape(-1) for f in faces]))
     if refs.shape[1] != embs.shape[1]:
@@ -113,5 +113,6 @@ def match_faces(
             duplicates.add(best)
     extra = sorted([index_of[r] for r in extra_local] +
                    [i for i, f in enumerate(generated) if f.embedding is None])
+    ages = [None if i is None or generated[i].age is None else float(generated[i].age) for i in face_of_slot]
     return FaceMatch(similarity, bboxes, face_of_slot, missing=missing, extra=extra,
-                     duplicates=sorted(duplicates))
+                     duplicates=sorted(duplicates), ages=ages)

@@ -28,6 +28,11 @@ AGE_FAILURE_TYPES: frozenset[str] = frozenset({"wrong_age", "mini_adult"})
 
 CHILD_AGE = 13  # below this a target age is phrased as a child
 
+# How far an apparent age may sit from its target before it suggests ``wrong_age``: face age estimators err by
+# about 5 years on adults, and more in absolute terms on older faces.
+AGE_TOLERANCE_YEARS = 5.0
+AGE_TOLERANCE_FRACTION = 0.25
+
 
 @dataclass(frozen=True)
 class FailureConstraint:
@@ -87,6 +92,19 @@ FAILURE_CONSTRAINTS: dict[str, FailureConstraint] = {
         sentence="Natural anatomy: correct hands and limbs, no merged bodies.",
     ),
 }
+
+
+def wrong_age_slots(apparent_ages: Sequence[float | None], target_ages: Sequence[float | None]) -> list[int]:
+    """The people whose apparent age is off their target age by more than max(5 years, 25% of the target):
+    the ones that suggest flagging ``wrong_age``. People without either age are never listed."""
+    slots = []
+    for slot, (apparent, target) in enumerate(zip(apparent_ages, target_ages)):
+        if apparent is None or target is None:
+            continue
+        tolerance = max(AGE_TOLERANCE_YEARS, AGE_TOLERANCE_FRACTION * float(target))
+        if abs(float(apparent) - float(target)) > tolerance:
+            slots.append(slot)
+    return slots
 
 
 def _check_failure_types(values: Iterable[str]) -> tuple[str, ...]:

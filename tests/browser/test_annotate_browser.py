@@ -1,5 +1,6 @@
 """The Annotate tab in Debian's chromium (Playwright) against `python app.py`: every pair starts with an empty
-form, signing in shows a pair, flag and undo by keyboard, untrusted text shown as text, the first screen.
+form, signing in shows a pair, flag and undo by keyboard, untrusted text shown as text, the first screen, and
+the wrong-age flag suggested by apparent ages.
 
 Every stored answer is checked in the SQLite database. Screenshots go to $IDGLOW_SCREENSHOT_DIR (default: a
 temporary folder).
@@ -17,7 +18,7 @@ from tests.browser.conftest import PASSWORD, serve_app, sign_in
 
 pytestmark = pytest.mark.browser
 
-ANNOTATORS = ("ann1", "ann2", "ann3", "ann4", "ann5", "ann6", "ann7", "ann8")
+ANNOTATORS = ("ann1", "ann2", "ann3", "ann4", "ann5", "ann6", "ann7", "ann8", "ann9")
 CHOICE_IDS = ["annotate-overall", "annotate-strength", "annotate-texture", "annotate-artifacts", "flag-side",
               "flag-types", *[f"annotate-identity-{i}" for i in range(6)]]
 
@@ -401,3 +402,71 @@ def test_first_screen_holds_both_candidates_the_vote_and_square_captioned_refere
     assert len(phone.locator("#annotate-refs img").all()) == 3
     phone.screenshot(path=str(shots / "annotate-390x844.png"), full_page=True)
     print(f"screenshot: {shots / 'annotate-390x844.png'}")
+
+
+def _give_apparent_ages(data: Path, user: str, left: list, right: list) -> None:
+    """The stored face matches of the pair open for ``user`` get apparent ages: ``left`` for the image on the
+    left of that annotator's screen, ``right`` for the other."""
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Assignment, AssignmentStatus, Candidate, Comparison, User
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            assignment = session.scalars(select(Assignment).join(User, User.id == Assignment.user_id)
+                                         .where(User.username == user, Assignment.status == AssignmentStatus.open)
+                                         ).one()
+            comparison = session.get(Comparison, assignment.comparison_id)
+            for cid in (comparison.candidate_a_id, comparison.candidate_b_id):
+                candidate = session.get(Candidate, cid)
+                ages = left if cid == assignment.shown_left_id else right
+                candidate.face_matches = {**candidate.face_matches, "ages": ages}
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def test_apparent_age_far_from_the_target_suggests_the_wrong_age_flag(server, browser, shots):
+    """Person 3 should look 70: looking 41 in the left image puts the suggestion above the flag form; the
+    annotator follows it by keyboard and the flag is stored on that image."""
+    url, data = server
+    from playwright.sync_api import expect
+
+    from annotation.votes import FAILURE_TYPES
+
+    page = _page(browser, 1366, 768)
+    _open_pair(page, url, "ann9")
+    _skip_to_a_group_with_target_ages(page)
+    expect(page.locator("#flag-hint")).to_be_hidden()
+    _give_apparent_ages(data, "ann9", [33.0, 12.0, 41.0], [31.0, 50.0, 66.0])
+    _open_pair(page, url, "ann9")  # the same open pair, now with apparent ages
+    hint = page.locator("#flag-hint")
+    expect(hint).to_contain_text("Face ages suggest Wrong age [5]: in A, person 3 looks 41 (target 70).")
+    expect(hint).not_to_contain_text("in B")
+    hint.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "annotate-hint-1366x768.png"))
+    _focus_pair(page)
+    for key in ["f", "a", str(FAILURE_TYPES.index("wrong_age") + 1), "Enter"]:
+        page.keyboard.press(key)
+    expect(page.locator("#flag-status")).to_contain_text("Flagged image A as Wrong age", timeout=30_000)
+    [badcase] = _badcases(data, "ann9")
+    assert badcase.failure_types == ["wrong_age"]
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Candidate
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            assert session.get(Candidate, badcase.candidate_id).face_matches["ages"] == [33.0, 12.0, 41.0]
+    finally:
+        engine.dispose()
+
+    phone = _page(browser, 390, 844)
+    _open_pair(phone, url, "ann9")
+    expect(phone.locator("#flag-hint")).to_contain_text("person 3 looks 41 (target 70)")
+    phone.locator("#flag-hint").scroll_into_view_if_needed()
+    phone.screenshot(path=str(shots / "annotate-hint-390x844.png"))
