@@ -169,6 +169,34 @@ def test_eval_age_with_clip_and_aesthetic_scores(tmp_path, capsys):
     assert report["summary"]["idglow"]["aesthetic"] == {"skipped": report["skipped"]["aesthetic"]}
 
 
+def test_eval_linear_decay_runs_the_window_with_the_linear_profile(tmp_path, capsys, monkeypatch):
+    """``linear_decay``: the idglow window, asked of the pipeline with the linear strength profile; the report
+    pairs it with idglow."""
+    from idglow.pipeline import IdGlowPipeline
+
+    profiles = []
+    call = IdGlowPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        profiles.append(kwargs.get("id_profile"))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(IdGlowPipeline, "__call__", recording)
+    out = tmp_path / "decay"
+    code, stdout, stderr = run_eval(capsys, "--benchmark", "age", "--limit", 1, "--steps", 8,
+                                    "--configs", "idglow,linear_decay", "--out", out)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["configs"] == ["idglow", "linear_decay"]
+    assert report["identity_windows"] == {"idglow": [0.3, 0.6], "linear_decay": [0.3, 0.6]}
+    assert set(report["differences"]) == {"linear_decay-idglow"}
+    assert profiles == [None, "linear"]
+    row = report["cases"][0]
+    flat, linear = (np.asarray(Image.open(out / "cases" / row["id"] / row["results"][c]["images"][0]), dtype=np.int16)
+                    for c in ("idglow", "linear_decay"))
+    assert np.abs(flat - linear).max() > 0  # inside the window the linear profile injects less
+
+
 def test_eval_user_manifest_three_and_four_people(tmp_path, capsys, sample_portraits):
     photos = tmp_path / "photos"
     photos.mkdir()

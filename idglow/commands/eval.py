@@ -31,7 +31,9 @@ def register(subparsers) -> None:
                    help="a built-in benchmark (fusion, age) or a manifest file (.json/.yaml)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the report and cached images")
     p.add_argument("--configs", default="base,always_on,idglow",
-                   help="comma-separated configurations to compare (default: base,always_on,idglow)")
+                   help="comma-separated configurations to compare: base, always_on, idglow, linear_decay (the "
+                        "idglow window with identity strength falling linearly from its low to its high edge) "
+                        "(default: base,always_on,idglow)")
     p.add_argument("--clip", metavar="DIR", help="local transformers CLIPModel folder (CLIP score)")
     p.add_argument("--aesthetic", metavar="PATH",
                    help="local aesthetic predictor head (file or folder; uses --clip or its clip/ subfolder)")

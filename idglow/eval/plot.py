@@ -8,8 +8,8 @@ from typing import Any
 
 from idglow.eval.report import METRIC_TITLES
 
-_MARKERS = {"base": "s", "always_on": "^", "idglow": "o"}
-_COLORS = {"base": "#7f7f7f", "always_on": "#1f77b4", "idglow": "#d62728"}
+_MARKERS = {"base": "s", "always_on": "^", "idglow": "o", "linear_decay": "D"}
+_COLORS = {"base": "#7f7f7f", "always_on": "#1f77b4", "idglow": "#d62728", "linear_decay": "#ff7f0e"}
 
 
 def pareto_plot(report: dict[str, Any], path: str | Path) -> Path:

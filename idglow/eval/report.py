@@ -24,7 +24,8 @@ METRIC_TITLES = {
 }
 PARETO_X = "face_sim_mean"
 PARETO_Y_CHOICES = ("aesthetic", "clip_score")
-DIFFERENCES = (("idglow", "base"), ("idglow", "always_on"), ("always_on", "base"))
+DIFFERENCES = (("idglow", "base"), ("idglow", "always_on"), ("always_on", "base"), ("linear_decay", "idglow"),
+               ("linear_decay", "always_on"))
 #: The metric that measures each failure type of the bad-case taxonomy (None: no metric measures it).
 FAILURE_METRICS: dict[str, str | None] = {
     "attribute_leakage": "face_sim_worst",

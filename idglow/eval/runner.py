@@ -5,7 +5,9 @@ Configurations (compared in one run, on the same cases, prompts and seeds):
 - ``base``: the FLUX model alone, no identity injected;
 - ``always_on``: identity injected at every step (σ window [0, 1]);
 - ``idglow``: identity injected inside the task's window (``fusion``: always on; ``age``: σ ∈ [0.3, 0.6]),
-  or inside ``EvalSettings.window`` when given.
+  or inside ``EvalSettings.window`` when given;
+- ``linear_decay`` (on request): the same window with the linear strength profile, full at its low edge and
+  falling to 0 at its high edge (``IdGlowPipeline(..., id_profile="linear")``).
 
 With bad cases (``EvalRunner(..., badcases=...)``), every case whose prompt is composed is run a second time
 with its prompt composed again with the retrieved bad cases (same subjects, seeds and configurations), so that
@@ -38,11 +40,13 @@ from idglow.schedule import IdentityWindow, window_for_task
 
 logger = logging.getLogger(__name__)
 
-CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow")
+CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow", "linear_decay")
+DEFAULT_CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow")
 CONFIG_TITLES = {
     "base": "base FLUX (no identity)",
     "always_on": "always-on injection",
     "idglow": "IdGlow (task schedule)",
+    "linear_decay": "IdGlow window, linear decay",
 }
 #: Per-image metrics, in report order. Higher is better unless marked.
 IMAGE_METRICS: tuple[str, ...] = (
@@ -61,7 +65,7 @@ UNCHANGED_PROMPT_REASON = "the bad cases left the prompt unchanged (their constr
 class EvalSettings:
     """How a benchmark is run and scored.
 
-    configs: which configurations to compare (subset of ``base``, ``always_on``, ``idglow``).
+    configs: which configurations to compare (subset of ``CONFIGS``; default ``base``, ``always_on``, ``idglow``).
     window: σ window of the ``idglow`` configuration (default: the task's preset).
     images_per_case: images per case and configuration (default: the manifest's).
     limit: run only the first ``limit`` cases.
@@ -74,7 +78,7 @@ class EvalSettings:
     max_badcases: how many retrieved bad cases shape one prompt (when the runner is given bad cases).
     """
 
-    configs: tuple[str, ...] = CONFIGS
+    configs: tuple[str, ...] = DEFAULT_CONFIGS
     num_inference_steps: int = 28
     height: int = 1024
     width: int = 1024
@@ -125,7 +129,7 @@ def config_window(config: str, task: str, settings: EvalSettings) -> IdentityWin
         return None
     if config == "always_on":
         return IdentityWindow(0.0, 1.0)
-    if config == "idglow":
+    if config in ("idglow", "linear_decay"):
         return IdentityWindow(*settings.window) if settings.window else window_for_task(task)
     raise InputError(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
 
@@ -219,7 +223,7 @@ class EvalRunner:
         self.badcases = None if badcases is None else _named_badcases(badcases)
         self.badcases_source = badcases_source
         if any(c != "base" for c in self.settings.configs) and getattr(pipe, "adapter", None) is None:
-            raise InputError("the always_on and idglow configurations need a pipeline with an IdGlow adapter")
+            raise InputError("every configuration but base needs a pipeline with an IdGlow adapter")
         # the reference photos are analysed for embeddings and again for the prompt's face attributes
         self._references = RememberedFaces(analyzer, size=256)
         s = self.settings
@@ -310,6 +314,8 @@ class EvalRunner:
         if window is not None:
             kwargs.update(subject_embeds=inputs.embeds, id_scale=s.id_scale,
                           id_window=(window.sigma_lo, window.sigma_hi))
+            if config == "linear_decay":
+                kwargs["id_profile"] = "linear"
             if task == "age":  # people without a target age keep their identity on at every step
                 kwargs["target_ages"] = inputs.case.target_ages
         prompt = kwargs.pop("prompt")
