@@ -94,3 +94,21 @@ def test_signed_in_annotator_votes_and_researcher_exports(app, sample_portraits,
     assert "idglow train dpo" in status
     names = [f["orig_name"] if isinstance(f, dict) else str(f) for f in files]
     assert names[0].endswith(".zip") and any(n.endswith(".parquet") for n in names), names
+
+
+def test_a_40_megapixel_png_is_analysed_on_a_bounded_copy_in_the_face_process(app, sample_portraits, tmp_path):
+    """A 6300×6300 PNG (just under the 40 MP cap; mostly flat, so a small file) holding one portrait: the running
+    app finds the person on a bounded copy, and the face-analysis process that did it is the one it had."""
+    from PIL import Image
+
+    analyzer = app.services.generation.pipe.face_analyzer.analyzer  # RememberedFaces → AnalyzerProcess
+    pid = analyzer.worker_pid
+    assert pid is not None  # the app started it when it began serving
+    portrait = Image.open(sample_portraits["person3"]).convert("RGB")
+    big = Image.new("RGB", (6300, 6300), (182, 190, 176))
+    big.paste(portrait.resize((1800, round(1800 * portrait.height / portrait.width))), (2200, 2000))
+    path = tmp_path / "big.png"
+    big.save(path)
+    outputs = client(app).predict(files=[handle_file(str(path))], consent=True, api_name="/upload")
+    assert "1 person ready" in str(outputs)
+    assert analyzer.worker_pid == pid
