@@ -1,6 +1,8 @@
 """The bad-case loop on the app side: bad cases flagged by annotators, read back from the store as the prompt
 synthesizer's :class:`~idglow.prompting.badcases.Badcase` records (newest first), and written as JSON Lines in
-the format ``idglow prompt --badcases FILE`` reads."""
+the format ``idglow prompt --badcases FILE`` reads. ``idglow prompt`` and ``idglow eval`` read them straight from
+a database with ``--badcases URL``, through :func:`badcases_from_url` (the ``idglow.badcase_stores`` entry
+point)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Badcase as StoredBadcase
 from db.models import Candidate, Generation, GenerationSubject
+from idglow.errors import InputError
 from idglow.prompting.badcases import Badcase
 
 DEFAULT_LIMIT = 200  # the newest flags considered for one prompt; the synthesizer picks the most relevant few
@@ -33,6 +36,26 @@ def recent_badcases(session: Session, *, task: str | None = None, limit: int = D
                     prompt=prompt, candidate_id=flag.candidate_id, num_subjects=num, target_ages=ages.get(gen_id, ()),
                     id=flag.id)
             for flag, gen_id, prompt, num in rows]
+
+
+def badcases_from_url(url: str, task: str | None = None, limit: int = DEFAULT_LIMIT) -> list[Badcase]:
+    """The newest ``limit`` bad cases (of ``task`` when given) in the store at the SQLAlchemy ``url``, read
+    without changing it."""
+    from sqlalchemy import inspect, make_url
+
+    from db.engine import make_engine, make_session_factory
+
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() == "sqlite" and sa_url.database and not Path(sa_url.database).is_file():
+        raise InputError(f"--badcases {url}: no such database file")
+    engine = make_engine(url)
+    try:
+        if not inspect(engine).has_table(StoredBadcase.__tablename__):
+            raise InputError(f"--badcases {url}: no preference store there (run `idglow db upgrade --db URL`)")
+        with make_session_factory(engine)() as session:
+            return recent_badcases(session, task=task, limit=limit)
+    finally:
+        engine.dispose()
 
 
 def _target_ages(session: Session, generation_ids: set[int]) -> dict[int, tuple[float | None, ...]]:

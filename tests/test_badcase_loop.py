@@ -86,6 +86,36 @@ def test_export_writes_the_badcases_in_the_format_the_prompt_command_reads(pipe,
     assert "badcases.jsonl" in manifest["files"] and "badcases.jsonl" in (out / "README.md").read_text()
 
 
+def test_prompt_and_eval_commands_read_the_flags_straight_from_the_store(pipe, tmp_path, sample_portraits, capsys):
+    """``--badcases URL``: the newest flags of the store at that database URL, through the annotation app's
+    ``idglow.badcase_stores`` entry point; a report records the URL without its password."""
+    from annotation.testing import make_store
+    from idglow.cli import main
+    from idglow.commands.prompt import badcases_source
+
+    store = make_store(tmp_path / "data")
+    result = _service(pipe, store).generate(_request(sample_portraits))
+    fusion = _flag(store, result.candidates[0].candidate_id, ["identity_swap"], "swapped")
+    url = str(store.engine.url)
+    assert url.startswith("sqlite:///")
+    subjects = [arg for n in ("person1", "person2") for arg in ("--subject", str(sample_portraits[n]))]
+    assert main(["prompt", *subjects, "--badcases", url, "--no-faces"]) == 0
+    shaped = json.loads(capsys.readouterr().out)
+    assert shaped["badcase_ids"] == [fusion]
+    assert FAILURE_CONSTRAINTS["identity_swap"].sentence in shaped["text"]
+    # the age task reads only the age task's flags: there are none
+    assert main(["prompt", *subjects, "--task", "age", "--target-age", "6", "--target-age", "-",
+                 "--badcases", url, "--no-faces"]) == 0
+    assert json.loads(capsys.readouterr().out)["badcase_ids"] == []
+    assert main(["prompt", *subjects, "--badcases", f"sqlite:///{tmp_path / 'none.db'}", "--no-faces"]) == 2
+    assert "no such database file" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
+    (tmp_path / "empty.db").touch()
+    assert main(["prompt", *subjects, "--badcases", f"sqlite:///{tmp_path / 'empty.db'}", "--no-faces"]) == 2
+    assert "no preference store there" in capsys.readouterr().err
+    assert badcases_source("postgresql://ann:secret@db:5432/idglow") == "postgresql://ann:***@db:5432/idglow"
+    assert badcases_source("flags.jsonl") == "flags.jsonl"
+
+
 def test_wrong_age_needs_both_ages_and_a_gap_past_5_years_or_a_quarter_of_the_target():
     targets = [6.0, 60.0, 60.0, None, 30.0, 6.0]
     apparent = [11.0, 74.0, 76.0, 50.0, None, 0.5]

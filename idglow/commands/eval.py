@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from idglow.commands.common import add_model_arguments, model_settings
-from idglow.commands.prompt import add_badcase_arguments, badcases_from_args
+from idglow.commands.prompt import add_badcase_arguments, badcases_from_args, badcases_source
 from idglow.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     runner = EvalRunner(
         pipe, analyzer, settings, clip=clip, aesthetic=aesthetic, progress=not args.no_progress,
         model_info={"model": args.model or "tiny-demo", "adapter": args.adapter, "faces": args.faces},
-        badcases=badcases if args.badcases else None, badcases_source=args.badcases,
+        badcases=badcases if args.badcases else None,
+        badcases_source=badcases_source(args.badcases) if args.badcases else None,
     )
     report = runner.run(manifest, args.out)
     out = Path(args.out)

@@ -39,9 +39,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+BADCASE_STORES = "idglow.badcase_stores"  # entry points: (database URL, task) → the newest flagged Badcases
+
+
 def add_badcase_arguments(parser: argparse.ArgumentParser, badcases_help: str) -> None:
-    """``--badcases FILE`` and ``--max-badcases N`` (read them with :func:`badcases_from_args`)."""
-    parser.add_argument("--badcases", metavar="FILE", help=badcases_help)
+    """``--badcases FILE|URL`` and ``--max-badcases N`` (read them with :func:`badcases_from_args`)."""
+    parser.add_argument("--badcases", metavar="FILE|URL", help=badcases_help + "; or the preference store's "
+                        "database URL (e.g. sqlite:///data/idglow.db): its newest 200 flags, of the task when "
+                        "there is one")
     parser.add_argument("--max-badcases", type=int, default=4, metavar="N",
                         help="badcases used per prompt (default: 4)")
 
@@ -50,7 +55,34 @@ def badcases_from_args(args: argparse.Namespace) -> list:
     """The badcases of ``--badcases`` (none without it), after checking ``--max-badcases``."""
     if args.max_badcases < 0:
         raise InputError(f"--max-badcases {args.max_badcases}: must be >= 0")
-    return load_badcases(args.badcases) if args.badcases else []
+    if not args.badcases:
+        return []
+    if "://" in args.badcases:
+        return badcases_from_store(args.badcases, getattr(args, "task", None))
+    return load_badcases(args.badcases)
+
+
+def badcases_source(value: str) -> str:
+    """``--badcases`` as a report records it: a database URL loses its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    if "://" not in value or parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def badcases_from_store(url: str, task: str | None = None) -> list:
+    """The newest flagged bad cases in the preference store at ``url``, read by the installed store plugin
+    (the annotation app's ``idglow.badcase_stores`` entry point)."""
+    from importlib.metadata import entry_points
+
+    readers = sorted(entry_points(group=BADCASE_STORES), key=lambda e: e.name)
+    if not readers:
+        raise InputError(f"--badcases {url}: reading a database needs the annotation app installed "
+                         "(pip install -e .); or pass a file written by `idglow export`")
+    return readers[0].load()(url, task)
 
 
 def load_badcases(path: str | Path):
