@@ -221,7 +221,8 @@ class GenerationService:
 
             out = self._pipeline_for_one_call()(
                 **prompt_kwargs, subjects=list(request.subjects), task=request.task,
-                id_scale=float(request.id_scale), id_window=request.id_window, num_images=request.num_images,
+                id_scale=float(request.id_scale), id_window=request.id_window, id_profile=request.id_profile,
+                num_images=request.num_images,
                 seed=seed, adapter=adapters[version], num_inference_steps=steps,
                 guidance_scale=float(request.guidance_scale), height=request.height or self.default_size,
                 width=request.width or self.default_size, callback_on_step_end=callback,

@@ -35,6 +35,7 @@ class GenerationRequest:
     guidance_scale: float = 3.5
     id_scale: float = 1.0
     id_window: tuple[float, float] | None = None
+    id_profile: str = "flat"  # identity strength inside the window: "flat", or "linear" (decaying to its high edge)
     num_images: int = 2
     height: int | None = None
     width: int | None = None
@@ -109,6 +110,10 @@ def _check_numbers(request: GenerationRequest) -> None:
         from idglow.schedule import IdentityWindow
 
         IdentityWindow(*request.id_window)  # InputError naming the bad bound
+    from idglow.schedule import PROFILES
+
+    if request.id_profile not in PROFILES:
+        raise InputError(f"identity strength {request.id_profile!r} must be one of {', '.join(PROFILES)}")
 
 
 def check_request_values(request: GenerationRequest) -> None:

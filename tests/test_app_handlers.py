@@ -144,13 +144,15 @@ def test_generate_builds_a_typed_request_and_shows_scores_in_words():
     state = VisitorState(people=[Person("a", DetectedSubject(Image.new("RGB", (4, 4)), 1, "a.jpg")),
                                  Person("b", DetectedSubject(Image.new("RGB", (4, 4)), 0, "b.jpg"))])
     form = GenerateForm(task="age", scene="park", consent=True, seed=-1, steps=12, guidance=3.0, id_scale=0.8,
-                        window_lo=0.1, window_hi=0.9, num_images=2, size=128, model_versions="tiny-demo",
+                        window_lo=0.1, window_hi=0.9, id_profile="linear", num_images=2, size=128,
+                        model_versions="tiny-demo",
                         cards=[CardValues("Mum", 6, 1.5), CardValues("", None, None)])
     progress = []
     out = handlers.generate(state, form, progress=lambda value, desc=None, unit=None: progress.append((value, desc)))
     req = service.requests[0]
     assert req.seed is None and req.num_inference_steps == 12 and (req.height, req.width) == (128, 128)
-    assert req.id_window == (0.1, 0.9) and req.model_versions == ["tiny-demo"] and req.visitor_id == state.visitor_id
+    assert req.id_window == (0.1, 0.9) and req.id_profile == "linear"
+    assert req.model_versions == ["tiny-demo"] and req.visitor_id == state.visitor_id
     assert [(s.label, s.target_age, s.weight, s.face_index) for s in req.subjects] == [
         ("Mum", 6.0, 1.5, 1), (None, None, 1.0, 0)]
     assert progress[0] == (0.0, "In the queue: 2 ahead of you") and [v for v, _ in progress[1:]] == [

@@ -362,3 +362,20 @@ def test_a_cpu_generation_leaves_the_server_a_core_and_short_gil_turns():
     finally:
         torch.set_num_threads(threads)
         sys.setswitchinterval(interval)
+
+
+def test_the_linear_strength_profile_reaches_the_pipeline_and_is_stored(pipe, store, sample_portraits):
+    import numpy as np
+
+    service = make_service(pipe, store)
+    with pytest.raises(InputError, match="identity strength 'steep' must be one of flat, linear"):
+        service.check_request(request(sample_portraits, id_profile="steep"))
+    runs = {profile: service.generate(request(sample_portraits, num_images=1, num_inference_steps=8,
+                                              id_window=(0.2, 0.8), id_profile=profile))
+            for profile in ("flat", "linear")}
+    assert runs["linear"].params["id_profile"] == "linear" and runs["flat"].params["id_profile"] == "flat"
+    flat, linear = (np.asarray(runs[p].candidates[0].image, dtype=np.int16) for p in ("flat", "linear"))
+    assert np.abs(flat - linear).max() > 0
+    with store.sessions() as session:
+        stored = session.get(Generation, runs["linear"].generation_ids[0]).params
+    assert stored["id_profile"] == "linear" and stored["id_window"][:2] == [0.2, 0.8]

@@ -43,6 +43,7 @@ def _generate_kwargs(**changes) -> dict:
     (dict(scene={"where": "park"}), r"scene: \{'where': 'park'\} is not text"),
     (dict(task=5), r"task: 5 is not one of 'fusion', 'age' \(the “Task” field\)"),
     (dict(size="big"), r"size: 'big' is not one of 64, 128"),
+    (dict(id_profile="steep"), r"id_profile: 'steep' is not one of 'flat', 'linear'"),
     (dict(model_versions="tiny-demo"), r"model_versions: 'tiny-demo' is not a list: send a list of some of "
                                        r"'tiny-demo'"),
 ])

@@ -82,6 +82,7 @@ class GenerateForm:
     id_scale: float = 1.0
     window_lo: float = 0.0
     window_hi: float = 1.0
+    id_profile: str | None = "flat"
     num_images: float = 2
     size: float | None = None
     model_versions: list[str] | str | None = None
@@ -285,7 +286,8 @@ class GenerateHandlers:
             prompt=form.prompt or "", seed=_seed(form.seed),
             num_inference_steps=_int_or_none(form.steps) or self.default_steps,
             guidance_scale=float(form.guidance), id_scale=float(form.id_scale),
-            id_window=(float(form.window_lo), float(form.window_hi)), num_images=int(form.num_images),
+            id_window=(float(form.window_lo), float(form.window_hi)), id_profile=form.id_profile or "flat",
+            num_images=int(form.num_images),
             height=size, width=size, model_versions=versions, visitor_id=state.visitor_id,
             consent=bool(form.consent) or examples_only,
         )

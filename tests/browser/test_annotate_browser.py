@@ -453,8 +453,6 @@ def test_apparent_age_far_from_the_target_suggests_the_wrong_age_flag(server, br
     expect(page.locator("#flag-status")).to_contain_text("Flagged image A as Wrong age", timeout=30_000)
     [badcase] = _badcases(data, "ann9")
     assert badcase.failure_types == ["wrong_age"]
-    from sqlalchemy import select
-
     from db.engine import make_engine, make_session_factory
     from db.models import Candidate
 

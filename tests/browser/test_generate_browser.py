@@ -167,3 +167,38 @@ def test_first_screen_on_desktop_and_phone(server, browser, shots):
     assert scroll <= PHONE["width"], f"the page scrolls sideways ({scroll} px)"
     _shot(page, shots, "generate-phone-example")
     _shot(page, shots, "generate-phone-result", full_page=True)
+
+
+def test_research_settings_choose_the_linear_strength_profile(server, browser, shots):
+    """A researcher opens "Research settings", narrows the σ window and picks linear decay: the generation
+    stored in the database ran with that window and profile. The section is walked at both sizes."""
+    from playwright.sync_api import expect
+
+    url, data = server
+    for viewport, name in ((PHONE, "phone"), (DESKTOP, "desktop")):
+        page = _page(browser, url, viewport)
+        page.locator("#gen-research").get_by_text("Research settings").click()
+        profile = page.locator("#gen-profile")
+        expect(profile).to_contain_text("Identity strength inside the window")
+        expect(profile.locator("input[value=flat]")).to_be_checked()
+        profile.get_by_text("Linear decay").click()
+        expect(profile.locator("input[value=linear]")).to_be_checked()
+        profile.scroll_into_view_if_needed()
+        _shot(page, shots, f"generate-{name}-research")
+    page.locator("#gen-example").click()
+    expect(_cards(page)).to_have_count(3, timeout=90_000)
+    page.locator("#gen-research input[type=number]").nth(1).fill("0.2")  # σ window: from
+    page.locator("#gen-research input[type=number]").nth(1).press("Tab")
+    page.locator("#gen-run").click()
+    expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=180_000)
+
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Generation
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    with make_session_factory(engine)() as session:
+        gen = session.scalars(select(Generation).order_by(Generation.id.desc())).first()
+    engine.dispose()
+    assert gen.params["id_profile"] == "linear" and gen.params["id_window"][:2] == [0.2, 1.0]
