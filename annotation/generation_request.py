@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from idglow.errors import InputError
+from idglow.schedule import PROFILES, IdentityWindow
 from idglow.subjects import SubjectRef, validate_group
 
 MAX_CANDIDATES = 8
@@ -107,11 +108,7 @@ def _check_numbers(request: GenerationRequest) -> None:
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
         raise InputError(f"seed {request.seed} must be between 0 and {MAX_SEED}")
     if request.id_window is not None:
-        from idglow.schedule import IdentityWindow
-
         IdentityWindow(*request.id_window)  # InputError naming the bad bound
-    from idglow.schedule import PROFILES
-
     if request.id_profile not in PROFILES:
         raise InputError(f"identity strength {request.id_profile!r} must be one of {', '.join(PROFILES)}")
 

@@ -59,7 +59,8 @@ def _flag_form():
     with gr.Group(elem_id="flag-box"):
         gr.Markdown("**Flag a bad image** · key <kbd>f</kbd>, then <kbd>a</kbd>/<kbd>b</kbd>, number keys, "
                     "<kbd>Enter</kbd>", elem_id="flag-title")
-        hint = gr.HTML(elem_id="flag-hint", padding=False, visible=False)  # what the faces' apparent ages suggest flagging
+        # what the people's apparent ages suggest flagging (hidden when nothing)
+        hint = gr.HTML(elem_id="flag-hint", padding=False, visible=False)
         with gr.Row():
             side = gr.Radio(FLAG_SIDE_CHOICES, label="Image (a/b)", elem_id="flag-side", scale=1)
             types = gr.CheckboxGroup(FAILURE_CHOICES, label="Failure types (number keys)", elem_id="flag-types",

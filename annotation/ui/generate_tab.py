@@ -23,6 +23,7 @@ from annotation.ui.theme import OPERATOR_NOTES
 from idglow.schedule import window_for_task
 
 TASK_CHOICES = [("Group photo", "fusion"), ("Change ages", "age")]
+PROFILE_CHOICES = [("Flat", "flat"), ("Linear decay (full at the low σ edge, none at the high)", "linear")]
 FORM_FIELDS = ("task", "scene", "prompt", "consent", "seed", "steps", "guidance", "id_scale", "window_lo",
                "window_hi", "id_profile", "num_images", "size", "model_versions")
 
@@ -80,8 +81,8 @@ def _inputs(handlers: GenerateHandlers, versions, tiny: bool, w: dict[str, Any])
             w["id_scale"] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Global ID weight")
             w["window_lo"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="σ window: from")
             w["window_hi"] = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="σ window: to")
-        w["id_profile"] = gr.Radio([("Flat", "flat"), ("Linear decay (full at the low σ edge, none at the high)", "linear")],
-                                   value="flat", label="Identity strength inside the window", elem_id="gen-profile")
+        w["id_profile"] = gr.Radio(PROFILE_CHOICES, value="flat", label="Identity strength inside the window",
+                                   elem_id="gen-profile")
         w["model_versions"] = gr.Dropdown(versions(), value=versions()[:1], multiselect=True,
                                           label="Model versions (several: same people and seeds on each)",
                                           elem_id="gen-versions")
