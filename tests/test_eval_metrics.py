@@ -104,16 +104,16 @@ def test_age_errors_follow_the_matched_faces():
     # Faces in shuffled order with known ages; subject 2 is missing.
     faces = [_face(refs[1], x=0, age=30.0), _face(refs[0], x=20, age=9.0)]
     match = match_faces(faces, refs, min_similarity=0.5)
-    errors = age_errors(faces, match, [6.0, 35.0, 70.0])
+    errors = age_errors(match, [6.0, 35.0, 70.0])
     assert errors == [pytest.approx(3.0), pytest.approx(5.0), None]
     assert mean_or_none(errors) == pytest.approx(4.0)
     # An analyzer without ages gives no error at all.
     no_age = [_face(refs[1]), _face(refs[0], x=20)]
     no_age_match = match_faces(no_age, refs, min_similarity=0.5)
-    assert age_errors(no_age, no_age_match, [6.0, 35.0, 70.0]) == [None, None, None]
+    assert age_errors(no_age_match, [6.0, 35.0, 70.0]) == [None, None, None]
     assert mean_or_none([None, None]) is None
     with pytest.raises(ValueError, match="2 target ages for 3"):
-        age_errors(faces, match, [1.0, 2.0])
+        age_errors(match, [1.0, 2.0])
 
 
 def test_bootstrap_ci_properties():

@@ -36,6 +36,7 @@ def failure_label(name: str) -> str:
 
 # shown with their number key; the stored value stays the taxonomy name
 FAILURE_CHOICES = [(f"{failure_label(name)} [{i + 1}]", name) for i, name in enumerate(FAILURE_TYPES)]
+WRONG_AGE_CHOICE = next(text for text, name in FAILURE_CHOICES if name == "wrong_age")  # as the flag form shows it
 # refs, A, B, prompt, progress, identity radios, overall, strength, texture, artifacts, flag side, failure types,
 # flag note, flag status, flag hint, pair state
 SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 3
@@ -129,8 +130,7 @@ def _flag_hint(served) -> str:
             found.append(f"in {name}, " + ", ".join(people))
     if not found:
         return ""
-    label = dict((value, text) for text, value in FAILURE_CHOICES)["wrong_age"]
-    return f'<p class="flag-hint">Face ages suggest <b>{label}</b>: {"; ".join(found)}.</p>'
+    return f'<p class="flag-hint">Face ages suggest <b>{WRONG_AGE_CHOICE}</b>: {"; ".join(found)}.</p>'
 
 
 def _flag_hint_update(served) -> dict:

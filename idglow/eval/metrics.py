@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from idglow.faces.base import Face, FaceMatch
+from idglow.faces.base import FaceMatch
 from idglow.faces.match import SAME_PERSON_THRESHOLDS, same_person_threshold  # noqa: F401 (re-exported)
 
 
@@ -39,17 +39,14 @@ def identity_metrics(match: FaceMatch) -> dict[str, float]:
     }
 
 
-def age_errors(faces: Sequence[Face], match: FaceMatch, target_ages: Sequence[float | None]) -> list[float | None]:
-    """|estimated age − target age| per subject (None where the subject has no face, no target, or the
-    analyzer gave no age for its face)."""
+def age_errors(match: FaceMatch, target_ages: Sequence[float | None]) -> list[float | None]:
+    """|estimated age − target age| per subject, from ``match.ages`` (None where the subject has no face, no
+    target, or the analyzer gave no age for its face)."""
     if len(target_ages) != len(match.face_of_slot):
         raise ValueError(f"{len(target_ages)} target ages for {len(match.face_of_slot)} matched subjects")
-    errors: list[float | None] = []
-    for slot, target in enumerate(target_ages):
-        index = match.face_of_slot[slot]
-        age = None if index is None else faces[index].age
-        errors.append(None if target is None or age is None else abs(float(age) - float(target)))
-    return errors
+    ages = match.ages or [None] * len(target_ages)
+    return [None if target is None or age is None else abs(float(age) - float(target))
+            for age, target in zip(ages, target_ages)]
 
 
 def mean_or_none(values: Sequence[float | None]) -> float | None:

@@ -335,7 +335,7 @@ class EvalRunner:
             match = match_faces(faces, refs, min_similarity=self.match_threshold,
                                 duplicate_similarity=self.duplicate_threshold)
             record: dict[str, Any] = identity_metrics(match)
-            record["age_error"] = mean_or_none(age_errors(faces, match, targets)) if task == "age" else None
+            record["age_error"] = mean_or_none(age_errors(match, targets)) if task == "age" else None
             record["clip_score"] = clip_scores[i] if clip_scores else None
             record["aesthetic"] = aesthetic[i] if aesthetic else None
             record["num_faces"] = len(faces)
