@@ -116,25 +116,30 @@ def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
 
 def evaluate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], **kwargs) -> dict[str, float]:
     """Over generated scenes (``generate``'s keyword arguments pass through): mean Hungarian-matched identity
-    similarity (against the reference embeddings), code similarity (structure-free; 0 for a missing person),
-    the fraction of people shown with the requested structure (child/adult), the mean age error of the
-    structure of matched people (years), layout accuracy (people in the coarse region the prompt names) and
-    missing people per scene."""
+    similarity (against the reference embeddings, wherever the faces stand) and the same read *by position*
+    (``identity_in_place``: the face in each person's prompted box), code similarity matched and by position
+    (structure-free; 0 for a missing person or an empty place), ``binding_accuracy`` (people whose box holds
+    their own face) and ``swap_rate`` (people whose box holds another member's face), the fraction of people
+    shown with the requested structure (child/adult), the mean age error of the structure of matched people
+    (years), layout accuracy (people in the coarse region the prompt names) and missing people per scene."""
     analyzer = SyntheticFaceAnalyzer(dataset.world)
     latents = generate(model, dataset, indices, **kwargs)
-    ident, code, struct, missing, age, layout = [], [], [], [], [], []
+    keys = ("identity", "identity_in_place", "code_similarity", "place_code_similarity", "in_place", "swapped",
+            "structure_ok", "missing", "age_error", "layout_accuracy")
+    got: dict[str, list] = {k: [] for k in keys}
     for i, lat in zip(indices, latents):
         target, refs = dataset.spec(i)
         m = scene_metrics(analyzer, lat, target, dataset.reference_embeddings(refs))
-        ident.append(m["identity"])
-        code.extend(m["code_similarity"])
-        struct.extend(m["structure_ok"])
-        missing.append(m["missing"])
-        age.extend(e for e in m["age_error"] if e is not None)
-        layout.append(m["layout_accuracy"])
-    return {"identity": float(np.mean(ident)), "code_similarity": float(np.mean(code)),
-            "structure_accuracy": float(np.mean(struct)), "age_error": float(np.mean(age)) if age else float("nan"),
-            "layout_accuracy": float(np.mean(layout)), "missing": float(np.mean(missing))}
+        for k in ("identity", "identity_in_place", "missing", "layout_accuracy"):
+            got[k].append(m[k])
+        for k in ("code_similarity", "place_code_similarity", "in_place", "structure_ok"):
+            got[k].extend(m[k])
+        got["swapped"].extend(o is not None for o in m["binding"].instead)
+        got["age_error"].extend(e for e in m["age_error"] if e is not None)
+    out = {k: float(np.mean(got[k])) if got[k] else float("nan") for k in keys}
+    out["binding_accuracy"], out["swap_rate"] = out.pop("in_place"), out.pop("swapped")
+    out["structure_accuracy"] = out.pop("structure_ok")
+    return out
 
 
 def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *,
@@ -171,8 +176,8 @@ def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indice
         sample = dataset[i]
         boxes = []
         for lat in (la, lb):
-            m = scene_metrics(analyzer, lat, target)["match"]
-            boxes.append([None if bb is None else tuple(v / s for v in bb) for bb in m.bboxes])
+            places = scene_metrics(analyzer, lat, target)["binding"].place_bboxes  # each person's own place
+            boxes.append([None if bb is None else tuple(v / s for v in bb) for bb in places])
         pairs.append({
             "latents_0": la, "latents_1": lb, "prompt_embeds": sample["prompt_embeds"],
             "pooled_prompt_embeds": sample["pooled_prompt_embeds"], "id_embeds": sample["id_embeds"],
@@ -290,11 +295,6 @@ def win_outcomes(dataset, indices: list[int], new: list[torch.Tensor], old: list
         sa, sb = score(analyzer, a, target)["overall"], score(analyzer, b, target)["overall"]
         out.append(1.0 if sa > sb else (0.5 if sa == sb else 0.0))
     return np.asarray(out)
-
-
-def oracle_win_rate(dataset, indices: list[int], new: list[torch.Tensor], old: list[torch.Tensor]) -> float:
-    """Fraction of prompts where the oracle (the labeller) prefers ``new[i]`` over ``old[i]`` (ties count ½)."""
-    return float(win_outcomes(dataset, indices, new, old, scorer="oracle").mean()) if indices else 0.0
 
 
 def ratio_interval(numerators, denominators, *, confidence: float = 0.95, num_resamples: int = 2000,
