@@ -194,17 +194,18 @@ def _place_faces(faces, positions, boxes, min_iou) -> tuple[str | None, list[int
 
 def bind_group(faces: Sequence[Face], references: Sequence[np.ndarray], *, positions: Sequence[int] | None = None,
                boxes: Sequence[Sequence[float]] | None = None, truth: Sequence[np.ndarray | None] | None = None,
-               min_similarity: float | None = None, min_iou: float = PLACE_MIN_IOU) -> GroupBinding:
+               min_similarity: float | None = None, duplicate_similarity: float | None = None,
+               min_iou: float = PLACE_MIN_IOU) -> GroupBinding:
     """Bind the faces found in a generated image to the group's people (reference embeddings, slot order).
 
     ``positions`` (1 = leftmost, per person) or ``boxes`` (per person, in the image's pixels) give the places
     the prompt puts people in; ``truth`` the embedding of each person in a ground-truth photo of the scene
     (None where unknown). ``min_similarity`` defaults to the backend's same-person threshold; it gates both the
-    Hungarian match and whom a face in a place is taken for."""
+    Hungarian match and whom a face in a place is taken for; ``duplicate_similarity`` is ``match_faces``'."""
     n = len(references)
     if min_similarity is None and n:
         min_similarity = same_person_threshold(_unit(references[0]).size)
-    match = match_faces(faces, references, min_similarity=min_similarity)
+    match = match_faces(faces, references, min_similarity=min_similarity, duplicate_similarity=duplicate_similarity)
     sims = similarity_matrix(faces, references)
     places, place_face = _place_faces(faces, positions, boxes, min_iou)
     binding = GroupBinding(match=match, places=places, place_face=list(place_face or [None] * n))
