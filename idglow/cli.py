@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "idglow.commands.generate",
     "idglow.commands.samples",
     "idglow.commands.faces",
+    "idglow.commands.score",
     "idglow.commands.prompt",
     "idglow.commands.eval",
     "idglow.commands.train",

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from idglow.faces.base import Face, FaceMatch, l2_normalize
-from idglow.faces.match import match_faces
+from idglow.faces.base import Face, l2_normalize
+from idglow.faces.binding import PLACE_MIN_IOU, GroupBinding, bind_group, places_by_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -266,14 +266,6 @@ class SyntheticWorld:
             boxes.append((nx, ny, nx + w, ny + h))
         return SceneSpec(codes=spec.codes.copy(), child=list(child), boxes=boxes)
 
-    def face_masks(self, spec: SceneSpec, num_slots: int | None = None) -> np.ndarray:
-        """Per-slot box masks (num_slots, S, S) in latent pixels; padded slots are empty."""
-        n = num_slots or spec.num_subjects
-        masks = np.zeros((n, self.size, self.size), dtype=np.float32)
-        for j, (x1, y1, x2, y2) in enumerate(spec.boxes[:n]):
-            masks[j, y1:y2, x1:x2] = 1.0
-        return masks
-
     # --- the "prompt" -------------------------------------------------------------------------------------
 
     @property
@@ -451,26 +443,21 @@ class SyntheticFaceAnalyzer:
 
 
 def scene_match(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
-                reference_embeddings: np.ndarray | None = None) -> tuple[FaceMatch, list[Face]]:
-    """Hungarian match of the faces found in ``latent`` to the scene's people (their reference embeddings,
-    or the clean embeddings of the scene's codes and structures)."""
+                reference_embeddings: np.ndarray | None = None) -> tuple[GroupBinding, list[Face]]:
+    """Bind the faces found in ``latent`` to the scene's people (their reference embeddings, or the clean
+    embeddings of the scene's codes and structures): the Hungarian identity match, and the face in each
+    person's prompted box (IoU >= ``PLACE_MIN_IOU``) with whom it shows (``bind_group``, no threshold)."""
     faces = analyzer.detect(latent)
     if reference_embeddings is None:
         reference_embeddings = np.stack([analyzer.world.code_embedding(z, c) for z, c in zip(spec.codes, spec.child)])
-    return match_faces(faces, list(reference_embeddings), min_similarity=0.0), faces
+    return bind_group(faces, list(reference_embeddings), boxes=spec.boxes, min_similarity=0.0), faces
 
 
-def layout_errors(faces: list[Face], spec: SceneSpec, min_iou: float = 0.25) -> tuple[int, int]:
+def layout_errors(faces: list[Face], spec: SceneSpec, min_iou: float = PLACE_MIN_IOU) -> tuple[int, int]:
     """(absent, surplus): requested people with no face where the scene puts them, and faces that stand
-    where nobody was requested, judged by position alone (Hungarian match of boxes on IoU ≥ ``min_iou``),
-    whoever the faces look like."""
-    from scipy.optimize import linear_sum_assignment
-
-    if not faces or not spec.boxes:
-        return spec.num_subjects, len(faces)
-    iou = np.array([[_iou(f.bbox, box) for box in spec.boxes] for f in faces])
-    rows, cols = linear_sum_assignment(-iou)
-    placed = int((iou[rows, cols] >= min_iou).sum())
+    where nobody was requested, judged by position alone (``places_by_boxes``: Hungarian match of boxes on
+    IoU >= ``min_iou``), whoever the faces look like."""
+    placed = sum(1 for f in places_by_boxes(faces, spec.boxes, min_iou) if f is not None)
     return spec.num_subjects - placed, len(faces) - placed
 
 
@@ -485,58 +472,65 @@ def layout_accuracy(world: SyntheticWorld, faces: list[Face], spec: SceneSpec) -
     return sum(min(n, found[key]) for key, n in wanted.items()) / max(spec.num_subjects, 1)
 
 
-def _iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _code_similarity(face: Face | None, code: np.ndarray) -> float:
+    """Cosine of a face's recovered identity code with a person's code (0 for no face)."""
+    if face is None:
+        return 0.0
+    return float(l2_normalize(face.code) @ l2_normalize(code))  # type: ignore[attr-defined]
 
 
-def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
-                  reference_embeddings: np.ndarray | None = None) -> dict[str, Any]:
-    """Identity and structure of a generated scene against its request.
-
-    Returns ``identity`` (mean Hungarian-matched embedding similarity, 0 for missing people),
-    ``code_similarity`` per slot (cosine of the recovered code, structure-free), ``structure_ok`` per slot
-    (matched face has the requested child/adult structure), ``missing``/``extra`` counts of the identity
-    match (a face that resembles nobody counts as both), ``absent``/``surplus`` counts by position alone
-    (see ``layout_errors``), ``layout_accuracy`` (see ``layout_accuracy``), ``age_error`` per slot
-    (|structure age of the matched face − target age| in years, None when the person is missing) and
-    ``background_noise`` (mean |deviation| of background pixels from the clean background).
-    """
-    match, faces = scene_match(analyzer, latent, spec, reference_embeddings)
-    absent, surplus = layout_errors(faces, spec)
-    code_sim, structure_ok, age_error = [], [], []
-    for slot, face_idx in enumerate(match.face_of_slot):
-        if face_idx is None:
-            code_sim.append(0.0)
-            structure_ok.append(False)
-            age_error.append(None)
-            continue
-        face = faces[face_idx]
-        age_error.append(abs(analyzer.world.structure_age(face.bbox) - spec.target_ages[slot]))
-        code_sim.append(float(l2_normalize(face.code) @ l2_normalize(spec.codes[slot])))  # type: ignore[attr-defined]
-        structure_ok.append(analyzer.world.is_child_shape(face.bbox) == spec.child[slot])
+def _background_noise(analyzer: SyntheticFaceAnalyzer, latent, faces: list[Face]) -> float:
+    """Mean |deviation| of the pixels outside every face box from the clean background."""
     lat = latent.detach().float().cpu().numpy() if isinstance(latent, torch.Tensor) else np.asarray(latent)
     fg = np.zeros(lat.shape[1:], dtype=bool)
     for f in faces:
         x1, y1, x2, y2 = (int(v) for v in f.bbox)
         fg[y1:y2, x1:x2] = True
     bg_dev = np.abs(lat - analyzer.world.background())[:, ~fg]
+    return float(bg_dev.mean()) if bg_dev.size else 0.0
+
+
+def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
+                  reference_embeddings: np.ndarray | None = None) -> dict[str, Any]:
+    """Identity, binding and structure of a generated scene against its request.
+
+    Returns ``identity`` (mean Hungarian-matched embedding similarity, wherever the faces stand; 0 for missing
+    people), ``identity_in_place`` / ``place_similarity`` (the embedding similarity of the face in each
+    person's prompted box, 0 for an empty place), ``code_similarity`` (matched face) and
+    ``place_code_similarity`` (face in place) per slot (cosine of the recovered code, structure-free),
+    ``in_place`` per slot and ``swaps`` (people whose box holds another member's face, ``bind_group``),
+    ``structure_ok`` per slot (matched face has the requested child/adult structure), ``missing``/``extra``
+    counts of the identity match, ``absent``/``surplus`` counts by position alone (``layout_errors``),
+    ``layout_accuracy``, ``age_error`` per slot (|structure age of the matched face − target age| in years,
+    None when the person is missing), ``background_noise``, ``match`` and ``binding``.
+    """
+    binding, faces = scene_match(analyzer, latent, spec, reference_embeddings)
+    match = binding.match
+    absent, surplus = layout_errors(faces, spec)
+    matched = [None if i is None else faces[i] for i in match.face_of_slot]
+    placed = [None if i is None else faces[i] for i in binding.place_face]
+    world = analyzer.world
+    place_sim = [0.0 if s is None else float(s) for s in binding.place_similarity]
     return {
         "identity": match.mean_similarity,
         "similarity": list(match.similarity),
-        "code_similarity": code_sim,
-        "structure_ok": structure_ok,
+        "identity_in_place": float(np.mean(place_sim)) if place_sim else 0.0,
+        "place_similarity": place_sim,
+        "code_similarity": [_code_similarity(f, z) for f, z in zip(matched, spec.codes)],
+        "place_code_similarity": [_code_similarity(f, z) for f, z in zip(placed, spec.codes)],
+        "in_place": list(binding.in_place),
+        "swaps": int(binding.swaps or 0),
+        "structure_ok": [f is not None and world.is_child_shape(f.bbox) == c for f, c in zip(matched, spec.child)],
         "missing": len(match.missing),
         "extra": len(match.extra),
         "absent": absent,
         "surplus": surplus,
-        "layout_accuracy": layout_accuracy(analyzer.world, faces, spec),
-        "age_error": age_error,
-        "background_noise": float(bg_dev.mean()) if bg_dev.size else 0.0,
+        "layout_accuracy": layout_accuracy(world, faces, spec),
+        "age_error": [None if f is None else abs(world.structure_age(f.bbox) - t)
+                      for f, t in zip(matched, spec.target_ages)],
+        "background_noise": _background_noise(analyzer, latent, faces),
         "match": match,
+        "binding": binding,
     }
 
 
@@ -544,22 +538,24 @@ def scene_metrics(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec,
 
 
 def oracle_scores(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec) -> dict[str, Any]:
-    """Per-dimension quality of a generated scene, as an ideal annotator would judge it.
+    """Per-dimension quality of a generated scene, as an ideal annotator would judge it: identity is read in
+    each person's place, so a face drawn in another person's box counts against both people.
 
-    overall = mean identity similarity + 0.25·(fraction with the requested structure) − 0.25·(absent people +
-    surplus faces); identity_j = slot j's matched similarity; artifacts = −(absent + surplus), by position
-    alone (a face in its place that resembles nobody is an identity failure, not an artifact); texture =
-    −background noise.
+    overall = mean identity in place + 0.25·(fraction with the requested structure) − 0.25·(absent people +
+    surplus faces); identity_j = the similarity of the face in slot j's prompted box (IoU >= 0.25; 0 when the
+    place is empty); artifacts = −(absent + surplus), by position alone (a face in its place that resembles
+    nobody is an identity failure, not an artifact); texture = −background noise; swaps is reported.
     """
     m = scene_metrics(analyzer, latent, spec)
     n = spec.num_subjects
     defects = m["absent"] + m["surplus"]
-    overall = m["identity"] + 0.25 * float(np.mean(m["structure_ok"])) - 0.25 * defects
+    overall = m["identity_in_place"] + 0.25 * float(np.mean(m["structure_ok"])) - 0.25 * defects
     return {
         "overall": overall,
-        "identity": list(m["similarity"]),
+        "identity": list(m["place_similarity"]),
         "texture": -m["background_noise"],
         "artifacts": -float(defects),
+        "swaps": m["swaps"],
         "num_subjects": n,
     }
 
@@ -590,27 +586,26 @@ def oracle_preference(scores_0: dict[str, Any], scores_1: dict[str, Any], *, tie
 
 def judge_scores(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec) -> dict[str, Any]:
     """An independent judge of a generated scene, for win rates of a model trained on ``oracle_preference``
-    labels: it shares none of the oracle's choices beyond reading faces.
+    labels: it shares none of the oracle's choices beyond reading faces and places.
 
-    Each requested person is looked for where the request puts them (the face whose centre is nearest the
-    requested box's centre, within half the box's larger side; each face serves one person), not by a
-    Hungarian identity match; identity is the cosine of the recovered identity *code* with the person's code
-    (structure-free), not the embedding; absent people score 0; no structure bonus.
-    ``overall`` = mean per-person code similarity − 0.25·(faces claimed by nobody).
+    Each requested person is looked for where the request puts them (the face in their box, IoU >= 0.25, each
+    face serving one person; ``places_by_boxes``), never by an identity match; identity is the cosine of the
+    recovered identity *code* with the person's code (structure-free), not the embedding; absent people score
+    0; no structure bonus. ``swaps`` counts people whose box holds a face whose code is closer to another
+    member's code than to theirs. ``overall`` = mean per-person code similarity − 0.25·(faces claimed by
+    nobody).
     """
     faces = analyzer.detect(latent)
-    centres = np.array([[(f.bbox[0] + f.bbox[2]) / 2, (f.bbox[1] + f.bbox[3]) / 2] for f in faces]).reshape(-1, 2)
-    free = np.ones(len(faces), dtype=bool)
-    per_person = []
-    for code, (x1, y1, x2, y2) in zip(spec.codes, spec.boxes):
-        dist = np.hypot(centres[:, 0] - (x1 + x2) / 2, centres[:, 1] - (y1 + y2) / 2)
-        dist[~free] = np.inf
-        j = int(np.argmin(dist)) if len(faces) else -1
-        if j < 0 or dist[j] > max(x2 - x1, y2 - y1) / 2:
+    places = places_by_boxes(faces, spec.boxes)
+    codes = np.stack([l2_normalize(z) for z in spec.codes])
+    per_person, swaps = [], 0
+    for j, face_index in enumerate(places):
+        if face_index is None:
             per_person.append(0.0)
             continue
-        free[j] = False
-        per_person.append(float(l2_normalize(faces[j].code) @ l2_normalize(code)))  # type: ignore[attr-defined]
-    unclaimed = int(free.sum())
+        sims = codes @ l2_normalize(faces[face_index].code)  # type: ignore[attr-defined]
+        per_person.append(float(sims[j]))
+        swaps += int(int(np.argmax(sims)) != j)
+    unclaimed = len(faces) - sum(1 for p in places if p is not None)
     return {"overall": float(np.mean(per_person)) - 0.25 * unclaimed, "identity": per_person,
-            "unclaimed": unclaimed}
+            "unclaimed": unclaimed, "swaps": swaps}

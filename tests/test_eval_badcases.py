@@ -185,6 +185,7 @@ def test_report_pairs_each_shaped_run_with_its_plain_run():
 
     def record(missing, sim):
         return {"face_sim_mean": sim, "face_sim_worst": sim, "missing_rate": missing, "duplicate_rate": 0.0,
+                "binding_accuracy": 1.0 - missing / 2, "swap_rate": missing / 2, "confusion": None, "copy_paste": None,
                 "age_error": None, "clip_score": None, "aesthetic": None, "images": ["x.png"], "per_image": []}
 
     def row(case_id, plain, shaped):
@@ -198,7 +199,8 @@ def test_report_pairs_each_shaped_run_with_its_plain_run():
         row("a", {"base": (1.0, 0.1), "idglow": (0.5, 0.4)}, {"base": (0.5, 0.1), "idglow": (0.5, 0.6)}),
         row("b", {"base": (0.5, 0.2), "idglow": (1.0, 0.3)}, {"base": (0.5, 0.3), "idglow": (0.0, 0.3)}),
     ]
-    skipped = {"age_error": "not an age benchmark", "clip_score": "no CLIP", "aesthetic": "no head"}
+    skipped = {"age_error": "not an age benchmark", "clip_score": "no CLIP", "aesthetic": "no head",
+               "confusion": "none", "copy_paste": "no ground truth"}
     manifest = SimpleNamespace(name="hand", source="hand.json", description="")
     badcases = {"source": "b.jsonl", "num_badcases": 1, "failure_types": ["missing_person", "identity_swap"]}
     report = build_report(manifest, rows, settings, model_info={}, task="fusion", skipped=skipped, badcases=badcases)
@@ -210,10 +212,11 @@ def test_report_pairs_each_shaped_run_with_its_plain_run():
     assert diffs["base"]["missing_rate"]["ci_low"] == pytest.approx(-0.5)
     assert diffs["base"]["missing_rate"]["ci_high"] == pytest.approx(0.0)
     table = {e["failure_type"]: e for e in report["badcases"]["failure_metrics"]}
-    assert table["identity_swap"]["metric"] == "face_sim_worst"
-    assert table["identity_swap"]["differences"]["idglow"]["mean"] == pytest.approx(0.1)
+    assert table["identity_swap"]["metric"] == "swap_rate"
+    assert table["identity_swap"]["differences"]["idglow"]["mean"] == pytest.approx(-0.25)
     md = render_markdown(report)
-    assert "| `base` | 0.050 [0.000, 0.100] | 0.050 [0.000, 0.100] | -0.250 [-0.500, 0.000] |" in md
+    assert ("| `base` | 0.050 [0.000, 0.100] | 0.050 [0.000, 0.100] | 0.125 [0.000, 0.250] | -0.125 [-0.250, 0.000] "
+            "| -0.250 [-0.500, 0.000] |") in md
     assert "| missing_person | 2 | missing faces | -0.250 [-0.500, 0.000] | -0.500 [-1.000, 0.000] |" in md
     assert build_report(manifest, rows, settings, model_info={}, task="fusion", skipped=skipped)["badcases"] is None
 

@@ -68,7 +68,11 @@ def test_eval_fusion_builtin_end_to_end_and_resume(tmp_path, capsys):
     assert report["benchmark"]["name"] == "fusion" and report["benchmark"]["num_cases"] == 2
     assert report["configs"] == ["base", "always_on", "idglow"]
     assert report["identity_windows"] == {"base": None, "always_on": [0.0, 1.0], "idglow": [0.0, 1.0]}
-    assert set(report["skipped"]) == {"clip_score", "aesthetic", "age_error"}
+    assert set(report["skipped"]) == {"clip_score", "aesthetic", "age_error", "binding_accuracy", "swap_rate",
+                                      "confusion", "copy_paste"}
+    # The composed prompts place people, but the tiny model draws no faces: the reason says so.
+    assert all(row["positions"] == list(range(1, row["num_subjects"] + 1)) for row in report["cases"])
+    assert "as many faces" in report["skipped"]["swap_rate"]
     check_consistency(report)
     # Both face-matching thresholds are reported: dlib's same-person threshold by default.
     assert report["analyzer"]["match_threshold"] == pytest.approx(0.92)

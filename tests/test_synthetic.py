@@ -258,3 +258,30 @@ def test_linear_decay_gate_fades_identity_out_across_the_window():
     assert [gate.gate(s) for s in (0.0, 0.3, 0.45, 0.6, 0.9)] == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
     with pytest.raises(ValueError, match="sigma_lo=0.6 < sigma_hi=0.3"):
         LinearDecayGate(0.6, 0.3)
+
+
+def test_swapped_people_score_high_by_likeness_and_low_in_place(grid_world):
+    """Two people drawn in each other's places: the Hungarian match still finds both (identity ≈ 1), but the
+    labeller and the judge read identity in each person's box and count two swaps."""
+    analyzer = SyntheticFaceAnalyzer(grid_world)
+    spec = grid_world.sample_scene(np.random.default_rng(9), num_subjects=2)
+    swapped = SceneSpec(codes=spec.codes[::-1].copy(), child=spec.child[::-1], boxes=spec.boxes)
+    latent = grid_world.render_scene(swapped)
+    m = scene_metrics(analyzer, latent, spec)
+    assert m["identity"] > 0.999 and all(s > 0.999 for s in m["code_similarity"])  # likeness sees nothing
+    assert m["in_place"] == [False, False] and m["swaps"] == 2
+    cross = float(l2_normalize(spec.codes[0]) @ l2_normalize(spec.codes[1]))
+    assert m["place_code_similarity"] == pytest.approx([cross, cross], abs=1e-4)
+    assert m["identity_in_place"] < 0.9
+    right = scene_metrics(analyzer, grid_world.render_scene(spec), spec)
+    assert right["in_place"] == [True, True] and right["swaps"] == 0 and right["identity_in_place"] > 0.999
+
+    oracle_swapped, oracle_right = oracle_scores(analyzer, latent, spec), oracle_scores(analyzer,
+                                                                                       grid_world.render_scene(spec), spec)
+    assert oracle_swapped["swaps"] == 2 and oracle_swapped["identity"] == pytest.approx(m["place_similarity"])
+    assert oracle_right["overall"] - oracle_swapped["overall"] > 0.1  # the labeller prefers the right order
+    pref, _ = oracle_preference(oracle_right, oracle_swapped, max_slots=grid_world.max_slots)
+    assert pref[0] == 1 and list(pref[3:5]) == [1, 1]
+    judged = judge_scores(analyzer, latent, spec)
+    assert judged["swaps"] == 2 and judged["identity"] == pytest.approx([cross, cross], abs=1e-4)
+    assert judge_scores(analyzer, grid_world.render_scene(spec), spec)["swaps"] == 0

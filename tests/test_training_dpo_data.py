@@ -159,3 +159,45 @@ def test_export_rows_with_a_missing_agreement_load_with_the_default_strength(tmp
     assert sample["preference"][:4].tolist() == [0.0, 1.0, 0.0, 1.0]
     torch.testing.assert_close(sample["strength"], torch.full((D,), 0.5))
     assert sample["face_boxes_1"] == [None] and sample["face_boxes_0"][0] is not None
+
+
+LEFT, RIGHT = [0.0, 0.0, 20.0, 20.0], [40.0, 0.0, 60.0, 20.0]
+PLACED = ("The first person from the left (Ann) waves. The second person from the left (Bob) smiles.")
+
+
+def test_identity_regions_come_from_each_persons_own_place():
+    """Bob's face stands where the caption puts Ann and the other way round: the matches follow the faces, the
+    identity regions stay in each person's place."""
+    from idglow.training.files import caption_positions, identity_boxes
+
+    record = {"matches": {"bboxes": [RIGHT, LEFT]}, "faces": [{"bbox": RIGHT}, {"bbox": LEFT}]}
+    assert caption_positions(PLACED, ["Ann", "Bob"], 2) == [1, 2]
+    assert caption_positions(PLACED, ["Bob", "Ann"], 2) == [2, 1]
+    assert caption_positions("two friends at the beach", ["Ann", "Bob"], 2) is None
+    assert caption_positions(PLACED, None, 2) == [1, 2]  # no labels: the template writer's slot order
+    assert identity_boxes(record, 2, [1, 2]) == [tuple(LEFT), tuple(RIGHT)]
+    assert identity_boxes(record, 2, None) == [RIGHT, LEFT]  # no places: the identity match
+    one_face = {"matches": {"bboxes": [LEFT, None]}, "faces": [{"bbox": LEFT}]}
+    assert identity_boxes(one_face, 2, [1, 2]) == [LEFT, None]  # places cannot be read: the match
+    recorded = {**record, "binding": {"places": "order", "place_bboxes": [LEFT]}}
+    assert identity_boxes(recorded, 2, None) == [LEFT, None]
+
+
+def test_export_rows_judge_identity_in_each_persons_place(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from idglow.training.files import PreferenceExportDataset
+
+    img = Image.new("RGB", (64, 64), (90, 120, 150))
+    swapped = json.dumps({"matches": {"bboxes": [RIGHT, LEFT]}, "faces": [{"bbox": RIGHT}, {"bbox": LEFT}]})
+    row = {"ranking_id": 1, "caption": PLACED, "subject_labels": ["Ann", "Bob"], "task": "fusion",
+           "num_subjects": 2, "target_ages": [None, None], "jpg_0": _jpeg(img), "jpg_1": _jpeg(img),
+           "reference_embeddings": [[1.0, 0.0], [0.0, 1.0]], "face_backend": "dlib",
+           "faces_0": swapped, "faces_1": swapped, "label_0": 1.0, "has_label": True,
+           "identity_labels_0": [1.0, 1.0], "strength": 1.0, "split": "train"}
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "pairs.parquet")
+    sample = PreferenceExportDataset(tmp_path / "pairs.parquet", resolution=64)[0]
+    ann, bob = sample["face_boxes_0"]
+    assert ann[0] < 0.5 < bob[0]  # Ann's region is on the left, where the caption puts her

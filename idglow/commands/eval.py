@@ -107,13 +107,19 @@ def run(args: argparse.Namespace) -> int:
         badcases=badcases if args.badcases else None,
         badcases_source=badcases_source(args.badcases) if args.badcases else None,
     )
-    report = runner.run(manifest, args.out)
+    from idglow.eval.report import report_of_run, write_report
+
     out = Path(args.out)
+    report = report_of_run(runner.run(manifest, out))
+    write_report(report, out)
     x, y = report["pareto"]["x"], report["pareto"]["y"]
     for config in report["configs"]:
         summary = report["summary"][config]
         y_text = f"{y}={summary[y]['mean']:.3f}" if y else "aesthetic/clip=skipped"
-        print(f"{config:10s} {x}={summary[x]['mean']:.3f} missing={summary['missing_rate']['mean']:.3f} {y_text}")
+        swaps = summary["swap_rate"].get("mean")
+        swap_text = "swap_rate=skipped" if swaps is None else f"swap_rate={swaps:.3f}"
+        print(f"{config:10s} {x}={summary[x]['mean']:.3f} missing={summary['missing_rate']['mean']:.3f} {swap_text} "
+              f"{y_text}")
     faces = report["analyzer"]
     print(f"face matching: match threshold {faces['match_threshold']:g}, "
           f"duplicate threshold {faces['duplicate_threshold']:g} (cosine)")

@@ -14,6 +14,7 @@ A manifest is a JSON (or YAML) file::
           "scene": "at a picnic in a park",  # scene text; the group prompt is composed from it
           "prompt": null,                    # optional: a literal prompt instead (prompt fidelity is skipped)
           "seed": 7,                         # optional
+          "ground_truth": "photos/picnic.jpg",  # optional: a real photo of these people in this scene
           "subjects": [                      # 1–6, in slot order
             {"image": "photos/anna.jpg", "target_age": 6, "label": "Anna"},
             {"image": "photos/ben.jpg", "face_index": 1, "target_age": 8},
@@ -73,13 +74,15 @@ class SubjectSpec:
 
 @dataclass(frozen=True)
 class EvalCase:
-    """One benchmark case: the people (in slot order), the scene or a fixed prompt, and the seed."""
+    """One benchmark case: the people (in slot order), the scene or a fixed prompt, the seed and an optional
+    ground-truth photo (a path relative to the manifest, or (package, path))."""
 
     id: str
     subjects: tuple[SubjectSpec, ...]
     scene: str = ""
     prompt: str | None = None
     seed: int = 0
+    ground_truth: str | tuple[str, str] | None = None
 
     @property
     def num_subjects(self) -> int:
@@ -157,6 +160,16 @@ def _parse_subject(data: Any, where: str) -> SubjectSpec:
     )
 
 
+def _ground_truth(value: Any, where: str) -> str | tuple[str, str] | None:
+    """A case's ``ground_truth``: None, a path, or {"package": …, "path": …} → (package, path)."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return value
+    _require(isinstance(value, dict) and set(value) == {"package", "path"}
+             and all(isinstance(v, str) and v for v in value.values()), where,
+             f"ground_truth must be a path or {{'package': ..., 'path': ...}}, got {value!r}")
+    return value["package"], value["path"]
+
+
 def parse_manifest(data: Any, root: str | Path = ".", source: str = "<manifest>") -> Manifest:
     """Validate a manifest's content (see the module docstring); errors name the file, case and field."""
     _require(isinstance(data, dict), source, "a manifest must be a JSON object with 'task' and 'cases'")
@@ -191,7 +204,8 @@ def parse_manifest(data: Any, root: str | Path = ".", source: str = "<manifest>"
         _require(prompt is None or (isinstance(prompt, str) and prompt.strip()), where,
                  f"prompt must be a non-empty string, got {prompt!r}")
         seed = _number(case.get("seed", base_seed + 1000 * i), where, "seed", integer=True)
-        cases.append(EvalCase(id=case_id, subjects=specs, scene=scene, prompt=prompt, seed=seed))
+        cases.append(EvalCase(id=case_id, subjects=specs, scene=scene, prompt=prompt, seed=seed,
+                              ground_truth=_ground_truth(case.get("ground_truth"), where)))
     name = data.get("name") or Path(source).stem
     return Manifest(name=str(name), task=task, cases=cases, description=str(data.get("description", "")),
                     images_per_case=images, root=Path(root), source=source)
@@ -274,6 +288,20 @@ class SubjectResolver:
         crop = image.crop(crop_box(faces[spec.face].bbox, *image.size))
         crop = crop.resize((self.crop_size, self.crop_size), Image.LANCZOS)
         return SubjectRef(image=crop, target_age=spec.target_age, label=spec.label)
+
+    def resolve_ground_truth(self, case: EvalCase):
+        """The case's ground-truth photo (PIL image), or None when it has none."""
+        from idglow.images import decode_image
+
+        if case.ground_truth is None:
+            return None
+        if isinstance(case.ground_truth, tuple):
+            return decode_image(package_file(*case.ground_truth))
+        path = Path(case.ground_truth)
+        path = path if path.is_absolute() else self.root / path
+        if not path.is_file():
+            raise InputError(f"case {case.id!r}: ground_truth {case.ground_truth!r} is not a file ({path})")
+        return decode_image(path)
 
     def resolve_case(self, case: EvalCase) -> list:
         return [self.resolve(s) for s in case.subjects]

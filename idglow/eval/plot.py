@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from idglow.eval.report import METRIC_TITLES
+from idglow.eval.vocabulary import METRIC_TITLES
 
 _MARKERS = {"base": "s", "always_on": "^", "idglow": "o", "linear_decay": "D"}
 _COLORS = {"base": "#7f7f7f", "always_on": "#1f77b4", "idglow": "#d62728", "linear_decay": "#ff7f0e"}

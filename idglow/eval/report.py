@@ -11,17 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from idglow.eval.metrics import pareto_front, summarize
+from idglow.eval.vocabulary import CONFIG_TITLES, IMAGE_METRICS, LOWER_IS_BETTER, METRIC_TITLES, config_window
 
-METRIC_TITLES = {
-    "face_sim_mean": "FaceSim (mean person)",
-    "face_sim_worst": "FaceSim (worst person)",
-    "missing_rate": "missing faces",
-    "duplicate_rate": "duplicate faces",
-    "age_error": "age error (years)",
-    "clip_score": "CLIP score",
-    "aesthetic": "aesthetic",
-    "prompt_fidelity": "prompt fidelity",
-}
 PARETO_X = "face_sim_mean"
 PARETO_Y_CHOICES = ("aesthetic", "clip_score")
 DIFFERENCES = (("idglow", "base"), ("idglow", "always_on"), ("always_on", "base"), ("linear_decay", "idglow"),
@@ -29,7 +20,7 @@ DIFFERENCES = (("idglow", "base"), ("idglow", "always_on"), ("always_on", "base"
 #: The metric that measures each failure type of the bad-case taxonomy (None: no metric measures it).
 FAILURE_METRICS: dict[str, str | None] = {
     "attribute_leakage": "face_sim_worst",
-    "identity_swap": "face_sim_worst",
+    "identity_swap": "swap_rate",
     "missing_person": "missing_rate",
     "duplicate_face": "duplicate_rate",
     "wrong_age": "age_error",
@@ -39,7 +30,7 @@ FAILURE_METRICS: dict[str, str | None] = {
 }
 FAILURE_METRIC_NOTES = {
     "attribute_leakage": "a proxy: attributes that leak between people pull the worst person's face away",
-    "identity_swap": "a swapped or blended face scores low against its own reference",
+    "identity_swap": "a person whose place (the prompt's left-to-right order) holds another member's face",
     "wrong_age": "age benchmark only",
     "mini_adult": "age benchmark only; the estimated age, not the body's proportions",
     "texture_mismatch": "no metric measures texture consistency",
@@ -76,8 +67,6 @@ _Rows = Sequence[dict[str, Any]]
 
 def _summaries(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per configuration and metric: the mean over cases with its bootstrap interval, or why it is skipped."""
-    from idglow.eval.runner import IMAGE_METRICS
-
     r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
     summary: dict[str, dict[str, Any]] = {}
     for config in settings.configs:
@@ -103,8 +92,6 @@ def _fidelity_summary(case_rows: _Rows, settings, skipped: dict[str, str]) -> di
 
 def _differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Paired differences between the configurations of DIFFERENCES that were run, per metric."""
-    from idglow.eval.runner import IMAGE_METRICS
-
     r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
     return {
         f"{a}-{b}": {
@@ -117,8 +104,6 @@ def _differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[st
 
 def _shaped_differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per configuration and metric: shaped − plain over the cases with a shaped run."""
-    from idglow.eval.runner import IMAGE_METRICS
-
     r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
     compared = [row for row in case_rows if row["shaped"]["results"]]
     out = {}
@@ -172,8 +157,6 @@ def _by_num_subjects(
     case_rows: _Rows, configs: Sequence[str], skipped: dict[str, str]
 ) -> dict[str, dict[str, dict[str, float | None]]]:
     """Per configuration and group size: each metric's mean over the cases of that size (None: no value)."""
-    from idglow.eval.runner import IMAGE_METRICS
-
     by_size: dict[str, dict[str, dict[str, float | None]]] = {}
     for config in configs:
         by_size[config] = {}
@@ -207,8 +190,6 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
     """The report as a JSON-ready dict; summaries are means over cases (each case's value is the mean over its
     images), with percentile-bootstrap intervals over cases. ``badcases`` (source, num_badcases, failure_types),
     given when the cases were also run with bad-case-shaped prompts, adds the ``badcases`` section (else None)."""
-    from idglow.eval.runner import CONFIG_TITLES, IMAGE_METRICS, LOWER_IS_BETTER, config_window
-
     summary = _summaries(case_rows, settings, skipped)
     windows = {}
     for config in settings.configs:
@@ -237,6 +218,12 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
         "cases": list(case_rows),
         "files": {"json": "report.json", "markdown": "report.md", "plot": "pareto.png"},
     }
+
+
+def report_of_run(run) -> dict[str, Any]:
+    """The report of an ``idglow.eval.runner.EvalRun`` (see :func:`build_report`)."""
+    return build_report(run.manifest, run.case_rows, run.settings, model_info=run.model_info, task=run.task,
+                        skipped=run.skipped, stats=run.stats, analyzer=run.analyzer, badcases=run.badcases)
 
 
 def _threshold(report: dict[str, Any], key: str) -> str:
@@ -292,8 +279,6 @@ def _md_header(report: dict[str, Any]) -> list[str]:
 
 def _md_summary(report: dict[str, Any]) -> list[str]:
     """The summary table (one row per configuration), the prompt fidelity and the skipped metrics."""
-    from idglow.eval.runner import IMAGE_METRICS
-
     titles = [METRIC_TITLES[m] for m in IMAGE_METRICS]
     lines = _md_table_head("Summary", ["configuration", "identity window (σ)"], titles)
     for config in report["configs"]:
@@ -408,8 +393,6 @@ def _md_shaped_prompts(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md``: the report (as built by :func:`build_report`) as Markdown tables."""
-    from idglow.eval.runner import IMAGE_METRICS
-
     metrics = [m for m in IMAGE_METRICS if m not in report["skipped"]]
     lines = _md_header(report) + _md_summary(report) + _md_differences(report, metrics) + _md_pareto(report)
     lines += _md_shaped(report, metrics)

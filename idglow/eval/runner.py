@@ -34,26 +34,23 @@ import numpy as np
 from idglow.errors import InputError, NoFaceError
 from idglow.eval.manifest import EvalCase, Manifest, SubjectResolver
 from idglow.eval.metrics import age_errors, identity_metrics, mean_or_none
+from idglow.eval.vocabulary import (  # noqa: F401 (re-exported: the runner's public vocabulary)
+    CONFIG_TITLES,
+    CONFIGS,
+    DEFAULT_CONFIGS,
+    IMAGE_METRICS,
+    LOWER_IS_BETTER,
+    config_window,
+)
 from idglow.faces.match import analyzer_match_threshold
 from idglow.faces.memo import RememberedFaces
-from idglow.schedule import IdentityWindow, window_for_task
+from idglow.schedule import IdentityWindow
 
 logger = logging.getLogger(__name__)
 
-CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow", "linear_decay")
-DEFAULT_CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow")
-CONFIG_TITLES = {
-    "base": "base FLUX (no identity)",
-    "always_on": "always-on injection",
-    "idglow": "IdGlow (task schedule)",
-    "linear_decay": "IdGlow window, linear decay",
-}
-#: Per-image metrics, in report order. Higher is better unless marked.
-IMAGE_METRICS: tuple[str, ...] = (
-    "face_sim_mean", "face_sim_worst", "missing_rate", "duplicate_rate", "age_error", "clip_score", "aesthetic",
-)
-LOWER_IS_BETTER = {"missing_rate", "duplicate_rate", "age_error"}
 RECORD_VERSION = 1
+#: Version of the binding metrics in the scoring key (records scored before them are scored again).
+BINDING_VERSION = 1
 #: Why a case is left out of the shaped-vs-plain comparison.
 FIXED_PROMPT_REASON = "the manifest gives this case a fixed prompt; bad cases shape only composed prompts"
 NO_BADCASE_REASON = ("no bad case applies to this case (none given, max_badcases=0, or only age failures for a "
@@ -123,17 +120,6 @@ class EvalSettings:
         return data
 
 
-def config_window(config: str, task: str, settings: EvalSettings) -> IdentityWindow | None:
-    """The identity window of a configuration (None: no identity)."""
-    if config == "base":
-        return None
-    if config == "always_on":
-        return IdentityWindow(0.0, 1.0)
-    if config in ("idglow", "linear_decay"):
-        return IdentityWindow(*settings.window) if settings.window else window_for_task(task)
-    raise InputError(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
-
-
 def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -143,7 +129,8 @@ class CaseInputs:
     """What every configuration of one case shares.
 
     variant: ``"plain"``, or ``"shaped"`` for the prompt composed again with bad cases (its files are cached
-    apart). reference_text: the text the CLIP score compares the images with (default: ``prompt_text``); a
+    apart). positions: each person's place left to right as the prompt states it (None: the prompt gives no
+    places), for binding. truth: each person's embedding in the case's ground-truth photo (None: no photo). reference_text: the text the CLIP score compares the images with (default: ``prompt_text``); a
     shaped run is scored against its plain prompt, so that both runs are measured against the same text.
     """
 
@@ -157,6 +144,8 @@ class CaseInputs:
     fidelity_violations: list[str] = field(default_factory=list)
     variant: str = "plain"
     reference_text: str | None = None
+    positions: list[int] | None = None
+    truth: list | None = None
 
     @property
     def scored_text(self) -> str:
@@ -203,6 +192,64 @@ def _public(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {c: {k: v for k, v in r.items() if k not in ("generation_key", "scoring_key")} for c, r in results.items()}
 
 
+NO_PLACES_REASON = ("no prompt places its people (a composed prompt, or a literal one with 'the first person from the "
+                    "left' markers, places them)")
+FEW_FACES_REASON = ("no generated image shows as many faces as the prompt places people, so nobody's place could be "
+                    "read")
+NO_TRUTH_REASON = "no case gives a ground-truth photo ('ground_truth' in the manifest)"
+
+
+def _has_value(row: dict[str, Any], metric: str) -> bool:
+    return any(r.get(metric) is not None for r in row["results"].values())
+
+
+def binding_metrics(binding) -> dict[str, float | None]:
+    """Per-image binding metrics of a ``GroupBinding``: ``binding_accuracy`` and ``swap_rate`` (None when the
+    prompt gives no places), mean ``confusion`` over matched people and mean ``copy_paste`` over people with a
+    ground truth (None where none)."""
+    n = len(binding.match.similarity)
+    return {
+        "binding_accuracy": binding.binding_accuracy,
+        "swap_rate": None if binding.swaps is None or not n else binding.swaps / n,
+        "confusion": mean_or_none(binding.confusion),
+        "copy_paste": mean_or_none(binding.copy_paste),
+    }
+
+
+def prompt_places(group_prompt) -> list[int] | None:
+    """Each person's place (1 = leftmost) as a composed ``GroupPrompt`` states it, in slot order (None when its
+    persons do not give every slot a distinct position)."""
+    by_slot = {p.slot: p.position for p in group_prompt.persons}
+    n = len(by_slot)
+    positions = [by_slot.get(j) for j in range(n)]
+    return positions if n and sorted(p or 0 for p in positions) == list(range(1, n + 1)) else None
+
+
+def literal_positions(case: EvalCase) -> list[int] | None:
+    """The places a manifest's literal prompt gives (``prompt_positions`` with the subjects' labels)."""
+    from idglow.faces.scoring import prompt_positions
+
+    labels = [s.label for s in case.subjects]
+    found = prompt_positions(case.prompt or "", labels) if all(labels) else None
+    return found or prompt_positions(case.prompt or "", None, case.num_subjects)
+
+
+@dataclass
+class EvalRun:
+    """What a run produced, for ``idglow.eval.report.build_report``: the manifest, one row per case and how
+    they were made and scored."""
+
+    manifest: Manifest
+    case_rows: list[dict[str, Any]]
+    settings: EvalSettings
+    model_info: dict[str, Any]
+    task: str
+    skipped: dict[str, str]
+    stats: dict[str, int]
+    analyzer: dict[str, Any]
+    badcases: dict[str, Any] | None = None
+
+
 class EvalRunner:
     """Runs manifests on one pipeline. ``pipe`` needs an IdGlow adapter unless only ``base`` is run;
     ``analyzer`` finds and embeds faces (reference photos and generated images alike). ``clip`` /
@@ -246,14 +293,27 @@ class EvalRunner:
             raise InputError(f"case {case.id!r}: no face found in subject {err.slot + 1} ({spec.describe()})") from None
         except InputError as err:
             raise InputError(f"case {case.id!r}: {err}") from None
+        truth = self.truth_of(case, resolver, embeds)
         if case.prompt is not None:
-            return CaseInputs(case, subjects, embeds, {"prompt": case.prompt}, case.prompt, "manifest", None)
+            return CaseInputs(case, subjects, embeds, {"prompt": case.prompt}, case.prompt, "manifest", None,
+                              positions=literal_positions(case), truth=truth)
         group_prompt = synthesizer.compose(subjects, task=task, scene=case.scene)
         report = check_prompt_fidelity(group_prompt, subjects)
         return CaseInputs(
             case, subjects, embeds, group_prompt.pipeline_kwargs(), group_prompt.text, group_prompt.source,
-            report.score, [v.message for v in report.violations],
+            report.score, [v.message for v in report.violations], positions=prompt_places(group_prompt),
+            truth=truth,
         )
+
+    def truth_of(self, case: EvalCase, resolver: SubjectResolver, embeds) -> list | None:
+        """Each person's embedding in the case's ground-truth photo (None without one)."""
+        from idglow.faces.scoring import truth_embeddings
+
+        photo = resolver.resolve_ground_truth(case)
+        if photo is None:
+            return None
+        refs = [e.numpy() for e in embeds.float().cpu()]
+        return truth_embeddings(self.analyzer, photo, refs, self.match_threshold)
 
     def shape_case(self, inputs: CaseInputs, task: str, synthesizer) -> ShapedCase:
         """The case's prompt composed again with the bad cases retrieved for it (same subjects and scene)."""
@@ -277,7 +337,7 @@ class EvalRunner:
         found.inputs = replace(
             inputs, prompt_kwargs=shaped.pipeline_kwargs(), prompt_text=shaped.text, prompt_source=shaped.source,
             prompt_fidelity=fidelity.score, fidelity_violations=[v.message for v in fidelity.violations],
-            variant="shaped", reference_text=inputs.prompt_text,
+            variant="shaped", reference_text=inputs.prompt_text, positions=prompt_places(shaped),
         )
         return found
 
@@ -300,7 +360,9 @@ class EvalRunner:
             "duplicate": self.duplicate_threshold, "ages": inputs.case.target_ages,
             "clip": getattr(self.clip, "source", None) if self.clip else None,
             "aesthetic": getattr(self.aesthetic, "source", None) if self.aesthetic else None,
-            "prompt": inputs.scored_text,
+            "prompt": inputs.scored_text, "binding": BINDING_VERSION, "positions": inputs.positions,
+            "truth": None if inputs.truth is None else _digest([None if t is None else t.tolist()
+                                                               for t in inputs.truth]),
         })
 
     def generate(self, inputs: CaseInputs, config: str, task: str, num_images: int, on_step=None) -> list:
@@ -323,7 +385,7 @@ class EvalRunner:
 
     def score_images(self, images: list, inputs: CaseInputs, task: str) -> list[dict[str, Any]]:
         """Per-image metrics (see ``IMAGE_METRICS``); None where a metric is not available."""
-        from idglow.faces.match import match_faces
+        from idglow.faces.binding import bind_group
 
         refs = [e.numpy() for e in inputs.embeds.float().cpu()]
         targets = inputs.case.target_ages
@@ -332,15 +394,18 @@ class EvalRunner:
         out = []
         for i, image in enumerate(images):
             faces = self.analyzer.detect(np.asarray(image.convert("RGB")))
-            match = match_faces(faces, refs, min_similarity=self.match_threshold,
-                                duplicate_similarity=self.duplicate_threshold)
+            binding = bind_group(faces, refs, positions=inputs.positions, truth=inputs.truth,
+                                 min_similarity=self.match_threshold, duplicate_similarity=self.duplicate_threshold)
+            match = binding.match
             record: dict[str, Any] = identity_metrics(match)
+            record.update(binding_metrics(binding))
             record["age_error"] = mean_or_none(age_errors(match, targets)) if task == "age" else None
             record["clip_score"] = clip_scores[i] if clip_scores else None
             record["aesthetic"] = aesthetic[i] if aesthetic else None
             record["num_faces"] = len(faces)
             record["face_ages"] = [None if f.age is None else round(float(f.age), 1) for f in faces]
             record["match"] = match.to_dict()
+            record["binding"] = binding.to_dict()
             out.append(record)
         return out
 
@@ -387,11 +452,10 @@ class EvalRunner:
 
     def run(self, manifest: Manifest, out_dir: str | Path) -> dict[str, Any]:
         """Run every selected case under every configuration (with bad cases, each composed prompt a second time
-        shaped by them), then write ``report.json``, ``report.md`` and ``pareto.png`` to ``out_dir``. Returns
-        the report (as written to JSON)."""
+        shaped by them); images and per-configuration records are cached under ``out_dir/cases``. Returns the
+        run (``idglow.eval.report.report_of_run`` builds its report)."""
         from tqdm.auto import tqdm
 
-        from idglow.eval.report import build_report, write_report
         from idglow.prompting import PromptSynthesizer
 
         s = self.settings
@@ -415,15 +479,13 @@ class EvalRunner:
                 case_rows.append(row)
         finally:
             bar.close()
-        report = build_report(
+        return EvalRun(
             manifest, case_rows, s, model_info=self.model_info, task=manifest.task,
             skipped=self.skipped_reasons(manifest.task, case_rows), stats=dict(self.stats),
             analyzer={"name": type(self.analyzer).__name__, "embedding_dim": self.analyzer.embedding_dim,
                       "match_threshold": self.match_threshold, "duplicate_threshold": self.duplicate_threshold},
             badcases=self._badcases_info(),
         )
-        write_report(report, out)
-        return report
 
     def _run_configs(self, inputs: CaseInputs, task: str, num_images: int, case_dir: Path, bar) -> dict[str, Any]:
         results = {}
@@ -447,6 +509,8 @@ class EvalRunner:
             "prompt_source": inputs.prompt_source,
             "prompt_fidelity": inputs.prompt_fidelity,
             "prompt_violations": inputs.fidelity_violations,
+            "positions": inputs.positions,
+            "ground_truth": case.ground_truth if isinstance(case.ground_truth, str | None) else list(case.ground_truth),
             "results": _public(results),
         }
 
@@ -499,6 +563,13 @@ class EvalRunner:
             reasons["age_error"] = "not an age benchmark"
         elif all(r["results"][c]["age_error"] is None for r in case_rows for c in r["results"]):
             reasons["age_error"] = self._no_age_error_reason(case_rows)
+        if not any(_has_value(r, "binding_accuracy") for r in case_rows):
+            placed = any(r.get("positions") for r in case_rows)
+            reasons["binding_accuracy"] = reasons["swap_rate"] = FEW_FACES_REASON if placed else NO_PLACES_REASON
+        if not any(_has_value(r, "confusion") for r in case_rows):
+            reasons["confusion"] = "no case has two or more people with a matched face"
+        if not any(_has_value(r, "copy_paste") for r in case_rows):
+            reasons["copy_paste"] = NO_TRUTH_REASON
         if all(r["prompt_fidelity"] is None for r in case_rows):
             reasons["prompt_fidelity"] = "every case gives a literal prompt"
         return reasons

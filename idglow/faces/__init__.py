@@ -13,6 +13,16 @@ from idglow.faces.match import (
 
 _LAZY = {
     "AnalyzerProcess": "idglow.faces.process",
+    "GroupBinding": "idglow.faces.binding",
+    "bind_group": "idglow.faces.binding",
+    "copy_paste": "idglow.faces.binding",
+    "identity_confusion": "idglow.faces.binding",
+    "places_by_boxes": "idglow.faces.binding",
+    "places_by_order": "idglow.faces.binding",
+    "group_report": "idglow.faces.scoring",
+    "prompt_positions": "idglow.faces.scoring",
+    "reference_embedding": "idglow.faces.scoring",
+    "score_group": "idglow.faces.scoring",
     "DlibAnalyzer": "idglow.faces.dlib_backend",
     "RememberedFaces": "idglow.faces.memo",
     "InsightFaceAnalyzer": "idglow.faces.insightface_backend",

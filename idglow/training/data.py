@@ -14,9 +14,12 @@ Regions of the DPO dimensions (``dpo_region_masks``), per image:
     overall     the whole image
     texture     the people's faces: the union of that image's face boxes (whole image when it has none)
     artifacts   everything outside the face boxes (whole image when the faces cover it all)
-    identity_j  person j's face box in that image; where person j is missing from that image, the box where
-                the other image shows j (both images answer the same prompt and noise: it is where the face
-                was expected); the whole image when j is missing from both.
+    identity_j  person j's face box in that image: the face standing in j's own place when the prompt gives
+                places (``idglow.faces.binding``: the left-to-right order of the prompt, or the synthetic
+                world's boxes), so that a face drawn in another person's place is judged where j should be;
+                else j's identity-matched face. Where j's place is empty (or j is missing), the box where the
+                other image shows j (both images answer the same prompt and noise: it is where the face was
+                expected); the whole image when j is missing from both.
 A person missing from one image is therefore still a labelled identity_j pair: missing from the loser is the
 loser's identity failure.
 """
@@ -174,12 +177,6 @@ def collate_group_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
             w = torch.as_tensor(s["id_weights"], dtype=torch.float32)
             batch["id_mask"][i, : w.shape[0]] *= w
     return batch
-
-
-def check_sample(sample: dict[str, Any]) -> None:
-    """Raise ValueError unless the sample's task is one of TASKS."""
-    if sample.get("task") not in TASKS:
-        raise ValueError(f"sample task {sample.get('task')!r} is not one of {', '.join(TASKS)}")
 
 
 # --- the synthetic world ------------------------------------------------------------------------------------

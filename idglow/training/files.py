@@ -109,6 +109,44 @@ def _pair_label(value) -> float:
     return 1.0 if value > 0.5 else (-1.0 if value < 0.5 else 0.0)
 
 
+def caption_positions(caption: str, labels, n: int) -> list[int] | None:
+    """Each person's place (1 = leftmost) as the caption states it (``idglow.faces.scoring.prompt_positions``):
+    by the people's labels where the caption names them after their position markers, else in slot order when
+    it names positions 1..n (the template writer's order); None when it does not place everyone."""
+    from idglow.faces.scoring import prompt_positions
+
+    if labels and len(labels) == n and all(labels):
+        found = prompt_positions(caption, list(labels))
+        if found is not None:
+            return found
+    return prompt_positions(caption, None, n)
+
+
+def identity_boxes(faces: dict[str, Any], n: int, positions: list[int] | None) -> list:
+    """Each person's identity region in one candidate (pixel boxes, None where there is none), from its
+    stored faces record (``{"matches": FaceMatch.to_dict(), "faces": [Face.to_dict(), ...]}``, optionally
+    ``"binding": GroupBinding.to_dict()``).
+
+    When the prompt gives places — a recorded binding with places, or ``positions`` and enough faces to read
+    them left to right — person j's region is the face in j's own place (None when the place is empty), so a
+    face drawn in another person's place is judged where j should stand. Otherwise it is j's Hungarian match."""
+    from idglow.faces.base import Face
+    from idglow.faces.binding import places_by_order
+
+    binding = faces.get("binding") or {}
+    if binding.get("places") and binding.get("place_bboxes") is not None:
+        return _padded(binding["place_bboxes"], n)
+    detected = [Face(bbox=tuple(f["bbox"])) for f in faces.get("faces") or []]
+    places = None if positions is None else places_by_order(detected, positions)
+    if places is not None:
+        return [None if i is None else detected[i].bbox for i in places]
+    return _padded((faces.get("matches") or {}).get("bboxes") or [], n)
+
+
+def _padded(boxes: list, n: int) -> list:
+    return list(boxes[:n]) + [None] * (n - len(boxes[:n]))
+
+
 class PreferenceExportDataset(Dataset):
     """DPO pairs from the preference export folder of ``idglow export`` (Pick-a-Pic v2 columns plus group
     columns), or one of its Parquet files.
@@ -116,8 +154,9 @@ class PreferenceExportDataset(Dataset):
     Needs the export made with images (``jpg_0``/``jpg_1``). Each person's identity embedding is the one the
     app stored (``reference_embeddings``, made by ``face_backend``); only rows without stored embeddings, or
     with embeddings of another backend than ``face_analyzer``, embed the ``reference_images`` again with
-    ``face_analyzer`` (largest face). Per-person identity regions come from the per-slot boxes of
-    ``faces_0``/``faces_1``. Rows without an overall label (both bad) keep their other dimensions.
+    ``face_analyzer`` (largest face). Per-person identity regions come from ``faces_0``/``faces_1``: the face in
+    each person's own place when the caption places people (``identity_boxes``), else the per-slot matches.
+    Rows without an overall label (both bad) keep their other dimensions.
     Strengths per dimension: ``idglow.training.data.preference_strengths`` (``missing_strength`` where a row
     gives none).
     """
@@ -185,12 +224,9 @@ class PreferenceExportDataset(Dataset):
         return len(self.items)
 
     @staticmethod
-    def _boxes(faces_json: str, width: int, height: int, n: int, window) -> list:
-        data = json.loads(faces_json or "{}")
-        bboxes = ((data.get("matches") or {}).get("bboxes") or [None] * n)[:n]
-        bboxes += [None] * (n - len(bboxes))
+    def _boxes(faces_json: str, width: int, height: int, n: int, window, positions) -> list:
         out = []
-        for b in bboxes:
+        for b in identity_boxes(json.loads(faces_json or "{}"), n, positions):
             out.append(None if b is None else _remap_box((b[0] / width, b[1] / height, b[2] / width, b[3] / height),
                                                          window))
         return out
@@ -204,11 +240,12 @@ class PreferenceExportDataset(Dataset):
         n = r["num_subjects"]
         sample: dict[str, Any] = {"prompt": r["caption"] or "", "task": r["task"], "id_embeds": item["id_embeds"],
                                   "target_ages": r.get("target_ages"), "pair_id": r["ranking_id"]}
+        positions = caption_positions(r.get("caption") or "", r.get("subject_labels"), n)
         for i in (0, 1):
             img = decode_image(r[f"jpg_{i}"])
             pixels, window = _image_tensor(img, size)
             sample[f"pixel_values_{i}"] = pixels
-            sample[f"face_boxes_{i}"] = self._boxes(r[f"faces_{i}"], img.width, img.height, n, window)
+            sample[f"face_boxes_{i}"] = self._boxes(r[f"faces_{i}"], img.width, img.height, n, window, positions)
         pref = np.zeros(len(DPO_DIMENSIONS), dtype=np.float32)
         pref[0] = _pair_label(r["label_0"]) if r.get("has_label", True) else 0.0
         pref[1] = _pair_label(r.get("texture_label_0"))
