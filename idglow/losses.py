@@ -1,4 +1,4 @@
-"""Training losses: SFT with a linear-decay face term, and group-level weighted-margin Flow-DPO.
+"""Training losses: SFT with a face term weighted by the identity-constraint decay, and group-level weighted-margin Flow-DPO.
 
 Conventions (flow matching, diffusers' FLUX): x_σ = (1 − σ)·x₀ + σ·ε and the velocity target is v = ε − x₀.
 Latents may be packed FLUX tokens (B, L, C) or images (B, C, H, W); masks select a region and broadcast
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from idglow.schedule import identity_constraint_weight
 from idglow.subjects import MAX_SUBJECTS
 
 #: Preference dimensions, in the order the DPO data path lays them out: three whole-image dimensions, then
@@ -106,11 +107,13 @@ def sft_loss(
     w_clean: float = 1.0,
     w_noisy: float = 0.1,
     face_gate: torch.Tensor | None = None,
+    decay: str = "linear",
 ) -> SFTLossOutput:
-    """SFT loss with a face-region term weighted by the linear-decay constraint w(σ).
+    """SFT loss with a face-region term weighted by the training-time identity-constraint decay w(σ).
 
     L = mean_b [ mean‖v̂ − v‖² + λ_face · w(σ_b) · g_b · mean_{face}‖v̂ − v‖² ],
-    w(σ) = w_clean + (w_noisy − w_clean)·σ.
+    w(σ) = w_clean + (w_noisy − w_clean)·σ (``decay="linear"``) or w_clean (``decay="flat"``, the ablation);
+    see :func:`idglow.schedule.identity_constraint_weight`.
 
     Args:
         model_pred, target: (B, *S) predicted and target velocity.
@@ -118,8 +121,9 @@ def sft_loss(
         face_mask: None or weights broadcastable to (B, *S) marking the target's face pixels/tokens.
         face_lambda: λ_face.
         w_clean, w_noisy: w(0) and w(1).
-        face_gate: None or (B,) multiplier of the face term (the age task passes the identity gate g(σ),
-            so that the face term only counts inside the identity window).
+        face_gate: None or (B,) multiplier of the face term (the trainer passes the identity gate g(σ),
+            so that the face term only counts where identity is on).
+        decay: "linear" or "flat", the shape of w(σ).
 
     Returns:
         SFTLossOutput with the scalar loss and per-sample terms (for logging).
@@ -127,7 +131,7 @@ def sft_loss(
     if sigmas.shape != (model_pred.shape[0],):
         raise ValueError(f"sigmas has shape {tuple(sigmas.shape)}, expected ({model_pred.shape[0]},)")
     base = region_mse(model_pred, target)
-    weight = face_lambda * (w_clean + (w_noisy - w_clean) * sigmas.float())
+    weight = face_lambda * identity_constraint_weight(sigmas.float(), w_clean, w_noisy, decay)
     if face_gate is not None:
         weight = weight * face_gate.float()
     if face_mask is None:

@@ -24,7 +24,7 @@ from idglow.faces.base import FaceAnalyzer, FaceMatch, face_backend_name, sort_l
 from idglow.faces.match import match_faces
 from idglow.images import to_rgb_array
 from idglow.prompting.tokens import TOKENIZER_LOCK
-from idglow.schedule import IdentityWindow, slot_windows
+from idglow.schedule import WINDOW_COORDINATES, IdentityWindow, schedule_shift, sigma_window, slot_windows
 from idglow.subjects import SubjectRef, validate_group, validate_task
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ FLUX_FOLDERS = ("scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tok
 class IdGlowOutput:
     """images: PIL images. seeds: the seed of each image (seed, seed+1, …; with a user's generators, their
     ``initial_seed()``). params: every setting of the call, including each person's identity window
-    (``slot_windows``). active_sigmas: the σ values at which any identity was injected. face_matches: per image, the match of its
+    (``slot_windows``, in the call's ``window_coordinate``, and ``sigma_windows``, the σ windows the gate read).
+    active_sigmas: the σ values at which any identity was injected. face_matches: per image, the match of its
     faces to the subjects (None when no face analyzer is set)."""
 
     images: list
@@ -49,7 +50,7 @@ class IdGlowOutput:
 @dataclass
 class _IdentityPlan:
     """The identities of one call: subjects (empty with bare embeddings), embeddings (N, id_dim) or None, and
-    per person the target age, weight, scale and identity window."""
+    per person the target age, weight, scale and identity window (as given, and as the σ window injected)."""
 
     subjects: list[SubjectRef]
     embeds: torch.Tensor | None
@@ -57,6 +58,7 @@ class _IdentityPlan:
     weights: list[float]
     per_slot: list[float]
     windows: list[IdentityWindow]
+    sigma_windows: list[IdentityWindow] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -167,6 +169,7 @@ class IdGlowPipeline(FluxPipeline):
         num_images: int,
         adapter: IdGlowAdapter | None = None,
         target_ages: Sequence[float | None] | None = None,
+        window_coordinate: str = "sigma",
     ) -> None:
         """Raise ValueError (InputError for the group rules of :func:`validate_group`) naming a bad input."""
         adapter = adapter if adapter is not None else self.adapter
@@ -196,6 +199,8 @@ class IdGlowPipeline(FluxPipeline):
             raise ValueError(f"num_images={num_images} must be at least 1")
         if id_window is not None and not isinstance(id_window, IdentityWindow):
             IdentityWindow(*id_window)  # raises with the bad bound named
+        if window_coordinate not in WINDOW_COORDINATES:
+            raise ValueError(f"window_coordinate={window_coordinate!r}; expected one of {', '.join(WINDOW_COORDINATES)}")
 
     # --- subjects ---------------------------------------------------------------------------------------
 
@@ -245,16 +250,17 @@ class IdGlowPipeline(FluxPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         id_profile: str | None = None,
         target_ages: Sequence[float | None] | None = None,
+        window_coordinate: str = "sigma",
         **flux_kwargs,
     ) -> IdGlowOutput:
         """Generate ``num_images`` group images of ``subjects`` (slot order = identity order).
 
         task: "fusion" (identity always on) or "age": a person with a target age gets the age window
         σ ∈ [0.3, 0.6], a person without one keeps their age and their identity stays on at every step.
-        ``id_window`` overrides the task's window (for the people with a target age, in the age task);
-        ``id_profile="linear"`` makes identity strength decay linearly inside the window, from full at its low
-        (clean) edge to 0 at its high (noisy) edge. id_scale: global scale, or one per subject (multiplied by
-        each SubjectRef.weight). ``target_ages`` gives per-slot target ages with ``subject_embeds``.
+        ``id_window`` overrides the task's window (for the people with a target age, in the age task), its bounds
+        read in ``window_coordinate``: "sigma" (default), "one_minus_sigma" or "step_fraction" (``sigma_window``).
+        ``id_profile="linear"``: identity full on the window's clean side, fading to 0 at its noisy edge.
+        id_scale: global, or one per subject (times each SubjectRef.weight); ``target_ages``: with ``subject_embeds``.
 
         generator: a torch.Generator or one per image, as in FluxPipeline; without it image i uses a fresh
         generator seeded with ``seed + i`` (``seed`` random when not given). ``adapter`` uses another
@@ -263,13 +269,14 @@ class IdGlowPipeline(FluxPipeline):
         """
         adapter = self._call_adapter(adapter)
         self.check_idglow_inputs(subjects, subject_embeds, task, id_scale, id_window, num_images, adapter,
-                                 target_ages)
+                                 target_ages, window_coordinate)
         plan = self._identity_plan(subjects, subject_embeds, task, id_scale, id_window, id_profile,
                                    target_ages)  # 1. subjects → embeddings (once per call), windows, scales
         generator, seeds, seed_record = self._generators(generator, seed, num_images)  # 2. seeds
         flux_args = self._flux_arguments(prompt, height, width, num_inference_steps, guidance_scale, num_images,
                                          generator, output_type, callback_on_step_end,
                                          callback_on_step_end_tensor_inputs, flux_kwargs)
+        plan.sigma_windows = self._sigma_windows(plan.windows, window_coordinate, flux_args)
         images, state = self._denoise(adapter, plan, flux_args)  # 3. FLUX's recipe, identities injected
         face_matches = None  # 4. match generated faces to the subjects
         if analyze_faces and output_type == "pil" and plan.n:
@@ -277,7 +284,7 @@ class IdGlowPipeline(FluxPipeline):
         return IdGlowOutput(
             images=list(images) if output_type == "pil" else images,
             seeds=seeds,
-            params=self._call_params(plan, flux_args, task, id_window, id_profile, seed_record),
+            params=self._call_params(plan, flux_args, task, id_window, id_profile, seed_record, window_coordinate),
             active_sigmas=list(state.active_sigmas) if state is not None else [],
             face_matches=face_matches,
         )
@@ -312,18 +319,20 @@ class IdGlowPipeline(FluxPipeline):
         if not plan.n or adapter is None:
             return super().__call__(**flux_args).images, None
         slot_scales = torch.tensor([a * w for a, w in zip(plan.per_slot, plan.weights)], dtype=torch.float32)
-        with adapter.inject(plan.embeds, slot_scales, plan.windows, sigma_source=self._schedule_sigma) as state:
+        with adapter.inject(plan.embeds, slot_scales, plan.sigma_windows or plan.windows,
+                            sigma_source=self._schedule_sigma) as state:
             images = super().__call__(**flux_args).images
         return images, state
 
     def _call_params(self, plan: _IdentityPlan, flux_args: dict[str, Any], task: str, id_window,
-                     id_profile: str | None, seed_record: dict) -> dict[str, Any]:
+                     id_profile: str | None, seed_record: dict, window_coordinate: str = "sigma") -> dict[str, Any]:
         """Every setting of the call, as the output records it."""
         task_window = self._task_window(task, id_window, id_profile)
         params = {
             "prompt": flux_args["prompt"], "task": task, "num_subjects": plan.n, "id_scale": plan.per_slot,
             "weights": plan.weights, "id_window": [task_window.sigma_lo, task_window.sigma_hi, task_window.ramp],
             "id_profile": task_window.profile, "slot_windows": [w.to_dict() for w in plan.windows],
+            "window_coordinate": window_coordinate, "sigma_windows": [w.to_dict() for w in plan.sigma_windows],
             "target_ages": plan.ages,
             "labels": [s.label for s in plan.subjects] if plan.subjects else [None] * plan.n,
             "num_images": flux_args["num_images_per_prompt"], **seed_record,
@@ -347,9 +356,16 @@ class IdGlowPipeline(FluxPipeline):
         return slot_windows(task, [0.0], self._window(id_window), id_profile)[0]
 
     def _slot_windows(self, task: str, ages: list, id_window, id_profile: str | None) -> list[IdentityWindow]:
-        if task == "age" and ages and all(a is None for a in ages):
-            ages = [0.0] * len(ages)  # no per-person ages known (bare embeddings): everyone gets the age window
         return slot_windows(task, ages, self._window(id_window), id_profile)
+
+    def _sigma_windows(self, windows: list[IdentityWindow], coordinate: str,
+                       flux_args: dict[str, Any]) -> list[IdentityWindow]:
+        """``windows`` read in ``coordinate`` as σ windows of this call's schedule (its size sets FLUX's shift)."""
+        size = self.vae_scale_factor * 2
+        height = flux_args["height"] or self.default_sample_size * self.vae_scale_factor
+        width = flux_args["width"] or self.default_sample_size * self.vae_scale_factor
+        shift = schedule_shift(self.scheduler.config, (int(height) // size) * (int(width) // size))
+        return [sigma_window(w, coordinate, shift) for w in windows]
 
     def _schedule_sigma(self) -> torch.Tensor | None:
         """σ of the denoising step in progress, in float32 from the scheduler (the transformer's ``timestep``

@@ -80,7 +80,7 @@ def test_references_come_from_other_photos_of_the_person(manifest_set, people_ph
     out, report = manifest_set
     assert report.photos == 5 and report.kept == 1  # the portraits are references only (one person each)
     fusion = next(r for r in _rows(out) if r["task"] == "fusion")
-    assert fusion["source_photo"] == "t1.jpg" and fusion["prompt"] == "four friends"
+    assert fusion["source_photo"] == "t1.jpg" and fusion["scene"] == "four friends"
     subjects = fusion["subjects"]
     assert [s["person"] for s in subjects] == ["person1", "person2", "person3", "person4"]  # left to right
     faces = _group_faces(analyzer, people_photos)
@@ -157,6 +157,70 @@ def test_age_row_when_the_reference_age_differs_from_the_target(manifest_set, pe
     # people whose references are of their age keep them and get no target age
     assert age["subjects"][0]["target_age"] is None and age["subjects"][0] == fusion["subjects"][0]
     assert age["image"] == fusion["image"]
+
+
+def test_prompts_are_written_by_the_inference_writer_with_ages_and_places(manifest_set):
+    """Each row's prompt comes from idglow.prompting's writer: the people left to right by name, each with
+    their age in the target, the age row stating person2's target age, the photo's own text as the scene."""
+    from idglow.prompting import PromptRequest, PromptSynthesizer
+    from idglow.prompting.phrases import marker, normalize_gender, noun_phrase
+    from idglow.subjects import SubjectRef
+
+    out, _ = manifest_set
+    fusion, age = _rows(out)
+    assert fusion["prompt"] != age["prompt"]  # the age row says which age to draw
+    for row in (fusion, age):
+        assert row["prompt_source"] == "template" and row["prompt_record"]["text"] == row["prompt"]
+        assert "four friends" in row["prompt"]
+        text = row["prompt"].lower()
+        starts = [text.index(f"{marker(j + 1, 4)} ({s['person']})".lower()) for j, s in enumerate(row["subjects"])]
+        assert starts == sorted(starts)  # in slot order, left to right
+    aged = age["subjects"][1]
+    stated = noun_phrase(aged["target_age"], normalize_gender(aged["gender"]), exact=True)
+    assert f"({aged['person']}) is {stated}" in age["prompt"]
+    assert fusion["prompt_record"]["persons"][1]["age_is_target"] is False
+    assert age["prompt_record"]["persons"][1]["age_is_target"] is True
+    # the same text as the writer gives for the same people at inference
+    people = age["subjects"]
+    request = PromptRequest([SubjectRef(None, p["target_age"], label=p["person"]) for p in people], "age",
+                            "four friends", apparent_ages=[p["age"] for p in people],
+                            genders=[p["gender"] for p in people])
+    assert PromptSynthesizer().compose_batch([request])[0].text == age["prompt"]
+
+
+def test_a_configured_vision_language_model_writes_the_prompts(people_photos, analyzer, tmp_path):
+    """With a VLM the writer is the model (recorded as "vlm"); the photo's left-to-right order stays, even when
+    the model proposes other places."""
+    import json as _json
+
+    from idglow.prompting import PromptSynthesizer
+    from idglow.training.build_sft import build_sft_dataset
+
+    class ScriptedVLM:
+        """Describes every person, proposing the reverse of the photo's order."""
+
+        def __init__(self):
+            self.images = []
+
+        def generate(self, conversations, images):
+            self.images.extend(images)
+            return [_json.dumps({"persons": [{"slot": j, "position": len(refs) - j, "age": 30, "gender": "female",
+                                              "hair": f"hair number {j}"} for j in range(len(refs))],
+                                 "scene": "a bright kitchen"}) for refs in images]
+
+    manifest = people_photos / "vlm.json"
+    manifest.write_text(_json.dumps({"people": {"person1": ["person1.jpg"], "person2": ["person2.jpg"],
+                                                "person3": ["person3.jpg"]},
+                                     "groups": [{"photo": "t1.jpg", "people": ["person3", "person1", "person2"]}]}))
+    vlm = ScriptedVLM()
+    build_sft_dataset(None, tmp_path / "set", analyzer, manifest=manifest, prompt_writer=PromptSynthesizer(vlm=vlm))
+    (row,) = _rows(tmp_path / "set")
+    assert row["prompt_source"] == "vlm", row["prompt_record"]["fallback_reason"]
+    assert "a bright kitchen" in row["prompt"]
+    text = row["prompt"]
+    assert text.index("hair number 0") < text.index("hair number 1") < text.index("hair number 2")
+    assert f"The first person from the left ({row['subjects'][0]['person']}) is" in text
+    assert len(vlm.images) == 1 and len(vlm.images[0]) == 3  # the people's reference crops
 
 
 def test_no_age_row_below_the_gap_and_csv_ages(people_photos, analyzer, tmp_path):

@@ -14,7 +14,7 @@ from idglow.losses import (
     region_mse,
     sft_loss,
 )
-from idglow.schedule import linear_decay_weight
+from idglow.schedule import identity_constraint_weight
 
 
 def _g(seed=0):
@@ -39,7 +39,7 @@ def test_sft_perfect_prediction_is_zero():
     assert out.loss.item() == 0.0
 
 
-def test_sft_face_term_uses_linear_decay_weight():
+def test_sft_face_term_uses_the_identity_constraint_decay():
     pred = torch.zeros(2, 4, 1)
     target = torch.zeros(2, 4, 1)
     target[:, 0] = 2.0  # error 4 on token 0 only
@@ -49,12 +49,15 @@ def test_sft_face_term_uses_linear_decay_weight():
     out = sft_loss(pred, target, sig, mask, face_lambda=0.5, w_clean=1.0, w_noisy=0.1)
     base = 4.0 / 4
     face = 4.0
-    w = linear_decay_weight(sig, 1.0, 0.1)
+    w = identity_constraint_weight(sig, 1.0, 0.1)
     expected = ((base + 0.5 * w * face).mean()).item()
     assert out.loss.item() == pytest.approx(expected)
     assert out.face_weight.tolist() == pytest.approx([0.5, 0.05])
     gated = sft_loss(pred, target, sig, mask, face_lambda=0.5, face_gate=torch.tensor([0.0, 1.0]))
     assert gated.loss.item() == pytest.approx((base + (base + 0.5 * 0.1 * face)) / 2)
+    flat = sft_loss(pred, target, sig, mask, face_lambda=0.5, w_clean=1.0, w_noisy=0.1, decay="flat")
+    assert flat.face_weight.tolist() == pytest.approx([0.5, 0.5])  # the ablation: no decay toward noise
+    assert flat.loss.item() == pytest.approx(base + 0.5 * face)
 
 
 def test_sft_rejects_bad_sigma_shape():

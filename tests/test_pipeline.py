@@ -369,3 +369,30 @@ def test_prompts_encoded_from_several_threads_get_their_own_embeddings(tiny_pipe
     for t in threads:
         t.join()
     assert wrong == []
+
+
+def test_window_coordinate_selects_other_steps_and_is_recorded(tiny_pipe):
+    """The window [0.3, 0.6] read as σ (the default), as t = 1 − σ and as the fraction of steps done gates
+    three different sets of steps of the tiny model's shifted schedule; each call records its coordinate."""
+    steps = 10
+    sigmas = _shifted_sigmas(tiny_pipe, steps)
+    emb = random_embeddings(2, seed=14)
+    args = dict(steps=steps, subject_embeds=emb, task="age", target_ages=[6.0, 70.0])
+    default, default_images = run(tiny_pipe, **args)
+    out = {c: run(tiny_pipe, window_coordinate=c, **args) for c in ("sigma", "one_minus_sigma", "step_fraction")}
+    expected = {
+        "sigma": [s for s in sigmas if 0.3 <= s <= 0.6],
+        "one_minus_sigma": [s for s in sigmas if 0.3 <= 1 - s <= 0.6],
+        "step_fraction": [s for i, s in enumerate(sigmas) if 0.3 <= i / steps <= 0.6],
+    }
+    for coordinate, (result, _) in out.items():
+        assert result.active_sigmas == pytest.approx(expected[coordinate]), coordinate
+        assert result.params["window_coordinate"] == coordinate
+        assert [w["sigma_lo"] for w in result.params["slot_windows"]] == [0.3, 0.3]  # as given
+    assert len({tuple(v) for v in expected.values()}) == 3  # the three really differ here
+    assert default.params["window_coordinate"] == "sigma" and default.active_sigmas == out["sigma"][0].active_sigmas
+    assert np.abs(default_images - out["sigma"][1]).max() == 0.0
+    assert np.abs(out["step_fraction"][1] - default_images).max() > 1e-4
+    assert out["one_minus_sigma"][0].params["sigma_windows"][0]["sigma_lo"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="window_coordinate='steps'"):
+        run(tiny_pipe, window_coordinate="steps", **args)

@@ -141,6 +141,80 @@ def test_age_samples_train_identity_and_the_face_term_only_inside_their_window(t
     assert inside[0] > inside_no_face[0]
 
 
+def _identity_scales(trainer, monkeypatch, batch, sigma: float) -> torch.Tensor:
+    """The per-person identity scales the SFT step hands the model, with every sample at ``sigma``."""
+    seen = []
+    forward = trainer.model
+
+    def spy(*args, **kwargs):
+        seen.append(args[6].detach().cpu())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "sample_sigmas", lambda b, *_: torch.full((b,), sigma))
+    monkeypatch.setattr(trainer, "model", spy)
+    try:
+        trainer.compute_loss(batch, torch.Generator().manual_seed(0))
+    finally:
+        monkeypatch.setattr(trainer, "model", forward)
+    return seen[0]
+
+
+def test_age_samples_window_only_the_people_with_a_target_age_as_inference_does(tmp_path, monkeypatch):
+    """Per-person windows in training: in an age sample, the person without a target age keeps identity (and
+    their face term) at every σ, exactly the windows the pipeline builds (``slot_windows``); the re-aged
+    person is gated by the age window."""
+    from idglow.schedule import slot_windows
+
+    model = small_model()
+    ds = SyntheticSFTDataset(WORLD, 8, task="age")
+    samples = [ds[i] for i in range(8) if len(ds[i]["face_boxes"]) >= 2][:2]
+    for s in samples:
+        s["target_ages"] = [None] + [6.0] * (len(s["face_boxes"]) - 1)
+    batch = collate_group_samples(samples)
+    trainer = SFTTrainer(sft_config(tmp_path, face_lambda=1.0), model, ds)
+    for sigma in (0.85, 0.45, 0.1):
+        scales = _identity_scales(trainer, monkeypatch, batch, sigma)
+        for i, ages in enumerate(batch["target_ages"]):
+            expected = [w.gate(sigma) for w in slot_windows("age", ages)]
+            assert scales[i, : len(ages)].tolist() == expected
+    outside = _identity_scales(trainer, monkeypatch, batch, 0.85)
+    assert outside[:, 0].tolist() == [1.0, 1.0] and float(outside[:, 1:].abs().sum()) == 0.0
+
+    def loss(face_lambda):
+        monkeypatch.setattr(trainer.config, "face_lambda", face_lambda)
+        return trainer.compute_loss(batch, torch.Generator().manual_seed(0))[0].item()
+
+    assert loss(1.0) > loss(0.0)  # outside the window the un-aged person's face term still counts
+
+
+def test_dpo_uses_the_same_per_person_windows(tmp_path, monkeypatch):
+    pairs = toy_pairs(4)
+    samples = [pairs[i] for i in range(4) if len(pairs[i]["face_boxes_0"]) >= 2][:1]
+    samples[0] = {**samples[0], "task": "age", "target_ages": [None] + [6.0] * (len(samples[0]["face_boxes_0"]) - 1)}
+    cfg = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, report_to="none", checkpointing_steps=0)
+    trainer = DPOTrainer(cfg, small_model(), toy_pairs())
+    batch = collate_group_samples(samples)
+    gates = trainer.slot_gates(batch, torch.tensor([0.85]), batch["id_embeds"].shape[1])
+    assert gates[0, 0].item() == 1.0 and float(gates[0, 1:].sum()) == 0.0
+    assert trainer.slot_gates(batch, torch.tensor([0.45]), batch["id_embeds"].shape[1]).min().item() == 1.0
+
+
+def test_training_window_coordinate_moves_the_age_window(tmp_path):
+    """``window_coordinate: one_minus_sigma`` reads the age window [0.3, 0.6] as t = 1 − σ, i.e. σ ∈ [0.4, 0.7]."""
+    ds = SyntheticSFTDataset(WORLD, 4, task="age")
+    batch = collate_group_samples([ds[0]])
+    n = batch["id_embeds"].shape[1]
+    gates = {}
+    for coordinate in ("sigma", "one_minus_sigma", "step_fraction"):
+        trainer = SFTTrainer(sft_config(tmp_path / coordinate, window_coordinate=coordinate), small_model(), ds)
+        gates[coordinate] = [trainer.slot_gates(batch, torch.tensor([s]), n)[0, 0].item() for s in (0.35, 0.65, 0.8)]
+    assert gates["sigma"] == [1.0, 0.0, 0.0]
+    assert gates["one_minus_sigma"] == [0.0, 1.0, 0.0]
+    assert gates["step_fraction"] == [0.0, 0.0, 1.0]  # FLUX 1024² shift: steps 30–60 % are σ ∈ [0.68, 0.88]
+    with pytest.raises(ValueError, match="window_coordinate='t'"):
+        SFTConfig(window_coordinate="t")
+
+
 def test_config_validation_and_yaml_overrides(tmp_path):
     with pytest.raises(ValueError, match="max_steps=0"):
         SFTConfig(max_steps=0)

@@ -14,7 +14,9 @@ def test_build_sft_writes_references_and_metadata(sft_folder, capsys):
     rows = [json.loads(x) for x in (sft_folder / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 1  # the blank photo has no face and is skipped
     row = rows[0]
-    assert row["prompt"] == "a portrait of an adult in a white suit" and row["task"] == "fusion"
+    assert row["scene"] == "a portrait of an adult in a white suit" and row["task"] == "fusion"
+    assert row["prompt_source"] == "template" and "a portrait of an adult in a white suit" in row["prompt"]
+    assert "(" not in row["prompt"]  # a flat folder names nobody: no label in the prompt
     (subject,) = row["subjects"]
     x1, y1, x2, y2 = subject["bbox"]
     assert 0 < x1 < x2 < 1 and 0 < y1 < y2 < 1

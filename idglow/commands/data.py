@@ -20,7 +20,9 @@ def register(subparsers) -> None:
                     "that person (per-person folders or a manifest), averaged into one identity embedding, or a "
                     "crop of the target itself when there is no other photo (recorded, and warned about). "
                     "References more than --age-gap years from the target's age also give an age-transformation "
-                    "row. The result trains `idglow train sft`.",
+                    "row. Each row's prompt is written by the same prompt writer as generation (the people left to "
+                    "right with name, age and place; a vision-language model with --vlm, else the template). The "
+                    "result trains `idglow train sft`.",
     )
     source = b.add_mutually_exclusive_group(required=True)
     source.add_argument("--photos", metavar="DIR",
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
     b.add_argument("--out", required=True, metavar="DIR", help="new, empty output folder")
     b.add_argument("--min-faces", type=int, default=2, help="skip photos with fewer faces (default 2)")
     b.add_argument("--max-faces", type=int, default=6, help="skip photos with more faces (default 6)")
-    b.add_argument("--caption", help="prompt for photos without a NAME.txt beside them")
+    b.add_argument("--caption", help="scene text for photos without a NAME.txt beside them")
     b.add_argument("--age-gap", type=float, default=10.0, metavar="YEARS",
                    help="references further than this from the target's age make an age row (default 10)")
     b.add_argument("--max-references", type=int, default=4, metavar="N",
@@ -38,7 +40,19 @@ def register(subparsers) -> None:
     b.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
     b.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
     b.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
+    b.add_argument("--vlm", metavar="DIR",
+                   help="vision-language model folder (transformers format) that describes the people in each "
+                        "prompt; default: the template writer")
+    b.add_argument("--device", help="device of the vision-language model (default: CUDA when available)")
     b.set_defaults(func=run_build_sft)
+
+
+def _prompt_writer(args: argparse.Namespace):
+    """The prompt writer of generation: with ``--vlm`` its model describes the people, else the template."""
+    from idglow.prompting import PromptSynthesizer, TransformersVLM
+
+    vlm = TransformersVLM.from_pretrained(args.vlm, device=args.device) if args.vlm else None
+    return PromptSynthesizer(vlm=vlm)
 
 
 def run_build_sft(args: argparse.Namespace) -> int:
@@ -49,7 +63,8 @@ def run_build_sft(args: argparse.Namespace) -> int:
     options = BuildOptions(min_faces=args.min_faces, max_faces=args.max_faces, caption=args.caption,
                            age_gap=args.age_gap, max_references=args.max_references)
     analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root, face_pack=args.face_pack))
-    report = build_sft_dataset(args.photos, args.out, analyzer, manifest=args.manifest, options=options)
+    report = build_sft_dataset(args.photos, args.out, analyzer, manifest=args.manifest, options=options,
+                               prompt_writer=_prompt_writer(args))
     for name, why in report.skipped.items():
         print(f"skipped {name}: {why}")
     if report.same_photo:
@@ -58,5 +73,5 @@ def run_build_sft(args: argparse.Namespace) -> int:
         print(f"warning: {len(report.same_photo)} reference(s) are crops of the target photo itself, which the model "
               f"can learn to copy (give other photos of these people: per-person folders or --manifest): {shown}")
     print(f"{report.kept} of {report.photos} photos are targets, written to {report.out_dir} as {report.rows} rows "
-          f"({report.age_rows} age transformation)")
+          f"({report.age_rows} age transformation); prompts written by the {report.prompt_writer} writer")
     return 0 if report.kept else 1

@@ -10,7 +10,7 @@ from pathlib import Path
 from idglow.commands.common import add_model_arguments, add_subject_arguments, build_subjects, model_settings
 from idglow.errors import InputError
 from idglow.quantization import BACKENDS, QUANTIZATIONS
-from idglow.schedule import PROFILES
+from idglow.schedule import PROFILES, WINDOW_COORDINATES
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ def register(subparsers) -> None:
                    help="σ window for identity injection (overrides the task's preset; in the age task, for the "
                         "people with a target age)")
     p.add_argument("--id-profile", choices=PROFILES, default="flat",
-                   help="identity strength inside the window: flat (on/off), or linear (full at the window's "
-                        "clean edge, decaying to 0 at its noisy edge)")
+                   help="identity strength profile: flat (on inside the window, off outside), or linear (full "
+                        "on the clean side of the window, falling linearly across it to 0 at its noisy edge)")
+    p.add_argument("--window-coordinate", choices=WINDOW_COORDINATES, default="sigma",
+                   help="what the window's bounds measure: sigma (noise level, default), one_minus_sigma (flow "
+                        "time t = 1 − σ) or step_fraction (fraction of the denoising steps done)")
     p.add_argument("--steps", type=int, help="denoising steps (default: 28; tiny model: 8)")
     p.add_argument("--guidance", type=float, default=3.5, help="FLUX guidance scale")
     p.add_argument("--height", type=int, help="default: 1024 (tiny model: 64)")
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             id_scale=args.id_scale,
             id_window=tuple(args.window) if args.window else None,
             id_profile=args.id_profile,
+            window_coordinate=args.window_coordinate,
             num_images=args.num_images,
             seed=args.seed,
             num_inference_steps=steps,

@@ -1,6 +1,9 @@
 """``idglow train sft|dpo --config cfg.yaml [--set key=value ...]``: the two training stages.
 
-Multi-GPU: ``accelerate launch -m idglow train sft --config cfg.yaml``.
+Multi-GPU: ``accelerate launch -m idglow train sft --config cfg.yaml`` (on CPUs:
+``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m idglow train ...``). Nothing here touches
+accelerate's process-wide state before the trainer's ``Accelerator`` exists: a ``PartialState()`` made first would
+fix a launched run as one non-distributed process per rank.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ def register(subparsers) -> None:
 def _load_model(config, face_analyzer=None):
     """(denoiser, vae, encode_prompt) for ``config.model``: the frozen transformer, text encoders and VAE in the
     compute dtype of ``config.mixed_precision``, the adapter in float32; ``encode_prompt`` is a
-    ``PromptEmbedder`` (each prompt embedded once when ``config.cache_prompt_embeds``)."""
+    ``PromptEmbedder`` (each prompt embedded once when ``config.cache_prompt_embeds``), on the CPU until the
+    trainer gives it its device."""
     import torch
-    from accelerate import PartialState
 
     from idglow.adapter import IdGlowAdapter
     from idglow.errors import InputError
@@ -56,7 +59,7 @@ def _load_model(config, face_analyzer=None):
         pipe.fuse_lora()
         pipe.unload_lora_weights()
     model = IdGlowDenoiser(pipe.transformer, pipe.adapter, guidance_scale=config.guidance_scale)
-    encode_prompt = PromptEmbedder(pipe, PartialState().device, config.max_sequence_length,
+    encode_prompt = PromptEmbedder(pipe, "cpu", config.max_sequence_length,
                                    cache=config.cache_prompt_embeds)
     return model, pipe.vae, encode_prompt
 
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                                           missing_strength=config.missing_strength)
         model, vae, encode_prompt = _load_model(config, analyzer)
         trainer = DPOTrainer(config, model, dataset, vae=vae, encode_prompt=encode_prompt)
+    encode_prompt.device = trainer.device  # known once the trainer's Accelerator exists
     if config.cache_prompt_embeds:
         from idglow.training.caching import dataset_prompts
 

@@ -22,12 +22,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PromptRequest:
-    """One prompt to write: the subjects in slot order, the task, the user's scene and candidate badcases."""
+    """One prompt to write: the subjects in slot order, the task, the user's scene and candidate badcases.
+
+    apparent_ages / genders: each person's age and gender when they are already known (a training photo's
+    recorded or estimated ages): used instead of asking the face analyzer, so no image needs to be read unless
+    a vision-language model describes the people. positions: where each person stands (1 = leftmost) when the
+    picture is given (a training photo): it overrides the places a model proposes.
+    """
 
     subjects: Sequence[SubjectRef]
     task: str = "fusion"
     scene: str = ""
     badcases: Sequence[Badcase] = ()
+    apparent_ages: Sequence[float | None] | None = None
+    genders: Sequence[str | None] | None = None
+    positions: Sequence[int] | None = None
 
 
 @dataclass
@@ -43,6 +52,15 @@ class _Prepared:
     answer: ModelAnswer | None = None
     reason: str | None = None
     conversation: Conversation = field(default_factory=list)
+
+
+def _known(values: Sequence[Any] | None, n: int, kind: type) -> list[Any]:
+    """``values`` (one per person, None where unknown) as ``kind``; all None when not given."""
+    if values is None:
+        return [None] * n
+    if len(values) != n:
+        raise InputError(f"{len(values)} known attribute values for {n} people")
+    return [None if v is None else kind(v) for v in values]
 
 
 def _limit(tokenizer: Any | None, cap: int) -> int:
@@ -139,11 +157,12 @@ class PromptSynthesizer:
         validate_group(subjects, request.task)  # SubjectRef has checked each age when it was built
         target_ages = [s.target_age for s in subjects]
 
-        need_images = self.vlm is not None or self.face_analyzer is not None
+        known = request.apparent_ages is not None or request.genders is not None
+        need_images = self.vlm is not None or (self.face_analyzer is not None and not known)
         images = [to_pil(s.image) for s in subjects] if need_images else []
-        apparent: list[float | None] = [None] * len(subjects)
-        genders: list[str | None] = [None] * len(subjects)
-        if self.face_analyzer is not None:
+        apparent = _known(request.apparent_ages, len(subjects), float)
+        genders = [normalize_gender(g) for g in _known(request.genders, len(subjects), str)]
+        if self.face_analyzer is not None and not known:
             for slot, (subject, image) in enumerate(zip(subjects, images)):
                 face = self._face(slot, subject, image)
                 apparent[slot] = None if face.age is None else float(face.age)
@@ -233,6 +252,9 @@ class PromptSynthesizer:
             scene, interaction, source = request.scene, "", "template"
             if p.reason is not None:
                 logger.warning("prompt written from the template: %s", p.reason)
+        if request.positions is not None:
+            for person in persons:
+                person.position = int(request.positions[person.slot])
         rendered = self.composer.render(persons, request.task, scene, interaction, p.failure_types)
         return GroupPrompt(
             text=rendered.text,

@@ -3,7 +3,9 @@ from *other* photos of that person when there are some (a folder per person or a
 :mod:`idglow.training.sft_sources`), averaged into one identity embedding; a person with no other photo falls
 back to a crop of the target itself (and its mirror), which is recorded and warned about: the model can learn
 to paste that crop back instead of rendering the identity anew. Where a person's references differ in age from
-the target photo by more than ``age_gap`` years, an age-transformation row is written as well."""
+the target photo by more than ``age_gap`` years, an age-transformation row is written as well. Every row's prompt
+is written by the inference prompt writer (:class:`idglow.prompting.PromptSynthesizer`: the people left to right
+with label, age and place, the target age in age rows), so training sees the prompts generation uses."""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class BuildReport:
     rows: int = 0
     age_rows: int = 0
     same_photo: list[str] = field(default_factory=list)
+    prompt_writer: str = "template"
 
 
 @dataclass(eq=False)
@@ -133,7 +136,7 @@ def mean_embedding(embeddings) -> np.ndarray:
 
 def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_analyzer, *,
                       manifest: str | Path | None = None, options: BuildOptions | None = None,
-                      **knobs: Any) -> BuildReport:
+                      prompt_writer=None, **knobs: Any) -> BuildReport:
     """Write ``out_dir/metadata.jsonl``, ``images/`` and ``refs/`` from ``photos_dir`` or ``manifest``.
 
     ``photos_dir`` is a flat folder of group photos (every face its own person) or a folder of per-person
@@ -145,8 +148,12 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
     entry of ``embeddings`` is their normalised mean embedding), else the target's own crop and its mirror
     (``reference_source="same_photo"``, logged as a warning). Where some person has photos more than
     ``age_gap`` years from the target, a second row of task ``age`` uses those as references with the target's
-    age as ``target_age``. A photo's prompt: the manifest's, else ``NAME.txt`` beside it, else ``caption``,
-    else "a group photo of N people". ``knobs`` are :class:`BuildOptions` fields.
+    age as ``target_age``. A photo's own text (the manifest's prompt, else ``NAME.txt`` beside it, else
+    ``caption``) is its ``scene``; the row's ``prompt`` is written by ``prompt_writer`` (a PromptSynthesizer;
+    default: the template one, without a vision-language model) from the people — named people by their name,
+    each with their age in the target (the target age in an age row) and gender — and that scene, as at
+    inference. ``prompt_source`` ("template" or "vlm") and ``prompt_record`` (the GroupPrompt) record which
+    writer made it. ``knobs`` are :class:`BuildOptions` fields.
     """
     opts = options or BuildOptions(**knobs)
     out = Path(out_dir)
@@ -157,6 +164,7 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
     (out / "refs").mkdir(exist_ok=True)
     report = BuildReport(photos=len(paths), kept=0, skipped={}, out_dir=str(out))
     photos = _detect_photos(paths, root, face_analyzer, report.skipped)
+    appearances_named = appearances is not None  # a flat folder names nobody
     if appearances is None:
         appearances = _flat_appearances(photos, opts, report.skipped)
     seen = _resolve(appearances, photos, _threshold(face_analyzer, opts), report.skipped)
@@ -170,6 +178,8 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
             rows.extend(_target_rows(photo, people, by_person, crops, face_analyzer, opts, report))
             report.kept += 1
     _decoded.cache_clear()
+    caption_rows(rows, prompt_writer, out, named=appearances_named)
+    report.prompt_writer = "vlm" if getattr(prompt_writer, "vlm", None) is not None else "template"
     (out / METADATA).write_text("".join(json.dumps(r) + "\n" for r in rows))
     report.rows, report.age_rows = len(rows), sum(r["task"] == "age" for r in rows)
     return report
@@ -350,9 +360,8 @@ def _target_rows(photo: _Photo, people: list[_Seen], by_person: dict[str, list[_
         aged.append({**_other_photo_subject(slot, s, far[: opts.max_references], crops), "target_age": s.age}
                     if far else subject)
     w, h = photo.size
-    prompt = photo.prompt or opts.caption or f"a group photo of {len(people)} people"
     base = {"image": f"images/{photo.key}.png", "source_photo": photo.name, "width": w, "height": h,
-            "prompt": prompt}
+            "scene": photo.prompt or opts.caption or ""}
     rows = [{**base, "task": "fusion", "subjects": fusion}]
     if any(a is not f for a, f in zip(aged, fusion)):
         rows.append({**base, "task": "age", "subjects": aged})
@@ -401,3 +410,27 @@ def _same_photo_subject(slot: int, s: _Seen, crops: _Crops, analyzer) -> dict[st
     return {**_subject(slot, s), "reference_source": SAME_PHOTO, "references": [crop, flip_ref],
             "reference_photos": [s.photo.name, s.photo.name], "reference_age": _subject(slot, s)["age"],
             "embeddings": [_embedding(s.face.embedding), _embedding(flip_embedding)]}
+
+
+def caption_rows(rows: list[dict[str, Any]], writer, root: Path, *, named: bool = True) -> None:
+    """Set each row's ``prompt`` with ``writer`` (a PromptSynthesizer; None: the template writer), the one that
+    writes prompts at inference, in one batch: the row's people in slot (left-to-right) order with their label
+    (their name when ``named``), age in the target or target age, gender, and the row's ``scene``. The
+    references' first crops are the people's photos for a vision-language model. Records ``prompt_source`` and
+    ``prompt_record``."""
+    from idglow.prompting import PromptRequest, PromptSynthesizer
+    from idglow.subjects import SubjectRef
+
+    writer = writer or PromptSynthesizer()
+    requests = []
+    for row in rows:
+        people = row["subjects"]
+        subjects = [SubjectRef(image=root / p["references"][0] if p.get("references") else None,
+                               target_age=p.get("target_age"), label=p["person"] if named else None)
+                    for p in people]
+        requests.append(PromptRequest(subjects, row["task"], row.get("scene", ""),
+                                      apparent_ages=[p.get("age") for p in people],
+                                      genders=[p.get("gender") for p in people],
+                                      positions=list(range(1, len(people) + 1))))
+    for row, prompt in zip(rows, writer.compose_batch(requests)):
+        row["prompt"], row["prompt_source"], row["prompt_record"] = prompt.text, prompt.source, prompt.to_dict()

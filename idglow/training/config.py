@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from idglow.errors import InputError
+from idglow.schedule import FLUX_1024_SHIFT, IDENTITY_DECAYS, WINDOW_COORDINATES
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ class TrainingConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     sigma_shift: float = field(default=1.0, metadata={"help": "σ ← shift·σ / (1 + (shift − 1)·σ) after sampling."})
+    window_coordinate: Literal["sigma", "one_minus_sigma", "step_fraction"] = field(default="sigma", metadata={
+        "help": "What the identity window's bounds measure, as at inference (`--window-coordinate`): sigma "
+                "(noise level), one_minus_sigma (flow time t = 1 − σ) or step_fraction (fraction of the "
+                "inference steps done, on a schedule shifted by window_shift)."})
+    window_shift: float = field(default=FLUX_1024_SHIFT, metadata={
+        "help": "window_coordinate=step_fraction: the shift of the inference schedule the fraction refers to "
+                "(default exp(1.15), FLUX.1-dev at 1024²)."})
     max_sequence_length: int = 512
     dataloader_num_workers: int = 0
     gradient_checkpointing: bool = False
@@ -109,6 +117,11 @@ class TrainingConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend={self.attention_backend!r}; expected one of "
                              f"{', '.join(ATTENTION_BACKENDS)}")
+        if self.window_coordinate not in WINDOW_COORDINATES:
+            raise ValueError(f"window_coordinate={self.window_coordinate!r}; expected one of "
+                             f"{', '.join(WINDOW_COORDINATES)}")
+        if self.window_shift <= 0:
+            raise ValueError(f"window_shift={self.window_shift} must be > 0")
         if self.resolution < 16 or self.resolution % 16:
             raise ValueError(f"resolution={self.resolution} must be a positive multiple of 16")
 
@@ -158,8 +171,12 @@ class SFTConfig(TrainingConfig):
     """Supervised fine-tuning with task-adaptive timestep scheduling (DESIGN §6)."""
 
     face_lambda: float = field(default=1.0, metadata={"help": "λ_face, weight of the face-region term."})
-    w_clean: float = field(default=1.0, metadata={"help": "w(σ=0) of the linear-decay identity constraint."})
-    w_noisy: float = field(default=0.1, metadata={"help": "w(σ=1) of the linear-decay identity constraint."})
+    w_clean: float = field(default=1.0, metadata={"help": "w(σ=0) of the identity-constraint decay."})
+    w_noisy: float = field(default=0.1, metadata={"help": "w(σ=1) of the identity-constraint decay (linear)."})
+    identity_decay: Literal["linear", "flat"] = field(default="linear", metadata={
+        "help": "Training-time identity-constraint decay w(σ) of the face term: linear (w_clean at σ = 0 to "
+                "w_noisy at σ = 1, the paper's group-composition schedule) or flat (w_clean at every σ, the "
+                "ablation). Not the inference strength profile (`--id-profile`)."})
     window_sampling_fraction: float = field(default=0.5, metadata={
         "help": "Age task: fraction of samples whose σ is drawn uniformly inside the identity window."})
     age_window: tuple[float, float] | None = field(default=None, metadata={
@@ -172,6 +189,8 @@ class SFTConfig(TrainingConfig):
             raise ValueError(f"face_lambda={self.face_lambda} must be >= 0")
         if self.w_clean < 0 or self.w_noisy < 0:
             raise ValueError(f"w_clean={self.w_clean} and w_noisy={self.w_noisy} must be >= 0")
+        if self.identity_decay not in IDENTITY_DECAYS:
+            raise ValueError(f"identity_decay={self.identity_decay!r}; expected one of {', '.join(IDENTITY_DECAYS)}")
         if not 0.0 <= self.window_sampling_fraction <= 1.0:
             raise ValueError(f"window_sampling_fraction={self.window_sampling_fraction} must be in [0, 1]")
         if not 0.0 <= self.identity_dropout < 1.0:

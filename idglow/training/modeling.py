@@ -157,11 +157,6 @@ class IdGlowDenoiser(nn.Module):
             return run()
 
 
-def sample_gates(window: IdentityWindow, sigmas: torch.Tensor) -> torch.Tensor:
-    """g(σ) for each sample: (B,) on the device of ``sigmas``."""
-    return torch.tensor(window.gates(sigmas.detach().cpu().numpy()), dtype=torch.float32, device=sigmas.device)
-
-
 @torch.no_grad()
 def euler_sample(
     model: IdGlowDenoiser,

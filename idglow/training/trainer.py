@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from idglow.adapter import identity_checkpoint
 from idglow.losses import (
@@ -28,7 +28,7 @@ from idglow.losses import (
     region_errors,
     sft_loss,
 )
-from idglow.schedule import IdentityWindow, window_for_task
+from idglow.schedule import IdentityWindow, sigma_window, slot_windows, window_for_task
 from idglow.training.buckets import BucketBatchSampler
 from idglow.training.config import DPOConfig, SFTConfig, TrainingConfig
 from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks, collate_group_samples, dpo_region_masks
@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "trainer_state.json"
+#: What a run logged, written by the main process into output_dir: processes, steps, metrics averaged over
+#: every process, and the data-set indices each process trained on at each step.
+LOG_FILE = "train_log.json"
 # the dtype the frozen modules (transformer, VAE, text encoders) are kept in under each mixed precision
 FROZEN_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,6 +58,42 @@ class TrainOutput:
     global_step: int
     log_history: list[dict[str, float]] = field(default_factory=list)
     output_dir: str | None = None
+    num_processes: int = 1
+    shards: list[list[list[int]]] = field(default_factory=list)
+
+
+class _IndexedDataset(Dataset):
+    """``dataset[i]`` with its index, so that a batch knows which samples it holds."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return index, self.dataset[index]
+
+
+class _IndexedCollate:
+    """``collate_fn`` of the samples, plus ``sample_index``: their indices in the data set."""
+
+    def __init__(self, collate_fn):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items):
+        batch = self.collate_fn([sample for _, sample in items])
+        batch["sample_index"] = [int(index) for index, _ in items]
+        return batch
+
+
+def _trains_on_cpu() -> bool:
+    """Whether accelerate will put the run on the CPU, read without creating its process-wide state: a
+    ``PartialState()`` made before the ``Accelerator`` fixes a launched run as a single, non-distributed
+    process (every rank then trains alone on all the data)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -83,12 +122,12 @@ class BaseTrainer:
 
     def __init__(self, config: TrainingConfig, model: IdGlowDenoiser, train_dataset, *, collate_fn=None,
                  vae=None, encode_prompt=None):
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        if config.mixed_precision == "fp16" and PartialState().device.type == "cpu":
+        if config.mixed_precision == "fp16" and _trains_on_cpu():
             # accelerate would accept it and silently train in float32
             raise ValueError("mixed_precision='fp16' needs a GPU; on CPU use mixed_precision='bf16' or 'no'")
         self.config = config
@@ -107,6 +146,7 @@ class BaseTrainer:
         self.encode_prompt = encode_prompt
         self.global_step = 0
         self.log_history: list[dict[str, float]] = []
+        self.shard_history: list[list[list[int]]] = []
 
         self.frozen_dtype = FROZEN_DTYPES[config.mixed_precision]
         self._set_trainable(model)
@@ -129,8 +169,8 @@ class BaseTrainer:
             getattr(train_dataset, "bucket_ids", None) or [0] * len(train_dataset), config.train_batch_size,
             seed=config.seed, num_replicas=self.accelerator.num_processes, rank=self.accelerator.process_index,
         )
-        self.dataloader = DataLoader(train_dataset, batch_sampler=self.sampler,
-                                     collate_fn=collate_fn or collate_group_samples,
+        self.dataloader = DataLoader(_IndexedDataset(train_dataset), batch_sampler=self.sampler,
+                                     collate_fn=_IndexedCollate(collate_fn or collate_group_samples),
                                      num_workers=config.dataloader_num_workers)
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.accelerator.register_save_state_pre_hook(self._save_hook)
@@ -192,49 +232,95 @@ class BaseTrainer:
         return self.accelerator.device
 
     def step_generator(self, micro_step: int) -> torch.Generator:
-        """Noise and σ for (step, micro-step, process) are a function of the seed: a resumed run draws what an
-        uninterrupted one would."""
-        seed = (self.config.seed * 1_000_003 + self.global_step * 1009 + micro_step * 17
-                + self.accelerator.process_index) % (2**63 - 1)
+        """The seed of (step, micro-step), the same on every process: a resumed run draws what an uninterrupted
+        one would. Each sample's draws come from ``sample_generators``."""
+        seed = (self.config.seed * 1_000_003 + self.global_step * 1009 + micro_step * 17) % (2**63 - 1)
         return torch.Generator().manual_seed(seed)
 
-    def sample_sigmas(self, batch_size: int, generator: torch.Generator, tasks: list[str] | None = None,
-                      window_fraction: float = 0.0) -> torch.Tensor:
+    @staticmethod
+    def sample_generators(batch: dict[str, Any], generator: torch.Generator) -> list[torch.Generator]:
+        """One generator per sample, from the step's ``generator`` and the sample's index in the data set: a
+        sample's noise and σ do not depend on its batch-mates or on how a step is split across processes, so
+        two processes with one sample each draw what one process with both draws."""
+        base = int(generator.initial_seed())
+        keys = batch.get("sample_index") or range(batch["id_embeds"].shape[0])
+        return [torch.Generator().manual_seed((base * 1_000_003 + 7919 * (int(k) + 1)) % (2**63 - 1)) for k in keys]
+
+    def sample_noise(self, shape: torch.Size, generators: list[torch.Generator]) -> torch.Tensor:
+        """Gaussian noise of ``shape`` (B, ...), sample b from ``generators[b]``."""
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generators]).to(self.device)
+
+    def sample_sigmas(self, batch_size: int, generator: torch.Generator | list[torch.Generator],
+                      tasks: list[str] | None = None, window_fraction: float = 0.0) -> torch.Tensor:
         """σ ∈ (0, 1) per sample: the configured density (logit-normal by default), shifted; with
-        ``window_fraction`` > 0 that fraction of age samples is drawn uniformly inside the age window."""
+        ``window_fraction`` > 0 that fraction of age samples is drawn uniformly inside the age window.
+        ``generator``: one for the batch, or one per sample (``sample_generators``)."""
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
         cfg = self.config
-        u = compute_density_for_timestep_sampling(cfg.weighting_scheme, batch_size, logit_mean=cfg.logit_mean,
-                                                  logit_std=cfg.logit_std, mode_scale=1.29, generator=generator)
+        gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        size = 1 if isinstance(generator, (list, tuple)) else batch_size
+
+        def density(g: torch.Generator) -> torch.Tensor:
+            return compute_density_for_timestep_sampling(cfg.weighting_scheme, size, logit_mean=cfg.logit_mean,
+                                                         logit_std=cfg.logit_std, mode_scale=1.29, generator=g)
+
+        def draw(fn) -> torch.Tensor:
+            return torch.cat([fn(g) for g in gens])
+
+        u = draw(density)
         sigmas = cfg.sigma_shift * u / (1 + (cfg.sigma_shift - 1) * u)
         if tasks is not None and window_fraction > 0:
-            pick = torch.rand(batch_size, generator=generator)
-            inside = torch.rand(batch_size, generator=generator)
+            pick = draw(lambda g: torch.rand(size, generator=g))
+            inside = draw(lambda g: torch.rand(size, generator=g))
             for i, task in enumerate(tasks):
                 win = self.window_for(task)
                 if task == "age" and pick[i] < window_fraction:
                     sigmas[i] = win.sigma_lo + inside[i] * (win.sigma_hi - win.sigma_lo)
         return sigmas.clamp(1e-4, 1.0).to(self.device)
 
-    def window_for(self, task: str) -> IdentityWindow:
+    def task_window(self, task: str) -> IdentityWindow:
+        """The window of the people a task acts on, in the configured coordinate (``age_window`` overrides
+        the age preset)."""
         age_window = getattr(self.config, "age_window", None)
         if task == "age" and age_window is not None:
             return IdentityWindow(*age_window)
         return window_for_task(task)
 
-    def gates(self, tasks: list[str], sigmas: torch.Tensor) -> torch.Tensor:
-        values = [self.window_for(t).gate(float(s)) for t, s in zip(tasks, sigmas.detach().cpu())]
-        return torch.tensor(values, dtype=torch.float32, device=self.device)
+    def to_sigma(self, window: IdentityWindow) -> IdentityWindow:
+        """``window`` read in ``config.window_coordinate`` as a σ window (``idglow.schedule.sigma_window``)."""
+        return sigma_window(window, self.config.window_coordinate, self.config.window_shift)
+
+    def window_for(self, task: str) -> IdentityWindow:
+        """The task's window as a σ window (where window sampling draws the age task's σ)."""
+        return self.to_sigma(self.task_window(task))
+
+    def slot_gates(self, batch: dict[str, Any], sigmas: torch.Tensor, num_slots: int) -> torch.Tensor:
+        """(B, N) identity gate of each person of each sample at its σ, from the per-person windows inference
+        uses (``idglow.schedule.slot_windows``): in the age task a person with a target age is gated by the
+        age window, one without stays on at every step. Samples without ``target_ages`` gate everyone."""
+        tasks = list(batch["task"])
+        all_ages = batch.get("target_ages") or [None] * len(tasks)
+        rows = []
+        for task, ages, sigma in zip(tasks, all_ages, sigmas.detach().cpu()):
+            ages = list(ages or [])[:num_slots]
+            ages += [None] * (num_slots - len(ages))
+            override = self.task_window(task) if task == "age" else None
+            windows = slot_windows(task, ages, override)
+            rows.append([self.to_sigma(w).gate(float(sigma)) for w in windows])
+        return torch.tensor(rows, dtype=torch.float32, device=self.device).reshape(len(tasks), num_slots)
 
     @torch.no_grad()
-    def latents_of(self, batch: dict[str, Any], suffix: str = "") -> torch.Tensor:
+    def latents_of(self, batch: dict[str, Any], suffix: str = "",
+                   generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """The batch's latents, or its pixels encoded by the VAE (one draw of each latent distribution, sample
+        b from ``generators[b]`` when given)."""
         if f"latents{suffix}" in batch:
             return batch[f"latents{suffix}"].to(self.device, torch.float32)
         if self.vae is None:
             raise ValueError(f"the batch has pixel_values{suffix} but the trainer has no VAE to encode them")
         pixels = batch[f"pixel_values{suffix}"].to(self.device, self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.sample()
+        latents = self.vae.encode(pixels).latent_dist.sample(generator=generators)
         cfg = self.vae.config
         return ((latents - (cfg.shift_factor or 0.0)) * cfg.scaling_factor).float()
 
@@ -351,11 +437,10 @@ class BaseTrainer:
                 if not acc.sync_gradients:
                     continue
                 self.global_step += 1
-                loss_value = acc.gather(loss.detach().float().reshape(1)).mean().item()
+                record = self.step_record(loss, logs, batch)
+                loss_value = record["loss"]
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss became {loss_value} at step {self.global_step}")
-                record = {"step": self.global_step, "loss": loss_value,
-                          "lr": self.lr_scheduler.get_last_lr()[0], **logs}
                 self.log_history.append(record)
                 if self.global_step % cfg.logging_steps == 0 or self.global_step == cfg.max_steps:
                     logger.info("step %d: loss %.5f", self.global_step, loss_value)
@@ -369,35 +454,65 @@ class BaseTrainer:
         for tracker in acc.trackers:  # not end_training(): it would tear down the process group
             tracker.finish()
         acc.wait_for_everyone()
-        return TrainOutput(self.global_step, self.log_history, str(self.output_dir))
+        out = TrainOutput(self.global_step, self.log_history, str(self.output_dir), acc.num_processes,
+                          self.shard_history)
+        self.write_log(out)
+        return out
+
+    def step_record(self, loss: torch.Tensor, logs: dict[str, float], batch: dict[str, Any]) -> dict[str, float]:
+        """The step's metrics over every process (``gather_for_metrics``): each the mean of the processes
+        that report it, not this process's last batch alone. Records which samples each process trained on."""
+        local = {"loss": float(loss.detach().float()), **{k: float(v) for k, v in logs.items()},
+                 "_samples": list(batch.get("sample_index") or [])}
+        gathered = self.accelerator.gather_for_metrics([local], use_gather_object=True)
+        self.shard_history.append([g.pop("_samples") for g in gathered])
+        names = list(dict.fromkeys(k for g in gathered for k in g))
+        means = {k: sum(g[k] for g in gathered if k in g) / sum(k in g for g in gathered) for k in names}
+        return {"step": self.global_step, **means, "lr": self.lr_scheduler.get_last_lr()[0]}
+
+    def write_log(self, out: TrainOutput) -> None:
+        """``output_dir/train_log.json`` (main process only)."""
+        if not self.accelerator.is_main_process:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / LOG_FILE).write_text(json.dumps({
+            "num_processes": out.num_processes, "global_step": out.global_step, "log_history": out.log_history,
+            "shards": out.shards}, indent=1))
 
 
 class SFTTrainer(BaseTrainer):
-    """Supervised fine-tuning: flow-matching loss plus the face-region term weighted by the linear-decay
-    w(σ); identity injection (and, for the age task, the face term) gated by each task's identity window."""
+    """Supervised fine-tuning: flow-matching loss plus the face-region term weighted by the identity-constraint
+    decay w(σ) (``identity_decay``); identity injection and each person's face term gated by that person's
+    identity window, as at inference (in the age task, only the people with a target age are windowed)."""
 
     config_class = SFTConfig
 
     def compute_loss(self, batch, generator):
         cfg: SFTConfig = self.config
-        latents = self.latents_of(batch)
+        gens = self.sample_generators(batch, generator)
+        latents = self.latents_of(batch, generators=gens)
         embeds, pooled, txt_ids = self.prompts_of(batch)
         b, _, h, w = latents.shape
         tasks = list(batch["task"])
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        sigmas = self.sample_sigmas(b, generator, tasks, cfg.window_sampling_fraction)
-        gates = self.gates(tasks, sigmas)
-        scales = batch["id_mask"].to(self.device) * gates[:, None]
+        noise = self.sample_noise(latents.shape, gens)
+        sigmas = self.sample_sigmas(b, gens, tasks, cfg.window_sampling_fraction)
+        n = batch["id_embeds"].shape[1]
+        gates = self.slot_gates(batch, sigmas, n)
+        real = batch["id_mask"].to(self.device) > 0
+        scales = batch["id_mask"].to(self.device) * gates
         if cfg.identity_dropout > 0:
-            keep = (torch.rand(b, generator=generator) >= cfg.identity_dropout).float().to(self.device)
+            keep = (torch.cat([torch.rand(1, generator=g) for g in gens]) >= cfg.identity_dropout).float()
+            keep = keep.to(self.device)
             scales = scales * keep[:, None]
         noisy = add_flow_noise(latents, noise, sigmas)
         pred = self.model(pack_latents(noisy), sigmas, embeds, pooled, latent_image_ids(h, w, self.device),
                           batch["id_embeds"].to(self.device), scales, txt_ids)
-        n = batch["id_embeds"].shape[1]
-        face = pack_masks(boxes_to_masks(batch["face_boxes"], n, h, w)).amax(dim=1).to(self.device)
+        # each person's face counts where that person's identity is on
+        on = ((gates > 0) & real).float()
+        face = (pack_masks(boxes_to_masks(batch["face_boxes"], n, h, w)).to(self.device) * on[..., None]).amax(dim=1)
         out = sft_loss(pred, pack_latents(flow_target(latents, noise)), sigmas, face.unsqueeze(-1),
-                       face_lambda=cfg.face_lambda, w_clean=cfg.w_clean, w_noisy=cfg.w_noisy, face_gate=gates)
+                       face_lambda=cfg.face_lambda, w_clean=cfg.w_clean, w_noisy=cfg.w_noisy,
+                       face_gate=(gates * real).amax(dim=1), decay=cfg.identity_decay)
         return out.loss, {"loss_base": out.base.mean().item(), "loss_face": out.face.mean().item()}
 
 
@@ -417,13 +532,13 @@ class DPOTrainer(BaseTrainer):
 
     def compute_loss(self, batch, generator):
         cfg: DPOConfig = self.config
-        lat0, lat1 = self.latents_of(batch, "_0"), self.latents_of(batch, "_1")
+        gens = self.sample_generators(batch, generator)
+        lat0, lat1 = self.latents_of(batch, "_0", gens), self.latents_of(batch, "_1", gens)
         embeds, pooled, txt_ids = self.prompts_of(batch)
         b, _, h, w = lat0.shape
-        tasks = list(batch["task"])
-        noise = torch.randn(lat0.shape, generator=generator).to(self.device)
-        sigmas = self.sample_sigmas(b, generator)
-        scales = batch["id_mask"].to(self.device) * self.gates(tasks, sigmas)[:, None]
+        noise = self.sample_noise(lat0.shape, gens)
+        sigmas = self.sample_sigmas(b, gens)
+        scales = batch["id_mask"].to(self.device) * self.slot_gates(batch, sigmas, batch["id_embeds"].shape[1])
         two = lambda t: torch.cat([t, t]) if t is not None else None  # noqa: E731
         latents = torch.cat([lat0, lat1])
         noise2, sigmas2 = two(noise), two(sigmas)
