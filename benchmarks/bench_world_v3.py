@@ -65,7 +65,8 @@ def pretrained_base(world, args):
     pretrain_base(base, CachedDataset(WorldV3Dataset(world, 1024, seed=args.world_seed)), args.pretrain_steps,
                   batch_size=args.batch_size, seed=args.world_seed)
     if cache is not None:
-        torch.save(base.state_dict(), cache)
+        torch.save(base.state_dict(), cache.with_suffix(".partial"))
+        cache.with_suffix(".partial").rename(cache)  # another run waiting for the file never reads half of it
     return base
 
 

@@ -2,8 +2,11 @@
 
 World v2 (``learning_world_v2``) cannot test the stability–plasticity claim: every reference is an adult, so no
 adapter can learn to carry a reference's build into a child, and identity (full-amplitude 3×3 texture) is mostly
-decided before σ = 0.6. World v3 changes three things and keeps the rest of v2 (16×16 latent, 2–3 people
+decided before σ = 0.6. World v3 changes four things and keeps the rest of v2 (16×16 latent, 2–3 people
 anywhere, prompts made of order, position and age words, embeddings that carry the face's structure):
+
+- **a place for every person**: position words on an 8×8 grid (v2: 3×2), so the prompt puts each face's centre
+  within 2 latent pixels and "the face in person j's prompted box" is something a model can get right;
 
 - **references whose structure varies**: in fusion data each person is a child or an adult (``child_probability``)
   and the reference shows them with the same build as the target, so an always-on adapter can learn to copy
@@ -43,9 +46,10 @@ WINDOW_COORDINATES = ("sigma", "one_minus_sigma", "step_fraction")
 
 def world_v3(seed: int = 0, *, texture_amplitude: float = 0.25, pattern_size: int = 6,
              structure_weight: float = 0.5) -> SyntheticWorld:
-    """The v3 world: v2's layout and word prompts with faint 6×6 identity texture (amplitude 0.25)."""
+    """The v3 world: v2's random layout and word prompts, position words on an 8×8 grid, and faint 6×6 identity
+    texture (amplitude 0.25)."""
     return SyntheticWorld(size=16, adult_shape=(6, 4), child_shape=(4, 4), min_people=2, max_people=3,
-                          code_dim=6, embedding_dim=32, layout="random", prompt="words", position_bins=(3, 2),
+                          code_dim=6, embedding_dim=32, layout="random", prompt="words", position_bins=(8, 8),
                           structure_weight=structure_weight, texture_amplitude=texture_amplitude,
                           pattern_size=pattern_size, seed=seed)
 
