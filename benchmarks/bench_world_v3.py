@@ -182,11 +182,16 @@ def main(argv=None):
                         help="summarise the per-seed lines of earlier runs' outputs instead of running")
     args = parser.parse_args(argv)
     if args.combine:
-        rows = [json.loads(line) for f in args.combine for line in Path(f).read_text().splitlines()
-                if line.startswith('{"seed"')]
-        sweeps = [r["sweep"] for r in rows if "sweep" in r]
-        print(json.dumps({"RESULT": summarise([r["control"] for r in rows], sweeps if len(sweeps) == len(rows)
-                                              else []), "seeds": [r["seed"] for r in rows]}), flush=True)
+        rows: dict[int, dict] = {}
+        for line in (line for f in args.combine for line in Path(f).read_text().splitlines()):
+            if line.startswith('{"seed"'):
+                row = json.loads(line)
+                rows.setdefault(row.pop("seed"), {}).update(row)
+        seeds = sorted(s for s, r in rows.items() if "control" in r)
+        swept = [s for s in seeds if "sweep" in rows[s]]
+        print(json.dumps({"RESULT": summarise([rows[s]["control"] for s in seeds],
+                                              [rows[s]["sweep"] for s in swept]),
+                          "seeds": seeds, "swept_seeds": swept}), flush=True)
         return
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: need at least 1")
@@ -202,11 +207,10 @@ def main(argv=None):
         trained, held = train_arms(world, base, seed, args)
         idx = list(range(args.eval_scenes))
         controls.append(control(base, trained, held, idx, seed))
-        row = {"seed": seed, "control": controls[-1]}
+        print(json.dumps({"seed": seed, "control": controls[-1]}), flush=True)
         if not args.control_only:
             sweeps.append(sweep(trained, held, idx, seed))
-            row["sweep"] = sweeps[-1]
-        print(json.dumps(row), flush=True)
+            print(json.dumps({"seed": seed, "sweep": sweeps[-1]}), flush=True)
     line = {"RESULT": summarise(controls, sweeps), "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
             "world_seed": args.world_seed, "pretrain_steps": args.pretrain_steps, "sft_steps": args.sft_steps,
             "eval_scenes": args.eval_scenes, "age_fraction": args.age_fraction, "seconds": round(time.time() - t0, 1)}
