@@ -153,8 +153,7 @@ def summarise(controls: list[dict], sweeps: list[dict]) -> dict:
                                                            for c in controls])
     if not sweeps:
         return out
-    reference = {"always_on_shift": "always_on_shift"}
-    for arm in sweeps[0]:
+    for arm in [a for a in sweeps[0] if all(a in s for s in sweeps)]:
         if arm.startswith("always_on") and arm != "always_on_gated_0.3_0.6":
             continue
         ref = "always_on_shift" if "shift" in arm else "always_on"
@@ -162,7 +161,7 @@ def summarise(controls: list[dict], sweeps: list[dict]) -> dict:
         for metric in ("leak", "right_age", "in_place"):
             diffs = [d for s in sweeps if (d := matched(s[arm], s[ref], metric)) is not None]
             row[metric] = {**interval(diffs), "seeds": len(diffs)} if diffs else {"seeds": 0}
-        out[f"{arm}_minus_{reference.get(ref, ref)}_at_matched_identity"] = row
+        out[f"{arm}_minus_{ref}_at_matched_identity"] = row
     return out
 
 
