@@ -215,6 +215,24 @@ def test_training_window_coordinate_moves_the_age_window(tmp_path):
         SFTConfig(window_coordinate="t")
 
 
+def test_identity_decay_switch_reaches_the_face_term(tmp_path, monkeypatch):
+    """``identity_decay: flat`` (the ablation) keeps the face term's weight at w_clean at high noise, where the
+    paper's linear decay lowers it to w_noisy; at σ ≈ 0 the two agree."""
+    ds = SyntheticSFTDataset(WORLD, 4, task="fusion")
+    batch = collate_group_samples([ds[0], ds[1]])
+    losses = {}
+    for decay in ("linear", "flat"):
+        trainer = SFTTrainer(sft_config(tmp_path / decay, identity_decay=decay, face_lambda=1.0), small_model(), ds)
+        losses[decay] = []
+        for sigma in (1e-4, 0.9):
+            monkeypatch.setattr(trainer, "sample_sigmas", lambda b, *_, s=sigma: torch.full((b,), s))
+            losses[decay].append(trainer.compute_loss(batch, torch.Generator().manual_seed(0))[0].item())
+    assert losses["flat"][0] == pytest.approx(losses["linear"][0], rel=1e-3)
+    assert losses["flat"][1] > losses["linear"][1] * 1.01
+    with pytest.raises(ValueError, match="identity_decay='cosine'"):
+        SFTConfig(identity_decay="cosine")
+
+
 def test_config_validation_and_yaml_overrides(tmp_path):
     with pytest.raises(ValueError, match="max_steps=0"):
         SFTConfig(max_steps=0)

@@ -37,9 +37,11 @@ DPO_POOL = 1280
 HELD_OUT = 32
 HELD_OUT_PAIRS = 64
 WIN_PROMPTS = 128
-# Measured with these settings: held-out reward accuracy 0.562 [0.492, 0.634], judge win rate 0.547
-# [0.469, 0.633], accuracy on 64 training pairs 0.620 [0.550, 0.687] (95% bootstrap). The held-out intervals do
-# not exclude chance, so their bar is only "no worse than chance"; DPO does fit its own training pairs.
+# Measured with these settings and the earlier labeller (identity of the Hungarian-matched face, wherever it
+# stood): held-out reward accuracy 0.562 [0.492, 0.634], judge win rate 0.547 [0.469, 0.633], accuracy on 64
+# training pairs 0.620 [0.550, 0.687] (95% bootstrap). The held-out intervals do not exclude chance, so their bar
+# is only "no worse than chance"; DPO does fit its own training pairs. The labeller now reads identity in each
+# person's prompted box; `python -m idglow.training.synthetic_runs --seeds 0 1 2` reruns this evidence per seed.
 ACC_AFTER_MIN = 0.5
 JUDGE_WIN_MIN = 0.5
 FIT_MIN = 0.58
@@ -91,14 +93,18 @@ def test_pretrained_base_draws_every_person_the_prompt_places(base_run):
 def test_sft_raises_held_out_identity_similarity(sft_run):
     before, after = sft_run["before"], sft_run["after"]
     print(f"SFT held-out identity: untrained adapter {before['identity']:.3f} -> trained {after['identity']:.3f} "
-          f"(code similarity {before['code_similarity']:.3f} -> {after['code_similarity']:.3f})")
+          f"matched, {before['identity_in_place']:.3f} -> {after['identity_in_place']:.3f} by position (code "
+          f"similarity {before['code_similarity']:.3f} -> {after['code_similarity']:.3f} matched, "
+          f"{before['place_code_similarity']:.3f} -> {after['place_code_similarity']:.3f} by position); binding "
+          f"accuracy {after['binding_accuracy']:.3f}, swap rate {after['swap_rate']:.3f}")
     assert after["identity"] - before["identity"] >= 0.3, (before, after)
 
 
 def test_dpo_learns_oracle_preferences_from_seed_pairs(sft_run):
     """DPO without engineered pairs: each prompt's two candidates come from the same SFT model at the same ID
-    weight and different seeds; the oracle labels every dimension; the win rate is judged by ``judge_scores``,
-    which labelled nothing (position-anchored, structure-free code similarity). Intervals: 95% bootstrap over
+    weight and different seeds; the oracle labels every dimension, reading each person's identity in their
+    prompted box (a face drawn in another person's place counts against both); the win rate is judged by
+    ``judge_scores``, which labelled nothing (position-anchored, structure-free code similarity). Intervals: 95% bootstrap over
     held-out pairs (reward accuracy) and prompts (win rates)."""
     world, model = sft_run["world"], copy.deepcopy(sft_run["model"])
     pool = SyntheticSFTDataset(world, DPO_POOL, task="fusion", seed=5)
@@ -115,13 +121,17 @@ def test_dpo_learns_oracle_preferences_from_seed_pairs(sft_run):
     acc_after = ratio_interval(*implicit_reward_counts(model, test_pairs, draws=32))
     fit = ratio_interval(*implicit_reward_counts(model, train_pairs[:HELD_OUT_PAIRS], draws=32))
     dpo_samples = generate(model, evalset, eidx, seed=5000)
+    held = SyntheticSFTDataset(world, HELD_OUT, task="fusion", seed=999)
+    sft, dpo = sft_run["after"], evaluate(model, held, list(range(HELD_OUT)))
     ones = np.ones(len(eidx))
     judge = ratio_interval(win_outcomes(evalset, eidx, dpo_samples, sft_samples, scorer="judge"), ones)
     oracle = ratio_interval(win_outcomes(evalset, eidx, dpo_samples, sft_samples, scorer="oracle"), ones)
     fmt = "{:.3f} [{:.3f}, {:.3f}]".format
     print(f"DPO on {len(train_pairs)} seed pairs: held-out implicit reward accuracy {fmt(*acc_before)} -> "
           f"{fmt(*acc_after)} ({len(test_pairs)} pairs), on {HELD_OUT_PAIRS} training pairs {fmt(*fit)}; win rate over SFT on {len(eidx)} prompts: judge "
-          f"{fmt(*judge)}, oracle (labeller) {fmt(*oracle)}")
+          f"{fmt(*judge)}, oracle (labeller) {fmt(*oracle)}; held-out identity SFT -> DPO "
+          f"{sft['identity']:.3f} -> {dpo['identity']:.3f} matched, {sft['identity_in_place']:.3f} -> "
+          f"{dpo['identity_in_place']:.3f} by position, swap rate {sft['swap_rate']:.3f} -> {dpo['swap_rate']:.3f}")
     assert abs(acc_before[0] - 0.5) < 0.05
     assert acc_after[0] >= ACC_AFTER_MIN
     assert judge[0] >= JUDGE_WIN_MIN
