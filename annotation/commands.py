@@ -1,5 +1,6 @@
-"""``idglow`` sub-commands of the preference store: ``db upgrade``, ``users add``, ``models
-add|list|remove|default``, ``export``, ``demo-data`` and ``train-from-db``. Every command takes ``--db URL``
+"""``idglow`` sub-commands of the preference store: ``db upgrade``,
+``users add|list|set-role|activate|deactivate|reset-password``, ``models add|list|remove|default``, ``export``,
+``demo-data`` and ``train-from-db``. Every command takes ``--db URL``
 (default: $IDGLOW_DB_URL, else the SQLite file in the data dir) and ``--data-dir`` (default:
 $IDGLOW_DATA_DIR, else the folder of the SQLite file, else ./data). Heavy imports (SQLAlchemy, pyarrow)
 happen inside the commands.
@@ -69,6 +70,55 @@ def run_users_add(args: argparse.Namespace) -> int:
     with sessions() as session:
         user = create_user(session, args.name, password, args.role)
     print(f"added user {user.username} ({user.role.value}), id {user.id}")
+    return 0
+
+
+def run_users_list(args: argparse.Namespace) -> int:
+    """``idglow users list``: every user with id, role and whether they may sign in."""
+    from annotation.store.users import list_users
+
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        users = list_users(session)
+    print(f"{'id':>4}  {'name':<24} {'role':<11} status")
+    for user in users:
+        print(f"{user.id:>4}  {user.username:<24} {user.role.value:<11} {'active' if user.active else 'deactivated'}")
+    return 0
+
+
+def _show(user) -> str:  # noqa: ANN001
+    return f"{user.username} ({user.role.value}, {'active' if user.active else 'deactivated'})"
+
+
+def run_users_set_role(args: argparse.Namespace) -> int:
+    """``idglow users set-role NAME ROLE``: change a role (the last active admin stays admin)."""
+    from annotation.store.users import set_role
+
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        print(f"user {_show(set_role(session, args.name, args.role))}")
+    return 0
+
+
+def run_users_set_active(args: argparse.Namespace) -> int:
+    """``idglow users activate|deactivate NAME``: let a user sign in again, or end their sessions and stop
+    them signing in (the last active admin cannot be deactivated)."""
+    from annotation.store.users import set_active
+
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        print(f"user {_show(set_active(session, args.name, args.active))}")
+    return 0
+
+
+def run_users_reset_password(args: argparse.Namespace) -> int:
+    """``idglow users reset-password NAME``: a new password, prompted twice or read from stdin."""
+    from annotation.store.users import reset_password
+
+    password = _read_password(args)
+    _, sessions, _ = _open(args)
+    with sessions() as session:
+        print(f"new password set for user {_show(reset_password(session, args.name, password))}")
     return 0
 
 
@@ -232,16 +282,37 @@ def _register_db(subparsers) -> None:  # noqa: ANN001
     up.set_defaults(func=run_db_upgrade)
 
 
+ROLES = ["annotator", "researcher", "admin"]
+
+
 def _register_users(subparsers) -> None:  # noqa: ANN001
     users_sub = _command_group(subparsers, "users", "manage annotation users")
     add = users_sub.add_parser("add", help="add a user (password prompted, or read from stdin)")
     add.add_argument("name")
-    add.add_argument("--role", choices=["annotator", "researcher", "admin"], default="annotator")
+    add.add_argument("--role", choices=ROLES, default="annotator")
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from the first line of stdin"
     )
-    _add_db(add)
     add.set_defaults(func=run_users_add)
+    ls = users_sub.add_parser("list", help="list the users with their roles and status")
+    ls.set_defaults(func=run_users_list)
+    role = users_sub.add_parser("set-role", help="change a user's role (an admin must remain)")
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+    role.set_defaults(func=run_users_set_role)
+    for action, active, text in (("activate", True, "let a deactivated user sign in again"),
+                                 ("deactivate", False, "stop a user signing in (an admin must remain)")):
+        p = users_sub.add_parser(action, help=text)
+        p.add_argument("name")
+        p.set_defaults(func=run_users_set_active, active=active)
+    reset = users_sub.add_parser("reset-password", help="set a new password (prompted, or read from stdin)")
+    reset.add_argument("name")
+    reset.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    reset.set_defaults(func=run_users_reset_password)
+    for parser in (add, ls, role, reset, *(users_sub.choices[a] for a in ("activate", "deactivate"))):
+        _add_db(parser)
 
 
 def _register_models(subparsers) -> None:  # noqa: ANN001

@@ -172,11 +172,6 @@ def _injecting_scope() -> Iterator[None]:
             _ANY_INJECTING = _injecting > 0
 
 
-def active_injection() -> InjectionState | None:
-    """The injection of the call in progress in this thread/task, if any."""
-    return _ACTIVE.get()
-
-
 @dataclass(frozen=True)
 class BlockIdentity:
     """What one transformer block injects during the transformer call in progress.
@@ -540,15 +535,3 @@ def attach_identity_hooks(transformer: nn.Module) -> None:
         _BLOCK_HOOKS[block] = hook
         hooks.append(hook)
     registry.register_hook(_SigmaHook(hooks, lock), SIGMA_HOOK)
-
-
-def detach_identity_hooks(transformer: nn.Module) -> None:
-    """Remove every identity hook from ``transformer``; it runs as the base model again."""
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(SIGMA_HOOK) is None:
-        return
-    registry.remove_hook(SIGMA_HOOK, recurse=False)
-    for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
-        for block in blocks:
-            HookRegistry.check_if_exists_or_initialize(block).remove_hook(BLOCK_HOOK, recurse=False)
-            _BLOCK_HOOKS.pop(block, None)

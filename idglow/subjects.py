@@ -13,6 +13,8 @@ from idglow.errors import InputError
 from idglow.schedule import TASKS
 
 MAX_SUBJECTS = 6
+AGE_OF_MAJORITY = 18  # younger than this, a person is a child: the safety checks, child nouns, "the group has an adult"
+TEEN_AGE = 13  # from this age a child is a teenager; a younger target age is phrased "a child" (mini-adult checks)
 MIN_AGE, MAX_AGE = 0.0, 120.0
 MAX_ID_WEIGHT = 3.0
 

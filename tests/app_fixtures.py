@@ -26,9 +26,11 @@ class RunningApp:
 
 
 @contextlib.contextmanager
-def running_app(data_dir: str | Path, users: dict[str, tuple[str, str]] | None = None, **settings) -> Iterator[RunningApp]:
+def running_app(data_dir: str | Path, users: dict[str, tuple[str, str]] | None = None, downloads=None,
+                **settings) -> Iterator[RunningApp]:
     """The real app (tiny model, dlib, SQLite in ``data_dir``) served on 127.0.0.1. ``users``: name →
-    (password, role), created before the server starts."""
+    (password, role), created before the server starts; ``downloads``: the app's PrivateDownloads (e.g. on a
+    test's clock) instead of its own."""
     from annotation.store.users import create_user
     from annotation.ui.blocks import build_app, launch_options
     from annotation.ui.settings import AppSettings
@@ -36,11 +38,13 @@ def running_app(data_dir: str | Path, users: dict[str, tuple[str, str]] | None =
 
     config = AppSettings(data_dir=str(data_dir), port=free_port(), **settings)
     services, _ = build_services(config)
+    if downloads is not None:
+        services.downloads = downloads
     with services.auth.sessions() as session:
         for name, (password, role) in (users or {}).items():
             create_user(session, name, password, role)
     demo = build_app(services)
-    options = launch_options("127.0.0.1", config.port, config.max_upload_mb)
+    options = launch_options("127.0.0.1", config.port, config.max_upload_mb, services)
     demo.launch(prevent_thread_lock=True, **options)
     try:
         yield RunningApp(f"http://127.0.0.1:{config.port}/", services, demo)

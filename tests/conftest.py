@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,6 +14,60 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+# Every process the suite starts inherits this mark, so that the session's end can find the ones still running
+# (an orphaned chromium renderer has no parent left to find it by).
+SESSION_MARK = "IDGLOW_TEST_SESSION"
+os.environ[SESSION_MARK] = uuid.uuid4().hex
+LEFTOVER_GRACE_S = 10.0  # a closed browser or a stopped app takes a moment to exit
+
+
+def marked_processes(mark: str | None = None) -> dict[int, str]:
+    """pid → command line of the running processes (other than this one) that carry this session's mark and are
+    chromium, the app (``app.py``), or orphans (their parent is neither this process nor another marked one:
+    nothing of the suite will end them)."""
+    mark = SESSION_MARK.encode() + b"=" + (mark or os.environ[SESSION_MARK]).encode()
+    marked = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:  # it ended meanwhile, or it is not ours to read
+            continue
+        if state != "Z":
+            marked[int(proc.name)] = (int(ppid), command)
+    owners = {os.getpid(), *marked}
+    return {pid: command for pid, (ppid, command) in marked.items()
+            if "chrom" in command or "app.py" in command or ppid not in owners}
+
+
+def leftover_processes(grace_s: float = LEFTOVER_GRACE_S) -> dict[int, str]:
+    """The marked chromium/app processes still running after waiting up to ``grace_s`` for them to exit."""
+    deadline = time.monotonic() + grace_s
+    while (found := marked_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures were torn down
+def pytest_sessionfinish(session):
+    """Fail the run when a chromium, app or orphaned process that a test started is still running at its end."""
+    if not Path("/proc").is_dir():
+        return
+    left = leftover_processes()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    line = f"processes left running by the tests (chromium, app, orphans): {len(left)}"
+    if reporter is not None:
+        reporter.write_line(line, red=bool(left), green=not left)
+    if left:
+        if reporter is not None:
+            for pid, command in sorted(left.items())[:20]:
+                reporter.write_line(f"  {pid}: {command[:160]}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):

@@ -89,13 +89,13 @@ def test_serves_several_model_versions_without_touching_the_base(pipe, store, sa
 
 
 def test_retention_sweep_removes_files_and_rows(pipe, store, sample_portraits):
-    service = make_service(pipe, store, retention=timedelta(seconds=1))
+    service = make_service(pipe, store, retention=timedelta(minutes=10))
     service.generate(request(sample_portraits))
     files = list((store.data_dir / "images").rglob("*.png"))
     assert len(files) == 4  # two references, two candidates
     sweeper = RetentionSweeper(store.sessions, store.data_dir)
-    assert sweeper.sweep_once(now=utcnow()).generations == 0  # not expired yet
-    result = sweeper.sweep_once(now=utcnow() + timedelta(seconds=2))
+    assert sweeper.sweep_once(now=utcnow() + timedelta(minutes=9)).generations == 0  # not expired yet
+    result = sweeper.sweep_once(now=utcnow() + timedelta(minutes=11))
     assert result.generations == 1 and result.reference_photos == 2
     assert not any(f.exists() for f in files)
     with store.sessions() as session:

@@ -17,12 +17,42 @@ TTL_S = 12.0
 EXPORT = dict(format="parquet", with_images=False, tie_policy="half", min_votes=1, since="")
 
 
+class ManualTime:
+    """A clock and a timer that move only when the test says so (``advance``)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.due: list[tuple[float, object]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def later(self, delay_s: float, action) -> None:
+        self.due.append((self.now + delay_s, action))
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        ready = [action for when, action in self.due if when <= self.now]
+        self.due = [(when, action) for when, action in self.due if when > self.now]
+        for action in ready:
+            action()
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def manual_time():
+    return ManualTime()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, manual_time):
     from app_fixtures import running_app
 
+    from annotation.privacy.private_downloads import PrivateDownloads
+
     users = {"rita": (PASSWORD, "researcher"), "remy": (PASSWORD, "researcher"), "anna": (PASSWORD, "annotator")}
-    with running_app(tmp_path_factory.mktemp("export-data"), users=users, export_minutes=TTL_S / 60) as running:
+    downloads = PrivateDownloads(clock=manual_time.clock, later=manual_time.later)
+    with running_app(tmp_path_factory.mktemp("export-data"), users=users, downloads=downloads,
+                     export_minutes=TTL_S / 60) as running:
         yield running
 
 
@@ -90,12 +120,14 @@ def test_signing_out_or_losing_the_role_closes_the_download(app):
     assert _get(urls[0], rita).status_code == 404, "after sign-out"
 
 
-def test_an_export_expires_for_everyone_and_leaves_the_disk(app):
+def test_an_export_expires_for_everyone_and_leaves_the_disk(app, manual_time):
     rita = _signed_in(app, "rita")
     urls, _ = _export(rita)
     paths = [_served_path(u) for u in urls]
     assert all(p.is_file() for p in paths) and _get(urls[0], rita).status_code == 200
-    time.sleep(TTL_S + 1.5)
+    manual_time.advance(TTL_S - 1)
+    assert all(p.is_file() for p in paths) and _get(urls[0], rita).status_code == 200, "not before its time"
+    manual_time.advance(1.5)  # the app's own expiry timer fires: nobody asks for the files
     assert not any(p.exists() for p in paths), "the expiry deletes the served copies without being asked"
     for url in urls:
         assert _get(url, rita).status_code == 404 and _get(url).status_code == 404

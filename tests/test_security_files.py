@@ -138,7 +138,8 @@ def test_raw_upload_with_gps_is_never_served_and_is_swept_within_minutes(app, sa
     assert Path(path).read_bytes() == raw and Path(path).is_relative_to(_temp(app))
     answer = httpx.get(f"{app.url}gradio_api/file={path}", timeout=30)
     assert answer.status_code == 404 and raw[:64] not in answer.content
-    sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir)
+    sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir,
+                               registry=app.services.uploads)
     sweeper.sweep_files(now=time.time() + 60)
     assert Path(path).exists(), "an upload is kept for a few minutes, for the page that is processing it"
     sweeper.sweep_files(now=time.time() + sweeper.upload_max_age.total_seconds() + 1)
@@ -170,7 +171,8 @@ def test_a_processed_upload_leaves_nothing_in_the_temp_area(app, sample_portrait
     kind, out = _call(app, "upload", files=[{"path": path, "meta": {"_type": "gradio.FileData"}}], consent=True)
     assert kind == "complete", out
     assert not Path(path).exists() and not Path(path).parent.exists(), "the original must be deleted once decoded"
-    sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir)
+    sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir,
+                               registry=app.services.uploads)
     sweeper.sweep_files(now=time.time() + 60)  # the next pass of the sweeper, a minute later
     assert set(top_level_files()) - before == set(), "no empty temporary file may be left per upload"
 
@@ -184,7 +186,8 @@ def test_expired_generation_takes_its_served_copies_with_it(app, sample_portrait
     shown = visitor.predict(**{**GENERATE, "num_images": 1}, seed=21, label_0="Cy", api_name="/generate")
     urls = _file_urls(crops) + _file_urls(shown)
     assert [httpx.get(u, timeout=30).status_code for u in urls] == [200] * len(urls)
-    sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir)
+    sweeper = RetentionSweeper(app.services.auth.sessions, app.services.generation.data_dir,
+                               registry=app.services.uploads)
     result = sweeper.sweep_once(now=utcnow() + timedelta(hours=25))
     assert result.generations >= 1
     assert [httpx.get(u, timeout=30).status_code for u in urls] == [404] * len(urls)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from idglow.errors import IdGlowError, InputError, ModelFolderError
+from idglow.subjects import AGE_OF_MAJORITY
 
 logger = logging.getLogger(__name__)
 
-CHILD_AGE = 18
 DEFAULT_FLAGGED_LABELS = ("nsfw", "porn", "hentai", "sexy", "explicit", "unsafe")
 # Kept short on purpose: terms that have no place in a request that involves a child or re-ageing people.
 DEFAULT_BLOCKED_TERMS = (
@@ -138,7 +138,7 @@ class PromptBlocklist:
         return cls([*(DEFAULT_BLOCKED_TERMS if extend_default else ()), *extra], always_on=always_on)
 
     def applies(self, task: str, target_ages: Sequence[float | None]) -> bool:
-        return self.always_on or task == "age" or any(a is not None and a < CHILD_AGE for a in target_ages)
+        return self.always_on or task == "age" or any(a is not None and a < AGE_OF_MAJORITY for a in target_ages)
 
     def matches(self, text: str) -> list[str]:
         words = _WORD.findall((text or "").lower())
@@ -153,7 +153,7 @@ class PromptBlocklist:
         hits = sorted({term for text in texts for term in self.matches(text)})
         if hits:
             why = "the age task" if task == "age" else (
-                "a child subject" if any(a is not None and a < CHILD_AGE for a in target_ages) else "this server"
+                "a child subject" if any(a is not None and a < AGE_OF_MAJORITY for a in target_ages) else "this server"
             )
             raise BlockedPromptError(
                 f"the prompt contains blocked term(s) {', '.join(repr(h) for h in hits)}, not allowed for {why}"

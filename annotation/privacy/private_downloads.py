@@ -26,6 +26,13 @@ def browser_id(cookies: dict | None) -> str | None:
     return value if isinstance(value, str) and _BROWSER_ID.fullmatch(value) else None
 
 
+def run_later(delay_s: float, action: Callable[[], object]) -> None:
+    """Run ``action`` in a daemon timer thread after ``delay_s`` seconds."""
+    timer = threading.Timer(delay_s, action)
+    timer.daemon = True
+    timer.start()
+
+
 @dataclass(frozen=True)
 class _Grant:
     browser: str | None  # None: no browser can fetch it (an API call that sent no browser cookie)
@@ -42,8 +49,10 @@ class PrivateDownloads:
     expiry the copy is deleted from disk, whether or not anyone asks for it again.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time):
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 later: Callable[[float, Callable[[], object]], None] | None = None):
         self.clock = clock
+        self.later = later if later is not None else run_later  # (delay s, action): the expiry, unasked
         self._lock = threading.Lock()
         self._grants: dict[str, list[_Grant]] = {}
 
@@ -62,9 +71,7 @@ class PrivateDownloads:
         with self._lock:
             for path in served:
                 self._grants.setdefault(path, []).append(grant)
-        timer = threading.Timer(ttl_s + 0.05, self.expire)
-        timer.daemon = True
-        timer.start()
+        self.later(ttl_s + 0.05, self.expire)
         return served
 
     def is_private(self, path: str | os.PathLike[str]) -> bool:
@@ -113,6 +120,3 @@ def _holds(check: Callable[[], bool]) -> bool:
     except Exception:  # a failing check never opens a file
         logger.exception("private download check failed")
         return False
-
-
-DOWNLOADS = PrivateDownloads()

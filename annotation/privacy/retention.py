@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from annotation.privacy.uploads import (
-    UPLOADS,
     UploadRegistry,
     delete_file,
     remove_empty_folder,
@@ -112,7 +111,7 @@ def forget_visitor_files(data_dir: str | os.PathLike[str], visitor_id: str, imag
 
 def sweep_temp_area(root: str | os.PathLike[str], now: float, *, upload_max_age: float, copy_max_age: float,
                     image_max_age: float, keep_between: tuple[float, float] = (0.0, 0.0),
-                    registry: UploadRegistry = UPLOADS) -> int:
+                    registry: UploadRegistry) -> int:
     """One pass over the temporary area: uploads nobody processed after ``upload_max_age`` seconds, served
     copies of files (downloads, exports) after ``copy_max_age``, served pictures after ``image_max_age``,
     and the empty files left per upload. Files last written within ``keep_between`` (the app's own files,
@@ -193,7 +192,7 @@ class RetentionSweeper:
     def __init__(self, sessions, data_dir: str | os.PathLike[str], *, interval: timedelta = timedelta(minutes=10),
                  retention: timedelta = DEFAULT_RETENTION, upload_max_age: timedelta = DEFAULT_UPLOAD_MAX_AGE,
                  copy_max_age: timedelta = DEFAULT_COPY_MAX_AGE, file_interval: timedelta = timedelta(minutes=1),
-                 temp_dir: str | os.PathLike[str] | None = None, registry: UploadRegistry = UPLOADS):
+                 temp_dir: str | os.PathLike[str] | None = None, registry: UploadRegistry | None = None):
         from annotation.store.storage import temp_area
 
         for name, value in (("interval", interval), ("file_interval", file_interval), ("retention", retention),
@@ -205,7 +204,7 @@ class RetentionSweeper:
         self.temp_dir = Path(temp_dir) if temp_dir is not None else temp_area(data_dir)
         self.interval, self.file_interval, self.retention = interval, file_interval, retention
         self.upload_max_age, self.copy_max_age = upload_max_age, copy_max_age
-        self.registry = registry
+        self.registry = registry if registry is not None else UploadRegistry()  # the app passes its own
         self._born = time.time()
         self._started = self._born
         self._last_db_pass = float("-inf")

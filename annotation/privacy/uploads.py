@@ -210,9 +210,6 @@ class UploadRegistry:
             return [p for p, times in self._uploads.items() if max(times) < cutoff]
 
 
-UPLOADS = UploadRegistry()
-
-
 def delete_file(path: Path) -> bool:
     """Delete a file; False when it was already gone or could not be deleted (logged)."""
     try:
@@ -256,7 +253,7 @@ def remove_stray_temp_files(root: str | os.PathLike[str], now: float | None = No
     return removed
 
 
-def discard_upload(path: str | os.PathLike[str] | None, registry: UploadRegistry = UPLOADS) -> bool:
+def discard_upload(path: str | os.PathLike[str] | None, registry: UploadRegistry) -> bool:
     """Delete the web server's copy of an upload (it still holds the original metadata) once it was decoded.
 
     Inside a watched temporary area only recorded uploads are deleted: a caller who names a served file or

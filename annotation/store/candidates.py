@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from annotation.store.errors import AlreadyExists, NotFound
@@ -32,10 +32,10 @@ from db.models import (
     Task,
 )
 from idglow.errors import InputError, ModelFolderError
+from idglow.subjects import MAX_SUBJECTS
 
 logger = logging.getLogger(__name__)
 
-MAX_SUBJECTS = 6
 
 
 # ----------------------------------------------------------------------------------------- model versions
@@ -348,35 +348,6 @@ def remove_from_pool(session: Session, candidate_ids: Sequence[int]) -> None:
     session.commit()
 
 
-def create_comparison(
-    session: Session, candidate_a_id: int, candidate_b_id: int, *, kind: ComparisonKind | None = None
-) -> Comparison:
-    """The comparison of two candidates (created if needed; stored with the lower id as candidate A)."""
-    a, b = _ordered(int(candidate_a_id), int(candidate_b_id))
-    if a == b:
-        raise InputError(f"a comparison needs two different candidates, got {a} twice")
-    ca, cb = session.get(Candidate, a), session.get(Candidate, b)
-    for cid, cand in ((a, ca), (b, cb)):
-        if cand is None:
-            raise NotFound(f"unknown candidate id {cid!r}")
-    if kind is None:
-        kind = (
-            ComparisonKind.within_generation
-            if ca.generation_id == cb.generation_id
-            else ComparisonKind.cross_model
-        )
-    comp = session.scalar(
-        select(Comparison).where(Comparison.candidate_a_id == a, Comparison.candidate_b_id == b)
-    )
-    if comp is None:
-        comp = Comparison(
-            candidate_a_id=a, candidate_b_id=b, kind=kind, is_gold=False, active=True, vote_count=0
-        )
-        session.add(comp)
-        session.commit()
-    return comp
-
-
 def set_gold(session: Session, comparison_id: int, answer: Overall | str, *, by_user_id: int) -> Comparison:
     """Make a comparison a gold item with a known overall answer (researchers and admins only).
 
@@ -488,13 +459,6 @@ def sweep_expired(session: Session, now: datetime, data_dir: str | os.PathLike[s
     return DeletionResult(g, p, f)
 
 
-def pool_size(session: Session) -> int:
-    """The number of candidates in the annotation pool."""
-    return int(
-        session.scalar(select(func.count()).select_from(Candidate).where(Candidate.in_pool.is_(True))) or 0
-    )
-
-
 __all__ = [
     "CandidateRecord",
     "DeletionResult",
@@ -502,10 +466,8 @@ __all__ = [
     "SubjectRecord",
     "add_candidates",
     "add_to_pool",
-    "create_comparison",
     "delete_visitor_data",
     "get_model_version",
-    "pool_size",
     "register_generation",
     "register_model_version",
     "remove_from_pool",

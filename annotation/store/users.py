@@ -6,7 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,15 +44,21 @@ def parse_role(role: Role | str) -> Role:
 
 @dataclass(frozen=True)
 class UserInfo:
-    """A user's id, name and role, detached from the session."""
+    """A user's id, name, role and whether they may sign in, detached from the session."""
 
     id: int
     username: str
     role: Role
+    active: bool = True
 
 
 def _info(user: User) -> UserInfo:
-    return UserInfo(id=user.id, username=user.username, role=user.role)
+    return UserInfo(id=user.id, username=user.username, role=user.role, active=bool(user.is_active))
+
+
+def _check_password(username: str, password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InputError(f"password for {username!r} is too short: at least {MIN_PASSWORD_LENGTH} characters")
 
 
 def create_user(
@@ -62,8 +68,7 @@ def create_user(
     role = parse_role(role)
     if not USERNAME_RE.match(username or ""):
         raise InputError(f"invalid user name {username!r}: use 1-64 letters, digits or _ . @ -")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InputError(f"password for {username!r} is too short: at least {MIN_PASSWORD_LENGTH} characters")
+    _check_password(username, password)
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise AlreadyExists(f"user {username!r} already exists")
     user = User(username=username, password_hash=hash_password(password), role=role, is_active=True)
@@ -118,23 +123,54 @@ def current_user(session: Session, user_id: int) -> UserInfo | None:
     return UserInfo(id=row.id, username=row.username, role=row.role)
 
 
+def _keep_an_admin(session: Session, user: User, action: str) -> None:
+    """Refuse ``action`` when ``user`` is the last active admin (a store that has admins keeps one)."""
+    if user.role != Role.admin or not user.is_active:
+        return
+    others = session.scalar(select(func.count()).select_from(User).where(
+        User.role == Role.admin, User.is_active.is_(True), User.id != user.id))
+    if not others:
+        raise InputError(f"cannot {action} {user.username!r}: they are the last active admin (make another "
+                         "user admin first)")
+
+
 def set_role(session: Session, username: str, role: Role | str) -> UserInfo:
-    """Change a user's role; open sessions get the new role on their next call."""
+    """Change a user's role; open sessions get the new role on their next call. The last active admin stays
+    admin."""
     user = get_user_by_name(session, username)
-    user.role = parse_role(role)
+    role = parse_role(role)
+    if role != Role.admin:
+        _keep_an_admin(session, user, f"make {role.value}")
+    user.role = role
     session.commit()
     logger.info("user %s is now %s", username, user.role.value)
     return _info(user)
 
 
-def set_active(session: Session, username: str, active: bool) -> None:
-    """Deactivate (or reactivate) a user; a deactivated user's open sessions end on their next call."""
+def set_active(session: Session, username: str, active: bool) -> UserInfo:
+    """Deactivate (or reactivate) a user; a deactivated user's open sessions end on their next call. The last
+    active admin cannot be deactivated."""
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         raise NotFound(f"unknown user {username!r}")
+    if not active:
+        _keep_an_admin(session, user, "deactivate")
     user.is_active = bool(active)
     session.commit()
     logger.info("user %s %s", username, "reactivated" if active else "deactivated")
+    return _info(user)
+
+
+def reset_password(session: Session, username: str, password: str) -> UserInfo:
+    """Give a user (active or not) a new password, under the same rules as a new user's."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(f"unknown user {username!r}")
+    _check_password(username, password)
+    user.password_hash = hash_password(password)
+    session.commit()
+    logger.info("password of user %s was reset", username)
+    return _info(user)
 
 
 def get_user(session: Session, user_id: int) -> User:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
-from annotation.privacy.private_downloads import DEFAULT_DOWNLOAD_TTL_S
-from annotation.privacy.uploads import UploadLimits
+from annotation.privacy.private_downloads import DEFAULT_DOWNLOAD_TTL_S, PrivateDownloads
+from annotation.privacy.uploads import UploadLimits, UploadRegistry
 from annotation.ui.annotate_handlers import AnnotateHandlers, SignInHandlers
 from annotation.ui.annotate_tab import AnnotateTab, build_annotate_tab
 from annotation.ui.generate_handlers import GenerateHandlers
@@ -33,12 +33,14 @@ class AppServices:
     concurrency: int = 1
     max_queue: int = 8
     export_ttl_s: float = DEFAULT_DOWNLOAD_TTL_S  # a researcher's export download is deleted after this
+    uploads: UploadRegistry = field(default_factory=UploadRegistry)  # raw uploads in the web server's temp area
+    downloads: PrivateDownloads = field(default_factory=PrivateDownloads)  # researchers' private export copies
 
 
 def build_app(services: AppServices) -> gr.Blocks:
     """The whole page: banner, sign-in panel and the Generate, Annotate and Research tabs wired to ``services``."""
     generate = GenerateHandlers(services.generation, services.limits, default_steps=services.default_steps,
-                                default_size=services.default_size)
+                                default_size=services.default_size, uploads=services.uploads)
     sign_in = SignInHandlers(services.auth)
     with gr.Blocks(title="IdGlow", analytics_enabled=False) as demo:
         gr.Markdown("# IdGlow · group photos that keep everyone's identity", elem_id="idglow-title")
@@ -50,7 +52,8 @@ def build_app(services: AppServices) -> gr.Blocks:
             build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny)
             annotate_tab = build_annotate_tab(AnnotateHandlers(services.annotation, services.auth), token)
             research_tab = build_research_tab(
-                ResearchHandlers(services.research, services.auth, download_ttl_s=services.export_ttl_s), token)
+                ResearchHandlers(services.research, services.auth, services.downloads,
+                                 download_ttl_s=services.export_ttl_s), token)
         _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab)
         demo.load(None, js=SHORTCUTS_JS)
     demo.queue(max_size=max(64, 4 * (services.concurrency + services.max_queue)), default_concurrency_limit=4)
@@ -98,9 +101,10 @@ def _wire_sign_in(handlers: SignInHandlers, panel: SignInPanel, token: gr.State,
                          api_name="sign_out", **opts)
 
 
-def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
+def launch_options(host: str, port: int, max_upload_mb: int, services: AppServices) -> dict:
     """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped, raw uploads
-    recorded and never served back (:class:`TempAreaGuard`)."""
+    recorded in ``services.uploads`` and never served back, private downloads served to their browser only
+    (:class:`TempAreaGuard`)."""
     from starlette.middleware import Middleware
 
     from annotation.ui.route_guard import TempAreaGuard
@@ -109,4 +113,5 @@ def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
     # is "exceed the maximum allowed size") is only a backstop for much larger files.
     return dict(server_name=host, server_port=port, share=False, max_file_size=f"{4 * max_upload_mb}mb",
                 css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True,
-                app_kwargs={"middleware": [Middleware(TempAreaGuard)]})
+                app_kwargs={"middleware": [Middleware(TempAreaGuard, registry=services.uploads,
+                                                                downloads=services.downloads)]})

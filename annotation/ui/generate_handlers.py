@@ -16,7 +16,7 @@ import gradio as gr
 
 from annotation.generation.reference_faces import DetectedSubject, no_face_message
 from annotation.generation.request import GenerationRequest
-from annotation.privacy.uploads import UploadLimits, decode_upload, discard_upload
+from annotation.privacy.uploads import UploadLimits, UploadRegistry, decode_upload, discard_upload
 from annotation.privacy.visitors import new_visitor_id
 from annotation.ui.errors import ui_errors
 from idglow.errors import InputError, NoFaceError
@@ -153,16 +153,13 @@ class GenerateHandlers:
     """The Generate tab's event handlers on a ``GenerationService`` (or anything with its methods)."""
 
     def __init__(self, service, limits: UploadLimits = UploadLimits(), *, default_steps: int = 28,
-                 default_size: int = 1024):
+                 default_size: int = 1024, uploads: UploadRegistry | None = None):
         self.service = service
+        self.uploads = uploads if uploads is not None else UploadRegistry()  # the app passes the one it guards
         self.limits = limits
         self.default_steps = default_steps
         self.default_size = default_size
         self._seconds_per_run: float | None = None  # moving average, for the queue's wait estimate
-
-    def new_state(self) -> VisitorState:
-        """A fresh visitor (new random id, nothing uploaded)."""
-        return VisitorState()
 
     # -- photos and person cards ---------------------------------------------------------------------------
     @staticmethod
@@ -184,7 +181,7 @@ class GenerateHandlers:
         except InputError as err:
             return PhotoStatus(path, name, error=str(err))
         finally:
-            discard_upload(path)
+            discard_upload(path, self.uploads)
         state.people.extend(Person(path, subject) for subject in found)
         return PhotoStatus(path, name, people=len(found))
 
@@ -193,7 +190,7 @@ class GenerateHandlers:
         if not consent:
             return PhotoStatus(path, name, pending=True)
         if len(state.people) >= NUM_CARDS:  # never decode more than a group can use
-            discard_upload(path)
+            discard_upload(path, self.uploads)
             return PhotoStatus(path, name, error=f"{name}: not used; at most {NUM_CARDS} people fit in one photo")
         return self._process(state, path, group)
 

@@ -7,12 +7,7 @@ from datetime import datetime, timezone
 
 import gradio as gr
 
-from annotation.privacy.private_downloads import (
-    BROWSER_COOKIE,
-    DEFAULT_DOWNLOAD_TTL_S,
-    DOWNLOADS,
-    PrivateDownloads,
-)
+from annotation.privacy.private_downloads import BROWSER_COOKIE, DEFAULT_DOWNLOAD_TTL_S, PrivateDownloads
 from annotation.store.users import has_role
 from annotation.ui.errors import ui_errors
 from db.models import Role
@@ -196,11 +191,11 @@ class ResearchHandlers:
     """The Research tab's handlers for a signed-in researcher: the overview (counts, annotators, agreement,
     leaderboard) and the export."""
 
-    def __init__(self, service, auth, downloads: PrivateDownloads = DOWNLOADS,
+    def __init__(self, service, auth, downloads: PrivateDownloads | None = None,
                  download_ttl_s: float = DEFAULT_DOWNLOAD_TTL_S):
         self.service = service
         self.auth = auth
-        self.downloads = downloads
+        self.downloads = downloads if downloads is not None else PrivateDownloads()
         self.download_ttl_s = download_ttl_s
 
     def _user(self, token, action: str):

@@ -1,7 +1,8 @@
 """An ASGI middleware in front of Gradio's file and call routes.
 
-- ``POST …/upload``: the paths Gradio answers are recorded as raw uploads (:data:`annotation.privacy.uploads.UPLOADS`),
-  so that only they can be deleted as "processed uploads" and the sweeper removes them within minutes.
+- ``POST …/upload``: the paths Gradio answers are recorded as raw uploads (in the app's
+  :class:`~annotation.privacy.uploads.UploadRegistry`), so that only they can be deleted as "processed
+  uploads" and the sweeper removes them within minutes.
 - ``GET|HEAD …/file=<path>`` inside the temporary area: a raw upload (original bytes, EXIF and GPS included)
   is never served back, and a file that is gone answers 404.
 - ``GET|HEAD …/file=<path>`` of a private download (a researcher's export, :class:`PrivateDownloads`): served
@@ -20,8 +21,8 @@ import logging
 import secrets
 from pathlib import Path
 
-from annotation.privacy.private_downloads import BROWSER_COOKIE, DOWNLOADS, PrivateDownloads, browser_id
-from annotation.privacy.uploads import UPLOADS, UploadRegistry
+from annotation.privacy.private_downloads import BROWSER_COOKIE, PrivateDownloads, browser_id
+from annotation.privacy.uploads import UploadRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class TempAreaGuard:
     """Pure ASGI middleware (``Middleware(TempAreaGuard, registry=..., downloads=...)`` in FastAPI's
     ``middleware=``)."""
 
-    def __init__(self, app, registry: UploadRegistry = UPLOADS, downloads: PrivateDownloads = DOWNLOADS):
+    def __init__(self, app, registry: UploadRegistry, downloads: PrivateDownloads):
         self.app = app
         self.registry = registry
         self.downloads = downloads

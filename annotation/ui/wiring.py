@@ -7,17 +7,17 @@ from datetime import timedelta
 from pathlib import Path
 
 
-def use_temp_area(data_dir: Path) -> Path:
+def use_temp_area(data_dir: Path, registry) -> Path:
     """Point the web server's temporary area (uploads and the copies of served files) at ``<data_dir>/tmp``,
-    so that nothing of a visitor lands outside the data dir, and guard it (see ``annotation.privacy.uploads``).
+    so that nothing of a visitor lands outside the data dir, and guard it with ``registry`` (an
+    :class:`~annotation.privacy.uploads.UploadRegistry`).
     Call it before the gr.Blocks is built: Gradio reads ``GRADIO_TEMP_DIR`` then and at launch."""
-    from annotation.privacy.uploads import UPLOADS
     from annotation.store.storage import temp_area
 
     temp_dir = temp_area(data_dir)
     temp_dir.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(temp_dir)
-    UPLOADS.watch(temp_dir)
+    registry.watch(temp_dir)
     return temp_dir
 
 
@@ -62,8 +62,9 @@ def build_services(settings):
     from annotation.generation.gpu_queue import GpuQueue
     from annotation.generation.safety import PromptBlocklist, load_safety_checker
     from annotation.generation.service import GenerationService
+    from annotation.privacy.private_downloads import PrivateDownloads
     from annotation.privacy.retention import RetentionSweeper
-    from annotation.privacy.uploads import UploadLimits
+    from annotation.privacy.uploads import UploadLimits, UploadRegistry
     from annotation.store.research import ResearchService
     from annotation.store.settings import resolve_data_dir, resolve_db_url
     from annotation.ui.auth import SessionAuth
@@ -76,7 +77,8 @@ def build_services(settings):
 
     data_dir = resolve_data_dir(settings.data_dir, settings.db_url)
     data_dir.mkdir(parents=True, exist_ok=True)
-    temp_dir = use_temp_area(data_dir)
+    uploads = UploadRegistry()
+    temp_dir = use_temp_area(data_dir, uploads)
     engine = make_engine(resolve_db_url(settings.db_url, data_dir))
     upgrade(engine)
     sessions = make_session_factory(engine)
@@ -99,7 +101,8 @@ def build_services(settings):
         banner=banner(settings.is_tiny, TINY_MODEL_NOTE), tiny=settings.is_tiny,
         default_steps=model.default_steps, default_size=model.default_size,
         concurrency=settings.concurrency, max_queue=settings.max_queue, export_ttl_s=settings.export_minutes * 60,
+        uploads=uploads, downloads=PrivateDownloads(),
     )
     sweeper = RetentionSweeper(sessions, data_dir, interval=timedelta(minutes=settings.sweep_minutes),
-                               retention=settings.retention, temp_dir=temp_dir)
+                               retention=settings.retention, temp_dir=temp_dir, registry=uploads)
     return services, sweeper

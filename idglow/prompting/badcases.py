@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from idglow.subjects import TEEN_AGE
+
 FAILURE_TYPES: tuple[str, ...] = (
     "attribute_leakage",
     "identity_swap",
@@ -25,8 +27,6 @@ FAILURE_TYPES: tuple[str, ...] = (
 
 # Failure types that only concern requests with a target age.
 AGE_FAILURE_TYPES: frozenset[str] = frozenset({"wrong_age", "mini_adult"})
-
-CHILD_AGE = 13  # below this a target age is phrased as a child
 
 # How far an apparent age may sit from its target before it suggests ``wrong_age``: face age estimators err by
 # about 5 years on adults, and more in absolute terms on older faces.
@@ -148,7 +148,7 @@ class Badcase:
 
     @property
     def has_child(self) -> bool:
-        return any(a is not None and a < CHILD_AGE for a in self.target_ages)
+        return any(a is not None and a < TEEN_AGE for a in self.target_ages)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,7 +215,7 @@ def select_badcases(
     if limit < 0:
         raise ValueError(f"badcase limit={limit} must be >= 0")
     has_target = any(a is not None for a in target_ages)
-    has_child = any(a is not None and a < CHILD_AGE for a in target_ages)
+    has_child = any(a is not None and a < TEEN_AGE for a in target_ages)
     pool = []
     for order, bc in enumerate(badcases):
         if not isinstance(bc, Badcase):

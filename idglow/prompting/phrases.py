@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from idglow.subjects import AGE_OF_MAJORITY, TEEN_AGE
+
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 _UNITS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -103,7 +105,7 @@ def normalize_gender(value: object) -> str | None:
 def person_noun(age: float | None, gender: str | None) -> str:
     """The noun for this age and gender: baby (under 1), toddler (under 3), boy/girl/child (under 18),
     else man/woman/person."""
-    if age is not None and age < 18:
+    if age is not None and age < AGE_OF_MAJORITY:
         if age < 3:
             base = "toddler" if age >= 1 else "baby"
             return {"male": f"{base} boy", "female": f"{base} girl"}.get(gender or "", base)
@@ -129,7 +131,7 @@ def noun_phrase(age: float | None, gender: str | None, exact: bool) -> str:
     if exact or age < 20:
         words = age_words(age)
         article = "an" if words[0] in "aeiou8" or words in ("11", "18") else "a"
-        teen = "teenage " if 13 <= round(age) < 18 and noun in ("boy", "girl") else ""
+        teen = "teenage " if TEEN_AGE <= round(age) < AGE_OF_MAJORITY and noun in ("boy", "girl") else ""
         return f"{article} {words}-year-old {teen}{noun}"
     decade = min(90, int(age) // 10 * 10)
     return f"a {noun} in {_possessive(gender)} {DECADES[decade]}"

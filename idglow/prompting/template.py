@@ -17,10 +17,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from idglow.prompting.badcases import CHILD_AGE, FAILURE_CONSTRAINTS
+from idglow.prompting.badcases import FAILURE_CONSTRAINTS
 from idglow.prompting.phrases import clean_phrase, clean_text, marker, noun_phrase, number_word
 from idglow.prompting.tokens import CLIP_MAX_TOKENS, T5_MAX_TOKENS, TokenCounter
 from idglow.prompting.types import PersonDescription
+from idglow.subjects import AGE_OF_MAJORITY, TEEN_AGE
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _sentence(text: str) -> str:
 
 
 def _is_child(person: PersonDescription) -> bool:
-    return person.age is not None and person.age < CHILD_AGE
+    return person.age is not None and person.age < TEEN_AGE
 
 
 def _truncate_words(text: str, num_words: int) -> str:
@@ -244,7 +245,7 @@ class _FullText:
     extra: list[str]
 
     def __post_init__(self) -> None:
-        self.group_has_adult = any(p.age is None or p.age >= 18 for p in self.persons)
+        self.group_has_adult = any(p.age is None or p.age >= AGE_OF_MAJORITY for p in self.persons)
         self.scene_len = len(self.scene.split())
 
     def fits(self, text: str) -> bool:

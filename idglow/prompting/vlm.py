@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from idglow.errors import IdGlowError, ModelFolderError
-from idglow.prompting.badcases import CHILD_AGE, FAILURE_CONSTRAINTS, Badcase
+from idglow.prompting.badcases import FAILURE_CONSTRAINTS, Badcase
 from idglow.prompting.phrases import clean_text
 from idglow.prompting.schema import EXAMPLE_RESPONSE, RESPONSE_SCHEMA
+from idglow.subjects import TEEN_AGE
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _known_facts(target_ages: Sequence[float | None], labels: Sequence[str | Non
         if labels[slot]:
             bits.append(f"called {clean_text(labels[slot])!r}")
         if age is not None:
-            kind = " (a child)" if age < CHILD_AGE else ""
+            kind = " (a child)" if age < TEEN_AGE else ""
             bits.append(f"target age {age:g}{kind}")
         if bits:
             facts.append(f"- slot {slot}: " + ", ".join(bits))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,14 +37,14 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 @contextlib.contextmanager
 def serve_app(data: Path, *args: str) -> Iterator[str]:
     """``python app.py --data-dir DATA ARGS`` on a free port until the block ends; yields its URL. The server's
-    output goes to ``DATA/app.log``."""
+    output goes to ``DATA/app.log``; the app and every process it started end with the block."""
     from app_fixtures import free_port
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with open(data / "app.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port), *args],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_http(f"http://127.0.0.1:{port}/", proc)
             yield f"http://127.0.0.1:{port}/"
@@ -53,6 +54,9 @@ def serve_app(data: Path, *args: str) -> Iterator[str]:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(timeout=20)
+            with contextlib.suppress(ProcessLookupError):  # what the app started (its face process) goes too
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def sign_in(page, url: str, user: str) -> None:
@@ -65,8 +69,9 @@ def sign_in(page, url: str, user: str) -> None:
     page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's chromium, one per test module: it and every process it started end with the module."""
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -74,8 +79,20 @@ def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                               args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
-        yield b
-        b.close()
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The module's chromium; every context a test opens (with its pages and their renderer processes) is closed
+    when the test ends, passed or failed."""
+    yield chromium
+    for context in list(chromium.contexts):
+        with contextlib.suppress(Exception):  # a context whose page crashed still goes
+            context.close()
 
 
 @pytest.fixture(scope="session")
