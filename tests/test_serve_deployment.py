@@ -237,6 +237,53 @@ def test_a_cancelled_request_stops_its_generation_on_the_replica(generator, subj
     assert stopped == 1
 
 
+def _stopped_by_replica(client, until=lambda seen: len(seen) == 2, timeout_s: float = 40) -> dict[str, int]:
+    """Generations stopped on cancellation, per replica, asked until ``until(seen)`` (a replica that is still
+    generating answers nothing: one generation at a time)."""
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not until(seen):
+        info = client.info(timeout_s=10)
+        seen[info["replica"]] = info["stopped"]
+    return seen
+
+
+@pytest.fixture(scope="module")
+def generator_process(ray_head, deployed):
+    from idglow.serving_process import GeneratorProcess
+
+    process = GeneratorProcess(ray_head.address)
+    yield process
+    process.close()
+
+
+@pytest.mark.ray
+def test_the_client_process_streams_the_same_output_without_ray_in_the_caller(generator_process, local_runner,
+                                                                               subjects):
+    steps = []
+    served = generator_process.run(_call(subjects), on_step=lambda done, total: steps.append(done))
+    assert steps == [1, 2, 3] and _same_output(served, local_runner.run(_call(subjects)))
+    with pytest.raises(ValueError, match="num_images"):  # an input error comes back as itself
+        generator_process.run(_call(subjects, num_images=0))
+
+
+@pytest.mark.ray
+def test_when_the_client_process_dies_its_calls_fail_plainly_and_the_next_call_starts_a_new_one(
+        generator_process, subjects):
+    before = _stopped_by_replica(generator_process)
+    stream = generator_process.events(_call(subjects, num_inference_steps=3000))
+    first = next(stream)
+    old = generator_process._process
+    old.kill()  # as Ray ends a process that lost its cluster
+    with pytest.raises(GeneratorUnreachableError, match="connection"):
+        for _ in stream:
+            pass
+    assert generator_process.run(_call(subjects)).seeds == [11]
+    assert generator_process._process.pid != old.pid
+    after = _stopped_by_replica(generator_process, until=lambda seen: seen.get(first.replica, 0) > before[first.replica])
+    assert after[first.replica] == before[first.replica] + 1  # the abandoned generation stopped on its replica
+
+
 @pytest.mark.ray
 def test_a_killed_replica_ends_its_request_with_the_stopped_error_and_the_other_serves(generator, subjects):
     stream = generator.events(_call(subjects, num_inference_steps=3000))
