@@ -1,6 +1,11 @@
-"""Use-cases of the annotation side: candidates and pool, pair sampling, votes, badcases, agreement,
-leaderboard and export. Services are plain functions that take a SQLAlchemy session and commit at the end;
-domain errors are :mod:`annotation.errors`. The Gradio tabs in ``annotation/ui`` only call these.
+"""The annotation side, in layers (each imports only the ones below it):
 
-Importing this package is cheap; import the submodules (``annotation.votes`` ...) to use them.
+- :mod:`annotation.ui` — the Gradio app: tab builders, thin handlers, sign-in, wiring;
+- :mod:`annotation.generation` — the generation service (request, GPU queue, faces, safety, downloads);
+- :mod:`annotation.privacy` — uploads, visitor data, private downloads and retention;
+- :mod:`annotation.store` — the preference store's queries (candidates, sampling, votes, badcases, agreement,
+  leaderboard, export, users, model versions).
+
+``annotation.commands`` (the ``idglow`` sub-commands) and ``annotation.crashcheck`` sit on top. Importing this
+package is cheap; import the submodules (``annotation.store.votes`` ...) to use them.
 """

@@ -30,7 +30,7 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace, migrate: bool = True):
-    from annotation.settings import resolve_data_dir, resolve_db_url
+    from annotation.store.settings import resolve_data_dir, resolve_db_url
     from db.engine import make_engine, make_session_factory
     from db.migrate import upgrade
 
@@ -62,7 +62,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def run_users_add(args: argparse.Namespace) -> int:
     """``idglow users add NAME``: create a user; the password is prompted twice or read from stdin."""
-    from annotation.users import create_user
+    from annotation.store.users import create_user
 
     password = _read_password(args)
     _, sessions, _ = _open(args)
@@ -74,7 +74,7 @@ def run_users_add(args: argparse.Namespace) -> int:
 
 def run_models_add(args: argparse.Namespace) -> int:
     """``idglow models add NAME``: register a model version (adapter folder, base model, notes)."""
-    from annotation.candidates import register_model_version
+    from annotation.store.candidates import register_model_version
 
     _, sessions, _ = _open(args)
     with sessions() as session:
@@ -87,7 +87,7 @@ def run_models_add(args: argparse.Namespace) -> int:
 
 def run_models_list(args: argparse.Namespace) -> int:
     """``idglow models list``: every version with its adapter folder and number of generations."""
-    from annotation.model_versions import list_model_versions
+    from annotation.store.model_versions import list_model_versions
 
     _, sessions, _ = _open(args)
     with sessions() as session:
@@ -103,7 +103,7 @@ def run_models_list(args: argparse.Namespace) -> int:
 
 def run_models_remove(args: argparse.Namespace) -> int:
     """``idglow models remove NAME``: delete a version that has no generations."""
-    from annotation.model_versions import remove_model_version
+    from annotation.store.model_versions import remove_model_version
 
     _, sessions, _ = _open(args)
     with sessions() as session:
@@ -114,7 +114,7 @@ def run_models_remove(args: argparse.Namespace) -> int:
 
 def run_models_default(args: argparse.Namespace) -> int:
     """``idglow models default NAME``: make it the version the app offers first."""
-    from annotation.model_versions import set_default_model_version
+    from annotation.store.model_versions import set_default_model_version
 
     _, sessions, _ = _open(args)
     with sessions() as session:
@@ -139,8 +139,8 @@ def run_export(args: argparse.Namespace) -> int:
     """``idglow export``, with a progress bar."""
     from tqdm import tqdm
 
-    from annotation.export import export_preferences
-    from annotation.users import get_user_by_name
+    from annotation.store.export import export_preferences
+    from annotation.store.users import get_user_by_name
 
     since = _parse_since(args.since)
     _, sessions, data_dir = _open(args)
@@ -171,7 +171,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_demo_data(args: argparse.Namespace) -> int:
     """``idglow demo-data``: seed the store and print the users, their password and the true model order."""
-    from annotation.demo import demo_references, pattern_images, seed_demo_data, tiny_model_images
+    from annotation.store.demo import demo_references, pattern_images, seed_demo_data, tiny_model_images
     from idglow.faces.dlib_backend import DlibAnalyzer
 
     images = tiny_model_images(8, args.seed) if args.images == "tiny" else pattern_images(8, args.seed)
@@ -203,7 +203,7 @@ def run_train_from_db(args: argparse.Namespace) -> int:
     """Export the store with images into a temporary folder, then run ``idglow train dpo`` on it."""
     import tempfile
 
-    from annotation.export import export_preferences
+    from annotation.store.export import export_preferences
     from idglow.commands import train
 
     _, sessions, data_dir = _open(args)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 def writer_main(url: str, ack_file: str, user_id: int) -> None:
     """Vote forever as ``user_id``; append the vote id to ``ack_file`` (fsynced) after each commit."""
-    from annotation.sampling import next_comparison
-    from annotation.votes import VoteRequest, record_vote
+    from annotation.store.sampling import next_comparison
+    from annotation.store.votes import VoteRequest, record_vote
     from db.engine import make_engine, make_session_factory
 
     sessions = make_session_factory(make_engine(url))
@@ -53,8 +53,8 @@ class CrashReport:
 
 def prepare(folder: Path, annotators: int = 8, candidates: int = 200):
     """A fresh store in ``folder`` seeded with demo comparisons and annotators, and no votes."""
-    from annotation.demo import seed_demo_data
-    from annotation.testing import make_store
+    from annotation.store.database import make_store
+    from annotation.store.demo import seed_demo_data
 
     store = make_store(folder)
     with store.sessions() as session:
@@ -134,8 +134,8 @@ def _alive(pid: int) -> bool:
 
 def launcher_main(url: str, ack_file: str) -> None:
     """Read a user id per line from stdin, fork a writer for it and print the writer's pid."""
-    import annotation.sampling  # noqa: F401  (import once, before forking)
-    import annotation.votes  # noqa: F401
+    import annotation.store.sampling  # noqa: F401  (import once, before forking)
+    import annotation.store.votes  # noqa: F401
     import db.engine  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # writers are reaped automatically

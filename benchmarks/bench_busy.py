@@ -154,9 +154,11 @@ def _per_visitor(url: str, portraits: list[Path], steps: int) -> list[str]:
 @contextlib.contextmanager
 def _served_app(data_dir: Path, log: Path):
     """``python app.py`` on a free port in its own process; yields its URL."""
-    from annotation.ui.testing import free_port
+    import socket
 
-    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a port that is free now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port)],
@@ -180,8 +182,8 @@ def _served_app(data_dir: Path, log: Path):
 
 
 def run(burst: int, votes: int, steps: int, per_process: int = 5, cold: bool = False) -> dict:
-    from annotation.demo import DEMO_PASSWORD, seed_demo_data
-    from annotation.testing import make_store
+    from annotation.store.database import make_store
+    from annotation.store.demo import DEMO_PASSWORD, seed_demo_data
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.samples import write_sample_portraits
 

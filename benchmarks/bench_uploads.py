@@ -88,8 +88,8 @@ def make_photo(folder: Path, side: int) -> Path:
 
 def bounded_path(path: Path, analyzer) -> float:
     """Wall seconds of one upload."""
-    from annotation.privacy import decode_upload
-    from annotation.reference_faces import people_in_photo
+    from annotation.generation.reference_faces import people_in_photo
+    from annotation.privacy.uploads import decode_upload
 
     start = time.perf_counter()
     image = decode_upload(path)

@@ -58,8 +58,8 @@ def _modes(text: str, parser: argparse.ArgumentParser) -> list[str]:
 def _open_store(args: argparse.Namespace, parser: argparse.ArgumentParser):  # noqa: ANN202
     """The store in --dir, reused or seeded with demo data now; returns it with its candidate and vote
     counts."""
-    from annotation.demo import pattern_images, seed_demo_data
-    from annotation.testing import make_store
+    from annotation.store.database import make_store
+    from annotation.store.demo import pattern_images, seed_demo_data
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="idglow-bench-"))
     if args.reuse and not (folder / "idglow.db").is_file():
@@ -115,8 +115,8 @@ def _time_votes(
 
 def _time_next(store, draws: int) -> list[float]:  # noqa: ANN001
     """Milliseconds per next_comparison call for a new annotator (each pair skipped to get the next)."""
-    from annotation.sampling import next_comparison, skip_comparison
-    from annotation.users import create_user
+    from annotation.store.sampling import next_comparison, skip_comparison
+    from annotation.store.users import create_user
 
     nxt = []
     with store.sessions() as s:
@@ -132,7 +132,7 @@ def _time_next(store, draws: int) -> list[float]:  # noqa: ANN001
 
 def _time_export(store) -> tuple[int, float]:  # noqa: ANN001
     """Rows exported and seconds taken by a full export."""
-    from annotation.export import export_preferences
+    from annotation.store.export import export_preferences
 
     with store.sessions() as s:
         t = time.perf_counter()
@@ -191,8 +191,8 @@ _MODE_NAMES = {"group": "group commit", "session": "in session"}
 def _serve_ahead(store, writers: int, per_writer: int) -> dict[int, list[int]]:  # noqa: ANN001
     """``writers`` new annotators with ``per_writer`` pairs served to each (not timed); each pair is skipped
     so that the next one is served, and a skipped pair can still be voted on."""
-    from annotation.sampling import next_comparison, skip_comparison
-    from annotation.users import create_user
+    from annotation.store.sampling import next_comparison, skip_comparison
+    from annotation.store.users import create_user
 
     served: dict[int, list[int]] = {}
     with store.sessions() as s:
@@ -210,7 +210,7 @@ def _serve_ahead(store, writers: int, per_writer: int) -> dict[int, list[int]]: 
 def _write_votes(store, served: dict[int, list[int]], *, group_commit: bool) -> tuple[float, ...]:  # noqa: ANN001
     """Every annotator votes on its pairs in its own thread, all starting at once; latency percentiles (ms)
     and the overall rate (votes/s)."""
-    from annotation.votes import VoteRequest, record_vote
+    from annotation.store.votes import VoteRequest, record_vote
 
     latencies: list[float] = []
     errors: list[BaseException] = []

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from store_fixtures import make_store, small_world
 
-from annotation import sampling as S
-from annotation import votes as V
 from annotation.crashcheck import run_kill_loop
-from annotation.testing import make_store, small_world
+from annotation.store import sampling as S
+from annotation.store import votes as V
 from db.models import Comparison, Vote
 
 THREADS = 16

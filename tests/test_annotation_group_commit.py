@@ -9,11 +9,11 @@ import time
 
 import pytest
 from sqlalchemy import func, select, text
+from store_fixtures import make_store, small_world
 
-from annotation import sampling as S
-from annotation import votes as V
-from annotation.errors import DuplicateVote, InvalidVote, NotFound
-from annotation.testing import make_store, small_world
+from annotation.store import sampling as S
+from annotation.store import votes as V
+from annotation.store.errors import DuplicateVote, InvalidVote, NotFound
 from db.engine import make_engine, make_session_factory
 from db.models import Assignment, AssignmentStatus, Comparison, Vote
 from db.types import utcnow
@@ -118,7 +118,7 @@ def test_votes_wait_for_the_write_lock_and_commit_together(world, caplog):
         pendings = [
             _pending(V.VoteRequest(cid, u, "a", f"lock-{u}-{cid}")) for u in users for cid in served[u]
         ]
-        with caplog.at_level(logging.DEBUG, logger="annotation.votes"):
+        with caplog.at_level(logging.DEBUG, logger="annotation.store.votes"):
             futures = [writer.submit(p) for p in pendings]
             time.sleep(0.3)
             assert not any(f.done() for f in futures)  # nothing acknowledged before its commit
@@ -179,7 +179,7 @@ def test_serving_a_pending_pair_does_not_need_the_write_lock(world):
 def test_group_commit_on_postgres(tmp_path):
     import os
 
-    from annotation.testing import PG_URL_ENV, open_test_store
+    from store_fixtures import PG_URL_ENV, open_test_store
 
     if not os.environ.get(PG_URL_ENV):
         pytest.skip(f"{PG_URL_ENV} is not set")

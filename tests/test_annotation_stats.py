@@ -6,9 +6,9 @@ from itertools import count
 
 import pytest
 from sqlalchemy import insert, select
+from store_fixtures import make_store, small_world
 
-from annotation import stats
-from annotation.testing import make_store, small_world
+from annotation.store import stats
 from db.models import Assignment, Candidate, Comparison, Generation, ModelVersion, Vote
 from db.types import utcnow
 
@@ -108,10 +108,10 @@ def test_agreement_perfect_and_chance(tmp_path):
 def test_gold_accuracy(tmp_path):
     import random as _r
 
-    from annotation import candidates as C
-    from annotation import sampling as S
-    from annotation import users as U
-    from annotation import votes as V
+    from annotation.store import candidates as C
+    from annotation.store import sampling as S
+    from annotation.store import users as U
+    from annotation.store import votes as V
 
     store = make_store(tmp_path)
     _, ids = small_world(store, candidates=12, annotators=1)

@@ -10,13 +10,19 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
+from store_fixtures import PG_URL_ENV, open_test_store, pattern_image, small_world
 
-from annotation import candidates as C
-from annotation import sampling as S
-from annotation import users as U
-from annotation import votes as V
-from annotation.errors import AuthenticationError, DuplicateVote, InvalidVote, NotFound, PermissionDenied
-from annotation.testing import PG_URL_ENV, open_test_store, pattern_image, small_world
+from annotation.store import candidates as C
+from annotation.store import sampling as S
+from annotation.store import users as U
+from annotation.store import votes as V
+from annotation.store.errors import (
+    AuthenticationError,
+    DuplicateVote,
+    InvalidVote,
+    NotFound,
+    PermissionDenied,
+)
 from db.models import Assignment, Badcase, Comparison, GenerationSubject, Vote
 from db.types import utcnow
 from idglow.errors import InputError

@@ -16,7 +16,7 @@ PASSWORD = "correct-horse-battery"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from annotation.ui.testing import running_app
+    from app_fixtures import running_app
 
     data = tmp_path_factory.mktemp("app-data")
     users = {"anna": (PASSWORD, "annotator"), "rita": (PASSWORD, "researcher")}
@@ -47,7 +47,7 @@ def test_anonymous_generate_works_and_logs_no_address(app, sample_portraits, cap
     assert len(scores["data"]) == 2 and "Ann: " in scores["data"][0][1] and "Bob: " in scores["data"][0][1]
     assert [p["orig_name"] for p in pngs] == ["idglow_7.png", "idglow_8.png"] and archive["visible"]
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore", "gradio_client"))]
-    assert [r for r in server_side if r.name == "annotation.gpu_queue"], "the server logged nothing of this call"
+    assert [r for r in server_side if r.name == "annotation.generation.gpu_queue"], "the server logged nothing of this call"
     assert not [r.getMessage() for r in server_side if "127.0.0.1" in r.getMessage()]
 
 

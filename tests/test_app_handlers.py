@@ -10,15 +10,15 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from annotation.errors import PermissionDenied
-from annotation.generation_request import CandidateResult, Downloads, GenerationResult
-from annotation.reference_faces import DetectedSubject
-from annotation.sampling import ServedComparison, ShownCandidate
+from annotation.generation.reference_faces import DetectedSubject
+from annotation.generation.request import CandidateResult, Downloads, GenerationResult
+from annotation.store.errors import PermissionDenied
+from annotation.store.sampling import ServedComparison, ShownCandidate
+from annotation.store.votes import UndoResult
 from annotation.ui.annotate_handlers import SHOWN_OUTPUTS, AnnotateHandlers, PairState, SignInHandlers
 from annotation.ui.auth import NotSignedIn
 from annotation.ui.generate_handlers import CardValues, GenerateForm, GenerateHandlers, Person, VisitorState
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
-from annotation.votes import UndoResult
 from db.models import Role
 from idglow.errors import NoFaceError
 
@@ -29,7 +29,7 @@ class FakeGeneration:
     """Finds one person per photo, none in a photo whose name starts with "landscape"."""
 
     def __init__(self):
-        from annotation.gpu_queue import GpuQueue
+        from annotation.generation.gpu_queue import GpuQueue
 
         self.requests = []
         self.queue = GpuQueue(concurrency=1, max_waiting=0)

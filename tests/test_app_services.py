@@ -13,10 +13,10 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from annotation.generation import GenerationRequest, GenerationService
-from annotation.gpu_queue import GpuQueue, QueueFullError
-from annotation.privacy import RetentionSweeper
-from annotation.safety import BlockedPromptError, ImageClassifierSafetyChecker, PromptBlocklist
+from annotation.generation.gpu_queue import GpuQueue, QueueFullError
+from annotation.generation.safety import BlockedPromptError, ImageClassifierSafetyChecker, PromptBlocklist
+from annotation.generation.service import GenerationRequest, GenerationService
+from annotation.privacy.retention import RetentionSweeper
 from db.models import Candidate, Comparison, ComparisonKind, Generation, ReferencePhoto
 from db.types import utcnow
 from idglow.errors import InputError
@@ -36,7 +36,7 @@ def pipe():
 
 @pytest.fixture()
 def store(tmp_path):
-    from annotation.testing import make_store
+    from store_fixtures import make_store
 
     return make_store(tmp_path / "data")
 
@@ -55,7 +55,7 @@ def request(portraits, visitor="v1", **kwargs) -> GenerationRequest:
 
 
 def test_serves_several_model_versions_without_touching_the_base(pipe, store, sample_portraits, tmp_path):
-    from annotation.candidates import register_model_version
+    from annotation.store.candidates import register_model_version
     from idglow.testing import tiny_adapter
 
     tiny_adapter(pipe.transformer, seed=11).save_pretrained(tmp_path / "v2")
@@ -300,7 +300,7 @@ def test_prompt_scene_and_names_have_bounded_lengths(pipe, store, sample_portrai
 
 
 def test_scores_and_estimated_ages_per_person_from_a_face_match():
-    from annotation.generation import _estimated_ages, _identity_scores
+    from annotation.generation.service import _estimated_ages, _identity_scores
     from idglow.faces.base import Face, FaceMatch
     from idglow.faces.match import match_faces
 

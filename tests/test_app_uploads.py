@@ -10,7 +10,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from annotation.privacy import UploadLimits, decode_upload
+from annotation.privacy.uploads import UploadLimits, decode_upload
 from idglow.errors import InputError
 
 
@@ -81,8 +81,9 @@ def _jpeg_bytes() -> bytes:
 def test_gps_photo_is_turned_upright_and_stored_without_metadata(tmp_path, sample_portraits):
     """Through the Generate handlers and the real generation service: the sideways photo is turned upright
     (dlib finds the face only then), and the stored reference and outputs carry no EXIF at all."""
-    from annotation.generation import GenerationService
-    from annotation.testing import make_store
+    from store_fixtures import make_store
+
+    from annotation.generation.service import GenerationService
     from annotation.ui.generate_handlers import GenerateForm, GenerateHandlers
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.testing import tiny_pipeline
@@ -159,7 +160,7 @@ def test_a_large_png_is_decoded_at_a_bounded_size(tmp_path):
 
 def test_heic_photos_are_read_when_pillow_heif_is_installed(tmp_path):
     pytest.importorskip("pillow_heif")
-    from annotation.privacy import heif_supported
+    from annotation.privacy.uploads import heif_supported
 
     assert heif_supported()
     path = tmp_path / "IMG_0001.HEIC"
@@ -186,7 +187,7 @@ def test_size_error_is_plain_words_from_the_app(tmp_path):
 
 def test_faces_are_found_on_a_bounded_copy_and_boxed_in_the_photo(sample_portraits):
     """A portrait pasted into a 6300x6300 canvas: the detector sees at most 2048 px, the box is in 6300 px."""
-    from annotation.reference_faces import detect_bounded, people_in_photo
+    from annotation.generation.reference_faces import detect_bounded, people_in_photo
 
     class Recording:
         def __init__(self, inner):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from annotation.generation import GenerationRequest, GenerationService
+from annotation.generation.service import GenerationRequest, GenerationService
 from idglow.images import decode_image
 from idglow.prompting.badcases import FAILURE_CONSTRAINTS, Badcase, wrong_age_slots
 from idglow.subjects import SubjectRef
@@ -33,7 +33,7 @@ def _request(portraits, **kwargs) -> GenerationRequest:
 
 
 def _flag(store, candidate_id: int, types: list[str], note: str = "") -> int:
-    from annotation.votes import flag_badcase
+    from annotation.store.votes import flag_badcase
 
     with store.sessions() as session:
         flag = flag_badcase(session, candidate_id, types, note)
@@ -42,8 +42,9 @@ def _flag(store, candidate_id: int, types: list[str], note: str = "") -> int:
 
 
 def test_flagged_failures_shape_the_next_prompt_and_are_recorded(pipe, tmp_path, sample_portraits):
-    from annotation.badcase_store import recent_badcases
-    from annotation.testing import make_store
+    from store_fixtures import make_store
+
+    from annotation.store.badcase_store import recent_badcases
     from db.models import Generation
 
     store = make_store(tmp_path / "data")
@@ -67,8 +68,9 @@ def test_flagged_failures_shape_the_next_prompt_and_are_recorded(pipe, tmp_path,
 
 
 def test_export_writes_the_badcases_in_the_format_the_prompt_command_reads(pipe, tmp_path, sample_portraits):
-    from annotation.export import export_preferences
-    from annotation.testing import make_store
+    from store_fixtures import make_store
+
+    from annotation.store.export import export_preferences
     from idglow.prompting.badcases import FAILURE_TYPES
 
     store = make_store(tmp_path / "data")
@@ -86,10 +88,30 @@ def test_export_writes_the_badcases_in_the_format_the_prompt_command_reads(pipe,
     assert "badcases.jsonl" in manifest["files"] and "badcases.jsonl" in (out / "README.md").read_text()
 
 
-def test_prompt_and_eval_commands_read_the_flags_straight_from_the_store(pipe, tmp_path, sample_portraits, capsys):
+@pytest.fixture
+def declared_badcase_store(monkeypatch):
+    """The ``idglow.badcase_stores`` entry point as pyproject.toml declares it (the shared environment's installed
+    metadata may predate a move of the reader)."""
+    import importlib.metadata as md
+    from pathlib import Path
+
+    import tomllib
+
+    from idglow.commands.prompt import BADCASE_STORES
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    points = [md.EntryPoint(name, value, BADCASE_STORES) for name, value in project["entry-points"][BADCASE_STORES].items()]
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: points if kw.get("group") == BADCASE_STORES else real(**kw))
+    return points
+
+
+def test_prompt_and_eval_commands_read_the_flags_straight_from_the_store(pipe, tmp_path, sample_portraits, capsys,
+                                                                         declared_badcase_store):
     """``--badcases URL``: the newest flags of the store at that database URL, through the annotation app's
     ``idglow.badcase_stores`` entry point; a report records the URL without its password."""
-    from annotation.testing import make_store
+    from store_fixtures import make_store
+
     from idglow.cli import main
     from idglow.commands.prompt import badcases_source
 

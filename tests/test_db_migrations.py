@@ -9,8 +9,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
+from store_fixtures import PG_URL_ENV, reset_database
 
-from annotation.testing import PG_URL_ENV, reset_database
 from db.engine import make_engine, make_session_factory
 from db.migrate import current_revision, downgrade, head_revision, upgrade
 from db.models import Base, ModelVersion
@@ -85,7 +85,8 @@ def test_timestamps_are_utc_aware_and_naive_refused(tmp_path):
 
 
 def test_foreign_keys_cascade(tmp_path):
-    from annotation.testing import make_store, small_world
+    from store_fixtures import make_store, small_world
+
     from db.models import Candidate, Comparison, Generation
 
     store = make_store(tmp_path)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from store_fixtures import make_store
 
 from annotation.commands import main as cli_main
-from annotation.model_versions import default_model_version, list_model_versions
-from annotation.testing import make_store
+from annotation.store.model_versions import default_model_version, list_model_versions
 from idglow.training.config import DPOConfig, SFTConfig
 
 
@@ -46,7 +46,7 @@ def test_models_list_remove_default(tmp_path, capsys):
 
 
 def test_a_version_with_generations_is_not_removed(tmp_path, capsys):
-    from annotation.demo import seed_demo_data
+    from annotation.store.demo import seed_demo_data
 
     store = make_store(tmp_path / "dd")
     with store.sessions() as s:
@@ -66,7 +66,7 @@ def test_mixed_precision_no_is_not_read_as_a_yaml_boolean(cls):
 def test_the_app_offers_the_default_version_first_and_skips_missing_adapters(tmp_path):
     import shutil
 
-    from annotation.generation import GenerationService
+    from annotation.generation.service import GenerationService
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.testing import tiny_pipeline
 

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from store_fixtures import make_store
 
-from annotation import users as U
 from annotation.commands import main as cli_main
-from annotation.demo import seed_demo_data
-from annotation.errors import PermissionDenied
-from annotation.export import aggregate_overall, export_preferences
-from annotation.testing import make_store
+from annotation.store import users as U
+from annotation.store.demo import seed_demo_data
+from annotation.store.errors import PermissionDenied
+from annotation.store.export import aggregate_overall, export_preferences
 from db.models import Overall, Strength
 
 PICKAPIC = {
@@ -154,7 +154,7 @@ def test_role_checked_for_export(store, tmp_path):
 
 
 def test_small_pages_and_evicted_caches_give_the_same_files(store, tmp_path, monkeypatch):
-    import annotation.export as E
+    import annotation.store.export as E
 
     with store.sessions() as s:
         ref = export_preferences(s, tmp_path / "ref", format="jsonl")
@@ -197,7 +197,7 @@ def test_rows_match_the_votes_in_the_database(store, tmp_path):
 
 def test_pages_walk_the_primary_key_on_sqlite(store):
     """A page must not scan the sampling index and sort: that made a 1M-vote export 1.5× slower."""
-    from annotation.export import _exported, _page
+    from annotation.store.export import _exported, _page
 
     with store.sessions() as s:
         stmt = _page(_exported(1, None), 0, 2000).compile(s.get_bind(), compile_kwargs={"literal_binds": True})
@@ -209,7 +209,7 @@ def test_pages_walk_the_primary_key_on_sqlite(store):
 def test_postgres_exports_the_same_rows_as_sqlite(store, tmp_path):
     import os
 
-    from annotation.testing import PG_URL_ENV, open_test_store
+    from store_fixtures import PG_URL_ENV, open_test_store
 
     if not os.environ.get(PG_URL_ENV):
         pytest.skip(f"{PG_URL_ENV} is not set")

@@ -7,12 +7,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from store_fixtures import make_store, pattern_image
 
 from annotation.commands import main as cli_main
-from annotation.demo import DemoReference, seed_demo_data
-from annotation.export import export_preferences
-from annotation.settings import resolve_data_dir
-from annotation.testing import make_store, pattern_image
+from annotation.store.demo import DemoReference, seed_demo_data
+from annotation.store.export import export_preferences
+from annotation.store.settings import resolve_data_dir
 from idglow.errors import InputError
 from idglow.training.files import PreferenceExportDataset
 
@@ -119,10 +119,10 @@ def test_train_from_db_exports_to_a_temporary_folder_and_trains(store, tmp_path,
 
 
 def test_the_app_stores_the_embeddings_it_generated_with_and_the_export_carries_them(tmp_path, sample_portraits):
-    from annotation.generation import GenerationRequest, GenerationService
-    from annotation.sampling import next_comparison
-    from annotation.users import create_user
-    from annotation.votes import VoteRequest, record_vote
+    from annotation.generation.service import GenerationRequest, GenerationService
+    from annotation.store.sampling import next_comparison
+    from annotation.store.users import create_user
+    from annotation.store.votes import VoteRequest, record_vote
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.images import decode_image
     from idglow.subjects import SubjectRef

@@ -29,8 +29,9 @@ def dlib():
 
 def test_a_generation_analyses_each_reference_photo_once_until_the_visitor_deletes(dlib, sample_portraits,
                                                                                       tmp_path):
-    from annotation.generation import GenerationRequest, GenerationService
-    from annotation.testing import make_store
+    from store_fixtures import make_store
+
+    from annotation.generation.service import GenerationRequest, GenerationService
     from idglow.subjects import SubjectRef
     from idglow.testing import tiny_pipeline
 

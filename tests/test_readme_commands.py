@@ -143,7 +143,7 @@ def _run(command: str, folder: Path, env: dict[str, str], stdin: str = "") -> su
 
 def _serve(command: str, env: dict[str, str], data: Path) -> str:
     """Start README's app command in the checkout, wait for the page, stop it; returns the page."""
-    from annotation.ui.testing import free_port
+    from app_fixtures import free_port
 
     port = free_port()
     env = {**env, "GRADIO_SERVER_PORT": str(port), "IDGLOW_DATA_DIR": str(data)}

@@ -90,7 +90,7 @@ def test_readme_researcher_path_runs_and_the_app_serves_the_new_version(ran_bloc
     assert PreferenceExportDataset(work / "exports/demo", None, resolution=64, split=None).redetected == 0
 
     # "restart the app": build the services on the same data dir; the new version is served and generates
-    from annotation.generation import GenerationRequest
+    from annotation.generation.service import GenerationRequest
     from annotation.ui.settings import AppSettings
     from annotation.ui.wiring import build_services
     from idglow.images import decode_image

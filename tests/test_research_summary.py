@@ -8,10 +8,11 @@ import zipfile
 
 import pyarrow.parquet as pq
 import pytest
+from store_fixtures import make_store
 
-from annotation.demo import seed_demo_data
-from annotation.research import ExportFilters, ResearchService
-from annotation.testing import make_store
+from annotation.store.demo import seed_demo_data
+from annotation.store.research import ExportFilters, ResearchService
+from annotation.store.users import get_user_by_name
 from annotation.ui.research_handlers import (
     MIN_GOLD_VOTES,
     agreement_table,
@@ -19,7 +20,6 @@ from annotation.ui.research_handlers import (
     export_status,
     leaderboard_table,
 )
-from annotation.users import get_user_by_name
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ PASSWORD = "correct-horse-battery"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from annotation.ui.testing import running_app
+    from app_fixtures import running_app
 
     users = {"anna": (PASSWORD, "annotator"), "rita": (PASSWORD, "researcher"), "remy": (PASSWORD, "researcher")}
     with running_app(tmp_path_factory.mktemp("auth-data"), users=users) as running:
@@ -31,7 +31,7 @@ def _signed_in(app, name: str) -> Client:
 
 
 def test_a_demoted_researcher_loses_research_on_the_next_call(app):
-    from annotation.users import set_role
+    from annotation.store.users import set_role
 
     rita = _signed_in(app, "rita")
     assert "votes" in rita.predict(api_name="/research_refresh")[0]
@@ -45,7 +45,7 @@ def test_a_demoted_researcher_loses_research_on_the_next_call(app):
 
 
 def test_a_deactivated_user_is_signed_out_on_the_next_call(app):
-    from annotation.users import set_active
+    from annotation.store.users import set_active
 
     anna = _signed_in(app, "anna")
     anna.predict(api_name="/annotate_show")
@@ -77,7 +77,7 @@ def test_a_stranger_cannot_lock_a_researcher_out(app):
 
 
 def test_failed_sign_ins_slow_that_name_down_with_a_capped_backoff():
-    from annotation.errors import AuthenticationError
+    from annotation.store.errors import AuthenticationError
     from annotation.ui.auth import FREE_FAILURES, MAX_DELAY_S, SessionAuth
 
     class NoUsers:
@@ -104,9 +104,10 @@ def test_failed_sign_ins_slow_that_name_down_with_a_capped_backoff():
 
 
 def test_unknown_and_known_user_names_take_about_as_long_to_refuse(tmp_path):
-    from annotation.errors import AuthenticationError
-    from annotation.testing import make_store
-    from annotation.users import authenticate, create_user
+    from store_fixtures import make_store
+
+    from annotation.store.errors import AuthenticationError
+    from annotation.store.users import authenticate, create_user
 
     store = make_store(tmp_path / "data")
     with store.sessions() as session:

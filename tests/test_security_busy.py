@@ -31,7 +31,7 @@ class GatedPipeline:
 
 @pytest.fixture()
 def gated(request, tmp_path):
-    from annotation.ui.testing import running_app
+    from app_fixtures import running_app
 
     gate = threading.Event()
     with running_app(tmp_path / "data", **request.param) as app:
@@ -96,7 +96,7 @@ def test_one_visitor_may_have_two_generations_pending(gated, sample_portraits):
 
 
 def test_a_reserved_place_is_used_by_the_slot_or_given_back():
-    from annotation.gpu_queue import GpuQueue, QueueFullError, TooManyPendingError
+    from annotation.generation.gpu_queue import GpuQueue, QueueFullError, TooManyPendingError
 
     queue = GpuQueue(concurrency=3, max_waiting=0, max_per_owner=1)  # three run at once: no slot blocks here
     with queue.reserved("ann"):
@@ -120,7 +120,7 @@ def test_a_reserved_place_is_used_by_the_slot_or_given_back():
 def test_a_burst_gets_exactly_as_many_places_as_the_queue_holds():
     """Reservation is atomic: twelve calls arriving together while each prepares for a while (building the request,
     reading the database) get exactly the queue's three places, never more."""
-    from annotation.gpu_queue import GpuQueue, QueueFullError
+    from annotation.generation.gpu_queue import GpuQueue, QueueFullError
 
     queue = GpuQueue(concurrency=1, max_waiting=2, max_per_owner=None)
     start, outcomes = threading.Barrier(12), []

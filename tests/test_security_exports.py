@@ -19,7 +19,7 @@ EXPORT = dict(format="parquet", with_images=False, tie_policy="half", min_votes=
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from annotation.ui.testing import running_app
+    from app_fixtures import running_app
 
     users = {"rita": (PASSWORD, "researcher"), "remy": (PASSWORD, "researcher"), "anna": (PASSWORD, "annotator")}
     with running_app(tmp_path_factory.mktemp("export-data"), users=users, export_minutes=TTL_S / 60) as running:
@@ -49,7 +49,7 @@ def _get(url: str, client: Client | None = None, **cookies) -> httpx.Response:
 
 
 def test_the_maker_downloads_and_nobody_else_does(app):
-    from annotation.ui.file_guard import BROWSER_COOKIE
+    from annotation.privacy.private_downloads import BROWSER_COOKIE
 
     rita = _signed_in(app, "rita")
     assert BROWSER_COOKIE in rita.cookies, "the app gives every client a browser cookie on its first answer"
@@ -73,7 +73,7 @@ def test_the_maker_downloads_and_nobody_else_does(app):
 
 
 def test_signing_out_or_losing_the_role_closes_the_download(app):
-    from annotation.users import set_role
+    from annotation.store.users import set_role
 
     rita = _signed_in(app, "rita")
     urls, _ = _export(rita)
@@ -129,7 +129,7 @@ def _fn_index(app, api_name: str) -> int:
 
 def test_private_downloads_keep_a_file_shared_by_two_grants_until_the_last_expires(tmp_path):
     """Two researchers exporting the same bytes get the same served copy: it stays until both grants expired."""
-    from annotation.ui.file_guard import PrivateDownloads
+    from annotation.privacy.private_downloads import PrivateDownloads
 
     now = [1000.0]
     downloads = PrivateDownloads(clock=lambda: now[0])

@@ -21,7 +21,7 @@ GENERATE = dict(task="fusion", consent=True, steps=2, num_images=2, size=64, mod
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from annotation.ui.testing import running_app
+    from app_fixtures import running_app
 
     with running_app(tmp_path_factory.mktemp("app-data")) as running:
         yield running
@@ -32,7 +32,7 @@ def _client(app) -> Client:
 
 
 def _temp(app) -> Path:
-    from annotation.storage import temp_area
+    from annotation.store.storage import temp_area
 
     return temp_area(app.services.generation.data_dir)
 
@@ -111,10 +111,10 @@ def test_every_picture_url_a_visitor_was_shown_is_gone_after_delete_my_data(app,
 def test_a_visitors_download_folder_and_its_served_copy_go_with_their_data(tmp_path):
     """The download folder's files and the copies Gradio's own cache function makes of them."""
     from gradio.processing_utils import save_file_to_cache
+    from store_fixtures import make_store
 
-    from annotation.candidates import delete_visitor_data
-    from annotation.storage import temp_area, visitor_downloads
-    from annotation.testing import make_store
+    from annotation.privacy.visitors import delete_visitor
+    from annotation.store.storage import temp_area, visitor_downloads
 
     store = make_store(tmp_path / "data")
     mine, theirs = visitor_downloads(store.data_dir, "a" * 32), visitor_downloads(store.data_dir, "b" * 32)
@@ -124,14 +124,14 @@ def test_a_visitors_download_folder_and_its_served_copy_go_with_their_data(tmp_p
         (folder / "idglow-picnic.zip").write_bytes(body)
         copies.append(Path(save_file_to_cache(folder / "idglow-picnic.zip", str(temp_area(store.data_dir)))))
     with store.sessions() as session:
-        result = delete_visitor_data(session, "a" * 32, store.data_dir)
+        result = delete_visitor(session, "a" * 32, store.data_dir)
     assert result.files == 2  # the download and its served copy
     assert not mine.exists() and not copies[0].exists()
     assert (theirs / "idglow-picnic.zip").read_bytes() == b"theirs" and copies[1].read_bytes() == b"theirs"
 
 
 def test_raw_upload_with_gps_is_never_served_and_is_swept_within_minutes(app, sample_portraits):
-    from annotation.privacy import RetentionSweeper
+    from annotation.privacy.retention import RetentionSweeper
 
     raw = _gps_jpeg(sample_portraits["person3"])
     path = _raw_upload(app, "holiday.jpg", raw)
@@ -160,7 +160,7 @@ def test_a_temp_area_path_sent_as_an_upload_deletes_nothing(app, sample_portrait
 
 
 def test_a_processed_upload_leaves_nothing_in_the_temp_area(app, sample_portraits):
-    from annotation.privacy import RetentionSweeper
+    from annotation.privacy.retention import RetentionSweeper
 
     def top_level_files() -> list[Path]:
         return [p for p in _temp(app).iterdir() if p.is_file()]
@@ -176,7 +176,7 @@ def test_a_processed_upload_leaves_nothing_in_the_temp_area(app, sample_portrait
 
 
 def test_expired_generation_takes_its_served_copies_with_it(app, sample_portraits):
-    from annotation.privacy import RetentionSweeper
+    from annotation.privacy.retention import RetentionSweeper
     from db.types import utcnow
 
     visitor = _client(app)
@@ -196,8 +196,8 @@ def test_a_crop_shown_but_never_stored_can_be_purged_by_its_pixels(tmp_path):
     import numpy as np
     from gradio.processing_utils import save_pil_to_cache
 
-    from annotation.privacy import forget_visitor_files
-    from annotation.storage import temp_area
+    from annotation.privacy.retention import forget_visitor_files
+    from annotation.store.storage import temp_area
 
     rng = np.random.default_rng(0)
     crop = Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))

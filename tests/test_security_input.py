@@ -15,7 +15,7 @@ GENERIC = "has not enabled verbose error reporting"
 
 @pytest.fixture(scope="module")
 def visitor(tmp_path_factory, sample_portraits):
-    from annotation.ui.testing import running_app
+    from app_fixtures import running_app
 
     with running_app(tmp_path_factory.mktemp("input-data")) as app:
         client = Client(app.url, verbose=False, download_files=False)
@@ -77,7 +77,7 @@ def test_a_broken_table_is_named_with_what_is_wrong():
     """The table check, on a Dataframe input (the app's tables are outputs today)."""
     import gradio as gr
 
-    from annotation.ui.file_guard import _named_problem
+    from annotation.ui.route_guard import _named_problem
 
     table = gr.Dataframe(headers=["person", "label"], label="per person")
     good = {"headers": ["person", "label"], "data": [[1, "Ann"]]}

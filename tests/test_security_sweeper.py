@@ -6,9 +6,11 @@ import os
 import time
 from pathlib import Path
 
-from annotation.privacy import RetentionSweeper, UploadRegistry, discard_upload
-from annotation.storage import temp_area, visitor_downloads
-from annotation.testing import make_store
+from store_fixtures import make_store
+
+from annotation.privacy.retention import RetentionSweeper
+from annotation.privacy.uploads import UploadRegistry, discard_upload
+from annotation.store.storage import temp_area, visitor_downloads
 
 
 def _file(path: Path, body: bytes = b"x", age_s: float = 0.0) -> Path:

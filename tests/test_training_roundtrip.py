@@ -19,8 +19,11 @@ def _astronaut():
 
 
 def test_votes_export_dpo_dataset_and_one_dpo_step(tmp_path):
-    from annotation import users as U
-    from annotation.candidates import (
+    from store_fixtures import make_store
+
+    from annotation.commands import main as cli_main
+    from annotation.store import users as U
+    from annotation.store.candidates import (
         CandidateRecord,
         GenerationRecord,
         SubjectRecord,
@@ -28,10 +31,8 @@ def test_votes_export_dpo_dataset_and_one_dpo_step(tmp_path):
         register_generation,
         register_model_version,
     )
-    from annotation.commands import main as cli_main
-    from annotation.sampling import next_comparison
-    from annotation.testing import make_store
-    from annotation.votes import VoteRequest, record_vote
+    from annotation.store.sampling import next_comparison
+    from annotation.store.votes import VoteRequest, record_vote
     from idglow.faces.base import FaceMatch
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.testing import tiny_pipeline

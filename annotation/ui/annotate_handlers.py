@@ -15,9 +15,9 @@ from typing import Any
 
 import gradio as gr
 
-from annotation.errors import UndoExpired
+from annotation.store.errors import UndoExpired
+from annotation.store.votes import FAILURE_TYPES
 from annotation.ui.errors import ui_errors
-from annotation.votes import FAILURE_TYPES
 from db.models import Role
 from idglow.prompting.badcases import wrong_age_slots
 from idglow.subjects import MAX_SUBJECTS

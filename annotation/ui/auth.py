@@ -3,7 +3,7 @@
 The page keeps only an opaque random token (in server-side session state); :class:`SessionAuth` maps it to
 the user. Every check re-reads the user's role and active flag (one primary-key read), so a role change or a
 deactivation reaches open sessions on their next call. Passwords are checked with
-:func:`annotation.users.authenticate`. Failed sign-ins slow that user name down with a capped backoff: a later
+:func:`annotation.store.users.authenticate`. Failed sign-ins slow that user name down with a capped backoff: a later
 attempt waits (at most ``MAX_DELAY_S``) and is then checked, so nobody — a researcher included — can be locked
 out by a stranger typing wrong passwords.
 """
@@ -16,8 +16,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from annotation.errors import AuthenticationError, PermissionDenied
-from annotation.users import UserInfo, authenticate, current_user, has_role
+from annotation.store.errors import AuthenticationError, PermissionDenied
+from annotation.store.users import UserInfo, authenticate, current_user, has_role
 from db.models import Role
 
 DEFAULT_SESSION_TTL_S = 12 * 3600

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from annotation.privacy import UploadLimits
+from annotation.privacy.private_downloads import DEFAULT_DOWNLOAD_TTL_S
+from annotation.privacy.uploads import UploadLimits
 from annotation.ui.annotate_handlers import AnnotateHandlers, SignInHandlers
 from annotation.ui.annotate_tab import AnnotateTab, build_annotate_tab
-from annotation.ui.file_guard import DEFAULT_DOWNLOAD_TTL_S
 from annotation.ui.generate_handlers import GenerateHandlers
 from annotation.ui.generate_tab import build_generate_tab
 from annotation.ui.research_handlers import ResearchHandlers
@@ -103,7 +103,7 @@ def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
     recorded and never served back (:class:`TempAreaGuard`)."""
     from starlette.middleware import Middleware
 
-    from annotation.ui.file_guard import TempAreaGuard
+    from annotation.ui.route_guard import TempAreaGuard
 
     # The app refuses files over max_upload_mb itself, in plain words; the web server's own limit (whose message
     # is "exceed the maximum allowed size") is only a backstop for much larger files.

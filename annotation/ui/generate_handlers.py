@@ -14,9 +14,10 @@ from typing import Any
 
 import gradio as gr
 
-from annotation.generation_request import GenerationRequest
-from annotation.privacy import UploadLimits, decode_upload, discard_upload, new_visitor_id
-from annotation.reference_faces import DetectedSubject, no_face_message
+from annotation.generation.reference_faces import DetectedSubject, no_face_message
+from annotation.generation.request import GenerationRequest
+from annotation.privacy.uploads import UploadLimits, decode_upload, discard_upload
+from annotation.privacy.visitors import new_visitor_id
 from annotation.ui.errors import ui_errors
 from idglow.errors import InputError, NoFaceError
 from idglow.subjects import MAX_SUBJECTS, SubjectRef

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from annotation.generation_request import MAX_LABEL_CHARS, MAX_PROMPT_CHARS, MAX_SCENE_CHARS
+from annotation.generation.request import MAX_LABEL_CHARS, MAX_PROMPT_CHARS, MAX_SCENE_CHARS
 from annotation.ui.generate_handlers import (
     NUM_CARDS,
     SCORE_HEADERS,

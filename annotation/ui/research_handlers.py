@@ -7,9 +7,14 @@ from datetime import datetime, timezone
 
 import gradio as gr
 
+from annotation.privacy.private_downloads import (
+    BROWSER_COOKIE,
+    DEFAULT_DOWNLOAD_TTL_S,
+    DOWNLOADS,
+    PrivateDownloads,
+)
+from annotation.store.users import has_role
 from annotation.ui.errors import ui_errors
-from annotation.ui.file_guard import BROWSER_COOKIE, DEFAULT_DOWNLOAD_TTL_S, DOWNLOADS, PrivateDownloads
-from annotation.users import has_role
 from db.models import Role
 
 
@@ -231,7 +236,7 @@ class ResearchHandlers:
         private downloads: only ``browser`` (the caller's browser id cookie) may fetch them, while this session
         stays signed in as a researcher, for ``download_ttl_s``."""
         user = self._user(token, "export preferences")
-        from annotation.research import ExportFilters
+        from annotation.store.research import ExportFilters
 
         filters = ExportFilters(format=form.format, with_images=bool(form.with_images), tie_policy=form.tie_policy,
                                 min_votes=int(form.min_votes or 1), since=_parse_since(form.since))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from annotation.research import dpo_command
-from annotation.ui.file_guard import browser_id
+from annotation.privacy.private_downloads import browser_id
+from annotation.store.research import dpo_command
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
 
 

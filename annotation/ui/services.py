@@ -30,7 +30,7 @@ class AnnotationService:
         return None if rel is None else str(self.data_dir / rel)
 
     def next_pair(self, user_id: int):
-        from annotation.sampling import next_comparison
+        from annotation.store.sampling import next_comparison
 
         with self.sessions() as session:
             return next_comparison(session, user_id, overlap=self.overlap, gold_rate=self.gold_rate)
@@ -38,7 +38,7 @@ class AnnotationService:
     def vote(self, user_id: int, comparison_id: int, *, overall: str, strength: str | None,
              identity: Mapping[int, str] | None, texture: str | None, artifacts: str | None,
              duration_ms: int | None, key: str):
-        from annotation.votes import VoteRequest, record_vote
+        from annotation.store.votes import VoteRequest, record_vote
 
         request = VoteRequest(comparison_id=comparison_id, user_id=user_id, overall=overall, idempotency_key=key,
                               strength=strength, identity=dict(identity or {}) or None, texture=texture,
@@ -47,19 +47,19 @@ class AnnotationService:
             return record_vote(session, request)
 
     def skip(self, user_id: int, comparison_id: int) -> None:
-        from annotation.sampling import skip_comparison
+        from annotation.store.sampling import skip_comparison
 
         with self.sessions() as session:
             skip_comparison(session, user_id, comparison_id)
 
     def undo(self, user_id: int):
-        from annotation.votes import undo_last_vote
+        from annotation.store.votes import undo_last_vote
 
         with self.sessions() as session:
             return undo_last_vote(session, user_id)
 
     def flag(self, user_id: int, candidate_id: int, failure_types, note: str = ""):
-        from annotation.votes import flag_badcase
+        from annotation.store.votes import flag_badcase
 
         with self.sessions() as session:
             return flag_badcase(session, candidate_id, list(failure_types), note, user_id=user_id)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 def use_temp_area(data_dir: Path) -> Path:
     """Point the web server's temporary area (uploads and the copies of served files) at ``<data_dir>/tmp``,
-    so that nothing of a visitor lands outside the data dir, and guard it (see ``annotation.privacy``).
+    so that nothing of a visitor lands outside the data dir, and guard it (see ``annotation.privacy.uploads``).
     Call it before the gr.Blocks is built: Gradio reads ``GRADIO_TEMP_DIR`` then and at launch."""
-    from annotation.privacy import UPLOADS
-    from annotation.storage import temp_area
+    from annotation.privacy.uploads import UPLOADS
+    from annotation.store.storage import temp_area
 
     temp_dir = temp_area(data_dir)
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -59,12 +59,13 @@ def face_analyzer_for_the_server(model):
 def build_services(settings):
     """(AppServices, RetentionSweeper) for these settings: database migrated, pipeline loaded, base version
     registered."""
-    from annotation.generation import GenerationService
-    from annotation.gpu_queue import GpuQueue
-    from annotation.privacy import RetentionSweeper, UploadLimits
-    from annotation.research import ResearchService
-    from annotation.safety import PromptBlocklist, load_safety_checker
-    from annotation.settings import resolve_data_dir, resolve_db_url
+    from annotation.generation.gpu_queue import GpuQueue
+    from annotation.generation.safety import PromptBlocklist, load_safety_checker
+    from annotation.generation.service import GenerationService
+    from annotation.privacy.retention import RetentionSweeper
+    from annotation.privacy.uploads import UploadLimits
+    from annotation.store.research import ResearchService
+    from annotation.store.settings import resolve_data_dir, resolve_db_url
     from annotation.ui.auth import SessionAuth
     from annotation.ui.blocks import AppServices
     from annotation.ui.services import AnnotationService

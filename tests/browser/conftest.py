@@ -37,7 +37,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 def serve_app(data: Path, *args: str) -> Iterator[str]:
     """``python app.py --data-dir DATA ARGS`` on a free port until the block ends; yields its URL. The server's
     output goes to ``DATA/app.log``."""
-    from annotation.ui.testing import free_port
+    from app_fixtures import free_port
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}

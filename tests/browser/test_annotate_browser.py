@@ -96,9 +96,10 @@ def _age_task_for_groups_of_three(session) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from annotation.demo import pattern_images, seed_demo_data
-    from annotation.testing import make_store
-    from annotation.users import create_user
+    from store_fixtures import make_store
+
+    from annotation.store.demo import pattern_images, seed_demo_data
+    from annotation.store.users import create_user
 
     data = tmp_path_factory.mktemp("annotate-data")
     store = make_store(data)
@@ -260,7 +261,7 @@ def test_flag_by_keyboard_stores_the_taxonomy_name(server, browser):
     url, data = server
     from playwright.sync_api import expect
 
-    from annotation.votes import FAILURE_TYPES
+    from annotation.store.votes import FAILURE_TYPES
 
     page = _page(browser)
     _open_pair(page, url, "ann4")
@@ -434,7 +435,7 @@ def test_apparent_age_far_from_the_target_suggests_the_wrong_age_flag(server, br
     url, data = server
     from playwright.sync_api import expect
 
-    from annotation.votes import FAILURE_TYPES
+    from annotation.store.votes import FAILURE_TYPES
 
     page = _page(browser, 1366, 768)
     _open_pair(page, url, "ann9")

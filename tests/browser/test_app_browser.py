@@ -17,9 +17,10 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from annotation.demo import pattern_images, seed_demo_data
-    from annotation.testing import make_store
-    from annotation.users import create_user
+    from store_fixtures import make_store
+
+    from annotation.store.demo import pattern_images, seed_demo_data
+    from annotation.store.users import create_user
 
     data = tmp_path_factory.mktemp("browser-data")
     store = make_store(data)

@@ -15,9 +15,10 @@ VIEWPORTS = {"laptop": (1366, 768), "phone": (390, 844)}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from annotation.demo import pattern_images, seed_demo_data
-    from annotation.testing import make_store
-    from annotation.users import create_user
+    from store_fixtures import make_store
+
+    from annotation.store.demo import pattern_images, seed_demo_data
+    from annotation.store.users import create_user
 
     data = tmp_path_factory.mktemp("research-data")
     store = make_store(data)

@@ -11,8 +11,9 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from annotation.testing import make_store
-    from annotation.users import create_user
+    from store_fixtures import make_store
+
+    from annotation.store.users import create_user
 
     data = tmp_path_factory.mktemp("export-browser-data")
     store = make_store(data)

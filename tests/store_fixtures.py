@@ -1,37 +1,16 @@
-"""Small stores for tests and examples: a migrated database in a folder and a world of generations."""
+"""Stores for tests: a fresh migrated database on SQLite or PostgreSQL, and a small world of generations."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from db.engine import make_engine, make_session_factory
+from annotation.store.database import Store, make_store
+from annotation.store.demo import pattern_image
 from db.migrate import upgrade
 
-
-@dataclass
-class Store:
-    """A migrated database: its engine, session factory, URL and data folder."""
-
-    engine: Engine
-    sessions: sessionmaker[Session]
-    data_dir: Path
-    url: str
-
-
-def make_store(data_dir: str | os.PathLike[str], url: str | None = None) -> Store:
-    """A migrated database (SQLite file in ``data_dir`` unless ``url`` is given) and its session factory."""
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    url = url or f"sqlite:///{data_dir / 'idglow.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    return Store(engine, make_session_factory(engine), data_dir, url)
+__all__ = ["PG_URL_ENV", "Store", "make_store", "open_test_store", "pattern_image", "reset_database", "small_world"]
 
 
 def reset_database(engine: Engine) -> None:
@@ -40,13 +19,6 @@ def reset_database(engine: Engine) -> None:
 
     downgrade(engine, "base")
     upgrade(engine)
-
-
-def pattern_image(index: int, size: int = 32) -> np.ndarray:
-    """A distinct, deterministic RGB image for ``index`` (stands in for a generated picture)."""
-    rng = np.random.default_rng(index)
-    base = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    return np.kron(base, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
 
 
 PG_URL_ENV = "IDGLOW_TEST_PG_URL"
@@ -69,7 +41,7 @@ def small_world(store: Store, *, candidates: int = 24, annotators: int = 4, seed
     """Demo generations with no votes and no gold items; returns the demo summary and the user ids."""
     from sqlalchemy import select
 
-    from annotation.demo import seed_demo_data
+    from annotation.store.demo import seed_demo_data
     from db.models import User
 
     with store.sessions() as session:

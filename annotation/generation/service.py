@@ -4,8 +4,8 @@ One base pipeline serves every registered model version: a version with its own 
 once (cached) and passed to the pipeline as ``adapter=`` for that call only, so nothing shared is ever
 changed by a request. GPU work goes through :class:`GpuQueue` (a concurrency limit and a bounded wait list
 that refuses at once when full). Every generation is stored with the visitor's id and an expiry, and its
-images are written for download. Request types: :mod:`annotation.generation_request`; the people of an
-upload: :mod:`annotation.reference_faces`; a visitor's pool and deletion: :mod:`annotation.visitor_data`.
+images are written for download. Request types: :mod:`annotation.generation.request`; the people of an
+upload: :mod:`annotation.generation.reference_faces`; a visitor's pool and deletion: :mod:`annotation.privacy.visitors`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from annotation.downloads import write_downloads
-from annotation.generation_request import (
+from annotation.generation.downloads import write_downloads
+from annotation.generation.gpu_queue import GpuQueue
+from annotation.generation.reference_faces import DetectedSubject, people_in_photo
+from annotation.generation.request import (
     MAX_SEED,
     CandidateResult,
     GenerationRequest,
@@ -29,10 +31,8 @@ from annotation.generation_request import (
     check_request_values,
     check_texts,
 )
-from annotation.gpu_queue import GpuQueue
-from annotation.privacy import DEFAULT_RETENTION, expiry
-from annotation.reference_faces import DetectedSubject, people_in_photo
-from annotation.safety import PromptBlocklist, SafetyChecker
+from annotation.generation.safety import PromptBlocklist, SafetyChecker
+from annotation.privacy.retention import DEFAULT_RETENTION, expiry
 from idglow.errors import InputError
 from idglow.samples import example_family
 from idglow.subjects import SubjectRef, validate_group
@@ -89,7 +89,7 @@ class GenerationService:
     def ensure_base_version(self, adapter_dir: str | None = None, base_model: str | None = None) -> None:
         from sqlalchemy import select
 
-        from annotation.candidates import register_model_version
+        from annotation.store.candidates import register_model_version
         from db.models import ModelVersion
 
         with self.sessions() as session:
@@ -119,7 +119,7 @@ class GenerationService:
         with self._adapter_lock:
             if version in self._adapters:
                 return self._adapters[version]
-            from annotation.candidates import get_model_version
+            from annotation.store.candidates import get_model_version
             from idglow.adapter import IdGlowAdapter
             from idglow.pipeline import check_adapter_folder
 
@@ -144,7 +144,7 @@ class GenerationService:
 
     # -- people and prompt ---------------------------------------------------------------------------------
     def people_in_photo(self, name: str, image: Any, *, group: bool = False) -> list[DetectedSubject]:
-        """The people of one decoded photo (see :func:`annotation.reference_faces.people_in_photo`)."""
+        """The people of one decoded photo (see :func:`annotation.generation.reference_faces.people_in_photo`)."""
         return people_in_photo(self.pipe.face_analyzer, name, image, group=group)
 
     def example_people(self) -> list[DetectedSubject]:
@@ -164,7 +164,7 @@ class GenerationService:
 
     def _badcases(self, task: str) -> list:
         """The newest bad cases annotators flagged for this task; the synthesizer picks the most relevant."""
-        from annotation.badcase_store import recent_badcases
+        from annotation.store.badcase_store import recent_badcases
 
         with self.sessions() as session:
             return recent_badcases(session, task=task)
@@ -252,7 +252,7 @@ class GenerationService:
 
     def _register(self, session, request: GenerationRequest, version: str, out, prompt_text: str, source: str,
                   expires):
-        from annotation.candidates import GenerationRecord, SubjectRecord, register_generation
+        from annotation.store.candidates import GenerationRecord, SubjectRecord, register_generation
 
         return register_generation(
             session,
@@ -266,7 +266,7 @@ class GenerationService:
         )
 
     def _store(self, request, outputs, prompt_text, source, seed) -> GenerationResult:
-        from annotation.candidates import CandidateRecord, add_candidates
+        from annotation.store.candidates import CandidateRecord, add_candidates
         from db.types import utcnow
 
         expires = expiry(utcnow(), self.retention)
@@ -297,7 +297,7 @@ class GenerationService:
     # -- visitor data --------------------------------------------------------------------------------------
     def add_to_pool(self, visitor_id: str, generation_ids: Sequence[int]) -> int:
         """Put this visitor's candidates of ``generation_ids`` in the annotation pool and keep them."""
-        from annotation.visitor_data import pool_visitor_results
+        from annotation.privacy.visitors import pool_visitor_results
 
         with self.sessions() as session:
             return pool_visitor_results(session, visitor_id, generation_ids)
@@ -306,8 +306,8 @@ class GenerationService:
         """Delete everything stored for this visitor, and the served copies of pictures that were only shown
         (``shown``: e.g. face crops of photos that were never generated from); returns the counts (a
         ``DeletionResult``)."""
-        from annotation.privacy import forget_visitor_files
-        from annotation.visitor_data import delete_visitor
+        from annotation.privacy.retention import forget_visitor_files
+        from annotation.privacy.visitors import delete_visitor
 
         with self.sessions() as session:
             result = delete_visitor(session, visitor_id, self.data_dir)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from annotation.candidates import DeletionResult, add_to_pool, delete_visitor_data
+from annotation.store.candidates import DeletionResult, add_to_pool, delete_visitor_data
 from db.models import Candidate, Generation, GenerationSubject, ReferencePhoto
 from idglow.errors import InputError
 
@@ -36,7 +37,16 @@ def pool_visitor_results(session: Session, visitor_id: str, generation_ids: Sequ
 
 
 def delete_visitor(session: Session, visitor_id: str, data_dir: str | os.PathLike[str]) -> DeletionResult:
-    """Delete the visitor's generations, uploads and stored files."""
+    """Delete the visitor's generations, uploads and stored files, their download folder, and every copy of
+    their pictures and downloads that the web server served."""
+    from annotation.privacy.retention import forget_visitor_files
+
     if not visitor_id:
         raise InputError("there is no data of yours on this server")
-    return delete_visitor_data(session, visitor_id, data_dir)
+    return delete_visitor_data(session, visitor_id, data_dir,
+                               lambda files: forget_visitor_files(data_dir, visitor_id, files))
+
+
+def new_visitor_id() -> str:
+    """A random, unguessable id for one visitor session (kept server-side only)."""
+    return secrets.token_hex(16)

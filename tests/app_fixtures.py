@@ -29,10 +29,10 @@ class RunningApp:
 def running_app(data_dir: str | Path, users: dict[str, tuple[str, str]] | None = None, **settings) -> Iterator[RunningApp]:
     """The real app (tiny model, dlib, SQLite in ``data_dir``) served on 127.0.0.1. ``users``: name →
     (password, role), created before the server starts."""
+    from annotation.store.users import create_user
     from annotation.ui.blocks import build_app, launch_options
     from annotation.ui.settings import AppSettings
     from annotation.ui.wiring import build_services
-    from annotation.users import create_user
 
     config = AppSettings(data_dir=str(data_dir), port=free_port(), **settings)
     services, _ = build_services(config)

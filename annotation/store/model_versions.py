@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from annotation.candidates import get_model_version
+from annotation.store.candidates import get_model_version
 from db.models import Generation, ModelVersion
 from idglow.errors import InputError
 

@@ -24,9 +24,9 @@ from typing import Any, Literal
 from sqlalchemy import String, Text, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from annotation.badcase_store import write_badcases_jsonl
-from annotation.storage import file_sha256, image_file
-from annotation.users import get_user, require_role
+from annotation.store.badcase_store import write_badcases_jsonl
+from annotation.store.storage import file_sha256, image_file
+from annotation.store.users import get_user, require_role
 from db.engine import read_only
 from db.models import (
     Candidate,

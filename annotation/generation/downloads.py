@@ -13,7 +13,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from annotation.generation_request import CandidateResult, Downloads, GenerationResult
+from annotation.generation.request import CandidateResult, Downloads, GenerationResult
 from db.types import utcnow
 from idglow.errors import InputError
 

@@ -70,13 +70,13 @@ class ResearchService:
         return out
 
     def annotator_stats(self):
-        from annotation.stats import annotator_stats
+        from annotation.store.stats import annotator_stats
 
         with self.sessions() as session:
             return annotator_stats(session)
 
     def agreement(self):
-        from annotation.stats import agreement
+        from annotation.store.stats import agreement
 
         with self.sessions() as session:
             return agreement(session)
@@ -84,7 +84,7 @@ class ResearchService:
     def leaderboard(self) -> Leaderboard:
         from sqlalchemy import func, select
 
-        from annotation.stats import leaderboard
+        from annotation.store.stats import leaderboard
         from db.models import Comparison
 
         with self.sessions() as session:
@@ -94,7 +94,7 @@ class ResearchService:
         return Leaderboard(rows, last)
 
     def export(self, user_id: int, filters: ExportFilters) -> ExportDownload:
-        from annotation.export import export_preferences
+        from annotation.store.export import export_preferences
         from db.types import utcnow
 
         stamp = utcnow().strftime("%Y%m%d-%H%M%S")

@@ -26,8 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from annotation.errors import DuplicateVote, InvalidVote, NotFound, UndoExpired
-from annotation.users import get_user
+from annotation.store.errors import DuplicateVote, InvalidVote, NotFound, UndoExpired
+from annotation.store.users import get_user
 from db.engine import is_sqlite_file
 from db.models import (
     Assignment,

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from annotation.candidates import subjects_key
-from annotation.storage import StoredImage, store_image
-from annotation.users import hash_password
+from annotation.store.candidates import subjects_key
+from annotation.store.storage import StoredImage, store_image
+from annotation.store.users import hash_password
 from db.models import (
     Assignment,
     Candidate,
@@ -114,10 +115,15 @@ def demo_references(analyzer, size: int = 256) -> list[DemoReference]:
     return refs
 
 
+def pattern_image(index: int, size: int = 32) -> np.ndarray:
+    """A distinct, deterministic RGB image for ``index`` (stands in for a generated picture)."""
+    rng = np.random.default_rng(index)
+    base = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    return np.kron(base, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
+
+
 def pattern_images(count: int = 8, seed: int = 0) -> list[Any]:
     """``count`` distinct procedural images (no model needed)."""
-    from annotation.testing import pattern_image
-
     return [pattern_image(seed * 1000 + i) for i in range(count)]
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from annotation.errors import AlreadyExists, AuthenticationError, NotFound, PermissionDenied
+from annotation.store.errors import AlreadyExists, AuthenticationError, NotFound, PermissionDenied
 from db.models import Role, User
 from idglow.errors import InputError
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from annotation.errors import AlreadyExists, NotFound
-from annotation.storage import image_file, remove_files, store_image
-from annotation.users import get_user, require_role
+from annotation.store.errors import AlreadyExists, NotFound
+from annotation.store.storage import image_file, remove_files, store_image
+from annotation.store.users import get_user, require_role
 from db.models import (
     Candidate,
     Comparison,
@@ -441,46 +441,47 @@ class DeletionResult:
     files: int
 
 
+ServedCopies = Callable[[list[Path]], int]  # deletes the served copies of these image files; returns how many
+
+
 def delete_visitor_data(
-    session: Session, visitor_id: str, data_dir: str | os.PathLike[str]
+    session: Session, visitor_id: str, data_dir: str | os.PathLike[str], served_copies: ServedCopies | None = None
 ) -> DeletionResult:
     """Remove every generation and reference photo of a visitor session, with their rows and files (files
-    still used by someone else's rows stay), the visitor's download folder, and every copy of their pictures
-    and downloads that the web server served."""
-    from annotation.privacy import forget_visitor_files
-
+    still used by someone else's rows stay). ``served_copies(files)`` is called with the rows' image files
+    while they are still on disk (the privacy layer removes the copies the web server served)."""
     if not visitor_id:
         raise InputError("visitor id must not be empty")
 
-    def served_copies(paths: list[str]) -> int:
-        return forget_visitor_files(data_dir, visitor_id, [image_file(data_dir, p) for p in paths])
+    def before_files(paths: list[str]) -> int:
+        return served_copies([image_file(data_dir, p) for p in paths]) if served_copies is not None else 0
 
     g, p, f = _delete_generations_and_photos(
         session, Generation.visitor_id == visitor_id, ReferencePhoto.visitor_id == visitor_id, data_dir,
-        served_copies,
+        before_files,
     )
     logger.info("deleted visitor data: %d generations, %d photos, %d files", g, p, f)
     return DeletionResult(g, p, f)
 
 
-def sweep_expired(session: Session, now: datetime, data_dir: str | os.PathLike[str]) -> DeletionResult:
-    """Remove generations and reference photos whose ``expires_at`` is before ``now``, with the served
-    copies of their pictures."""
-    from annotation.privacy import purge_served_copies
-    from annotation.storage import temp_area
-
+def sweep_expired(session: Session, now: datetime, data_dir: str | os.PathLike[str],
+                  served_copies: ServedCopies | None = None) -> DeletionResult:
+    """Remove generations and reference photos whose ``expires_at`` is before ``now``; ``served_copies(files)``
+    as in :func:`delete_visitor_data` (called only when some rows go)."""
     if now.tzinfo is None:
         raise InputError(f"now={now!r} must be timezone-aware")
 
-    def served_copies(paths: list[str]) -> int:
-        return purge_served_copies(temp_area(data_dir), [image_file(data_dir, p) for p in paths]) if paths else 0
+    def before_files(paths: list[str]) -> int:
+        if not paths or served_copies is None:
+            return 0
+        return served_copies([image_file(data_dir, p) for p in paths])
 
     g, p, f = _delete_generations_and_photos(
         session,
         (Generation.expires_at.is_not(None)) & (Generation.expires_at < now),
         (ReferencePhoto.expires_at.is_not(None)) & (ReferencePhoto.expires_at < now),
         data_dir,
-        served_copies,
+        before_files,
     )
     if g or p:
         logger.info("retention sweep: %d generations, %d photos, %d files", g, p, f)

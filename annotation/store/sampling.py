@@ -18,8 +18,8 @@ from sqlalchemy import exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from annotation.errors import NotFound
-from annotation.users import get_user
+from annotation.store.errors import NotFound
+from annotation.store.users import get_user
 from db.engine import read_only
 from db.models import (
     Assignment,
