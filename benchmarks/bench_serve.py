@@ -18,7 +18,10 @@ Prints one RESULT line. Every loop is bounded.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # this process's local pipeline: one thread, like each replica
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the local Ray head helper the tests use
 
 APP_NAME = "idglow-bench"
+QUICK_ARGS = ["--burst", "8", "--latency-runs", "3", "--no-app"]
 
 
 def _subjects():
@@ -81,7 +86,7 @@ def added_latency(generator, subjects, steps: int, runs: int) -> dict:
     """Median seconds of one generation via Ray and in this process, alternated on the same request."""
     from idglow.serving import GeneratorOptions, PipelineRunner
 
-    local = PipelineRunner(GeneratorOptions(torch_threads=1))
+    local = PipelineRunner.load(GeneratorOptions(torch_threads=1))
     local.run(_call(subjects, steps, 0))  # warm, like the replicas
     ray_s, local_s = [], []
     for k in range(runs):
@@ -93,6 +98,70 @@ def added_latency(generator, subjects, steps: int, runs: int) -> dict:
         local_s.append(time.perf_counter() - start)
     ray_med, local_med = statistics.median(ray_s), statistics.median(local_s)
     return {"ray_s": ray_med, "local_s": local_med, "ratio": ray_med / local_med, "added_s": ray_med - local_med}
+
+
+@contextlib.contextmanager
+def _served_app(data_dir: Path, log: Path, extra: list[str]):
+    """``python app.py --data-dir DIR --port PORT *extra`` in its own process; yields its URL."""
+    import httpx
+    from serve_cluster import free_port
+
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), *extra],
+                                cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            raise RuntimeError(f"app.py did not start; see {log}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def app_burst(extra: list[str], args: argparse.Namespace) -> dict:
+    """bench_busy's burst on ``python app.py *extra``: ``--app-burst`` visitors at once while an annotator votes."""
+    import bench_busy as busy
+
+    from annotation.store.database import make_store
+    from annotation.store.demo import DEMO_PASSWORD, seed_demo_data
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.samples import write_sample_portraits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_store(Path(tmp) / "data")
+        with store.sessions() as session:
+            seed_demo_data(session, store.data_dir, candidates=24, votes=0, annotators=1)
+        store.engine.dispose()
+        portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
+        with _served_app(store.data_dir, Path(tmp) / "app.log", extra) as url:
+            busy._timed_generate(busy._visitor(url, portraits), args.steps, 999)  # a running app has served one
+            start, burst_outcomes = busy._burst(url, portraits, args.steps, args.app_burst, 5)
+            stop, voting = busy._votes_elsewhere(url, "annotator1", DEMO_PASSWORD, args.votes)
+            time.sleep(5.0)  # the annotator is voting before the burst
+            start.wait(busy.DEADLINE_S)
+            outcomes = burst_outcomes()
+            stop.set()
+            vote_s = voting()
+    refused = [s for kind, s in outcomes if kind == "busy"]
+    return dict(admitted=sum(kind == "done" for kind, _ in outcomes), busy=len(refused),
+                errors=sum(kind.startswith("error") for kind, _ in outcomes), busy_p95_s=busy._p95(refused),
+                vote_p95_ms=1000 * busy._p95(vote_s))
+
+
+def app_bursts(address: str, name: str, args: argparse.Namespace) -> dict:
+    """The app's burst with the local generator, then with the ray generator on the deployment."""
+    return {"local": app_burst([], args),
+            "ray": app_burst(["--generator", "ray", "--ray-address", address, "--ray-app", name], args)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -109,8 +178,6 @@ def run(args: argparse.Namespace) -> dict:
         result = {"throughput": throughput(head.address, generator, subjects, args.steps, args.burst)}
         result["latency"] = added_latency(generator, subjects, args.steps, args.latency_runs)
         if not args.no_app:
-            from bench_serve_app import app_bursts
-
             result["app"] = app_bursts(head.address, APP_NAME, args)
         return result
     finally:

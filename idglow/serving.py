@@ -152,26 +152,57 @@ class GenerationDone:
     replica: str
 
 
-class PipelineRunner:
-    """A replica's work, without Ray: the pipeline loaded once, the adapters of other model versions loaded once
-    each (a few kept), and one call run with a step callback that can stop it."""
+@dataclass
+class FrontEndModel:
+    """What a front end needs of the model when the pipeline runs on replicas: the face analyzer (the people of
+    an upload) and the tokenizers (the prompt writer measures prompts with them). No weights."""
 
-    def __init__(self, options: GeneratorOptions):
+    face_analyzer: Any
+    tokenizer: Any = None
+    tokenizer_2: Any = None
+    device: str = "cpu"
+
+
+def front_end_model(settings: ModelSettings, face_analyzer) -> FrontEndModel:
+    """The FrontEndModel of ``settings``: the tiny model's tokenizers, or those of the FLUX folder."""
+    if settings.is_tiny:
+        from idglow.tiny import tiny_tokenizer
+
+        return FrontEndModel(face_analyzer, tiny_tokenizer(77), tiny_tokenizer(128))
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from idglow.pipeline import check_flux_folder
+
+    folder = Path(check_flux_folder(settings.model_dir))
+    return FrontEndModel(face_analyzer, AutoTokenizer.from_pretrained(folder / "tokenizer"),
+                         AutoTokenizer.from_pretrained(folder / "tokenizer_2"))
+
+
+class PipelineRunner:
+    """A replica's work, without Ray: one pipeline, the adapters of other model versions loaded once each (a few
+    kept), and one call run with a step callback that can stop it. The app's local generator is one too."""
+
+    def __init__(self, pipe, default_steps: int = 28, default_size: int = 1024):
+        self.pipe = pipe
+        self.default_steps = default_steps
+        self.default_size = default_size
+        self._adapters: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, options: GeneratorOptions) -> PipelineRunner:
+        """Load the pipeline ``options`` describe (and set this process's torch threads)."""
         import torch
 
         from idglow.loading import load_pipeline
 
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
-        self.options = options
-        self.pipe = load_pipeline(options.model, quantize=options.quantize, quant_backend=options.quant_backend,
-                                  cpu_offload=options.cpu_offload)
-        self._adapters: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @property
-    def default_steps(self) -> int:
-        return self.options.model.default_steps
+        pipe = load_pipeline(options.model, quantize=options.quantize, quant_backend=options.quant_backend,
+                             cpu_offload=options.cpu_offload)
+        return cls(pipe, options.model.default_steps, options.model.default_size)
 
     def adapter_for(self, adapter_dir: str | None):
         """The IdGlowAdapter saved in ``adapter_dir`` (None: the pipeline's own), checked against this model."""
@@ -210,7 +241,7 @@ class PipelineRunner:
                 on_step(step + 1, steps)
             return kwargs
 
-        size = self.options.model.default_size
+        size = self.default_size
         return self._pipeline_for_one_call()(
             **call.prompt_kwargs, subjects=list(call.subjects), task=call.task, id_scale=call.id_scale,
             id_window=call.id_window, id_profile=call.id_profile, num_images=call.num_images, seed=call.seed,
@@ -231,7 +262,7 @@ class IdGlowGenerator:
     :class:`PipelineRunner` per replica; :meth:`generate` streams the steps and then the output."""
 
     def __init__(self, options: GeneratorOptions):
-        self.runner = PipelineRunner(options)
+        self.runner = PipelineRunner.load(options)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.stopped = 0  # generations stopped at a step because their request was cancelled
         logger.info("generator replica %s ready", self.replica)
@@ -241,7 +272,7 @@ class IdGlowGenerator:
         the default steps and size of its model."""
         return {"replica": self.replica, "device": str(self.runner.pipe.device), "pid": os.getpid(),
                 "stopped": self.stopped, "default_steps": self.runner.default_steps,
-                "default_size": self.runner.options.model.default_size}
+                "default_size": self.runner.default_size}
 
     async def generate(self, call: GenerationCall) -> AsyncIterator[StepEvent | GenerationDone]:
         """Stream one generation: a StepEvent per step, then GenerationDone. A cancelled request stops the

@@ -64,8 +64,11 @@ def _child_main(conn, address: str, name: str, connect_timeout_s: float, parent:
 
     def work(kind: str, call_id: int, call: GenerationCall | None) -> None:
         try:
-            if kind == "info":
-                send(("info", call_id, generator.info()))
+            if kind in ("info", "status"):
+                from idglow.serving import deployment_status
+
+                answer = generator.info() if kind == "info" else deployment_status(generator.address, generator.name)
+                send((kind, call_id, answer))
                 return
             for event in generator.events(call):
                 if call_id in cancelled:
@@ -159,7 +162,14 @@ class GeneratorProcess:
 
     def info(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """The answering replica's description (see :meth:`idglow.serving.IdGlowGenerator.info`)."""
-        call_id, answers = self._send("info", None)
+        return self._ask("info", timeout_s)
+
+    def status(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """The deployment's status (see :func:`idglow.serving.deployment_status`)."""
+        return self._ask("status", timeout_s)
+
+    def _ask(self, kind: str, timeout_s: float) -> dict[str, Any]:
+        call_id, answers = self._send(kind, None)
         try:
             kind, payload = answers.get(timeout=timeout_s)
         except queue.Empty:
