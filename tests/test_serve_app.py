@@ -54,11 +54,17 @@ def adapter_dir(tmp_path_factory):
     return folder
 
 
-def _register_v2(app, adapter_dir) -> None:
+def _data_with_v2(data_dir: Path, adapter_dir: Path) -> Path:
+    """A data folder whose store has the model version tiny-v2 before the app starts (the Generate tab lists
+    the versions it finds at start)."""
     from annotation.store.candidates import register_model_version
+    from annotation.store.database import make_store
 
-    with app.services.generation.sessions() as session:
+    store = make_store(data_dir)
+    with store.sessions() as session:
         register_model_version(session, "tiny-v2", adapter_dir)
+    store.engine.dispose()
+    return data_dir
 
 
 def _generate_both_versions(app, portraits):
@@ -73,8 +79,7 @@ def local_reference(tmp_path_factory, adapter_dir, sample_portraits):
     the ray app starts: an app's temporary area is set for the whole process)."""
     from app_fixtures import running_app
 
-    with running_app(tmp_path_factory.mktemp("local"), users=USERS) as local:
-        _register_v2(local, adapter_dir)
+    with running_app(_data_with_v2(tmp_path_factory.mktemp("local"), adapter_dir), users=USERS) as local:
         return _generate_both_versions(local, sample_portraits)
 
 
@@ -83,9 +88,8 @@ def served(cluster, local_reference, tmp_path_factory, adapter_dir):
     """The app with the ray generator, with the model version tiny-v2."""
     from app_fixtures import running_app
 
-    with running_app(tmp_path_factory.mktemp("ray"), users=USERS, generator="ray",
+    with running_app(_data_with_v2(tmp_path_factory.mktemp("ray"), adapter_dir), users=USERS, generator="ray",
                      ray_address=cluster.address) as app:
-        _register_v2(app, adapter_dir)
         yield app
 
 
@@ -105,12 +109,13 @@ def _stored(app) -> list[tuple]:
     """Every stored candidate: version, seed, image hash, metrics, face matches, generation parameters."""
     from sqlalchemy import select
 
-    from db.models import Candidate, Generation
+    from db.models import Candidate, Generation, ModelVersion
 
     with app.services.generation.sessions() as session:
-        rows = session.execute(select(Generation.model_version, Candidate.seed, Candidate.image_sha256,
+        rows = session.execute(select(ModelVersion.name, Candidate.seed, Candidate.image_sha256,
                                       Candidate.metrics, Candidate.face_matches, Generation.params)
-                               .join(Candidate.generation).order_by(Candidate.id)).all()
+                               .join(Candidate.generation).join(Generation.model_version)
+                               .order_by(Candidate.id)).all()
     return [tuple(r) for r in rows]
 
 

@@ -76,3 +76,25 @@ def test_the_deploy_job_is_a_valid_idglow_serve_command(compose):
     args = build_parser().parse_args(entry[1:])
     assert args.command == "serve" and args.ray_address == _head_address(compose)
     assert replica_plan(args, cluster_gpus=1).num_gpus == 1  # one replica per GPU of the worker
+
+
+def test_the_app_service_parses_as_a_ray_front_end_on_postgresql(compose):
+    from annotation.ui.settings import parse_settings
+
+    app = compose["services"]["app"]
+    environ = {k: str(v).replace("${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}", "secret")
+               for k, v in app["environment"].items()}
+    settings = parse_settings(app["command"], environ)
+    assert settings.generator == "ray" and settings.ray_address == _head_address(compose)
+    assert settings.db_url.startswith("postgresql+psycopg://") and "@postgres:" in settings.db_url
+    assert settings.data_dir == "/data" and settings.public
+
+
+def test_the_ray_generator_needs_an_address_and_local_stays_the_default():
+    from annotation.ui.settings import parse_settings
+
+    assert parse_settings([], {}).generator == "local"
+    with pytest.raises(ValueError, match="--ray-address"):
+        parse_settings(["--generator", "ray"], {})
+    with pytest.raises(ValueError, match="choose local or ray"):
+        parse_settings([], {"IDGLOW_GENERATOR": "remote"})
