@@ -30,9 +30,11 @@ COPY --chown=idglow:idglow annotation ./annotation
 COPY --chown=idglow:idglow db ./db
 COPY --chown=idglow:idglow configs ./configs
 COPY --chown=idglow:idglow app.py ./
+# compose.yaml builds with app,postgres,serve (Ray Serve for the cluster's nodes and the app's ray generator)
+ARG IDGLOW_EXTRAS=app,postgres
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade "pip>=24" "setuptools<81" wheel \
-    && /opt/venv/bin/pip install -c requirements.txt ".[app,postgres]"
+    && /opt/venv/bin/pip install -c requirements.txt ".[${IDGLOW_EXTRAS}]"
 ENV PATH=/opt/venv/bin:$PATH
 
 USER 1000:1000

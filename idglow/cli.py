@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "idglow.commands.eval",
     "idglow.commands.train",
     "idglow.commands.data",
+    "idglow.commands.serve",
 ]
 
 ENTRY_POINT_GROUP = "idglow.commands"

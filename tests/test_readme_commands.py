@@ -37,6 +37,11 @@ EXTERNAL = {
     "idglow models add dpo-v1 --adapter runs/dpo/adapter": "registers the full-size DPO output above",
     "idglow eval --benchmark age --model FLUX_DIR": "needs FLUX weights, CLIP and an aesthetic head",
     "idglow generate --model models/flux": "needs FLUX weights and an insightface pack",
+    "ray start --head": "starts a Ray cluster; tests/serve_cluster.py starts one on 127.0.0.1 for the Ray tests",
+    "idglow serve --ray-address HEAD:6379": "needs a Ray cluster and FLUX weights; tests/test_serve_deployment.py runs "
+    "`idglow serve` on a local Ray head with the tiny model",
+    "python app.py --generator ray": "needs a Ray cluster and FLUX weights; tests/test_serve_app.py runs the app "
+    "with --generator ray on a local Ray head with the tiny model",
     "python benchmarks/bench_votes.py": "full-size benchmark (minutes to hours); `python -m benchmarks` runs it at "
     "quick settings in tests/test_eval_benchmarks.py",
 }

@@ -10,11 +10,9 @@ upload: :mod:`annotation.generation.reference_faces`; a visitor's pool and delet
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import secrets
-import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +33,7 @@ from annotation.generation.safety import PromptBlocklist, SafetyChecker
 from annotation.privacy.retention import DEFAULT_RETENTION, expiry
 from idglow.errors import InputError
 from idglow.samples import example_family
+from idglow.serving import GenerationCall, GeneratorStoppedError
 from idglow.subjects import SubjectRef, validate_group
 
 logger = logging.getLogger(__name__)
@@ -48,6 +47,9 @@ class GenerationService:
     pipe: an IdGlowPipeline with a face analyzer. sessions: a SQLAlchemy session factory. base_version: the
     name the base pipeline is registered under. synthesizer: writes prompts (default: the pipeline's
     template composer). safety_checker: screens outputs (None: no screening). blocklist: prompt rules.
+    generator: runs each pipeline call — by default a :class:`idglow.serving.PipelineRunner` on ``pipe`` in this
+    process; a :class:`idglow.serving_process.GeneratorProcess` sends them to Ray Serve replicas instead (then
+    ``pipe`` needs only the face analyzer and tokenizers, see :func:`idglow.serving.front_end_model`).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class GenerationService:
         retention: timedelta = DEFAULT_RETENTION,
         default_steps: int = 28,
         default_size: int = 1024,
+        generator=None,
     ):
         if getattr(pipe, "face_analyzer", None) is None:
             raise InputError("the generation service needs a pipeline with a face analyzer")
@@ -82,8 +85,21 @@ class GenerationService:
 
             synthesizer = PromptSynthesizer.from_pipeline(pipe)
         self.synthesizer = synthesizer
-        self._adapters: dict[str, Any] = {}
-        self._adapter_lock = threading.Lock()
+        self._generator = generator
+        self._local = None
+        if generator is None:
+            from idglow.serving import PipelineRunner
+
+            self._local = PipelineRunner(pipe, default_steps, default_size)
+
+    @property
+    def generator(self):
+        """What runs the pipeline calls: the one given, else a PipelineRunner on ``self.pipe`` (read at each
+        call, so a pipeline put in its place is the one that runs)."""
+        if self._generator is not None:
+            return self._generator
+        self._local.pipe = self.pipe
+        return self._local
 
     # -- model versions ------------------------------------------------------------------------------------
     def ensure_base_version(self, adapter_dir: str | None = None, base_model: str | None = None) -> None:
@@ -112,35 +128,22 @@ class GenerationService:
         default = next((n for n, _, is_default in rows if is_default and n in names), self.base_version)
         return [default] + [n for n in names if n != default]
 
-    def adapter_for(self, version: str):
-        """The IdGlowAdapter of a model version (loaded once), or None for the base pipeline's own."""
+    def adapter_dir(self, version: str) -> str | None:
+        """The adapter folder of a model version, or None for the base pipeline's own."""
         if version == self.base_version:
             return None
-        with self._adapter_lock:
-            if version in self._adapters:
-                return self._adapters[version]
-            from annotation.store.candidates import get_model_version
-            from idglow.adapter import IdGlowAdapter
-            from idglow.pipeline import check_adapter_folder
+        from annotation.store.candidates import get_model_version
 
-            with self.sessions() as session:
-                mv = get_model_version(session, version)
-                adapter_dir = mv.adapter_dir
-            if not adapter_dir:
-                raise InputError(f"model version {version!r} has no adapter folder to serve")
-            transformer = self.pipe.transformer
-            adapter = IdGlowAdapter.from_pretrained(str(check_adapter_folder(adapter_dir)))
-            adapter.check_compatible(transformer)
-            id_dim = self.pipe.face_analyzer.embedding_dim
-            if adapter.config.id_dim != id_dim:
-                raise InputError(
-                    f"model version {version!r} expects {adapter.config.id_dim}-d face embeddings; the face "
-                    f"analyzer gives {id_dim}-d"
-                )
-            adapter = adapter.to(device=transformer.device, dtype=transformer.dtype).eval()
-            logger.info("loaded adapter of model version %s", version)
-            self._adapters[version] = adapter
-            return adapter
+        with self.sessions() as session:
+            adapter_dir = get_model_version(session, version).adapter_dir
+        if not adapter_dir:
+            raise InputError(f"model version {version!r} has no adapter folder to serve")
+        return str(adapter_dir)
+
+    def adapter_for(self, version: str):
+        """The IdGlowAdapter of a model version (loaded once), or None for the base pipeline's own (local
+        generator only)."""
+        return self.generator.adapter_for(self.adapter_dir(version))
 
     # -- people and prompt ---------------------------------------------------------------------------------
     def people_in_photo(self, name: str, image: Any, *, group: bool = False) -> list[DetectedSubject]:
@@ -210,23 +213,22 @@ class GenerationService:
         seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else int(request.seed)
         steps = request.num_inference_steps or self.default_steps
         total = steps * len(versions)
-        adapters = {v: self.adapter_for(v) for v in versions}
+        adapter_dirs = {v: self.adapter_dir(v) for v in versions}
 
         outputs = []
         for k, version in enumerate(versions):
-            def callback(pipe, step, timestep, kwargs, _offset=k * steps):
+            def step(done: int, _steps: int, _offset=k * steps) -> None:
                 if on_step is not None:
-                    on_step(_offset + step + 1, total)
-                return kwargs
+                    on_step(_offset + done, total)
 
-            out = self._pipeline_for_one_call()(
-                **prompt_kwargs, subjects=list(request.subjects), task=request.task,
+            call = GenerationCall(
+                prompt_kwargs=prompt_kwargs, subjects=list(request.subjects), seed=seed, task=request.task,
+                num_inference_steps=steps, guidance_scale=float(request.guidance_scale),
+                height=request.height or self.default_size, width=request.width or self.default_size,
                 id_scale=float(request.id_scale), id_window=request.id_window, id_profile=request.id_profile,
-                num_images=request.num_images,
-                seed=seed, adapter=adapters[version], num_inference_steps=steps,
-                guidance_scale=float(request.guidance_scale), height=request.height or self.default_size,
-                width=request.width or self.default_size, callback_on_step_end=callback,
+                num_images=request.num_images, adapter_dir=adapter_dirs[version],
             )
+            out = self._run(call, step)
             out.params["prompt_badcases"] = badcase_ids  # the flagged bad cases that shaped the prompt
             outputs.append((version, out))
         result = self._store(request, outputs, prompt_text, source, seed)
@@ -235,14 +237,22 @@ class GenerationService:
             result.downloads = write_downloads(self.data_dir, request.visitor_id, result, labels)
         return result
 
-    def _pipeline_for_one_call(self):
-        """The shared pipeline with a scheduler of its own: models and hooks are shared (the adapter keeps each
-        call's identity state apart), while the scheduler's step index and the attributes the pipeline sets
-        during a call belong to this call, so generations running at once (``--concurrency`` > 1) do not
-        step each other's schedules."""
-        call = copy.copy(self.pipe)
-        call.scheduler = copy.deepcopy(self.pipe.scheduler)
-        return call
+    def _run(self, call: GenerationCall, on_step: Callable[[int, int], None]):
+        """One pipeline call on the generator. A generator that stopped before the first step (e.g. a replica
+        that had just died) is asked once more; one that stopped during the generation is reported."""
+        started = []
+
+        def step(done: int, total: int) -> None:
+            started.append(done)
+            on_step(done, total)
+
+        try:
+            return self.generator.run(call, step)
+        except GeneratorStoppedError:
+            if started:
+                raise
+            logger.warning("the generator stopped before the first step; trying once more")
+            return self.generator.run(call, step)
 
     def _screen(self, images: list) -> list[str | None]:
         if self.safety_checker is None:

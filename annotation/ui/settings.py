@@ -11,6 +11,7 @@ from datetime import timedelta
 from idglow.errors import InputError
 
 DEFAULT_PORT = 7860
+GENERATORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class AppSettings:
     max_upload_mb: int = 20
     max_pixels: int = 40_000_000
     export_minutes: float = 60.0
+    generator: str = "local"
+    ray_address: str | None = None
+    ray_app: str = "idglow"
 
     def __post_init__(self) -> None:
         if self.public and not self.safety_model:
@@ -58,6 +62,11 @@ class AppSettings:
         if not 0 < self.export_minutes <= 60:
             raise InputError(f"--export-minutes {self.export_minutes} must be above 0 and at most 60 (the sweeper "
                              "removes every served copy of a file after an hour)")
+        if self.generator not in GENERATORS:
+            raise InputError(f"--generator {self.generator!r}: choose local or ray")
+        if self.generator == "ray" and not self.ray_address:
+            raise InputError("--generator ray needs --ray-address HOST:PORT (or IDGLOW_RAY_ADDRESS), the head of the "
+                             "Ray cluster where `idglow serve` deployed the generator")
         if not 1 <= self.max_upload_mb <= 200:
             raise InputError(f"--max-upload-mb {self.max_upload_mb} must be between 1 and 200")
 
@@ -93,6 +102,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--face-root", metavar="DIR", help="insightface: folder with models/<pack>/ [IDGLOW_FACE_ROOT]")
     g.add_argument("--face-pack", metavar="NAME", help="insightface pack [IDGLOW_FACE_PACK] (default antelopev2)")
     g.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    r = p.add_argument_group("generator (default: local, in this process)")
+    r.add_argument("--generator", choices=GENERATORS,
+                   help="local, or ray: the Ray Serve deployment of `idglow serve` [IDGLOW_GENERATOR]")
+    r.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray cluster's head [IDGLOW_RAY_ADDRESS]")
+    r.add_argument("--ray-app", metavar="NAME", help="the deployment's name, `idglow serve --name` [IDGLOW_RAY_APP] "
+                                                    "(idglow)")
     s = p.add_argument_group("storage")
     s.add_argument("--db", dest="db_url", metavar="URL", help="SQLAlchemy URL [IDGLOW_DB_URL] (default: SQLite in the data dir)")
     s.add_argument("--data-dir", metavar="DIR", help="images, database and exports [IDGLOW_DATA_DIR] (default ./data)")
@@ -125,7 +140,8 @@ _ENV = {
     "concurrency": "IDGLOW_CONCURRENCY", "max_queue": "IDGLOW_MAX_QUEUE", "max_per_visitor": "IDGLOW_MAX_PER_VISITOR",
     "max_upload_mb": "IDGLOW_MAX_UPLOAD_MB", "export_minutes": "IDGLOW_EXPORT_MINUTES",
     "safety_model": "IDGLOW_SAFETY_MODEL", "safety_threshold": "IDGLOW_SAFETY_THRESHOLD",
-    "blocklist_file": "IDGLOW_BLOCKLIST",
+    "blocklist_file": "IDGLOW_BLOCKLIST", "generator": "IDGLOW_GENERATOR", "ray_address": "IDGLOW_RAY_ADDRESS",
+    "ray_app": "IDGLOW_RAY_APP",
 }
 _TYPES = {"retention_hours": float, "port": int, "concurrency": int, "max_queue": int, "max_per_visitor": int, "max_upload_mb": int,
           "safety_threshold": float, "export_minutes": float}

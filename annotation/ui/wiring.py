@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def use_temp_area(data_dir: Path, registry) -> Path:
@@ -56,6 +59,25 @@ def face_analyzer_for_the_server(model):
     return RememberedFaces(load_face_analyzer(model), max_age_s=FACES_KEPT_S)
 
 
+def ray_generator(settings, model):
+    """(front-end model, generator, concurrency) for ``--generator ray``: the face analyzer and tokenizers here,
+    the pipeline calls sent to the Ray Serve deployment through a client process (a lost cluster cannot end the
+    server). As many generations run at once as the deployment has replicas running now (at least
+    ``--concurrency``); a cluster that does not answer now leaves the app up, and Generate says so."""
+    from idglow.serving import GeneratorUnreachableError, front_end_model
+    from idglow.serving_process import GeneratorProcess
+
+    generator = GeneratorProcess(settings.ray_address, settings.ray_app)
+    try:
+        running = generator.status(timeout_s=60).get("replicas", {}).get("RUNNING", 0)
+    except GeneratorUnreachableError as err:
+        logger.warning("generator not reachable at start: %s", err)
+        running = 0
+    logger.info("generating on the Ray Serve deployment %r at %s (%d replicas running)", settings.ray_app,
+                settings.ray_address, running)
+    return front_end_model(model, face_analyzer_for_the_server(model)), generator, max(settings.concurrency, running)
+
+
 def build_services(settings):
     """(AppServices, RetentionSweeper) for these settings: database migrated, pipeline loaded, base version
     registered."""
@@ -86,12 +108,16 @@ def build_services(settings):
     blocklist = PromptBlocklist.from_file(settings.blocklist_file) if settings.blocklist_file else PromptBlocklist()
     model = ModelSettings(model_dir=settings.model_dir, adapter_dir=settings.adapter_dir, faces=settings.faces,
                           face_root=settings.face_root, face_pack=settings.face_pack, device=settings.device)
-    pipe = load_pipeline(model, face_analyzer_for_the_server(model))
-    share_cpu_with_the_server(pipe.device)
+    if settings.generator == "ray":
+        pipe, generator, concurrency = ray_generator(settings, model)
+    else:
+        pipe, generator, concurrency = load_pipeline(model, face_analyzer_for_the_server(model)), None, settings.concurrency
+        share_cpu_with_the_server(pipe.device)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
-        queue=GpuQueue(settings.concurrency, settings.max_queue, settings.max_per_visitor), safety_checker=safety, blocklist=blocklist,
+        queue=GpuQueue(concurrency, settings.max_queue, settings.max_per_visitor), safety_checker=safety, blocklist=blocklist,
         retention=settings.retention, default_steps=model.default_steps, default_size=model.default_size,
+        generator=generator,
     )
     generation.ensure_base_version(settings.adapter_dir, base_model=settings.model_dir or "tiny")
     services = AppServices(
@@ -100,7 +126,7 @@ def build_services(settings):
         limits=UploadLimits(max_bytes=settings.max_upload_mb * 2**20, max_pixels=settings.max_pixels),
         banner=banner(settings.is_tiny, TINY_MODEL_NOTE), tiny=settings.is_tiny,
         default_steps=model.default_steps, default_size=model.default_size,
-        concurrency=settings.concurrency, max_queue=settings.max_queue, export_ttl_s=settings.export_minutes * 60,
+        concurrency=concurrency, max_queue=settings.max_queue, export_ttl_s=settings.export_minutes * 60,
         uploads=uploads, downloads=PrivateDownloads(),
     )
     sweeper = RetentionSweeper(sessions, data_dir, interval=timedelta(minutes=settings.sweep_minutes),
