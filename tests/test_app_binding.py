@@ -147,3 +147,41 @@ def test_the_annotate_identity_question_names_the_place():
                       "Identity — the face in Ben's place (1st from left) (key 2, then a/b/t)"]
     served.prompt = "two friends at the beach"
     assert _identity_updates(served, Answers())[0]["label"] == "Identity of Anna (key 1, then a/b/t)"
+
+
+def swapped_photo(left_path, right_path):
+    """Two real portraits side by side: the one at ``left_path`` on the left."""
+    left, right = (Image.open(p).convert("RGB") for p in (left_path, right_path))
+    height = max(left.height, right.height)
+    photo = Image.new("RGB", (left.width + right.width + 40, height + 40), (128, 128, 128))
+    photo.paste(left, (10, 20))
+    photo.paste(right, (left.width + 30, 20))
+    return photo
+
+
+def test_real_faces_in_swapped_places_are_stored_as_a_swap(sample_portraits, tmp_path):
+    """Real dlib on a real composed photo: the pipeline's picture is replaced by person2's portrait on the left
+    and person1's on the right, while the prompt puts person1 left; the binding stored in SQLite holds the swap."""
+    from store_fixtures import make_store
+
+    from idglow.faces.dlib_backend import DlibAnalyzer
+    from idglow.images import decode_image
+    from idglow.testing import tiny_pipeline
+
+    real = tiny_pipeline(face_analyzer=DlibAnalyzer())
+    denoise = real._denoise
+    real._denoise = lambda *a: (lambda images, state: ([photo] * len(images), state))(*denoise(*a))
+    store = make_store(tmp_path / "data")
+    service = GenerationService(real, store.sessions, store.data_dir, base_version="tiny-demo", default_steps=2,
+                                default_size=64)
+    service.ensure_base_version()
+    subjects = [SubjectRef(decode_image(sample_portraits[n]), label=n) for n in ("person1", "person2")]
+    for order, swaps in ((("person1", "person2"), 0), (("person2", "person1"), 2)):  # control first
+        photo = swapped_photo(*(sample_portraits[n] for n in order))
+        result = service.generate(GenerationRequest(subjects=subjects, visitor_id="v", consent=True, seed=1,
+                                                    num_images=1))
+        (cand,) = result.candidates
+        assert all(s is not None and s > 0.92 for s in cand.identity_scores)  # both faces found either way
+        assert cand.instead == ([None, None] if swaps == 0 else [1, 0])
+        stored = _stored(service)[-1]
+        assert stored.face_matches["binding"]["swaps"] == swaps
