@@ -128,11 +128,13 @@ def test_the_score_text_says_whose_face_is_in_a_place():
         return _scores_text(cand, ["Anna", "Ben", "Cleo"], [None, None, None])
 
     swapped = text(identity_scores=[0.95, 0.93, None], in_place=[False, False, False], instead=[1, 0, None])
-    assert swapped == ("Anna: Ben's face is in Anna's place (own face 0.95 elsewhere) · "
-                       "Ben: Anna's face is in Ben's place (own face 0.93 elsewhere) · Cleo: face not found")
+    assert swapped == ("Anna: Ben's face is in their place (own face 0.95 elsewhere) · "
+                       "Ben: Anna's face is in their place (own face 0.93 elsewhere) · Cleo: face not found")
     assert text(identity_scores=[0.95, 0.93, 0.5], in_place=[True, True, True], instead=[None] * 3) == \
         "Anna: 0.95 · Ben: 0.93 · Cleo: 0.50"
     assert text(identity_scores=[0.95, 0.93, 0.5]) == "Anna: 0.95 · Ben: 0.93 · Cleo: 0.50"  # no places
+    stranger = text(identity_scores=[0.95, 0.93, 0.5], in_place=[False, True, True], instead=[None] * 3)
+    assert stranger.startswith("Anna: 0.95, not in their place · Ben: 0.93")  # a non-member stands in her place
 
 
 def test_the_annotate_identity_question_names_the_place():

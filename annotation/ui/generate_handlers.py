@@ -131,13 +131,13 @@ def _paths(files: Any) -> list[str]:
 def _score_text(label: str, score: float | None, age: float | None, target: float | None = None,
                 in_place: bool | None = None, instead: str | None = None) -> str:
     """"Mum: 0.62 (looks 7, target 6)"; a person whose face is missing reads "face not found"; where the prompt
-    gives places, "Mum: Dad's face is in Mum's place" when another member's face stands there."""
+    gives places, "Mum: Dad's face is in their place" when another member's face stands there."""
     if instead is not None:
-        return f"{label}: {instead}'s face is in {label}'s place" + ("" if score is None else f" (own face {score:.2f} elsewhere)")
+        return f"{label}: {instead}'s face is in their place" + ("" if score is None else f" (own face {score:.2f} elsewhere)")
     if score is None:
         return f"{label}: face not found"
     if in_place is False:
-        return f"{label}: {score:.2f}, not in {label}'s place"
+        return f"{label}: {score:.2f}, not in their place"
     if age is None:
         return f"{label}: {score:.2f}"
     return f"{label}: {score:.2f} (looks {age:.0f}" + (f", target {target:.0f})" if target is not None else ")")
