@@ -21,7 +21,7 @@ from diffusers import FluxPipeline
 from idglow.adapter import IdGlowAdapter, InjectionState
 from idglow.errors import ModelFolderError, NoFaceError
 from idglow.faces.base import FaceAnalyzer, FaceMatch, face_backend_name, sort_largest_first
-from idglow.faces.match import match_faces
+from idglow.faces.binding import GroupBinding, bind_group
 from idglow.images import to_rgb_array
 from idglow.prompting.tokens import TOKENIZER_LOCK
 from idglow.schedule import WINDOW_COORDINATES, IdentityWindow, schedule_shift, sigma_window, slot_windows
@@ -38,13 +38,16 @@ class IdGlowOutput:
     ``initial_seed()``). params: every setting of the call, including each person's identity window
     (``slot_windows``, in the call's ``window_coordinate``, and ``sigma_windows``, the σ windows the gate read).
     active_sigmas: the σ values at which any identity was injected. face_matches: per image, the match of its
-    faces to the subjects (None when no face analyzer is set)."""
+    faces to the subjects (None when no face analyzer is set). bindings: per image, who stands in each
+    person's place (``bind_group`` on the same faces; ``in_place`` and ``swaps`` are None unless the call gave
+    ``subject_positions``); ``bindings[i].match`` is ``face_matches[i]``."""
 
     images: list
     seeds: list[int]
     params: dict[str, Any]
     active_sigmas: list[float] = field(default_factory=list)
     face_matches: list[FaceMatch] | None = None
+    bindings: list[GroupBinding] | None = None
 
 
 @dataclass
@@ -220,10 +223,28 @@ class IdGlowPipeline(FluxPipeline):
         return torch.stack(embeddings)
 
     def match_generated(self, images: list, reference_embeds: torch.Tensor) -> list[FaceMatch] | None:
+        """Per image, the Hungarian identity match of its faces to the subjects (None without a face analyzer)."""
+        bindings = self.bind_generated(images, reference_embeds)
+        return None if bindings is None else [b.match for b in bindings]
+
+    def bind_generated(self, images: list, reference_embeds: torch.Tensor,
+                       positions: Sequence[int] | None = None) -> list[GroupBinding] | None:
+        """Per image, the faces found once and bound to the subjects (``bind_group``): the identity match, and
+        with ``positions`` (each person's place, 1 = leftmost) whose face stands in each person's place.
+        None without a face analyzer."""
         if self.face_analyzer is None or reference_embeds is None:
             return None
         refs = [e.numpy() for e in reference_embeds.float().cpu()]
-        return [match_faces(self.face_analyzer.detect(to_rgb_array(img)), refs) for img in images]
+        threshold = getattr(self.face_analyzer, "same_person_threshold", None)  # else the embedding size's
+        return [bind_group(self.face_analyzer.detect(to_rgb_array(img)), refs, positions=positions,
+                           min_similarity=threshold) for img in images]
+
+    @staticmethod
+    def check_positions(positions: Sequence[int] | None, num_subjects: int) -> None:
+        """Raise ValueError unless ``positions`` gives each of ``num_subjects`` people one place 1..N."""
+        if positions is not None and sorted(positions) != list(range(1, num_subjects + 1)):
+            raise ValueError(f"subject_positions={list(positions)} must give each of the {num_subjects} "
+                             f"subjects one place 1..{num_subjects}")
 
     # --- call -------------------------------------------------------------------------------------------
 
@@ -251,6 +272,7 @@ class IdGlowPipeline(FluxPipeline):
         id_profile: str | None = None,
         target_ages: Sequence[float | None] | None = None,
         window_coordinate: str = "sigma",
+        subject_positions: Sequence[int] | None = None,
         **flux_kwargs,
     ) -> IdGlowOutput:
         """Generate ``num_images`` group images of ``subjects`` (slot order = identity order).
@@ -261,6 +283,7 @@ class IdGlowPipeline(FluxPipeline):
         read in ``window_coordinate``: "sigma" (default), "one_minus_sigma" or "step_fraction" (``sigma_window``).
         ``id_profile="linear"``: identity full on the window's clean side, fading to 0 at its noisy edge.
         id_scale: global, or one per subject (times each SubjectRef.weight); ``target_ages``: with ``subject_embeds``.
+        ``subject_positions``: each person's place (1 = leftmost) as the prompt puts them, for ``bindings``.
 
         generator: a torch.Generator or one per image, as in FluxPipeline; without it image i uses a fresh
         generator seeded with ``seed + i`` (``seed`` random when not given). ``adapter`` uses another
@@ -272,22 +295,20 @@ class IdGlowPipeline(FluxPipeline):
                                  target_ages, window_coordinate)
         plan = self._identity_plan(subjects, subject_embeds, task, id_scale, id_window, id_profile,
                                    target_ages)  # 1. subjects → embeddings (once per call), windows, scales
+        self.check_positions(subject_positions, plan.n)
         generator, seeds, seed_record = self._generators(generator, seed, num_images)  # 2. seeds
         flux_args = self._flux_arguments(prompt, height, width, num_inference_steps, guidance_scale, num_images,
                                          generator, output_type, callback_on_step_end,
                                          callback_on_step_end_tensor_inputs, flux_kwargs)
         plan.sigma_windows = self._sigma_windows(plan.windows, window_coordinate, flux_args)
         images, state = self._denoise(adapter, plan, flux_args)  # 3. FLUX's recipe, identities injected
-        face_matches = None  # 4. match generated faces to the subjects
-        if analyze_faces and output_type == "pil" and plan.n:
-            face_matches = self.match_generated(images, plan.embeds)
-        return IdGlowOutput(
-            images=list(images) if output_type == "pil" else images,
-            seeds=seeds,
-            params=self._call_params(plan, flux_args, task, id_window, id_profile, seed_record, window_coordinate),
-            active_sigmas=list(state.active_sigmas) if state is not None else [],
-            face_matches=face_matches,
-        )
+        bindings = self.bind_generated(images, plan.embeds, subject_positions) if (  # 4. faces found once, bound
+            analyze_faces and output_type == "pil" and plan.n) else None  # to the subjects and their places
+        params = self._call_params(plan, flux_args, task, id_window, id_profile, seed_record, window_coordinate)
+        params["subject_positions"] = None if subject_positions is None else [int(p) for p in subject_positions]
+        return IdGlowOutput(images=list(images) if output_type == "pil" else images, seeds=seeds, params=params,
+                            active_sigmas=list(state.active_sigmas) if state is not None else [],
+                            face_matches=None if bindings is None else [b.match for b in bindings], bindings=bindings)
 
     # --- call steps -------------------------------------------------------------------------------------
 

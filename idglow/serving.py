@@ -133,6 +133,7 @@ class GenerationCall:
     id_profile: str | None = None
     num_images: int = 1
     adapter_dir: str | None = None
+    subject_positions: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ class PipelineRunner:
         return self._pipeline_for_one_call()(
             **call.prompt_kwargs, subjects=list(call.subjects), task=call.task, id_scale=call.id_scale,
             id_window=call.id_window, id_profile=call.id_profile, num_images=call.num_images, seed=call.seed,
+            subject_positions=call.subject_positions,
             adapter=self.adapter_for(call.adapter_dir), num_inference_steps=steps,
             guidance_scale=float(call.guidance_scale), height=call.height or size, width=call.width or size,
             callback_on_step_end=callback,

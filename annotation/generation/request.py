@@ -48,7 +48,9 @@ class GenerationRequest:
 @dataclass
 class CandidateResult:
     """One generated image. identity_scores: cosine similarity per person (None: that face was not found).
-    estimated_ages: the face analyzer's age of each person's face, where it gives one."""
+    estimated_ages: the face analyzer's age of each person's face, where it gives one. in_place: per person,
+    whether the face in their place (as the prompt gives places) is theirs (None: no places to judge).
+    instead: per person, the slot of the group member whose face stands in their place instead."""
 
     image: Any  # None when withheld by the safety checker
     seed: int
@@ -57,6 +59,8 @@ class CandidateResult:
     candidate_id: int | None = None
     withheld: str | None = None  # why the image is not shown
     estimated_ages: list[float | None] = field(default_factory=list)
+    in_place: list[bool | None] = field(default_factory=list)
+    instead: list[int | None] = field(default_factory=list)
 
 
 @dataclass

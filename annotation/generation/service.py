@@ -182,13 +182,15 @@ class GenerationService:
         self.blocklist.check([request.scene, request.prompt], request.task, [s.target_age for s in request.subjects])
 
     # -- generation ----------------------------------------------------------------------------------------
-    def _prompt(self, request: GenerationRequest) -> tuple[dict[str, Any], str, str, list]:
-        """(pipeline prompt arguments, prompt text, its source, ids of the bad cases that shaped it)."""
+    def _prompt(self, request: GenerationRequest) -> tuple[dict[str, Any], str, str, list, list[int] | None]:
+        """(pipeline prompt arguments, prompt text, its source, ids of the bad cases that shaped it, each
+        person's place left to right as the prompt gives it or None)."""
         if request.prompt.strip():
             text = request.prompt.strip()
-            return {"prompt": text}, text, "user", []
+            return {"prompt": text}, text, "user", [], typed_prompt_positions(text, [s.label for s in request.subjects])
         group_prompt = self.compose_prompt(request.subjects, request.task, request.scene)
-        return group_prompt.pipeline_kwargs(), group_prompt.text, group_prompt.source, list(group_prompt.badcase_ids)
+        return (group_prompt.pipeline_kwargs(), group_prompt.text, group_prompt.source,
+                list(group_prompt.badcase_ids), written_prompt_positions(group_prompt, len(request.subjects)))
 
     def generate(
         self,
@@ -208,7 +210,7 @@ class GenerationService:
 
     def _generate(self, request: GenerationRequest, on_step: Callable[[int, int], None] | None) -> GenerationResult:
         versions = list(dict.fromkeys(request.model_versions)) or [self.base_version]
-        prompt_kwargs, prompt_text, source, badcase_ids = self._prompt(request)
+        prompt_kwargs, prompt_text, source, badcase_ids, positions = self._prompt(request)
         self.blocklist.check([prompt_text], request.task, [s.target_age for s in request.subjects])
         seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else int(request.seed)
         steps = request.num_inference_steps or self.default_steps
@@ -226,7 +228,7 @@ class GenerationService:
                 num_inference_steps=steps, guidance_scale=float(request.guidance_scale),
                 height=request.height or self.default_size, width=request.width or self.default_size,
                 id_scale=float(request.id_scale), id_window=request.id_window, id_profile=request.id_profile,
-                num_images=request.num_images, adapter_dir=adapter_dirs[version],
+                num_images=request.num_images, adapter_dir=adapter_dirs[version], subject_positions=positions,
             )
             out = self._run(call, step)
             out.params["prompt_badcases"] = badcase_ids  # the flagged bad cases that shaped the prompt
@@ -285,21 +287,23 @@ class GenerationService:
             for version, out in outputs:
                 withheld = self._screen(out.images)
                 matches = out.face_matches or [None] * len(out.images)
+                bindings = getattr(out, "bindings", None) or [None] * len(out.images)
                 gen = self._register(session, request, version, out, prompt_text, source, expires)
                 result.generation_ids.append(gen.id)
                 records = [
-                    CandidateRecord(image=img, seed=s, face_matches=m,
-                                    metrics={"identity_mean": round(m.mean_similarity, 4)} if m else None)
-                    for img, s, m, w in zip(out.images, out.seeds, matches, withheld) if w is None
+                    CandidateRecord(image=img, seed=s, face_matches=stored_faces(m, b), metrics=candidate_metrics(m, b))
+                    for img, s, m, b, w in zip(out.images, out.seeds, matches, bindings, withheld) if w is None
                 ]
                 stored = iter(add_candidates(session, gen.id, records, self.data_dir))
-                for img, s, m, w in zip(out.images, out.seeds, matches, withheld):
+                for img, s, m, b, w in zip(out.images, out.seeds, matches, bindings, withheld):
                     cand = None if w else next(stored)
+                    n = len(request.subjects)
                     result.candidates.append(CandidateResult(
                         image=None if w else img, seed=s, model_version=version,
-                        identity_scores=_identity_scores(m, len(request.subjects)),
+                        identity_scores=_identity_scores(m, n),
                         candidate_id=cand.id if cand is not None else None, withheld=w,
-                        estimated_ages=_estimated_ages(m, len(request.subjects)),
+                        estimated_ages=_estimated_ages(m, n),
+                        in_place=_per_person(b, "in_place", n), instead=_per_person(b, "instead", n),
                     ))
                 result.params = out.params
         return result
@@ -343,3 +347,53 @@ def _estimated_ages(match, num_people: int) -> list[float | None]:
     one; else None."""
     ages = list(getattr(match, "ages", None) or [])
     return ages if len(ages) == num_people else [None] * num_people
+
+
+def _per_person(binding, name: str, num_people: int) -> list:
+    """A per-person list of a binding (``in_place``, ``instead``); None for each person without a binding."""
+    values = list(getattr(binding, name, None) or [])
+    return values if len(values) == num_people else [None] * num_people
+
+
+def written_prompt_positions(group_prompt, num_people: int) -> list[int] | None:
+    """Each person's place (1 = leftmost), slot order, as a written prompt (``GroupPrompt``) puts them; None
+    when its people do not cover every slot once."""
+    by_slot = {p.slot: p.position for p in group_prompt.persons}
+    if sorted(by_slot) != list(range(num_people)) or sorted(by_slot.values()) != list(range(1, num_people + 1)):
+        return None
+    return [int(by_slot[j]) for j in range(num_people)]
+
+
+def typed_prompt_positions(text: str, labels: Sequence[str | None]) -> list[int] | None:
+    """Each person's place (slot order, 1 = leftmost) as a prompt's text states it (``prompt_positions``): by
+    name when every person has one, else the position markers in slot order; None when the text does not place
+    every person."""
+    from idglow.faces.scoring import prompt_positions
+
+    if labels and all(labels):
+        return prompt_positions(text, labels=list(labels))
+    return prompt_positions(text, num_people=len(labels))
+
+
+def stored_faces(match, binding) -> dict[str, Any] | None:
+    """A candidate's faces JSON: the identity match (``FaceMatch.to_dict``), with the binding
+    (``GroupBinding.to_dict``) under ``"binding"`` when one was computed."""
+    if match is None:
+        return None
+    record = match.to_dict()
+    if binding is not None:
+        record["binding"] = binding.to_dict()
+    return record
+
+
+def candidate_metrics(match, binding) -> dict[str, Any] | None:
+    """A candidate's metrics: mean identity similarity, and where the prompt placed people the swap count and
+    binding accuracy."""
+    if match is None:
+        return None
+    metrics: dict[str, Any] = {"identity_mean": round(match.mean_similarity, 4)}
+    if binding is not None and binding.places is not None:
+        accuracy = binding.binding_accuracy
+        metrics["swaps"] = binding.swaps
+        metrics["binding_accuracy"] = None if accuracy is None else round(accuracy, 4)
+    return metrics

@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from annotation.generation.service import typed_prompt_positions
 from annotation.store.errors import UndoExpired
 from annotation.store.votes import FAILURE_TYPES
 from annotation.ui.errors import ui_errors
@@ -138,10 +139,20 @@ def _flag_hint_update(served) -> dict:
     return gr.update(value=hint, visible=bool(hint))
 
 
+def _identity_question(served, i: int, positions: list[int] | None) -> str:
+    """"Identity — the face in Anna's place (2nd from left)" where the prompt places the people."""
+    if not positions or len(positions) < 2:
+        return f"Identity of {_person(served, i)} (key {i + 1}, then a/b/t)"
+    p = positions[i]
+    nth = f"{p}{'th' if 10 <= p % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(p % 10, 'th')}"
+    return f"Identity — the face in {_person(served, i)}'s place ({nth} from left) (key {i + 1}, then a/b/t)"
+
+
 def _identity_updates(served, answers: Answers) -> list[dict]:
     n = served.num_subjects if served is not None else 0
+    positions = typed_prompt_positions(served.prompt or "", served.subject_labels[:n]) if n else None
     return [gr.update(visible=i < n, value=answers.identity.get(i) if i < n else None,
-                      label=f"Identity of {_person(served, i)} (key {i + 1}, then a/b/t)" if i < n else None)
+                      label=_identity_question(served, i, positions) if i < n else None)
             for i in range(MAX_SUBJECTS)]
 
 

@@ -128,13 +128,28 @@ def _paths(files: Any) -> list[str]:
     return [f if isinstance(f, str) else getattr(f, "name", None) or f.get("path") for f in items]
 
 
-def _score_text(label: str, score: float | None, age: float | None, target: float | None = None) -> str:
-    """"Mum: 0.62 (looks 7, target 6)"; a person whose face is missing reads "face not found"."""
+def _score_text(label: str, score: float | None, age: float | None, target: float | None = None,
+                in_place: bool | None = None, instead: str | None = None) -> str:
+    """"Mum: 0.62 (looks 7, target 6)"; a person whose face is missing reads "face not found"; where the prompt
+    gives places, "Mum: Dad's face is in their place" when another member's face stands there."""
+    if instead is not None:
+        return f"{label}: {instead}'s face is in their place" + ("" if score is None else f" (own face {score:.2f} elsewhere)")
     if score is None:
         return f"{label}: face not found"
+    if in_place is False:
+        return f"{label}: {score:.2f}, not in their place"
     if age is None:
         return f"{label}: {score:.2f}"
     return f"{label}: {score:.2f} (looks {age:.0f}" + (f", target {target:.0f})" if target is not None else ")")
+
+
+def _scores_text(cand, labels: list[str], targets: list[float | None]) -> str:
+    """One candidate's per-person identity scores (``_score_text``), joined with " · "."""
+    n = len(labels)
+    ages = cand.estimated_ages or [None] * n
+    in_place = getattr(cand, "in_place", None) or [None] * n
+    instead = [None if j is None else labels[j] for j in (getattr(cand, "instead", None) or [None] * n)]
+    return " · ".join(_score_text(*person) for person in zip(labels, cand.identity_scores, ages, targets, in_place, instead))
 
 
 def _eta(seconds: float) -> str:
@@ -392,8 +407,7 @@ def _results(result, request: GenerationRequest) -> tuple[list, list[list[str]]]
         if cand.image is None:
             rows.append([name, cand.withheld or "withheld"])
             continue
-        ages = cand.estimated_ages or [None] * len(labels)
-        scores = " · ".join(_score_text(lab, s, a, t) for lab, s, a, t in zip(labels, cand.identity_scores, ages, targets))
+        scores = _scores_text(cand, labels, targets)
         rows.append([name, scores])
         gallery.append((cand.image, f"{name} · {scores}"))
     return gallery, rows
