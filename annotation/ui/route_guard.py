@@ -2,6 +2,8 @@
 
 - ``POST …/upload``: the paths Gradio answers are recorded as raw uploads (:data:`annotation.privacy.uploads.UPLOADS`),
   so that only they can be deleted as "processed uploads" and the sweeper removes them within minutes.
+- ``GET|HEAD …/file=<url>`` (``https:``, ``http:``, ``//host``, ``data:``, encoded or not) and ``…/proxy=``: refused
+  with 404 on every file route, so that the server never fetches anything on a visitor's behalf.
 - ``GET|HEAD …/file=<path>`` inside the temporary area: a raw upload (original bytes, EXIF and GPS included)
   is never served back, and a file that is gone answers 404.
 - ``GET|HEAD …/file=<path>`` of a private download (a researcher's export, :class:`PrivateDownloads`): served
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from pathlib import Path
 
@@ -48,8 +51,10 @@ class TempAreaGuard:
             problems = _input_problems(scope, path, body)
             if problems:
                 return await _unprocessable(send, problems)
+        if method in ("GET", "HEAD") and "/proxy=" in path:
+            return await _not_found(send)
         target = _file_target(path) if method in ("GET", "HEAD") else None
-        if target is not None and await self._refused(scope, target):
+        if target is not None and (is_url(target) or await self._refused(scope, target)):
             return await _not_found(send)
         if method == "GET" and browser_id(_cookies(scope)) is None:
             send = _with_browser_cookie(send, scope.get("scheme") == "https")
@@ -58,7 +63,7 @@ class TempAreaGuard:
     async def _refused(self, scope, target: str) -> bool:
         from starlette.concurrency import run_in_threadpool
 
-        if not target or "://" in target:
+        if not target:
             return False
         try:
             if self.downloads.is_private(target):
@@ -105,6 +110,25 @@ async def _not_found(send) -> None:
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(NOT_FOUND)).encode())]})
     await send({"type": "http.response.body", "body": NOT_FOUND})
+
+
+_SCHEME = re.compile(r"^\s*[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
+
+
+def is_url(target: str) -> bool:
+    """Whether a file route's target names anything but a local path: any scheme (``https:``, ``http:``, ``data:``,
+    ``file:``, ``ftp:``…), a network path (``//host``, ``\\\\host``), in any case, percent-encoded any number of
+    times, or with control characters or backslashes hiding it."""
+    from urllib.parse import unquote
+
+    seen = target
+    for _ in range(5):
+        unquoted = unquote(seen)
+        if unquoted == seen:
+            break
+        seen = unquoted
+    cleaned = "".join(ch for ch in seen if ch >= " " and ch != "\x7f").replace("\\", "/").strip()
+    return bool(_SCHEME.match(cleaned)) or cleaned.startswith("//") or "://" in cleaned
 
 
 def _file_target(path: str) -> str | None:
