@@ -193,26 +193,27 @@ FLOOD = """
 import json, os, sys
 from concurrent.futures import ThreadPoolExecutor
 import httpx
-url, sign_in = sys.argv[1], int(sys.argv[2])
+url, sign_in, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 huge = json.dumps({"data": ["n" * 2**20, "pw"]})
 files = [("files", (f"f{k}.png", os.urandom(200_000), "image/png")) for k in range(8)]
+http = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=48))
 def one(k):
     kind = k % 4
     try:
         if kind == 0:
             body = {"data": ["remy", f"guess{k}"], "fn_index": sign_in, "session_hash": f"flood{k}"}
-            return httpx.post(url + "gradio_api/queue/join", json=body, timeout=30).status_code
+            return http.post(url + "gradio_api/queue/join", json=body).status_code
         if kind == 1:
-            return httpx.post(url + "gradio_api/run/sign_in", json={"data": ["remy", f"g{k}"]}, timeout=30).status_code
+            return http.post(url + "gradio_api/run/sign_in", json={"data": ["remy", f"g{k}"]}).status_code
         if kind == 2:
-            return httpx.post(url + "gradio_api/queue/join", content=huge, timeout=30,
-                              headers={"content-type": "application/json"}).status_code
-        return httpx.post(url + "gradio_api/upload", files=files, timeout=30).status_code
+            return http.post(url + "gradio_api/queue/join", content=huge,
+                             headers={"content-type": "application/json"}).status_code
+        return http.post(url + "gradio_api/upload", files=files).status_code
     except httpx.HTTPError:
         return -1
 counts = {}
-with ThreadPoolExecutor(max_workers=24) as pool:
-    for status in pool.map(one, range(int(sys.argv[3]))):
+with ThreadPoolExecutor(max_workers=48) as pool:
+    for status in pool.map(one, range(total)):
         counts[status] = counts.get(status, 0) + 1
 print(json.dumps(counts))
 """
@@ -228,8 +229,9 @@ def _timed_sign_in_and_vote(rita: Client, annotator: Client) -> tuple[float, flo
 
 
 def test_a_flood_from_one_client_leaves_others_answered_and_memory_bounded(app):
-    """A client without a cookie sends 240 requests from 24 threads in another process: queued and direct
-    sign-ins, 1 MB bodies, 8-file uploads. Another person signs in and an annotator votes meanwhile."""
+    """A client without a cookie sends 240 requests from 48 threads in another process: queued and direct
+    sign-ins, 1 MB bodies, 8-file uploads. Another person signs in and an annotator votes meanwhile (the old app
+    answered everyone "Queue is full" for about 2 minutes after 68 queued sign-ins)."""
     import subprocess
     import sys
 
@@ -255,6 +257,7 @@ def test_a_flood_from_one_client_leaves_others_answered_and_memory_bounded(app):
     grown_mb, temp_mb = _rss_mb() - rss_before, (_temp_bytes(app) - temp_before) / 2**20
     print(f"\nflood {counts}: sign-in {sign_in_s:.2f} s (quiet {quiet[0]:.2f} s), vote {vote_s:.2f} s "
           f"(quiet {quiet[1]:.2f} s), server memory +{grown_mb:.0f} MB, temp area +{temp_mb:.1f} MB")
-    assert sign_in_s < 5 and vote_s < 5, (sign_in_s, vote_s, counts)
+    assert sign_in_s < 10 and vote_s < 10, (sign_in_s, vote_s, counts)
+    assert "503" not in counts, "nobody is answered that the queue is full"
     assert counts.get("413", 0) >= 100 and counts.get("429", 0) > 0, counts
     assert grown_mb < 300 and temp_mb < 20, (grown_mb, temp_mb)
