@@ -65,15 +65,17 @@ def test_a_deactivated_user_is_signed_out_on_the_next_call(app):
 
 
 def test_a_stranger_cannot_lock_a_researcher_out(app):
+    import secrets
+
     stranger = Client(app.url, verbose=False, download_files=False)
     for _ in range(7):  # more than the old limit of 5 failures in 5 minutes
-        with pytest.raises(AppError, match="wrong user name or password"):
+        with pytest.raises(AppError, match="wrong user name or password|try again in"):
             stranger.predict("remy", "guess-guess-guess", api_name="/sign_in")
     start = time.monotonic()
-    remy = _signed_in(app, "remy")
-    from annotation.ui.auth import MAX_DELAY_S
-
-    assert time.monotonic() - start < MAX_DELAY_S + 5
+    remy = Client(app.url, verbose=False, download_files=False,
+                  headers={"Cookie": f"idglow_browser={secrets.token_urlsafe(32)}"})  # remy's own browser
+    remy.predict("remy", PASSWORD, api_name="/sign_in")
+    assert time.monotonic() - start < 5
     assert "votes" in remy.predict(api_name="/research_refresh")[0]
 
 
