@@ -206,3 +206,16 @@ def test_a_crop_shown_but_never_stored_can_be_purged_by_its_pixels(tmp_path):
     kept = Path(save_pil_to_cache(other, str(temp_area(tmp_path)), format="png"))
     assert forget_visitor_files(tmp_path, "c" * 32, [crop]) == 1
     assert not shown.exists() and kept.exists()
+
+
+def test_crops_of_a_photo_removed_from_the_list_go_with_delete_my_data(app, sample_portraits):
+    """Upload, clear the photo list (× or clear), then Delete: the crop shown before is gone too."""
+    visitor = _client(app)
+    crops = _file_urls(_upload(visitor, sample_portraits["person3"]))
+    assert len(crops) == 1, crops
+    visitor.predict(files=[], consent=True, api_name="/upload")  # the list cleared: no card on the page
+    with httpx.Client(timeout=30) as anonymous:
+        assert anonymous.get(crops[0]).status_code == 200
+        message = visitor.predict(api_name="/delete_my_data")[-1]
+        assert "Deleted" in message
+        assert anonymous.get(crops[0]).status_code == 404, message
