@@ -98,7 +98,7 @@ def _wire_sign_in(handlers: SignInHandlers, panel: SignInPanel, token: gr.State,
                          api_name="sign_out", **opts)
 
 
-def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
+def launch_options(host: str, port: int, max_upload_mb: int, max_per_visitor: int = 2) -> dict:
     """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped, raw uploads
     recorded and never served back (:class:`TempAreaGuard`), request sizes and calls per client bounded at the
     edge (:class:`EdgeGuard`)."""
@@ -111,5 +111,6 @@ def launch_options(host: str, port: int, max_upload_mb: int) -> dict:
     # is "exceed the maximum allowed size") is only a backstop for much larger files.
     return dict(server_name=host, server_port=port, share=False, max_file_size=f"{4 * max_upload_mb}mb",
                 css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True,
-                app_kwargs={"middleware": [Middleware(EdgeGuard, limits=EdgeLimits.for_upload_mb(max_upload_mb)),
+                app_kwargs={"middleware": [Middleware(EdgeGuard, limits=EdgeLimits.for_upload_mb(max_upload_mb,
+                                                                                          max_per_visitor)),
                                            Middleware(TempAreaGuard)]})

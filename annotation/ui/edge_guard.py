@@ -14,6 +14,8 @@ Everything here is decided before Gradio parses or keeps anything:
   no cookie — may have at most :attr:`EdgeLimits.max_outstanding` calls queued or running across all events (the
   queue's events and the direct ``/run/`` and ``/api/`` routes together); one more gets ``429`` with a
   ``Retry-After``, so that one client cannot fill the queue that everybody shares.
+- **Generations per browser.** One browser cookie may have at most :attr:`EdgeLimits.max_generations` generations
+  queued or running, however many sessions (tabs) it opens; the generator's own queue bounds each session too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 KB = 1024
 MB = 1024 * KB
+GENERATE_API = "generate"  # the event whose calls are bounded per browser (``max_generations``)
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,14 @@ class EdgeLimits:
     budget_window_s: float = 600.0
     max_temp_bytes: int = 2048 * MB  # the whole temporary area
     max_outstanding: int = 8  # calls of one client queued or running at once
+    max_generations: int = 2  # generations of one browser (cookie) queued or running, all its sessions together
 
     @classmethod
-    def for_upload_mb(cls, max_upload_mb: int) -> EdgeLimits:
-        """The default limits with files of up to ``max_upload_mb`` MiB."""
+    def for_upload_mb(cls, max_upload_mb: int, max_per_visitor: int = 2) -> EdgeLimits:
+        """The default limits with files of up to ``max_upload_mb`` MiB and ``max_per_visitor`` generations."""
         upload = max_upload_mb * MB
         return cls(max_upload=upload, client_budget=max(cls.client_budget, 10 * upload),
-                   max_temp_bytes=max(cls.max_temp_bytes, 100 * upload))
+                   max_temp_bytes=max(cls.max_temp_bytes, 100 * upload), max_generations=max_per_visitor)
 
 
 class EdgeGuard:
@@ -85,6 +89,9 @@ class EdgeGuard:
         if _is_call(path) and self._outstanding(scope, keys) >= self.limits.max_outstanding:
             return await refuse(send, 429, "too many calls of yours are queued or running; wait for them",
                                 retry_after=2)
+        if _is_call(path) and self._generations(scope, path, body, keys) >= self.limits.max_generations:
+            return await refuse(send, 429, f"You already have {self.limits.max_generations} generation(s) running "
+                                "or waiting in this browser; wait for one to finish", retry_after=5)
         replay = _replaying(body, receive)
         if not _is_direct(path):
             return await self.app(scope, replay, send)
@@ -102,6 +109,23 @@ class EdgeGuard:
             if event_keys(event) & keys:
                 queued += 1
         return queued + self.direct.count(keys)
+
+    def _generations(self, scope, path: str, body: bytes, keys: frozenset[str]) -> int:
+        """This browser's generations queued or running (0 if the call is no generation or has no cookie)."""
+        from annotation.ui.route_guard import _called_fn
+
+        browsers = {key for key in keys if key.startswith("browser:")}
+        try:
+            blocks = scope["app"].get_blocks()
+            payload = json.loads(body)
+            fn = _called_fn(blocks, path, payload) if isinstance(payload, dict) else None
+            events = list(blocks._queue.event_ids_to_events.values())
+        except (ValueError, KeyError, AttributeError):
+            return 0
+        if not browsers or fn is None or fn.api_name != GENERATE_API:
+            return 0
+        return sum(1 for event in events
+                   if getattr(event.fn, "api_name", None) == GENERATE_API and event_keys(event) & browsers)
 
     async def _upload(self, scope, receive, send, keys: frozenset[str]):
         limit = self.limits.max_files * self.limits.max_upload + 64 * KB
