@@ -219,3 +219,34 @@ def test_crops_of_a_photo_removed_from_the_list_go_with_delete_my_data(app, samp
         message = visitor.predict(api_name="/delete_my_data")[-1]
         assert "Deleted" in message
         assert anonymous.get(crops[0]).status_code == 404, message
+
+
+def test_deleting_pooled_results_never_deletes_annotators_votes(app, sample_portraits):
+    """The pool rule: results in the annotation pool that annotators voted on stay (unlinked from the visitor)
+    with their votes; the answer says so. Checked in the database."""
+    from sqlalchemy import func, select
+
+    from annotation.store.users import create_user
+    from db.models import Generation, Vote
+
+    with app.services.auth.sessions() as session:
+        create_user(session, "ada", "correct-horse-battery", "annotator")
+    visitor = _client(app)
+    _upload(visitor, sample_portraits["person1"], sample_portraits["person2"])
+    visitor.predict(**GENERATE, seed=41, label_0="Ann", label_1="Bob", api_name="/generate")
+    assert "added to the annotation pool" in visitor.predict(api_name="/add_to_pool")
+    annotator = _client(app)
+    annotator.predict("ada", "correct-horse-battery", api_name="/sign_in")
+    annotator.predict(api_name="/annotate_show")
+    saved = annotator.predict("left", "clear", None, None, *([None] * 6), api_name="/vote")
+    assert "Vote saved" in saved[4]
+    with app.services.auth.sessions() as session:
+        votes_before = session.scalar(select(func.count()).select_from(Vote))
+        unlinked_before = session.scalar(select(func.count()).select_from(Generation)
+                                         .where(Generation.visitor_id.is_(None)))
+    message = visitor.predict(api_name="/delete_my_data")[-1]
+    assert "stay there, no longer linked to you" in message and "votes are kept" in message, message
+    with app.services.auth.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Vote)) == votes_before >= 1
+        assert session.scalar(select(func.count()).select_from(Generation)
+                              .where(Generation.visitor_id.is_(None))) == unlinked_before + 1

@@ -89,7 +89,7 @@ class EdgeGuard:
         if _is_call(path) and self._outstanding(scope, keys) >= self.limits.max_outstanding:
             return await refuse(send, 429, "too many calls of yours are queued or running; wait for them",
                                 retry_after=2)
-        if _is_call(path) and self._generations(scope, path, body, keys) >= self.limits.max_generations:
+        if _is_call(path) and self._other_tabs_full(scope, path, body, keys):
             return await refuse(send, 429, f"You already have {self.limits.max_generations} generation(s) running "
                                 "or waiting in this browser; wait for one to finish", retry_after=5)
         replay = _replaying(body, receive)
@@ -110,8 +110,10 @@ class EdgeGuard:
                 queued += 1
         return queued + self.direct.count(keys)
 
-    def _generations(self, scope, path: str, body: bytes, keys: frozenset[str]) -> int:
-        """This browser's generations queued or running (0 if the call is no generation or has no cookie)."""
+    def _other_tabs_full(self, scope, path: str, body: bytes, keys: frozenset[str]) -> bool:
+        """Whether this call is a generation of a browser whose sessions together already have the most
+        generations queued or running, while its own session has fewer (a session's own limit is the
+        generator queue's, answered in plain words there)."""
         from annotation.ui.route_guard import _called_fn
 
         browsers = {key for key in keys if key.startswith("browser:")}
@@ -121,11 +123,14 @@ class EdgeGuard:
             fn = _called_fn(blocks, path, payload) if isinstance(payload, dict) else None
             events = list(blocks._queue.event_ids_to_events.values())
         except (ValueError, KeyError, AttributeError):
-            return 0
+            return False
         if not browsers or fn is None or fn.api_name != GENERATE_API:
-            return 0
-        return sum(1 for event in events
-                   if getattr(event.fn, "api_name", None) == GENERATE_API and event_keys(event) & browsers)
+            return False
+        mine = [event_keys(event) for event in events
+                if getattr(event.fn, "api_name", None) == GENERATE_API and event_keys(event) & browsers]
+        sessions = {key for key in keys if key.startswith("session:")}
+        own = sum(1 for event in mine if event & sessions)
+        return len(mine) >= self.limits.max_generations and own < self.limits.max_generations
 
     async def _upload(self, scope, receive, send, keys: frozenset[str]):
         limit = self.limits.max_files * self.limits.max_upload + 64 * KB

@@ -375,6 +375,10 @@ class GenerateHandlers:
         result = self.service.delete_visitor_data(state.visitor_id, shown=list(state.shown_crops))
         msg = (f"Deleted {result.generations} generation(s), {result.reference_photos} uploaded photo(s) and "
                f"{result.files} file(s).")
+        kept = getattr(result, "kept_in_pool", 0)
+        if kept:
+            msg += (f" {kept} generation(s) you added to the annotation pool stay there, no longer linked to you: "
+                    "annotators have already voted on them, and their votes are kept.")
         return {**cleared, "status": msg}
 
 
