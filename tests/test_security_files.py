@@ -250,3 +250,22 @@ def test_deleting_pooled_results_never_deletes_annotators_votes(app, sample_port
         assert session.scalar(select(func.count()).select_from(Vote)) == votes_before >= 1
         assert session.scalar(select(func.count()).select_from(Generation)
                               .where(Generation.visitor_id.is_(None))) == unlinked_before + 1
+
+
+def test_one_visitors_delete_leaves_anothers_identical_pictures_served(app):
+    """Two visitors generate the example family with the same seed: identical pictures, one served copy each.
+    A's Delete removes A's data; every one of B's URLs still answers."""
+    urls = {}
+    for who in ("a", "b"):
+        visitor = _client(app)
+        visitor.predict(api_name="/example_family")
+        gallery, scores, _, _, pngs, archive = visitor.predict(**GENERATE, seed=77, api_name="/generate")
+        urls[who] = (visitor, _file_urls([gallery, scores]) + _file_urls([pngs]))
+    assert len(urls["b"][1]) == 4 and set(urls["a"][1]) == set(urls["b"][1]), "identical pictures, shared copies"
+    message = urls["a"][0].predict(api_name="/delete_my_data")[-1]
+    assert "Deleted 1 generation(s)" in message
+    with httpx.Client(timeout=30) as anonymous:
+        assert [anonymous.get(u).status_code for u in urls["b"][1]] == [200] * 4
+    urls["b"][0].predict(api_name="/delete_my_data")
+    with httpx.Client(timeout=30) as anonymous:
+        assert [anonymous.get(u).status_code for u in urls["b"][1]] == [404] * 4, "the last one out removes them"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -53,8 +54,8 @@ def delete_visitor(session: Session, visitor_id: str, data_dir: str | os.PathLik
     if not visitor_id:
         raise InputError("there is no data of yours on this server")
     kept = keep_voted_pool_results(session, visitor_id)
-    result = delete_visitor_data(session, visitor_id, data_dir,
-                                 lambda files: forget_visitor_files(data_dir, visitor_id, files))
+    result = delete_visitor_data(session, visitor_id, data_dir, lambda files: forget_visitor_files(
+        data_dir, visitor_id, not_shared(session, visitor_id, files), keep=other_downloads(data_dir, visitor_id)))
     return dataclasses.replace(result, kept_in_pool=kept)
 
 
@@ -76,6 +77,39 @@ def keep_voted_pool_results(session: Session, visitor_id: str) -> int:
     session.execute(update(Generation).where(Generation.id.in_(generations)).values(visitor_id=None, expires_at=None))
     session.commit()
     return len(generations)
+
+
+def not_shared(session: Session, visitor_id: str, files: Sequence[Any]) -> list[Any]:
+    """The image files whose content no other visitor's (or pooled) candidate has: identical pictures share one
+    served copy, which must stay while someone else is shown it."""
+    from annotation.store.storage import file_sha256
+
+    digests = {}
+    for path in files:
+        try:
+            digests[path] = file_sha256(path)
+        except OSError:
+            continue
+    if not digests:
+        return list(files)
+    others = set(session.scalars(
+        select(Candidate.image_sha256).join(Generation, Candidate.generation_id == Generation.id)
+        .where(Candidate.image_sha256.in_(set(digests.values())),
+               (Generation.visitor_id != visitor_id) | Generation.visitor_id.is_(None))))
+    return [path for path in files if digests.get(path) not in others]
+
+
+def other_downloads(data_dir: str | os.PathLike[str], visitor_id: str) -> set[tuple[str, str]]:
+    """(name, sha256) of every other visitor's download file: a served copy that one of them shares stays."""
+    from annotation.store.storage import file_sha256, visitor_downloads
+
+    mine = visitor_downloads(data_dir, visitor_id)
+    names = {p.name for p in mine.rglob("*") if p.is_file()} if mine.is_dir() else set()
+    kept = set()
+    for path in mine.parent.rglob("*") if names and mine.parent.is_dir() else ():
+        if path.name in names and path.is_file() and not path.is_relative_to(mine):
+            kept.add((path.name, file_sha256(path)))
+    return kept
 
 
 def new_visitor_id() -> str:
