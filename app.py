@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("serving model versions: %s", ", ".join(services.generation.model_versions()))
     print(f"IdGlow on http://{settings.host}:{settings.port}", flush=True)
     try:
-        demo.launch(**launch_options(settings.host, settings.port, settings.max_upload_mb, services))
+        demo.launch(**launch_options(settings.host, settings.port, settings.max_upload_mb, services,
+                                     settings.max_per_visitor))
     finally:
         sweeper.stop()
     return 0

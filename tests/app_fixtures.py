@@ -44,7 +44,7 @@ def running_app(data_dir: str | Path, users: dict[str, tuple[str, str]] | None =
         for name, (password, role) in (users or {}).items():
             create_user(session, name, password, role)
     demo = build_app(services)
-    options = launch_options("127.0.0.1", config.port, config.max_upload_mb, services)
+    options = launch_options("127.0.0.1", config.port, config.max_upload_mb, services, config.max_per_visitor)
     demo.launch(prevent_thread_lock=True, **options)
     try:
         yield RunningApp(f"http://127.0.0.1:{config.port}/", services, demo)

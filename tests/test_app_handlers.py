@@ -288,7 +288,7 @@ def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
     # another sign-in on a page that still holds someone else's pair: this annotator's pair is shown
     assert handlers.show_after_sign_in("t-ann2", replace(shown[-1], user_id=2))[1] == "/data/b.png"
     signed = SimpleNamespace(token="tok", user=SimpleNamespace(username="anna", role=Role.annotator))
-    sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password: signed, sign_out=lambda token: None))
+    sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password, client="": signed, sign_out=lambda token: None))
     token, status, password, form, bar, content, intro, research = sign_in.sign_in("anna", "pw")
     assert token == "tok" and status.startswith("Signed in as **anna**") and password == ""
     assert [u["visible"] for u in (form, bar, content, intro, research)] == [False, True, True, False, False]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -64,43 +65,60 @@ def test_a_deactivated_user_is_signed_out_on_the_next_call(app):
 
 
 def test_a_stranger_cannot_lock_a_researcher_out(app):
+    import secrets
+
     stranger = Client(app.url, verbose=False, download_files=False)
     for _ in range(7):  # more than the old limit of 5 failures in 5 minutes
-        with pytest.raises(AppError, match="wrong user name or password"):
+        with pytest.raises(AppError, match="wrong user name or password|try again in"):
             stranger.predict("remy", "guess-guess-guess", api_name="/sign_in")
     start = time.monotonic()
-    remy = _signed_in(app, "remy")
-    from annotation.ui.auth import MAX_DELAY_S
-
-    assert time.monotonic() - start < MAX_DELAY_S + 5
+    remy = Client(app.url, verbose=False, download_files=False,
+                  headers={"Cookie": f"idglow_browser={secrets.token_urlsafe(32)}"})  # remy's own browser
+    remy.predict("remy", PASSWORD, api_name="/sign_in")
+    assert time.monotonic() - start < 5
     assert "votes" in remy.predict(api_name="/research_refresh")[0]
 
 
-def test_failed_sign_ins_slow_that_name_down_with_a_capped_backoff():
+def test_failed_sign_ins_refuse_that_client_early_with_a_capped_backoff():
     from annotation.store.errors import AuthenticationError
-    from annotation.ui.auth import FREE_FAILURES, MAX_DELAY_S, SessionAuth
+    from annotation.ui.auth import FREE_FAILURES, MAX_DELAY_S, SessionAuth, SignInWait
 
     class NoUsers:
         """A session factory whose every sign-in fails (the backoff is what is measured)."""
+
+        checks = 0
 
         def __call__(self):
             return self
 
         def __enter__(self):
+            NoUsers.checks += 1
             raise AuthenticationError("wrong user name or password")
 
         def __exit__(self, *exc):
             return False
 
     now, waits = [100.0], []
-    auth = SessionAuth(NoUsers(), clock=lambda: now[0], sleep=lambda s: (waits.append(s), now.__setitem__(0, now[0] + s)))
+    auth = SessionAuth(NoUsers(), clock=lambda: now[0])
     for _ in range(FREE_FAILURES + 8):
-        with pytest.raises(AuthenticationError):
-            auth.sign_in("rita", "wrong")
+        try:
+            auth.sign_in("rita", "wrong", client="address:1.2.3.4")
+        except SignInWait as wait:  # refused unchecked: the client waits, not the server
+            waits.append(wait.wait_s)
+            assert f"try again in {math.ceil(wait.wait_s)} s" in str(wait)
+            now[0] += wait.wait_s
+            with pytest.raises(AuthenticationError):
+                auth.sign_in("rita", "wrong", client="address:1.2.3.4")
+        except AuthenticationError:
+            pass
     assert waits[:4] == [0.5, 1.0, 2.0, 4.0] and max(waits) == MAX_DELAY_S and len(waits) == 8
-    with pytest.raises(AuthenticationError):
-        auth.sign_in("anna", "wrong")
-    assert len(waits) == 8, "another name is not slowed down"
+    assert NoUsers.checks == FREE_FAILURES + 8, "a refused attempt is never checked"
+    with pytest.raises(AuthenticationError) as other_name:
+        auth.sign_in("anna", "wrong", client="address:1.2.3.4")
+    with pytest.raises(AuthenticationError) as other_client:
+        auth.sign_in("rita", "wrong", client="browser:" + "x" * 40)
+    assert not isinstance(other_name.value, SignInWait), "another name is not slowed down"
+    assert not isinstance(other_client.value, SignInWait), "another client is not slowed down for that name"
 
 
 def test_unknown_and_known_user_names_take_about_as_long_to_refuse(tmp_path):

@@ -140,3 +140,27 @@ def test_a_burst_gets_exactly_as_many_places_as_the_queue_holds():
     for t in threads:
         t.join(10)
     assert sorted(outcomes) == ["admitted"] * 3 + ["busy"] * 9 and queue.admitted == 0
+
+
+@pytest.mark.parametrize("gated", [dict(concurrency=1, max_queue=8, max_per_visitor=2)], indirect=True)
+def test_one_browser_with_many_sessions_may_have_two_generations_pending(gated, sample_portraits):
+    """Five sessions (tabs) of one browser cookie share its limit; another browser still gets a place."""
+    import secrets
+
+    app, gate = gated
+    cookie = {"Cookie": f"idglow_browser={secrets.token_urlsafe(32)}"}
+    tabs = []
+    for k in range(3):
+        tab = Client(app.url, verbose=False, download_files=False, headers=cookie)
+        tab.predict(files=[handle_file(str(sample_portraits[f"person{k + 1}"]))], consent=True, api_name="/upload")
+        tabs.append(tab)
+    jobs = [_submit(tabs[0], 1), _submit(tabs[1], 2)]
+    _wait_admitted(app, 2)
+    with pytest.raises(Exception, match="429 Too Many Requests|already have 2 generation"):
+        _submit(tabs[2], 3).result(timeout=10.0)  # refused at the edge, before it joins Gradio's queue
+    other = _visitor(app, sample_portraits["person4"])
+    another = _submit(other, 4)
+    _wait_admitted(app, 3)
+    gate.set()
+    assert [len(job.result(timeout=120)[0]) for job in [*jobs, another]] == [1, 1, 1]
+    assert len(_submit(tabs[2], 5).result(timeout=120)[0]) == 1, "the limit counts pending generations only"

@@ -209,3 +209,66 @@ def test_a_crop_shown_but_never_stored_can_be_purged_by_its_pixels(tmp_path):
     kept = Path(save_pil_to_cache(other, str(temp_area(tmp_path)), format="png"))
     assert forget_visitor_files(tmp_path, "c" * 32, [crop]) == 1
     assert not shown.exists() and kept.exists()
+
+
+def test_crops_of_a_photo_removed_from_the_list_go_with_delete_my_data(app, sample_portraits):
+    """Upload, clear the photo list (× or clear), then Delete: the crop shown before is gone too."""
+    visitor = _client(app)
+    crops = _file_urls(_upload(visitor, sample_portraits["person3"]))
+    assert len(crops) == 1, crops
+    visitor.predict(files=[], consent=True, api_name="/upload")  # the list cleared: no card on the page
+    with httpx.Client(timeout=30) as anonymous:
+        assert anonymous.get(crops[0]).status_code == 200
+        message = visitor.predict(api_name="/delete_my_data")[-1]
+        assert "Deleted" in message
+        assert anonymous.get(crops[0]).status_code == 404, message
+
+
+def test_deleting_pooled_results_never_deletes_annotators_votes(app, sample_portraits):
+    """The pool rule: results in the annotation pool that annotators voted on stay (unlinked from the visitor)
+    with their votes; the answer says so. Checked in the database."""
+    from sqlalchemy import func, select
+
+    from annotation.store.users import create_user
+    from db.models import Generation, Vote
+
+    with app.services.auth.sessions() as session:
+        create_user(session, "ada", "correct-horse-battery", "annotator")
+    visitor = _client(app)
+    _upload(visitor, sample_portraits["person1"], sample_portraits["person2"])
+    visitor.predict(**GENERATE, seed=41, label_0="Ann", label_1="Bob", api_name="/generate")
+    assert "added to the annotation pool" in visitor.predict(api_name="/add_to_pool")
+    annotator = _client(app)
+    annotator.predict("ada", "correct-horse-battery", api_name="/sign_in")
+    annotator.predict(api_name="/annotate_show")
+    saved = annotator.predict("left", "clear", None, None, *([None] * 6), api_name="/vote")
+    assert "Vote saved" in saved[4]
+    with app.services.auth.sessions() as session:
+        votes_before = session.scalar(select(func.count()).select_from(Vote))
+        unlinked_before = session.scalar(select(func.count()).select_from(Generation)
+                                         .where(Generation.visitor_id.is_(None)))
+    message = visitor.predict(api_name="/delete_my_data")[-1]
+    assert "stay there, no longer linked to you" in message and "votes are kept" in message, message
+    with app.services.auth.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Vote)) == votes_before >= 1
+        assert session.scalar(select(func.count()).select_from(Generation)
+                              .where(Generation.visitor_id.is_(None))) == unlinked_before + 1
+
+
+def test_one_visitors_delete_leaves_anothers_identical_pictures_served(app):
+    """Two visitors generate the example family with the same seed: identical pictures, one served copy each.
+    A's Delete removes A's data; every one of B's URLs still answers."""
+    urls = {}
+    for who in ("a", "b"):
+        visitor = _client(app)
+        visitor.predict(api_name="/example_family")
+        gallery, scores, _, _, pngs, archive = visitor.predict(**GENERATE, seed=77, api_name="/generate")
+        urls[who] = (visitor, _file_urls([gallery, scores]) + _file_urls([pngs]))
+    assert len(urls["b"][1]) == 4 and set(urls["a"][1]) == set(urls["b"][1]), "identical pictures, shared copies"
+    message = urls["a"][0].predict(api_name="/delete_my_data")[-1]
+    assert "Deleted 1 generation(s)" in message
+    with httpx.Client(timeout=30) as anonymous:
+        assert [anonymous.get(u).status_code for u in urls["b"][1]] == [200] * 4
+    urls["b"][0].predict(api_name="/delete_my_data")
+    with httpx.Client(timeout=30) as anonymous:
+        assert [anonymous.get(u).status_code for u in urls["b"][1]] == [404] * 4, "the last one out removes them"

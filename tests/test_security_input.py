@@ -95,3 +95,37 @@ def test_well_formed_input_still_generates(visitor):
                                                             api_name="/generate")
     assert len(gallery) == 1 and "Used seed: **3**" in seed_text and len(pngs) == 1
     assert "Ann" in status and "a park" in status
+
+
+def _event(app, api_name: str):
+    [fn] = [fn for fn in app.demo.fns.values() if fn.api_name == api_name]
+    return fn
+
+
+@pytest.mark.parametrize("route", ["call", "call/v2", "run", "api"])
+def test_every_route_gets_the_same_checks_state_inputs_included(visitor, route):
+    app, _ = visitor
+    fn = _event(app, "generate")
+    values = _generate_kwargs(seed="abc")
+    named = {name: values.get(name, getattr(widget, "value", None))
+             for name, widget in zip(fn.input_parameter_names, fn.inputs, strict=True)
+             if not getattr(widget, "skip_api", False)}
+    body = named if route == "call/v2" else {"data": list(named.values())}  # as the API page shows: no state
+    assert len(named) < len(fn.inputs), "the event has a session-state input that the route leaves out"
+    answer = httpx.post(f"{app.url}gradio_api/{route}/generate", json=body, timeout=60)
+    assert answer.status_code == 422, (route, answer.status_code, answer.text[:300])
+    [problem] = answer.json()["detail"]
+    assert problem["parameter_name"] == "seed" and "'abc' is not a number" in problem["message"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(guidance=1e308), r"guidance: 1e\+308 is above the maximum 10"),
+    (dict(steps=100), r"steps: 100 is above the maximum 60 \(the “Steps” field\)"),
+    (dict(steps=0), r"steps: 0 is below the minimum 1"),
+    (dict(seed=-5), r"seed: -5 is below the minimum -1"),
+    (dict(window_hi="inf"), r"window_hi: 'inf' is not a finite number"),
+])
+def test_numbers_outside_their_widget_range_are_refused(visitor, changes, message):
+    _, client = visitor
+    with pytest.raises(ValidationError, match=message):
+        client.predict(**_generate_kwargs(**changes), api_name="/generate")

@@ -94,16 +94,19 @@ def _image_size(path) -> tuple[int, int]:
         return img.size
 
 
-def forget_visitor_files(data_dir: str | os.PathLike[str], visitor_id: str, images: list[Any]) -> int:
+def forget_visitor_files(data_dir: str | os.PathLike[str], visitor_id: str, images: list[Any],
+                         keep: set[tuple[str, str]] = frozenset()) -> int:
     """Remove a visitor's download folder and every served copy of their pictures (image files, read before
     they are deleted, or PIL images such as face crops that were shown but never stored) and downloads from
-    the temporary area. Returns how many files went."""
-    from annotation.store.storage import temp_area, visitor_downloads
+    the temporary area; a download whose (name, sha256) is in ``keep`` (another visitor has the same file, and
+    so the same served copy) keeps its served copy. Returns how many files went."""
+    from annotation.store.storage import file_sha256, temp_area, visitor_downloads
 
     folder = visitor_downloads(data_dir, visitor_id)
     downloads = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    served = [p for p in downloads if not keep or (p.name, file_sha256(p)) not in keep]
     pictures = [p for p in images if not isinstance(p, (str, os.PathLike)) or Path(p).is_file()]
-    removed = purge_served_copies(temp_area(data_dir), pictures, downloads)
+    removed = purge_served_copies(temp_area(data_dir), pictures, served)
     removed += len(downloads)
     shutil.rmtree(folder, ignore_errors=True)
     return removed

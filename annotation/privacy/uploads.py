@@ -28,7 +28,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
 DEFAULT_MAX_PHOTO_PIXELS = 64_000_000
 DEFAULT_MAX_SIDE = 2048
-PHOTO_FORMATS = ("JPEG", "HEIF")  # camera formats: JPEG decodes at reduced size (draft mode)
+PHOTO_FORMATS = ("JPEG", "MPO", "HEIF")  # camera formats: JPEG and MPO decode at reduced size (draft mode)
+DRAFT_FORMATS = ("JPEG", "MPO")  # MPO: a phone's multi-picture JPEG (HDR gain map, depth); its first frame is used
+DECODE_BUDGET_BYTES = 768 * 1024 * 1024  # decoded pixels of all uploads being decoded at once
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
 
@@ -96,6 +98,11 @@ def _open(data: bytes, limits: UploadLimits, display: str):
     except UnidentifiedImageError:
         shown = "/".join("HEIC" if f == "HEIF" else f for f in formats)
         raise InputError(f"{display}: not a {shown} image") from None
+    except ValueError as err:  # Pillow refuses a text or colour-profile chunk that decompresses past 1 MB
+        raise InputError(f"{display}: the image carries a text or colour-profile block that is too large "
+                         f"({err}); please save it again without metadata") from None
+    except (OSError, SyntaxError) as err:
+        raise InputError(f"{display}: the image file is damaged or truncated ({err})") from None
     width, height = probe.size
     cap = limits.max_photo_pixels if probe.format in PHOTO_FORMATS else limits.max_pixels
     if width * height > cap:
@@ -106,16 +113,78 @@ def _open(data: bytes, limits: UploadLimits, display: str):
 def _reduced(probe, max_side: int):
     """Decode ``probe`` with its longest side at most ``max_side`` (JPEG: decoded at 1/2, 1/4 or 1/8 scale)."""
     orientation = probe.getexif().get(0x0112, 1)
-    if probe.format == "JPEG":
+    if probe.format in DRAFT_FORMATS:
         probe.draft("RGB", (max_side, max_side))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), DECODING.reserved(decode_cost(probe)):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         probe.load()
-    image = probe if probe.mode == "RGB" else probe.convert("RGB")
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        image = probe if probe.mode in _RESIZED_AS_IS else probe.convert("RGB")
+        if max(image.size) > max_side:  # reduced before any conversion: the full-size copy is never doubled
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        image = _eight_bit(image)
+        image = image if image.mode == "RGB" else image.convert("RGB")
     method = _TRANSPOSE.get(orientation)
     return image.transpose(method) if method is not None else image
+
+
+_RESIZED_AS_IS = ("RGB", "RGBA", "L", "LA", "I", "I;16", "F")
+
+
+def _eight_bit(image):
+    """16- and 32-bit greyscale (PNG ``I;16``, ``I``) scaled to 8 bits; Pillow's own conversion clips them white."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return image
+    import numpy as np
+
+    values = np.asarray(image).astype(np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), mode="L")
+
+
+def decode_cost(probe) -> int:
+    """Bytes a full decode of ``probe`` may hold at its peak (its pixels, converted once), from its header only."""
+    width, height = probe.size
+    if probe.format in DRAFT_FORMATS:  # decoded at 1/8 scale at most, in 3 bands
+        scale = 1
+        while scale < 8 and max(width, height) // (scale * 2) >= DEFAULT_MAX_SIDE:
+            scale *= 2
+        width, height = -(-width // scale), -(-height // scale)
+    bands = max(len(probe.getbands()), 3)
+    depth = 2 if probe.mode.startswith("I;16") else 4 if probe.mode in ("I", "F") else 1
+    return width * height * bands * depth * 2
+
+
+class DecodeBudget:
+    """Bytes of decoded pixels that uploads may hold at once: a decode waits for its share, so that four large
+    photos decoded together cost no more than the budget."""
+
+    def __init__(self, budget: int = DECODE_BUDGET_BYTES):
+        self.budget = budget
+        self.held = 0
+        self._cond = threading.Condition()
+
+    def reserved(self, cost: int):
+        """A context manager holding ``min(cost, budget)`` bytes of the budget while it runs."""
+        import contextlib
+
+        share = min(cost, self.budget)
+
+        @contextlib.contextmanager
+        def hold():
+            with self._cond:
+                self._cond.wait_for(lambda: self.held + share <= self.budget)
+                self.held += share
+            try:
+                yield
+            finally:
+                with self._cond:
+                    self.held -= share
+                    self._cond.notify_all()
+
+        return hold()
+
+
+DECODING = DecodeBudget()
 
 
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

@@ -410,6 +410,7 @@ class DeletionResult:
     generations: int
     reference_photos: int
     files: int
+    kept_in_pool: int = 0  # generations kept because annotators voted on them (annotation.privacy.visitors)
 
 
 ServedCopies = Callable[[list[Path]], int]  # deletes the served copies of these image files; returns how many

@@ -43,6 +43,19 @@ WRONG_AGE_CHOICE = next(text for text, name in FAILURE_CHOICES if name == "wrong
 SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 3
 
 
+def sign_in_client(request) -> str:
+    """Whom a sign-in's backoff counts against: the browser cookie, else the network address."""
+    from annotation.privacy.private_downloads import browser_id
+
+    if request is None:
+        return ""
+    browser = browser_id(dict(getattr(request, "cookies", None) or {}))
+    if browser:
+        return f"browser:{browser}"
+    client = getattr(request, "client", None)
+    return f"address:{getattr(client, 'host', '')}"
+
+
 class SignInHandlers:
     """Outputs of sign-in and sign-out: token, status line, password box, sign-in panel, signed-in bar,
     annotate content, annotate intro, research content."""
@@ -51,8 +64,8 @@ class SignInHandlers:
         self.auth = auth
 
     @ui_errors
-    def sign_in(self, username: str, password: str):
-        signed = self.auth.sign_in(username, password)
+    def sign_in(self, username: str, password: str, request: gr.Request = None):
+        signed = self.auth.sign_in(username, password, client=sign_in_client(request))
         user = signed.user
         researcher = user.role in (Role.researcher, Role.admin)
         status = f"Signed in as **{html.escape(user.username)}** · {user.role.value}"

@@ -101,17 +101,21 @@ def _wire_sign_in(handlers: SignInHandlers, panel: SignInPanel, token: gr.State,
                          api_name="sign_out", **opts)
 
 
-def launch_options(host: str, port: int, max_upload_mb: int, services: AppServices) -> dict:
+def launch_options(host: str, port: int, max_upload_mb: int, services: AppServices,
+                   max_per_visitor: int = 2) -> dict:
     """Keyword arguments of ``Blocks.launch``: never a share link, no analytics, uploads capped, raw uploads
     recorded in ``services.uploads`` and never served back, private downloads served to their browser only
-    (:class:`TempAreaGuard`)."""
+    (:class:`TempAreaGuard`), request sizes and calls per client bounded at the edge (:class:`EdgeGuard`)."""
     from starlette.middleware import Middleware
 
+    from annotation.ui.edge_guard import EdgeGuard, EdgeLimits
     from annotation.ui.route_guard import TempAreaGuard
 
     # The app refuses files over max_upload_mb itself, in plain words; the web server's own limit (whose message
     # is "exceed the maximum allowed size") is only a backstop for much larger files.
     return dict(server_name=host, server_port=port, share=False, max_file_size=f"{4 * max_upload_mb}mb",
                 css=CSS, ssr_mode=False, footer_links=["api"], show_error=False, quiet=True,
-                app_kwargs={"middleware": [Middleware(TempAreaGuard, registry=services.uploads,
-                                                                downloads=services.downloads)]})
+                app_kwargs={"middleware": [Middleware(EdgeGuard, limits=EdgeLimits.for_upload_mb(max_upload_mb,
+                                                                                           max_per_visitor)),
+                                           Middleware(TempAreaGuard, registry=services.uploads,
+                                                      downloads=services.downloads)]})

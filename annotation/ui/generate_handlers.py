@@ -58,6 +58,19 @@ class VisitorState:
     people: list[Person] = field(default_factory=list)
     photos: list[PhotoStatus] = field(default_factory=list)
     generation_ids: list[int] = field(default_factory=list)
+    shown_crops: list[Any] = field(default_factory=list)  # every face crop ever put on a card ("Delete my data")
+
+
+MAX_SHOWN_CROPS = 120  # crops remembered per session for "Delete my data" (the oldest are forgotten first)
+
+
+def remember_shown(state: VisitorState) -> None:
+    """Add the crops now on the cards to the crops this session has shown (each crop once). The example
+    family's crops are nobody's data (every visitor is shown the same served copies) and are never deleted."""
+    known = {id(crop) for crop in state.shown_crops}
+    state.shown_crops += [p.subject.crop for p in state.people
+                          if id(p.subject.crop) not in known and not p.key.startswith("example:")]
+    del state.shown_crops[:-MAX_SHOWN_CROPS]
 
 
 @dataclass
@@ -256,6 +269,7 @@ class GenerateHandlers:
 
     def view(self, state: VisitorState, note: str = "") -> dict:
         """Cards, photo status and state, by widget name."""
+        remember_shown(state)
         out: dict[str, Any] = {"state": state, "photo_status": note or _photo_status(state)}
         for i in range(NUM_CARDS):
             n = card_names(i)
@@ -369,9 +383,14 @@ class GenerateHandlers:
                    "archive": gr.update(value=None, visible=False), "scores": {"headers": SCORE_HEADERS, "data": []}}
         if state is None:
             return {**cleared, "status": "Nothing of yours is stored."}
-        result = self.service.delete_visitor_data(state.visitor_id, shown=[p.subject.crop for p in state.people])
+        remember_shown(state)  # crops of photos removed from the list go too, not only those on the page
+        result = self.service.delete_visitor_data(state.visitor_id, shown=list(state.shown_crops))
         msg = (f"Deleted {result.generations} generation(s), {result.reference_photos} uploaded photo(s) and "
                f"{result.files} file(s).")
+        kept = getattr(result, "kept_in_pool", 0)
+        if kept:
+            msg += (f" {kept} generation(s) you added to the annotation pool stay there, no longer linked to you: "
+                    "annotators have already voted on them, and their votes are kept.")
         return {**cleared, "status": msg}
 
 

@@ -115,7 +115,9 @@ def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool) -> N
             with gr.Column(scale=5, min_width=330, elem_id="gen-outputs"):
                 _outputs(w)
         gr.Markdown("Photos and results are kept for 24 hours at most, unless you add your results to the "
-                    "annotation pool. “Delete my data” removes them at once.", elem_id="gen-privacy")
+                    "annotation pool. “Delete my data” removes them at once, except pooled results that "
+                    "annotators have already voted on: those stay in the pool, no longer linked to you.",
+                    elem_id="gen-privacy")
         if tiny:
             with gr.Accordion("About this demo server (for its operator)", open=False, elem_id="gen-operator"):
                 gr.Markdown(OPERATOR_NOTES)

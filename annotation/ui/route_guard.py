@@ -3,14 +3,17 @@
 - ``POST …/upload``: the paths Gradio answers are recorded as raw uploads (in the app's
   :class:`~annotation.privacy.uploads.UploadRegistry`), so that only they can be deleted as "processed
   uploads" and the sweeper removes them within minutes.
+- ``GET|HEAD …/file=<url>`` (``https:``, ``http:``, ``//host``, ``data:``, encoded or not) and ``…/proxy=``: refused
+  with 404 on every file route, so that the server never fetches anything on a visitor's behalf.
 - ``GET|HEAD …/file=<path>`` inside the temporary area: a raw upload (original bytes, EXIF and GPS included)
   is never served back, and a file that is gone answers 404.
 - ``GET|HEAD …/file=<path>`` of a private download (a researcher's export, :class:`PrivateDownloads`): served
   only to the browser and signed-in session that made it, until it expires; anyone else gets 404.
 - Every page answer gives a browser without one an unguessable HttpOnly cookie (:data:`BROWSER_COOKIE`), which
   is what ties a private download to the browser that asked for it.
-- ``POST …/queue/join`` and ``POST …/call/<api>``: each input is checked against its widget's own data shape
-  before Gradio queues the call, so that malformed API input (a broken table, text where a number goes) gets a
+- ``POST …/queue/join``, ``…/call/<api>``, ``…/call/v2/<api>``, ``…/run/<api>`` and ``…/api/<api>``: each input
+  (session-state inputs left out by a route included) is checked against its widget's own data shape and range
+  before Gradio runs the call, so that malformed API input (a broken table, text where a number goes) gets a
   clear 422 answer naming the input, instead of a generic server error.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from pathlib import Path
 
@@ -44,13 +48,15 @@ class TempAreaGuard:
         path, method = scope.get("path", ""), scope.get("method", "")
         if method == "POST" and path.rstrip("/").endswith("/upload"):
             return await self.app(scope, receive, self._recording(send))
-        if method == "POST" and ("/queue/join" in path or "/call/" in path):
+        if method == "POST" and _is_event_route(path):
             body, receive = await _buffered(receive)
             problems = _input_problems(scope, path, body)
             if problems:
                 return await _unprocessable(send, problems)
+        if method in ("GET", "HEAD") and "/proxy=" in path:
+            return await _not_found(send)
         target = _file_target(path) if method in ("GET", "HEAD") else None
-        if target is not None and await self._refused(scope, target):
+        if target is not None and (is_url(target) or await self._refused(scope, target)):
             return await _not_found(send)
         if method == "GET" and browser_id(_cookies(scope)) is None:
             send = _with_browser_cookie(send, scope.get("scheme") == "https")
@@ -59,7 +65,7 @@ class TempAreaGuard:
     async def _refused(self, scope, target: str) -> bool:
         from starlette.concurrency import run_in_threadpool
 
-        if not target or "://" in target:
+        if not target:
             return False
         try:
             if self.downloads.is_private(target):
@@ -106,6 +112,25 @@ async def _not_found(send) -> None:
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(NOT_FOUND)).encode())]})
     await send({"type": "http.response.body", "body": NOT_FOUND})
+
+
+_SCHEME = re.compile(r"^\s*[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
+
+
+def is_url(target: str) -> bool:
+    """Whether a file route's target names anything but a local path: any scheme (``https:``, ``http:``, ``data:``,
+    ``file:``, ``ftp:``…), a network path (``//host``, ``\\\\host``), in any case, percent-encoded any number of
+    times, or with control characters or backslashes hiding it."""
+    from urllib.parse import unquote
+
+    seen = target
+    for _ in range(5):
+        unquoted = unquote(seen)
+        if unquoted == seen:
+            break
+        seen = unquoted
+    cleaned = "".join(ch for ch in seen if ch >= " " and ch != "\x7f").replace("\\", "/").strip()
+    return bool(_SCHEME.match(cleaned)) or cleaned.startswith("//") or "://" in cleaned
 
 
 def _file_target(path: str) -> str | None:
@@ -165,32 +190,61 @@ async def _buffered(receive):
     return body, replay
 
 
+def _is_event_route(path: str) -> bool:
+    """A POST that runs an event: the queue, ``/call/<api>``, ``/call/v2/<api>``, ``/run/<api>``, ``/api/<api>``."""
+    return any(part in path for part in ("/queue/join", "/call/", "/run/", "/api/"))
+
+
 def _input_problems(scope, path: str, body: bytes) -> list[tuple[str, str]]:
     """(input name, what is wrong) for each input of the called event that does not have its widget's shape.
     An input is named by its keyword (``seed``, ``label_0``) where the event passes it by name, else by its
-    widget's label."""
+    widget's label. Every route that runs an event is checked alike."""
     try:
         payload = json.loads(body)
         blocks = scope["app"].get_blocks()
     except (ValueError, KeyError, AttributeError):
         return []
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+    if not isinstance(payload, dict):
         return []
     fn = _called_fn(blocks, path, payload)
-    if fn is None or len(fn.inputs) != len(payload["data"]):
+    values = _event_values(fn, path, payload) if fn is not None else None
+    if values is None:
         return []
     keywords = list(getattr(fn, "input_parameter_names", None) or [])
     keywords += [None] * (len(fn.inputs) - len(keywords))
-    return [problem for component, keyword, value in zip(fn.inputs, keywords, payload["data"])
+    return [problem for component, keyword, value in zip(fn.inputs, keywords, values)
             if (problem := _named_problem(component, keyword, value)) is not None]
+
+
+def _event_values(fn, path: str, payload: dict) -> list | None:
+    """The value sent for each of the event's inputs (None for a session state the route leaves out), or None
+    when the body does not name them in a way Gradio would accept."""
+    if "/call/v2/" in path:
+        names = list(getattr(fn, "input_parameter_names", None) or [])
+        if len(names) != len(fn.inputs):
+            return None
+        return [payload.get(name, getattr(widget, "value", None)) for name, widget in zip(names, fn.inputs)]
+    data = payload.get("data")
+    if not isinstance(data, list):
+        return None
+    if len(data) == len(fn.inputs):
+        return data
+    shown = [k for k, widget in enumerate(fn.inputs) if not getattr(widget, "skip_api", False)]
+    if len(data) != len(shown):
+        return None
+    values: list = [None] * len(fn.inputs)
+    for k, value in zip(shown, data):
+        values[k] = value
+    return values
 
 
 def _called_fn(blocks, path: str, payload: dict):
     fns = blocks.fns
     index = payload.get("fn_index")
-    if "/call/" in path:
-        name = path.rsplit("/call/", 1)[1].strip("/")
-        return next((fn for fn in fns.values() if fn.api_name == name), None)
+    for route in ("/call/v2/", "/call/", "/run/", "/api/"):
+        if route in path:
+            name = path.rsplit(route, 1)[1].strip("/")
+            return next((fn for fn in fns.values() if fn.api_name == name), None)
     return fns.get(index) if isinstance(index, int) else None
 
 
@@ -218,7 +272,7 @@ def _shape_problem(component, value) -> str | None:
     if isinstance(component, (gr.Number, gr.Slider)):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not _is_number(value):
             return f"{_show(value)} is not a number"
-        return None
+        return _range_problem(component, value)
     if isinstance(component, gr.Checkbox):
         return None if isinstance(value, bool) else f"{_show(value)} is not true or false"
     if isinstance(component, gr.Textbox):
@@ -270,6 +324,21 @@ def _table_problem(table) -> str | None:
     for k, row in enumerate(table.data, start=1):
         if width and len(row) != width:
             return f"row {k} has {len(row)} cells but the table has {width} columns ({', '.join(map(str, table.headers))})"
+    return None
+
+
+def _range_problem(component, value) -> str | None:
+    """A number outside its widget's range (a slider's ends, a Number's minimum and maximum), or not finite."""
+    import math
+
+    number = float(value)
+    low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
+    if not math.isfinite(number):
+        return f"{_show(value)} is not a finite number"
+    if low is not None and number < low:
+        return f"{_show(value)} is below the minimum {low:g}"
+    if high is not None and number > high:
+        return f"{_show(value)} is above the maximum {high:g}"
     return None
 
 
