@@ -35,13 +35,14 @@ import numpy as np
 import torch
 
 from idglow.faces.base import l2_normalize
+from idglow.faces.binding import box_iou
+from idglow.schedule import WINDOW_COORDINATES, shift_sigma
 from idglow.synthetic import SceneSpec, SyntheticFaceAnalyzer, SyntheticWorld
 from idglow.training.data import SyntheticSFTDataset, collate_group_samples
 from idglow.training.modeling import latent_image_ids, pack_latents, unpack_latents
 
 logger = logging.getLogger(__name__)
 
-WINDOW_COORDINATES = ("sigma", "one_minus_sigma", "step_fraction")
 
 
 def world_v3(seed: int = 0, *, texture_amplitude: float = 0.25, pattern_size: int = 6,
@@ -160,8 +161,7 @@ def flux_shifted_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     σ' = shift·σ / (1 + (shift − 1)·σ) (shift 1: the uniform grid; FLUX.1-dev at 1024² uses about 3.16)."""
     if num_steps < 1 or shift <= 0:
         raise ValueError(f"num_steps={num_steps} must be >= 1 and shift={shift} > 0")
-    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-    return (shift * s / (1.0 + (shift - 1.0) * s)).float()
+    return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift).float()
 
 
 def window_position(coordinate: str, sigma: float, step: int, num_steps: int) -> float:
@@ -222,13 +222,11 @@ def judge_v3(analyzer: SyntheticFaceAnalyzer, latent, spec: SceneSpec, *, min_io
     """
     from scipy.optimize import linear_sum_assignment
 
-    from idglow.synthetic import _iou
-
     faces = analyzer.detect(latent)
     n = spec.num_subjects
     in_place, identity, adult_build = [False] * n, [0.0] * n, [None] * n
     if faces:
-        iou = np.array([[_iou(f.bbox, box) for box in spec.boxes] for f in faces])
+        iou = np.array([[box_iou(f.bbox, box) for box in spec.boxes] for f in faces])
         for fi, pj in zip(*linear_sum_assignment(-iou)):
             if iou[fi, pj] < min_iou:
                 continue
