@@ -240,7 +240,10 @@ class SyntheticWorld:
                              int(rng.integers(self.min_people, self.max_people + 1)))
         child = list(child) if child is not None else [False] * n
         codes = self.random_codes(n, rng) if codes is None else np.asarray(codes, dtype=np.float32)
-        return SceneSpec(codes=codes, child=child, boxes=self.sample_layout(child, rng))
+        boxes = self.sample_layout(child, rng)
+        if self.layout != "grid" and self.prompt == "words":  # the boxes were put in left-to-right order
+            child = [(y2 - y1, x2 - x1) == tuple(self.child_shape) for x1, y1, x2, y2 in boxes]
+        return SceneSpec(codes=codes, child=child, boxes=boxes)
 
     def render_scene(self, spec: SceneSpec) -> np.ndarray:
         """The scene's latent (C, S, S)."""

@@ -285,3 +285,15 @@ def test_swapped_people_score_high_by_likeness_and_low_in_place(grid_world):
     judged = judge_scores(analyzer, latent, spec)
     assert judged["swaps"] == 2 and judged["identity"] == pytest.approx([cross, cross], abs=1e-4)
     assert judge_scores(analyzer, grid_world.render_scene(spec), spec)["swaps"] == 0
+
+
+def test_a_mixed_scene_keeps_each_persons_build_with_their_box():
+    """Word prompts list people left to right, so the layout sorts the boxes: the child flags must follow."""
+    from idglow.training.synthetic_runs import learning_world_v2
+
+    world = learning_world_v2()
+    for seed in range(20):
+        spec = world.sample_scene(np.random.default_rng(seed), child=[True, False, False])
+        shapes = [(y2 - y1, x2 - x1) for x1, y1, x2, y2 in spec.boxes]
+        assert [world.face_shape(c) for c in spec.child] == shapes
+        assert sorted(spec.child) == [False, False, True]
