@@ -64,6 +64,7 @@ def _inputs(handlers: GenerateHandlers, versions, tiny: bool, w: dict[str, Any])
                                 placeholder="Scene, e.g. a picnic in a park", max_length=MAX_SCENE_CHARS,
                                 elem_id="gen-scene")
     w["run"] = gr.Button("Generate", variant="primary", elem_id="gen-run")
+    w["run_note"] = gr.HTML(elem_id="gen-run-note", padding=False)  # what to fix first, under the button
     with gr.Accordion("Prompt and image settings", open=False, elem_id="gen-settings"):
         w["write"] = gr.Button("Write the prompt for me", size="sm", elem_id="gen-write")
         w["prompt"] = gr.Textbox(label="Prompt (empty: written from the people and the scene)", lines=2,
@@ -107,7 +108,7 @@ def _outputs(w: dict[str, Any]) -> None:
 def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool) -> None:
     """``versions()`` lists the servable model versions (the base first)."""
     w: dict[str, Any] = {}
-    with gr.Tab("Generate", elem_id="gen-tab"):
+    with gr.Tab("Generate", id="generate", elem_id="gen-tab"):
         w["state"] = gr.State(None)
         with gr.Row(equal_height=False, elem_id="gen-layout"):
             with gr.Column(scale=6, min_width=330, elem_id="gen-inputs"):
@@ -191,9 +192,14 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any]) -> None:
     # at once (no concurrency limit of its own), and the handler refuses a call beyond the queue's limits before
     # any work. Widget values arrive as sent (preprocess=False): the input guard (file_guard) has already checked
     # their shapes, and preprocessing this form's ~30 inputs one thread hop each took up to 0.8 s under a burst.
-    w["run"].click(generate, inputs_kwargs=form_in, outputs=[w[k] for k in results], api_name="generate",
+    run = w["run"].click(generate, inputs_kwargs=form_in, outputs=[w[k] for k in results], api_name="generate",
                    concurrency_limit=None, concurrency_id="generate", preprocess=False, show_progress="full",
                    show_progress_on=[w["gallery"]])
+    run.then(handlers.run_note, inputs_kwargs={"state": w["state"]}, outputs=[w["run_note"]], queue=False, api_visibility="private",
+             show_progress="hidden")
+    # the seed of the previous run is not shown as this run's while it runs
+    w["run"].click(lambda: ("Used seed: shown when this run ends", ""), None, [w["seed_used"], w["run_note"]],
+                   queue=False, api_visibility="private", show_progress="hidden")
     w["pool"].click(_by_name(w, ["status"])(handlers.add_to_pool), inputs_kwargs={"state": w["state"]},
                     outputs=[w["status"]], api_name="add_to_pool", concurrency_id="db", concurrency_limit=8)
     cleared = [*cards_out, "files", "gallery", "pngs", "archive", "scores", "status"]

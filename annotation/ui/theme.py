@@ -65,7 +65,21 @@ body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; o
 }
 """
 
-CSS = GENERATE_CSS + ANNOTATE_CSS
+# Lines that say what happened or what to do first, where the mistake is (never Gradio's error badge).
+NOTICE_CSS = """
+.idglow-problem {margin: 4px 0; padding: 4px 8px; border-left: 4px solid #b91c1c; background: #fef2f2;
+  color: #7f1d1d; font-weight: 600;}
+#annotate-notice {flex: 0 1 auto !important; width: auto !important; min-width: 0 !important;}
+#annotate-notice p {margin: 0; padding: 2px 8px; font-size: 0.9em;}
+.idglow-done {margin: 4px 0; padding: 4px 8px; border-left: 4px solid #15803d; color: inherit; font-weight: 600;}
+"""
+
+CSS = GENERATE_CSS + ANNOTATE_CSS + NOTICE_CSS
+
+# After a successful sign-in: the messages of earlier failed attempts ("wrong user name or password") go away.
+CLEAR_TOASTS_JS = """
+() => { document.querySelectorAll('[data-testid="toast-close"]').forEach((b) => b.click()); }
+"""
 
 SHORTCUTS_MD = """
 **Keys** (outside text boxes):
