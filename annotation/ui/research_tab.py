@@ -56,8 +56,9 @@ def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> ResearchT
                                    elem_id="export-since")
             export = gr.Button("Export", variant="primary", elem_id="export-run")
             files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="export-files")
+            command = dpo_command(served=getattr(handlers.service, "served", None))  # for the weights served here
             status = gr.Markdown("Export to see what the rows hold, the dataset card and the command that trains DPO "
-                                 f"on the download:\n\n```bash\n{dpo_command()}\n```", elem_id="export-status")
+                                 f"on the download:\n\n```bash\n{command}\n```", elem_id="export-status")
 
     form = dict(format=fmt, with_images=with_images, tie_policy=tie_policy, min_votes=min_votes, since=since)
     assert list(form) == ExportForm.names()
