@@ -83,6 +83,8 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
         with gr.Column(visible=False, elem_id="annotate-content") as content:
             with gr.Row(elem_id="annotate-head"):
                 prompt = gr.HTML(elem_id="annotate-prompt", scale=3, padding=False)
+                # every key's answer, kept up to date in the page (SHORTCUTS_JS), right above the candidates
+                gr.HTML(elem_id="answer-summary", padding=False)
                 # what just happened ("Vote saved") or what to do first, on the first screen
                 notice = gr.HTML(elem_id="annotate-notice", padding=False)
                 progress = gr.Markdown(elem_id="annotate-progress")

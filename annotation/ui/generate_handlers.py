@@ -358,11 +358,13 @@ class GenerateHandlers:
     # -- visitor data --------------------------------------------------------------------------------------
     @ui_errors
     def add_to_pool(self, state: VisitorState | None) -> dict:
-        """Put the visitor's last results in the annotation pool (they are then kept)."""
+        """Put the visitor's latest results (those of the last Generate) in the annotation pool (they are then
+        kept)."""
         if state is None or not state.generation_ids:
             return {"status": "Generate some images first: then they can be added to the annotation pool."}
         n = self.service.add_to_pool(state.visitor_id, state.generation_ids)
-        return {"status": f"Thank you: {n} image(s) added to the annotation pool (they are kept for research)."}
+        return {"status": f"Thank you: {n} image(s) of your latest Generate added to the annotation pool (they are "
+                          "kept for research; earlier results are not added)."}
 
     @ui_errors
     def delete_my_data(self, state: VisitorState | None) -> dict:

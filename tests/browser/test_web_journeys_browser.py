@@ -9,6 +9,7 @@ folder).
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,21 @@ def _votes(data: Path, user: str) -> list:
         with make_session_factory(engine)() as session:
             return session.scalars(select(Vote).join(User, User.id == Vote.user_id)
                                    .where(User.username == user).order_by(Vote.id)).all()
+    finally:
+        engine.dispose()
+
+
+def _visitor_generations(data: Path) -> int:
+    from sqlalchemy import func, select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Generation
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return session.scalar(select(func.count()).select_from(Generation)
+                                  .where(Generation.visitor_id.is_not(None)))
     finally:
         engine.dispose()
 
@@ -125,10 +141,22 @@ def test_wrong_password_then_sign_in_takes_the_annotator_to_the_pair(server, bro
 
         page.locator("#annotate-progress").click()
         page.keyboard.press("a")
+        page.keyboard.press("y")
+        page.keyboard.press("b")
+        summary = page.locator("#answer-summary")  # every key's answer where the eyes are
+        expect(summary).to_contain_text("Overall A")
+        expect(summary).to_contain_text("texture B")
+        expect(summary).to_contain_text("artifacts –")
+        assert summary.bounding_box()["y"] + summary.bounding_box()["height"] <= 768
+        page.screenshot(path=str(shots / "journeys-answer-summary.png"))
         page.keyboard.press("Enter")
+        page.keyboard.press("x")  # pressed while the next pair is on its way: not kept for the next pair
         expect(page.locator("#annotate-notice")).to_contain_text("Vote saved", timeout=30_000)
+        page.wait_for_timeout(500)
+        assert page.locator("#annotate-overall input:checked").count() == 0
+        expect(summary).to_contain_text("Overall –")
         votes = _votes(data, "ann")
-        assert len(votes) == 1 and votes[0].overall.value in ("a", "b")
+        assert len(votes) == 1 and votes[0].overall.value in ("a", "b") and votes[0].texture.value in ("a", "b")
 
 
 def test_research_shows_itself_on_sign_in_and_asks_signed_out_visitors_plainly(server, browser, shots):
@@ -151,3 +179,36 @@ def test_research_shows_itself_on_sign_in_and_asks_signed_out_visitors_plainly(s
         expect(page.locator("#research-intro")).to_be_hidden()
         assert _visible_badges(page) == 0
         page.screenshot(path=str(shots / "journeys-research-sign-in.png"))
+
+
+def test_scene_under_a_filled_prompt_and_delete_asks_first(server, browser, shots):
+    """A Scene typed while the prompt box is filled is said to be ignored; "Delete my data" deletes nothing
+    before the visitor confirms, and then deletes the visitor's generations from the store."""
+    from playwright.sync_api import expect
+
+    url, data = server
+    with _page(browser) as page:
+        page.goto(url)
+        page.locator("#gen-example").click()
+        expect(page.locator("#gen-card-0")).to_be_visible(timeout=60_000)
+        page.locator("#gen-settings").get_by_text("Prompt and image settings").click()
+        page.locator("#gen-prompt textarea").fill("three friends on a beach")
+        page.locator("#gen-scene textarea, #gen-scene input").first.fill("a snowy mountain hut")
+        page.locator("#gen-scene textarea, #gen-scene input").first.blur()
+        expect(page.locator("#gen-run-note")).to_contain_text("used as written and the Scene is not", timeout=30_000)
+        page.locator("#gen-run").click()
+        expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=180_000)
+        expect(page.locator("#gen-run-note")).to_have_text("")
+        expect(page.locator("#gen-seed")).to_contain_text(re.compile(r"Used seed: \d+"))
+        before = _visitor_generations(data)
+        assert before >= 1
+        page.locator("#gen-delete").click()
+        expect(page.locator("#gen-delete-text")).to_contain_text("cannot be undone")
+        page.screenshot(path=str(shots / "journeys-delete-confirm.png"))
+        page.locator("#gen-delete-no").click()
+        expect(page.locator("#gen-delete-yes")).to_be_hidden()
+        assert _visitor_generations(data) == before  # nothing deleted without the confirmation
+        page.locator("#gen-delete").click()
+        page.locator("#gen-delete-yes").click()
+        expect(page.locator("#gen-status")).to_contain_text("Deleted", timeout=30_000)
+        assert _visitor_generations(data) == before - 1
