@@ -211,23 +211,32 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any]) -> None:
                        show_progress_on=[w["gallery"]])
     run.then(handlers.run_note, inputs_kwargs={"state": w["state"]}, outputs=[w["run_note"]], queue=False,
              api_visibility="private", show_progress="hidden")
+    _wire_hints(w)
+    w["pool"].click(_by_name(w, ["status"])(handlers.add_to_pool), inputs_kwargs={"state": w["state"]},
+                    outputs=[w["status"]], api_name="add_to_pool", concurrency_id="db", concurrency_limit=8)
+    cleared = [*cards_out, "files", "gallery", "pngs", "archive", "scores", "status"]
+    _wire_delete_confirmation(w)
+    w["delete_yes"].click(_by_name(w, cleared)(handlers.delete_my_data), inputs_kwargs={"state": w["state"]},
+                          outputs=[w[k] for k in cleared], api_name="delete_my_data", concurrency_id="db",
+                          concurrency_limit=8).then(functools.partial(gr.update, visible=False), None,
+                                                    [w["delete_confirm"]], queue=False, api_visibility="private")
+
+
+def _wire_hints(w: dict[str, Any]) -> None:
+    """Plain hints under the Generate button while the form is filled in (no server work)."""
     w["scene"].change(_scene_note, inputs_kwargs={"scene": w["scene"], "prompt": w["prompt"]},
                       outputs=[w["run_note"]], queue=False, api_visibility="private", show_progress="hidden")
     ages = {card_names(i)["age"]: w[card_names(i)["age"]] for i in range(NUM_CARDS)}
     for trigger in (w["task"], *ages.values()):
         trigger.change(_age_note, inputs_kwargs={"task": w["task"], **ages}, outputs=[w["run_note"]], queue=False,
                        api_visibility="private", show_progress="hidden")
-    w["pool"].click(_by_name(w, ["status"])(handlers.add_to_pool), inputs_kwargs={"state": w["state"]},
-                    outputs=[w["status"]], api_name="add_to_pool", concurrency_id="db", concurrency_limit=8)
-    cleared = [*cards_out, "files", "gallery", "pngs", "archive", "scores", "status"]
-    # nothing is deleted before the visitor confirms what goes (pooled results included)
+
+
+def _wire_delete_confirmation(w: dict[str, Any]) -> None:
+    """Nothing is deleted before the visitor confirms what goes (pooled results included)."""
     for button, ask in ((w["delete"], True), (w["delete_no"], False)):
         button.click(functools.partial(gr.update, visible=ask), None, [w["delete_confirm"]], queue=False,
                      api_visibility="private", show_progress="hidden")
-    w["delete_yes"].click(_by_name(w, cleared)(handlers.delete_my_data), inputs_kwargs={"state": w["state"]},
-                          outputs=[w[k] for k in cleared], api_name="delete_my_data", concurrency_id="db",
-                          concurrency_limit=8).then(functools.partial(gr.update, visible=False), None,
-                                                    [w["delete_confirm"]], queue=False, api_visibility="private")
 
 
 def _remove(handlers: GenerateHandlers, index: int, **values) -> dict:
