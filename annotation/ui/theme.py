@@ -69,6 +69,17 @@ body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; o
 NOTICE_CSS = """
 .idglow-problem {margin: 4px 0; padding: 4px 8px; border-left: 4px solid #b91c1c; background: #fef2f2;
   color: #7f1d1d; font-weight: 600;}
+pre {white-space: pre-wrap !important; overflow-wrap: anywhere; overflow: visible !important;}
+pre .token {color: inherit !important;}
+
+/* WCAG AA contrast (4.5:1) for white text on the primary and the stop buttons, and for grey helper text */
+:root, .gradio-container {
+  --button-primary-background-fill: #c2410c !important; --button-primary-background-fill-hover: #9a3412 !important;
+  --button-primary-text-color: #ffffff !important;
+  --button-cancel-background-fill: #b91c1c !important; --button-cancel-background-fill-hover: #991b1b !important;
+  --button-cancel-text-color: #ffffff !important;
+}
+.or, .show-api, footer a, footer button {color: #374151 !important;}
 #answer-summary {font-size: 0.85em; flex: 0 1 auto !important; width: auto !important; min-width: 0 !important;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
 #annotate-notice {flex: 0 1 auto !important; width: auto !important; min-width: 0 !important;}
@@ -76,7 +87,27 @@ NOTICE_CSS = """
 .idglow-done {margin: 4px 0; padding: 4px 8px; border-left: 4px solid #15803d; color: inherit; font-weight: 600;}
 """
 
-CSS = GENERATE_CSS + ANNOTATE_CSS + NOTICE_CSS
+# On a phone: A and B side by side under the references, the head (what happened, the answers) pinned at the top
+# and the vote pinned at the bottom, every button and choice at least 44 px high, the banner wrapped, not cut.
+PHONE_CSS = """
+@media (max-width: 640px) {
+  #annotate-pair {flex-wrap: wrap !important; gap: 6px !important;}
+  #annotate-refs {flex: 1 1 100% !important; min-width: 100% !important;}
+  #annotate-left, #annotate-right {flex: 1 1 40% !important; min-width: 0 !important;
+    height: min(34vh, 48vw) !important;}
+  #annotate-votes {position: fixed !important; left: 0; right: 0; bottom: 0; z-index: 50; margin: 0 !important;
+    padding: 4px 6px; gap: 4px !important; background: var(--background-fill-primary);
+    box-shadow: 0 -2px 6px rgba(0, 0, 0, 0.2);}
+  #annotate-votes > * {min-width: 0 !important;}
+  #annotate-content {padding-bottom: 340px;}
+  #annotate-notice p {position: fixed; top: 0; left: 0; right: 0; z-index: 60; margin: 0;}
+  #answer-summary {white-space: normal;}
+  body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: normal !important;}
+  button, label:has(input[type=radio]), label:has(input[type=checkbox]) {min-height: 44px !important;}
+}
+"""
+
+CSS = GENERATE_CSS + ANNOTATE_CSS + NOTICE_CSS + PHONE_CSS
 
 # After a successful sign-in: the messages of earlier failed attempts ("wrong user name or password") go away.
 CLEAR_TOASTS_JS = """
@@ -189,6 +220,17 @@ SHORTCUTS_JS = """
     if (key === 'enter') { send('annotate-submit'); ev.preventDefault(); return; }
     if (key === 'k') { send('annotate-skip'); ev.preventDefault(); return; }
     if (key === 'u') { send('annotate-undo'); ev.preventDefault(); return; }
+  });
+  // A click on the Annotate tab (also when it is already open, e.g. after a sign-in took the person there) gives
+  // the keys to the pair.
+  document.addEventListener('click', (ev) => {
+    if (!ev.target.closest || !ev.target.closest('#annotate-tab-button')) return;
+    setTimeout(() => {
+      const pair = document.querySelector('#annotate-pair');
+      if (!pair || pair.offsetParent === null) return;
+      pair.setAttribute('tabindex', '-1');
+      pair.focus({preventScroll: true});
+    }, 50);
   });
   // The answer of every key, in one line above the candidates (the rows below are out of view on a laptop).
   const SHORT = {left: 'A', right: 'B', tie: 'same', both_bad: 'both bad', slight: 'slightly', clear: 'clearly'};
