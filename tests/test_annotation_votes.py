@@ -225,6 +225,27 @@ def test_undo_last_vote_and_badcase(store):
             V.flag_badcase(s, 10**9, ["artifact"])
 
 
+def test_undo_after_moving_on_shows_the_undone_pair_then_the_interrupted_one_unskipped(store):
+    """Vote, the next pair is served, undo: the undone pair comes back first; the pair it interrupted is neither
+    skipped nor lost, and is served right after the undone one is voted again."""
+    from db.models import AssignmentStatus
+
+    _, ids = small_world(store, candidates=8, annotators=1)
+    u = ids["annotator1"]
+    with store.sessions() as s:
+        first = S.next_comparison(s, u, gold_rate=0.0)
+        V.record_vote(s, V.VoteRequest(first.comparison_id, u, "a", "m1"))
+        moved_on = S.next_comparison(s, u, gold_rate=0.0)
+        assert moved_on.comparison_id != first.comparison_id
+        V.undo_last_vote(s, u)
+        assert S.next_comparison(s, u, gold_rate=0.0).comparison_id == first.comparison_id
+        status = s.scalar(select(Assignment.status).where(Assignment.user_id == u,
+                                                          Assignment.comparison_id == moved_on.comparison_id))
+        assert status == AssignmentStatus.open
+        V.record_vote(s, V.VoteRequest(first.comparison_id, u, "b", "m2"))
+        assert S.next_comparison(s, u, gold_rate=0.0).comparison_id == moved_on.comparison_id
+
+
 def test_undo_returns_the_answers_of_the_undone_vote(store):
     _, ids = small_world(store, candidates=8, annotators=1)
     u = ids["annotator1"]

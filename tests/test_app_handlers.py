@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -133,8 +134,8 @@ def test_a_full_queue_refuses_generate_before_the_request_is_built():
         with pytest.raises(gr.Error, match=r"The generator is busy \(1 requests running or waiting, the limit is 1\)"):
             handlers.generate(VisitorState(), GenerateForm(consent=True))
     assert service.requests == [] and service.queue.admitted == 0
-    with pytest.raises(gr.Error, match="Add 1–6 people first"):
-        handlers.generate(VisitorState(), GenerateForm(consent=True))  # with room, the request is checked as before
+    out = handlers.generate(VisitorState(), GenerateForm(consent=True))  # with room, the request is checked as before
+    assert "Add 1–6 people first" in out["status"]
     assert service.queue.admitted == 0, "the place taken for a request that failed its checks is given back"
 
 
@@ -165,17 +166,31 @@ def test_generate_builds_a_typed_request_and_shows_scores_in_words():
     assert out["state"].generation_ids == [7]
 
 
-def test_generate_without_people_and_bad_numbers_are_clear_errors():
-    handlers = GenerateHandlers(FakeGeneration())
-    with pytest.raises(gr.Error, match="Add 1–6 people first"):
-        handlers.generate(None, GenerateForm(consent=True))
+def test_generate_without_people_and_bad_numbers_are_said_under_the_button():
+    """Mistakes in the form come back as a line under Generate (no error state over the gallery), nothing is
+    generated, and the seed of an earlier run is not shown as this one's."""
+    service = FakeGeneration()
+    handlers = GenerateHandlers(service)
+
+    def note(state, form):
+        out = handlers.generate(state, form)
+        assert set(out) == {"status", "seed_used", "state"} and out["seed_used"] == ""
+        shown = handlers.run_note(out["state"])  # the line under the button
+        assert "idglow-problem" in shown and out["status"] in html.unescape(shown)
+        return shown
+
+    assert "Add 1–6 people first" in note(None, GenerateForm(consent=True))
     state = VisitorState(people=[Person("a", DetectedSubject(Image.new("RGB", (4, 4)), 0, "a.jpg"))])
-    with pytest.raises(gr.Error, match="person 1: target age 'six' is not a number"):
-        handlers.generate(state, GenerateForm(consent=True, cards=[CardValues("A", "six", 1.0)]))
-    with pytest.raises(gr.Error, match="'person 1: target age 130.0 must be between 0 and 120"):
-        handlers.generate(state, GenerateForm(consent=True, cards=[CardValues("", 130, 1.0)]))
-    with pytest.raises(gr.Error, match="'Gran: ID weight 5.0 must be between 0 and 3"):
-        handlers.generate(state, GenerateForm(consent=True, cards=[CardValues("Gran", None, 5)]))
+    assert "Person 1: target age &#x27;six&#x27; is not a number" in note(
+        state, GenerateForm(consent=True, cards=[CardValues("A", "six", 1.0)]))
+    assert "Person 1: target age 130.0 must be between 0 and 120" in note(
+        state, GenerateForm(consent=True, cards=[CardValues("", 130, 1.0)]))
+    assert "Gran: ID weight 5.0 must be between 0 and 3" in note(
+        state, GenerateForm(consent=True, cards=[CardValues("Gran", None, 5)]))
+    assert service.requests == []
+    state.people = state.people * 2
+    handlers.generate(state, GenerateForm(consent=True))
+    assert handlers.run_note(state) == "" and len(service.requests) == 1  # fixed: the line goes
 
 
 def test_the_generate_wiring_passes_widget_values_by_name():
@@ -242,17 +257,39 @@ def test_vote_translates_screen_sides_to_candidates_and_checks_the_caller():
     assert kwargs["key"] == pair.key and kwargs["duration_ms"] == 0
     handlers.vote("t-ann", pair, "tie", "clear", None, None)
     assert service.calls[1][3]["strength"] is None  # strength only for a or b
+    saved = handlers.vote("t-ann", pair, "right", None, None, None)
+    assert "Vote saved" in saved[-2] and "idglow-done" in saved[-2]  # said beside the buttons
+
+
+def test_a_vote_without_an_overall_choice_is_refused_inline_leaving_the_pair_and_answers():
+    """A mistake in the form is said in words beside the buttons; nothing else on screen changes (no error state
+    that would cover the pair), and nothing is stored."""
+    service = FakeAnnotation([])
+    handlers = AnnotateHandlers(service, AUTH)
+    pair = handlers.show("t-ann")[-1]
+    out = handlers.vote("t-ann", pair, None, "clear", "left", None, "left")
+    assert len(out) == SHOWN_OUTPUTS and not [c for c in service.calls if c[0] == "vote"]
+    overall_at = 5 + 6
+    assert all(u == gr.skip() for i, u in enumerate(out) if i not in (len(out) - 2, overall_at))
+    assert "Choose A, B, tie or both bad first" in out[-2] and "idglow-problem" in out[-2]
+    assert out[overall_at] == {"__type__": "update", "label": "Overall: choose A, B, tie or both bad first (keys a, b, "
+                                                              "t, x)"}  # on the choice itself, its value kept
+    assert handlers.show("t-ann")[overall_at]["label"] == "Overall: which group photo is better?"  # then back
+    status, *rest = handlers.flag("t-ann", pair, None, ["artifact"], "")
+    assert "Choose which image (A or B)" in status and all(u == gr.skip() for u in rest)
+    assert not [c for c in service.calls if c[0] == "flag"]
 
 
 def test_every_pair_starts_with_an_empty_form_one_update_per_output():
     handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
     shown = handlers.show("t-ann")
     assert len(shown) == SHOWN_OUTPUTS
-    form = shown[5:-3]  # identity radios, overall, strength, texture, artifacts, flag side, types, note
+    form = shown[5:-4]  # identity radios, overall, strength, texture, artifacts, flag side, types, note
     assert len({id(u) for u in form}) == len(form)  # never one update object repeated for several outputs
     assert [u["value"] for u in form] == [None] * 11 + [[], ""]
-    assert shown[-3] == ""  # the flag status of the previous pair is gone
-    assert shown[-2] == {"__type__": "update", "value": "", "visible": False}  # no apparent ages: no suggestion
+    assert shown[-4] == ""  # the flag status of the previous pair is gone
+    assert shown[-3] == {"__type__": "update", "value": "", "visible": False}  # no apparent ages: no suggestion
+    assert shown[-2] == ""  # no notice of the previous pair
 
 
 def test_an_apparent_age_far_from_its_target_suggests_the_wrong_age_flag():
@@ -264,14 +301,14 @@ def test_an_apparent_age_far_from_its_target_suggests_the_wrong_age_flag():
                      right=replace(served.right, apparent_ages=(9.0, 3.0)))
     service = FakeAnnotation([])
     service.next_pair = lambda user_id: served
-    update = AnnotateHandlers(service, AUTH).show("t-ann")[-2]
+    update = AnnotateHandlers(service, AUTH).show("t-ann")[-3]
     hint = update["value"]
     assert update["visible"]
     assert "Wrong age [5]" in hint
     assert "in A, Mum &lt;img src=x&gt; looks 14 (target 6)" in hint
     assert "in B" not in hint and "looks 70" not in hint and "<img" not in hint
     service.next_pair = lambda user_id: replace(served, left=replace(served.left, apparent_ages=(10.0, 70.0)))
-    assert not AnnotateHandlers(service, AUTH).show("t-ann")[-2]["visible"]
+    assert not AnnotateHandlers(service, AUTH).show("t-ann")[-3]["visible"]
 
 
 def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
@@ -289,11 +326,13 @@ def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
     assert handlers.show_after_sign_in("t-ann2", replace(shown[-1], user_id=2))[1] == "/data/b.png"
     signed = SimpleNamespace(token="tok", user=SimpleNamespace(username="anna", role=Role.annotator))
     sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password, client="": signed, sign_out=lambda token: None))
-    token, status, password, form, bar, content, intro, research = sign_in.sign_in("anna", "pw")
+    token, status, password, form, bar, content, intro, research, tabs = sign_in.sign_in("anna", "pw")
     assert token == "tok" and status.startswith("Signed in as **anna**") and password == ""
     assert [u["visible"] for u in (form, bar, content, intro, research)] == [False, True, True, False, False]
+    assert tabs == {"__type__": "update", "selected": "annotate"}  # from Generate (where all land) to the work
+    assert sign_in.sign_in("anna", "pw", "research")[-1] == gr.skip()  # a tab chosen by the person stays
     out = sign_in.sign_out("tok")
-    assert out[0] is None and [u["visible"] for u in out[3:]] == [True, False, False, True, False]
+    assert out[0] is None and [u["visible"] for u in out[3:-1]] == [True, False, False, True, False]
 
 
 def test_selecting_the_annotate_tab_changes_no_answer():
@@ -313,7 +352,7 @@ def test_undo_shows_the_undone_answers_and_flag_names_the_candidate_on_screen():
     handlers = AnnotateHandlers(service, AUTH)
     pair = PairState(FakeAnnotation([]).next_pair(1), 0.0, "k")
     shown = handlers.undo("t-ann", pair)
-    assert service.calls == [("undo", 1), ("skip", 1, 9)]
+    assert service.calls == [("undo", 1)]  # the pair on screen is not stored as skipped
     # candidate B (30) is on the left: a → right, b → left
     identity, (overall, strength, texture, artifacts) = shown[5:7], shown[11:15]
     assert [u["value"] for u in identity] == ["left", "tie"]
@@ -323,8 +362,6 @@ def test_undo_shows_the_undone_answers_and_flag_names_the_candidate_on_screen():
     assert status == "Flagged image B as Identity swap."
     assert [u["value"] for u in flag_form] == [None, [], ""]
     assert service.calls[-1] == ("flag", 1, 20, ["identity_swap"], "swap")
-    with pytest.raises(gr.Error, match="Choose which image"):
-        handlers.flag("t-ann", pair, None, ["artifact"], "")
 
 
 def test_research_needs_a_researcher_and_passes_the_export_filters():

@@ -4,7 +4,9 @@ agreement guide and small-sample warnings."""
 from __future__ import annotations
 
 import shlex
+import shutil
 import zipfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +22,8 @@ from annotation.ui.research_handlers import (
     export_status,
     leaderboard_table,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +100,36 @@ def test_small_sample_warnings(service):
     assert "How to read α" in guide
     if any(a.alpha is not None and a.units < 20 for a in agreements):
         assert "rough estimate" in guide
+
+
+def test_the_shown_training_command_trains_on_the_demo_model(tmp_path):
+    """The commands the Research page shows for the tiny demo model run as shown in a checkout: unzip the
+    download, train DPO on it (README's tiny-model flags), and leave an adapter to register."""
+    import os
+    import subprocess
+    import sys
+
+    from annotation.store.demo import demo_references, tiny_model_images
+    from idglow.faces.dlib_backend import DlibAnalyzer
+
+    store = make_store(tmp_path / "store")
+    with store.sessions() as s:  # as `idglow demo-data` makes it: the people's faces are real portraits
+        seed_demo_data(s, store.data_dir, candidates=8, votes=12, annotators=2, seed=3, gold_rate=0.0,
+                       images=tiny_model_images(8, 3), references=demo_references(DlibAnalyzer()))
+        uid = get_user_by_name(s, "researcher").id
+    research = ResearchService(store.sessions, store.data_dir)
+    download = research.export(uid, ExportFilters(with_images=True))
+    unzip, train, register = download.command.splitlines()
+    assert "--set model=tiny" in train and "idglow models add" in register
+    tmp_path = tmp_path / "checkout"
+    tmp_path.mkdir()
+    shutil.copy(download.archive, tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    for line in (unzip, train):
+        args = shlex.split(line)
+        args = [sys.executable, "-m", "idglow", *args[1:]] if args[0] == "idglow" else args
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    adapter = shlex.split(register)[-1]
+    assert (tmp_path / adapter).is_dir() and any((tmp_path / adapter).iterdir())

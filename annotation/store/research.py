@@ -4,6 +4,7 @@ leaderboard and preference exports."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,9 +50,10 @@ class Leaderboard:
 class ResearchService:
     """The Research tab's use-cases on the preference store: counts, annotator stats, agreement, leaderboard, export."""
 
-    def __init__(self, sessions, data_dir: str | os.PathLike[str]):
+    def __init__(self, sessions, data_dir: str | os.PathLike[str], served: ServedWeights | None = None):
         self.sessions = sessions
         self.data_dir = Path(data_dir)
+        self.served = served or ServedWeights()
 
     def counts(self) -> dict[str, int]:
         from sqlalchemy import func, select
@@ -111,18 +113,38 @@ class ResearchService:
             )
         archive = Path(shutil.make_archive(str(out), "zip", root_dir=out))
         data_files = sorted((out / "data").glob(f"*.{filters.format}"))
-        return ExportDownload(out, archive, data_files, result.rows, dpo_command(archive.name, filters.format),
+        return ExportDownload(out, archive, data_files, result.rows, dpo_command(archive.name, filters.format, self.served),
                               result=result, with_images=filters.with_images, store_votes=self.counts()["votes"])
 
 
-def dpo_command(archive_name: str | None = None, fmt: str = "parquet") -> str:
-    """The commands that unzip a downloaded export beside a checkout, train DPO on it (relative paths only,
-    so they work on the researcher's machine) and register the result for the app."""
+@dataclass(frozen=True)
+class ServedWeights:
+    """The weights the app serves, which the training command shown to researchers starts from: a FLUX folder
+    and an adapter folder, or (``model_dir`` None) the tiny demo model."""
+
+    model_dir: str | None = None
+    adapter_dir: str | None = None
+
+    def train_flags(self) -> str:
+        """``--set`` options of ``idglow train dpo`` for these weights (the tiny model: README's tiny-model flags;
+        without an adapter DPO starts from a fresh one)."""
+        adapter = f"--set adapter={shlex.quote(self.adapter_dir) if self.adapter_dir else 'null'}"
+        if self.model_dir is None:
+            return (f"--set model=tiny {adapter} --set max_steps=2 --set resolution=64 --set mixed_precision=no "
+                    "--set report_to=none")
+        return f"--set model={shlex.quote(self.model_dir)} {adapter}"
+
+
+def dpo_command(archive_name: str | None = None, fmt: str = "parquet", served: ServedWeights | None = None) -> str:
+    """The commands that unzip a downloaded export beside a checkout, train DPO on it from the weights the app
+    serves (``served``, the tiny demo model by default) and register the result for the app."""
     name = Path(archive_name).stem if archive_name else "EXPORT"
     model = "dpo-" + name.removeprefix("export-").rsplit("-u", 1)[0] if archive_name else "dpo-v1"
     lines = [f"unzip {name}.zip -d {name}"]
     if fmt != "parquet":
         lines.append(f"# the trainer reads Parquet: export as parquet to train on {name}")
-    lines += [f"idglow train dpo --config configs/dpo.yaml --set train_data={name} --set output_dir=runs/{model}",
+    flags = (served or ServedWeights()).train_flags()
+    lines += [f"idglow train dpo --config configs/dpo.yaml {flags} --set train_data={name} "
+              f"--set output_dir=runs/{model}",
               f"idglow models add {model} --adapter runs/{model}/adapter"]
     return "\n".join(lines)

@@ -249,7 +249,8 @@ def next_comparison(
             pending = session.execute(
                 select(Assignment.id, Assignment.comparison_id, Assignment.shown_left_id)
                 .where(Assignment.user_id == user_id, Assignment.status == AssignmentStatus.open)
-                .order_by(Assignment.id.desc())
+                # the latest opened first: a pair reopened by undo comes before the one it interrupted
+                .order_by(Assignment.created_at.desc(), Assignment.id.desc())
                 .limit(1)
             ).first()
             if pending is not None:

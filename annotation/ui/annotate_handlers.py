@@ -18,13 +18,16 @@ import gradio as gr
 from annotation.generation.service import typed_prompt_positions
 from annotation.store.errors import UndoExpired
 from annotation.store.votes import FAILURE_TYPES
-from annotation.ui.errors import ui_errors
+from annotation.ui.errors import notice_html, ui_errors
 from db.models import Role
 from idglow.prompting.badcases import wrong_age_slots
 from idglow.subjects import MAX_SUBJECTS
 
 # each choice shows its key in brackets
 OVERALL_CHOICES = [("A better [a]", "left"), ("B better [b]", "right"), ("Tie [t]", "tie"), ("Both bad [x]", "both_bad")]
+OVERALL_LABEL = "Overall: which group photo is better?"
+OVERALL_MISSING = "Overall: choose A, B, tie or both bad first (keys a, b, t, x)"
+OVERALL_AT = 5 + MAX_SUBJECTS  # where the overall radio stands in the shown outputs
 PAIR_CHOICES = [("A [a]", "left"), ("B [b]", "right"), ("Same [t]", "tie")]
 STRENGTH_CHOICES = [("Slightly [s]", "slight"), ("Clearly [c]", "clear")]
 FLAG_SIDE_CHOICES = [("A [a]", "left"), ("B [b]", "right")]
@@ -39,8 +42,28 @@ def failure_label(name: str) -> str:
 FAILURE_CHOICES = [(f"{failure_label(name)} [{i + 1}]", name) for i, name in enumerate(FAILURE_TYPES)]
 WRONG_AGE_CHOICE = next(text for text, name in FAILURE_CHOICES if name == "wrong_age")  # as the flag form shows it
 # refs, A, B, prompt, progress, identity radios, overall, strength, texture, artifacts, flag side, failure types,
-# flag note, flag status, flag hint, pair state
-SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 3
+# flag note, flag status, flag hint, vote notice, pair state
+SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 4
+NOTICE = -2  # where the vote notice (beside Submit) stands in the shown outputs
+
+
+def inline_problem(text: str, outputs: int = SHOWN_OUTPUTS, at: int = NOTICE) -> list:
+    """Outputs that leave everything on screen as it is and say ``text`` at ``at`` (the form stays usable:
+    no error state covers the pair or the answers given)."""
+    out: list = [gr.skip() for _ in range(outputs)]
+    out[at] = notice_html(text, problem=True)
+    return out
+
+
+TAB_IDS = ("generate", "annotate", "research")  # ids of the page's tabs, as gr.Tabs(selected=...) takes them
+
+
+def home_tab(role: Role, on_tab: str | None) -> str | None:
+    """Where a sign-in takes the person: from Generate (where everyone lands) to their work (Research for a
+    researcher, Annotate for an annotator); from any other tab nowhere (None: they chose that tab)."""
+    if on_tab not in (None, "generate"):
+        return None
+    return "research" if role in (Role.researcher, Role.admin) else "annotate"
 
 
 def sign_in_client(request) -> str:
@@ -58,24 +81,34 @@ def sign_in_client(request) -> str:
 
 class SignInHandlers:
     """Outputs of sign-in and sign-out: token, status line, password box, sign-in panel, signed-in bar,
-    annotate content, annotate intro, research content."""
+    annotate content, annotate intro, research content, the tabs (the one to show)."""
 
     def __init__(self, auth):
         self.auth = auth
 
     @ui_errors
-    def sign_in(self, username: str, password: str, request: gr.Request = None):
+    def sign_in(self, username: str, password: str, on_tab: str | None = None, request: gr.Request = None):
         signed = self.auth.sign_in(username, password, client=sign_in_client(request))
         user = signed.user
         researcher = user.role in (Role.researcher, Role.admin)
         status = f"Signed in as **{html.escape(user.username)}** · {user.role.value}"
+        tab = home_tab(user.role, on_tab)
         return (signed.token, status, "", gr.update(visible=False), gr.update(visible=True),
-                gr.update(visible=True), gr.update(visible=False), gr.update(visible=researcher))
+                gr.update(visible=True), gr.update(visible=False), gr.update(visible=researcher),
+                gr.update(selected=tab) if tab else gr.skip())
+
+    def after_attempt(self, token: str | None):
+        """The line under the sign-in form after an attempt: empty once signed in, else what went wrong in
+        words (the refusal itself is also the page's message)."""
+        if self.auth.user(token) is not None:
+            return ""
+        return notice_html("Not signed in: check the user name and the password, then press Sign in again.",
+                           problem=True)
 
     def sign_out(self, token: str | None):
         self.auth.sign_out(token)
         return (None, "", "", gr.update(visible=True), gr.update(visible=False),
-                gr.update(visible=False), gr.update(visible=True), gr.update(visible=False))
+                gr.update(visible=False), gr.update(visible=True), gr.update(visible=False), gr.skip())
 
 
 @dataclass
@@ -172,7 +205,7 @@ def _identity_updates(served, answers: Answers) -> list[dict]:
 def _form(served, answers: Answers) -> list[dict]:
     """One update per choice: 6 identity radios, overall, strength, texture, artifacts, flag side, failure
     types, flag note."""
-    return [*_identity_updates(served, answers), gr.update(value=answers.overall),
+    return [*_identity_updates(served, answers), gr.update(value=answers.overall, label=OVERALL_LABEL),
             gr.update(value=answers.strength), gr.update(value=answers.texture), gr.update(value=answers.artifacts),
             gr.update(value=None), gr.update(value=[]), gr.update(value="")]
 
@@ -198,7 +231,8 @@ class AnnotateHandlers:
             text = f"{note} · {text}"
         if served is None:
             return [gr.update(value=[]), None, None, "<p>No pair is waiting for you. Thank you!</p>", text,
-                    *_form(None, Answers()), "", gr.update(value="", visible=False), PairState()]
+                    *_form(None, Answers()), "", gr.update(value="", visible=False), notice_html(note),
+                    PairState()]
         answers = (Answers.of_undone(undone, served)
                    if undone is not None and undone.comparison_id == served.comparison_id else Answers())
         refs = [(self.service.image_path(p), _caption(served, i))
@@ -206,7 +240,8 @@ class AnnotateHandlers:
         state = PairState(served, self.clock(), uuid.uuid4().hex, user.id)
         return [gr.update(value=refs, columns=1 if len(refs) <= 2 else 2),
                 self.service.image_path(served.left.image_path), self.service.image_path(served.right.image_path),
-                _prompt_html(served), text, *_form(served, answers), "", _flag_hint_update(served), state]
+                _prompt_html(served), text, *_form(served, answers), "", _flag_hint_update(served),
+                notice_html(note), state]
 
     @ui_errors
     def show(self, token: str | None):
@@ -226,9 +261,11 @@ class AnnotateHandlers:
              texture: str | None, artifacts: str | None, *identity: str | None):
         user = self._user(token)
         if pair is None or pair.served is None:
-            raise gr.Error("There is no pair to vote on; press Skip to load one.", print_exception=False)
-        if overall is None:
-            raise gr.Error("Choose A, B, tie or both bad first.", print_exception=False)
+            return inline_problem("There is no pair to vote on; press Skip to load one.")
+        if overall is None:  # said at the top and on the overall choice itself
+            out = inline_problem("Choose A, B, tie or both bad first (keys a, b, t, x).")
+            out[OVERALL_AT] = gr.update(label=OVERALL_MISSING)
+            return out
         served = pair.served
         choice = served.choice_for_side
         ident = {i: choice(v) for i, v in enumerate(identity[: served.num_subjects]) if v}
@@ -250,14 +287,13 @@ class AnnotateHandlers:
 
     @ui_errors
     def undo(self, token: str | None, pair: PairState | None):
-        """The last vote is deleted and its pair shown again with the answers it had."""
+        """The last vote is deleted and its pair shown again with the answers it had. The pair that was on
+        screen is left as it was (not skipped): it is served again after the undone one."""
         user = self._user(token)
         try:
             undone = self.service.undo(user.id)
         except UndoExpired as err:
-            raise gr.Error(f"Nothing to undo: {err}", print_exception=False) from None
-        if pair is not None and pair.served is not None:  # the pair on screen goes back in the queue
-            self.service.skip(user.id, pair.served.comparison_id)
+            return inline_problem(f"Nothing to undo: {err}")
         return self._show(user, "Last vote undone", undone=undone)
 
     @ui_errors
@@ -265,9 +301,9 @@ class AnnotateHandlers:
         """Outputs: flag status, then a cleared flag form (side, failure types, note)."""
         user = self._user(token)
         if pair is None or pair.served is None:
-            raise gr.Error("There is no pair on screen to flag.", print_exception=False)
+            return inline_problem("There is no pair on screen to flag.", outputs=4, at=0)
         if side not in ("left", "right"):
-            raise gr.Error("Choose which image (A or B) to flag.", print_exception=False)
+            return inline_problem("Choose which image (A or B) to flag first (key a or b).", outputs=4, at=0)
         shown = pair.served.left if side == "left" else pair.served.right
         types = list(failure_types or [])
         self.service.flag(user.id, shown.candidate_id, types, note or "")

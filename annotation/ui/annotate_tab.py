@@ -14,6 +14,7 @@ from annotation.ui.annotate_handlers import (
     FAILURE_CHOICES,
     FLAG_SIDE_CHOICES,
     OVERALL_CHOICES,
+    OVERALL_LABEL,
     PAIR_CHOICES,
     STRENGTH_CHOICES,
     AnnotateHandlers,
@@ -23,6 +24,8 @@ from idglow.subjects import MAX_SUBJECTS
 
 IMAGE_HEIGHT = "56vh"  # each candidate at least ~55% of the viewport height
 EVENTS = dict(concurrency_id="annotate", concurrency_limit=16)
+# Gradio's progress and error state go on the notice beside the buttons only: they never cover the pair or a form.
+NOTICE = -2
 
 
 @dataclass
@@ -38,7 +41,7 @@ class AnnotateTab:
     def load_after(self, event) -> None:
         """After ``event`` succeeds (a sign-in), show the annotator's pair and move the focus to it."""
         event.success(self.handlers.show_after_sign_in, [self.token, self.shown[-1]], self.shown, api_visibility="private",
-                      **EVENTS).success(None, js=FOCUS_PAIR_JS)
+                      show_progress_on=[self.shown[NOTICE]], **EVENTS).success(None, js=FOCUS_PAIR_JS)
 
 
 def _pair_row():
@@ -74,16 +77,20 @@ def _flag_form():
 
 def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateTab:
     """The Annotate tab; its content is shown after sign-in (the handlers check the caller anyway)."""
-    with gr.Tab("Annotate", elem_id="annotate-tab") as tab:
+    with gr.Tab("Annotate", id="annotate", elem_id="annotate-tab") as tab:
         pair = gr.State(None)
         intro = gr.Markdown("Annotators: sign in above to judge pairs of candidates.", elem_id="annotate-intro")
         with gr.Column(visible=False, elem_id="annotate-content") as content:
             with gr.Row(elem_id="annotate-head"):
                 prompt = gr.HTML(elem_id="annotate-prompt", scale=3, padding=False)
+                # every key's answer, kept up to date in the page (SHORTCUTS_JS), right above the candidates
+                gr.HTML(elem_id="answer-summary", padding=False)
+                # what just happened ("Vote saved") or what to do first, on the first screen
+                notice = gr.HTML(elem_id="annotate-notice", padding=False)
                 progress = gr.Markdown(elem_id="annotate-progress")
             refs, left, right = _pair_row()
             with gr.Row(elem_id="annotate-votes"):
-                overall = gr.Radio(OVERALL_CHOICES, label="Overall: which group photo is better?",
+                overall = gr.Radio(OVERALL_CHOICES, label=OVERALL_LABEL,
                                    elem_id="annotate-overall", scale=3)
                 strength = gr.Radio(STRENGTH_CHOICES, label="By how much?", elem_id="annotate-strength", scale=2)
                 with gr.Column(scale=2, min_width=200):
@@ -106,15 +113,16 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
             reload = gr.Button("Reload pair", visible=False, elem_id="annotate-reload")
 
     shown = [refs, left, right, prompt, progress, *identity, overall, strength, texture, artifacts,
-             side, types, note, flag_status, flag_hint, pair]
+             side, types, note, flag_status, flag_hint, notice, pair]
     # Selecting the tab only moves the focus to the pair: the sign-in already showed it, and a second reply
     # that lists the answers as outputs would race with the keys being pressed.
     tab.select(None, js=FOCUS_PAIR_JS)
-    reload.click(handlers.show, [token], shown, api_name="annotate_show", **EVENTS)
+    on_notice = dict(show_progress_on=[notice], **EVENTS)
+    reload.click(handlers.show, [token], shown, api_name="annotate_show", **on_notice)
     submit.click(handlers.vote, [token, pair, overall, strength, texture, artifacts, *identity], shown,
-                 api_name="vote", **EVENTS)
-    skip.click(handlers.skip, [token, pair], shown, api_name="skip", **EVENTS)
-    undo.click(handlers.undo, [token, pair], shown, api_name="undo", **EVENTS)
+                 api_name="vote", **on_notice)
+    skip.click(handlers.skip, [token, pair], shown, api_name="skip", **on_notice)
+    undo.click(handlers.undo, [token, pair], shown, api_name="undo", **on_notice)
     flag.click(handlers.flag, [token, pair, side, types, note], [flag_status, side, types, note], api_name="flag",
-               **EVENTS)
+               show_progress_on=[flag_status], **EVENTS)
     return AnnotateTab(content, intro, shown, handlers, token)

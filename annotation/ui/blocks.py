@@ -8,13 +8,13 @@ import gradio as gr
 
 from annotation.privacy.private_downloads import DEFAULT_DOWNLOAD_TTL_S, PrivateDownloads
 from annotation.privacy.uploads import UploadLimits, UploadRegistry
-from annotation.ui.annotate_handlers import AnnotateHandlers, SignInHandlers
+from annotation.ui.annotate_handlers import TAB_IDS, AnnotateHandlers, SignInHandlers
 from annotation.ui.annotate_tab import AnnotateTab, build_annotate_tab
 from annotation.ui.generate_handlers import GenerateHandlers
 from annotation.ui.generate_tab import build_generate_tab
 from annotation.ui.research_handlers import ResearchHandlers
-from annotation.ui.research_tab import build_research_tab
-from annotation.ui.theme import CSS, SHORTCUTS_JS
+from annotation.ui.research_tab import ResearchTab, build_research_tab
+from annotation.ui.theme import CLEAR_TOASTS_JS, CSS, SHORTCUTS_JS
 
 
 @dataclass
@@ -48,16 +48,28 @@ def build_app(services: AppServices) -> gr.Blocks:
             gr.Markdown(services.banner, elem_id="idglow-banner")
         token = gr.State(None)
         signin = _sign_in_panel()
-        with gr.Tabs():
+        with gr.Tabs(elem_id="idglow-tabs") as tabs:
             build_generate_tab(generate, services.generation.model_versions, tiny=services.tiny)
             annotate_tab = build_annotate_tab(AnnotateHandlers(services.annotation, services.auth), token)
             research_tab = build_research_tab(
                 ResearchHandlers(services.research, services.auth, services.downloads,
                                  download_ttl_s=services.export_ttl_s), token)
-        _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab)
+        _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab, tabs)
         demo.load(None, js=SHORTCUTS_JS)
     demo.queue(max_size=max(64, 4 * (services.concurrency + services.max_queue)), default_concurrency_limit=4)
     return demo
+
+
+def _selected_tab(evt: gr.SelectData) -> str:
+    index = evt.index if isinstance(evt.index, int) else 0
+    return TAB_IDS[index] if 0 <= index < len(TAB_IDS) else TAB_IDS[0]
+
+
+def _tab_on_screen(tabs: gr.Tabs) -> gr.State:
+    """A per-page state holding the id of the tab on screen (``generate`` until another is opened)."""
+    on_tab = gr.State(TAB_IDS[0])
+    tabs.select(_selected_tab, None, on_tab, queue=False, api_visibility="private", show_progress="hidden")
+    return on_tab
 
 
 @dataclass
@@ -71,6 +83,7 @@ class SignInPanel:
     bar: gr.Row  # "Signed in as NAME · Sign out", shown while signed in
     status: gr.Markdown
     sign_out: gr.Button
+    notice: gr.HTML
 
 
 def _sign_in_panel() -> SignInPanel:
@@ -79,25 +92,34 @@ def _sign_in_panel() -> SignInPanel:
             username = gr.Textbox(label="User name", elem_id="signin-user")
             password = gr.Textbox(label="Password", type="password", elem_id="signin-password")
         run = gr.Button("Sign in", variant="primary", elem_id="signin-run")
+        notice = gr.HTML(elem_id="signin-notice", padding=False)  # what went wrong, in words, under the form
     with gr.Row(visible=False, elem_id="signin-bar") as bar:
         status = gr.Markdown(elem_id="signin-status")
         sign_out = gr.Button("Sign out", size="sm", scale=0, min_width=100, elem_id="signin-out")
-    return SignInPanel(username, password, run, form, bar, status, sign_out)
+    return SignInPanel(username, password, run, form, bar, status, sign_out, notice)
 
 
 def _wire_sign_in(handlers: SignInHandlers, panel: SignInPanel, token: gr.State, annotate_tab: AnnotateTab,
-                  research_tab: gr.Column) -> None:
-    """Sign-in collapses the panel to the signed-in bar and loads the annotator's pair; sign-out reverses it."""
-    opts = dict(concurrency_id="signin", concurrency_limit=4)
-    toggled = [panel.form, panel.bar, annotate_tab.content, annotate_tab.intro, research_tab]
-    signed_in = [token, panel.status, panel.password, *toggled]
-    by_button = panel.run.click(handlers.sign_in, [panel.username, panel.password], signed_in, api_name="sign_in",
-                                **opts)
-    by_enter = panel.password.submit(handlers.sign_in, [panel.username, panel.password], signed_in,
-                                     api_visibility="private", **opts)
+                  research_tab: ResearchTab, tabs: gr.Tabs) -> None:
+    """Sign-in collapses the panel to the signed-in bar, takes the person from Generate to their tab and fills
+    the Annotate and Research tabs; sign-out reverses it. Gradio's progress and error state stay off the page: a
+    refusal is the page's message plus a line under the form."""
+    # Gradio's state (a spinner, or an "Error" badge on a refusal) goes on the token, which has nothing to show:
+    # nothing on the page is covered ("hidden" would still put the badge on the password box)
+    opts = dict(concurrency_id="signin", concurrency_limit=4, show_progress_on=[token])
+    on_tab = _tab_on_screen(tabs)
+    toggled = [panel.form, panel.bar, annotate_tab.content, annotate_tab.intro, research_tab.content]
+    signed_in = [token, panel.status, panel.password, *toggled, tabs]
+    inputs = [panel.username, panel.password, on_tab]
+    by_button = panel.run.click(handlers.sign_in, inputs, signed_in, api_name="sign_in", **opts)
+    by_enter = panel.password.submit(handlers.sign_in, inputs, signed_in, api_visibility="private", **opts)
     for event in (by_button, by_enter):
+        for after in (event.success, event.failure):  # (a .then() is not run after a refusal)
+            after(handlers.after_attempt, [token], [panel.notice], api_visibility="private", **opts)
+        event.success(None, js=CLEAR_TOASTS_JS)  # no "wrong password" message left from an earlier attempt
         annotate_tab.load_after(event)
-    panel.sign_out.click(handlers.sign_out, [token], [token, panel.status, panel.password, *toggled],
+        research_tab.load_after(event)
+    panel.sign_out.click(handlers.sign_out, [token], [token, panel.status, panel.password, *toggled, tabs],
                          api_name="sign_out", **opts)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import logging
 
 import gradio as gr
@@ -28,3 +29,13 @@ def ui_errors(fn):
             raise gr.Error("something went wrong on the server; please try again", print_exception=False) from None
 
     return wrapper
+
+
+def notice_html(text: str, *, problem: bool = False) -> str:
+    """A line shown where the person acts: what just happened, or (``problem``) what to do first, in words.
+    Escaped HTML; empty for no text. Mistakes in a form are said this way, never with Gradio's error state,
+    which would cover the photos and the form."""
+    if not text:
+        return ""
+    kind = "idglow-problem" if problem else "idglow-done"
+    return f'<p class="{kind}" role="status">{html.escape(text)}</p>'

@@ -18,7 +18,7 @@ from annotation.generation.reference_faces import DetectedSubject, no_face_messa
 from annotation.generation.request import GenerationRequest
 from annotation.privacy.uploads import UploadLimits, UploadRegistry, decode_upload, discard_upload
 from annotation.privacy.visitors import new_visitor_id
-from annotation.ui.errors import ui_errors
+from annotation.ui.errors import notice_html, ui_errors
 from idglow.errors import InputError, NoFaceError
 from idglow.subjects import MAX_SUBJECTS, SubjectRef
 
@@ -59,6 +59,7 @@ class VisitorState:
     photos: list[PhotoStatus] = field(default_factory=list)
     generation_ids: list[int] = field(default_factory=list)
     shown_crops: list[Any] = field(default_factory=list)  # every face crop ever put on a card ("Delete my data")
+    problem: str = ""  # what the last Generate press needs fixed first (shown under the button), or ""
 
 
 MAX_SHOWN_CROPS = 120  # crops remembered per session for "Delete my data" (the oldest are forgotten first)
@@ -120,8 +121,13 @@ def _number(value: Any, what: str, slot: int) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"person {slot + 1}: {what} {value!r} is not a number", print_exception=False) from None
+        raise InputError(f"person {slot + 1}: {what} {value!r} is not a number") from None
     return None if number != number else number  # NaN from an empty field
+
+
+def _sentence(text: str) -> str:
+    """A message as a sentence: capital first letter."""
+    return text[:1].upper() + text[1:]
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -286,8 +292,7 @@ class GenerateHandlers:
     # -- request and generation ----------------------------------------------------------------------------
     def _subjects(self, state: VisitorState | None, cards: list[CardValues]) -> list[SubjectRef]:
         if state is None or not state.people:
-            raise gr.Error("Add 1–6 people first: upload portraits, or press \"Try an example family\".",
-                           print_exception=False)
+            raise InputError("Add 1–6 people first: upload portraits, or press \"Try an example family\".")
         out = []
         for slot, person in enumerate(state.people):
             card = cards[slot] if slot < len(cards) else CardValues(person.label, person.target_age, person.weight)
@@ -299,7 +304,7 @@ class GenerateHandlers:
                                       label=label, face_index=person.subject.face_index))
             except InputError as err:
                 message = str(err) if label else f"person {slot + 1}: {err}"  # a label already names them
-                raise gr.Error(message, print_exception=False) from None
+                raise InputError(message) from None
         return out
 
     def request(self, state: VisitorState, form: GenerateForm) -> GenerationRequest:
@@ -344,10 +349,15 @@ class GenerateHandlers:
         ``gr.Progress`` (or any callable taking ``((done, total), desc=..., unit=...)``)."""
         state = state or VisitorState()
         with self.service.queue.reserved(state.visitor_id):  # a full queue refuses before any work on the request
-            request = self.request(state, form)
-            on_step, on_wait = self._progress(progress)
-            started = time.monotonic()
-            result = self.service.generate(request, on_step=on_step, on_wait=on_wait)
+            try:
+                request = self.request(state, form)
+                on_step, on_wait = self._progress(progress)
+                started = time.monotonic()
+                result = self.service.generate(request, on_step=on_step, on_wait=on_wait)
+            except InputError as err:  # a mistake in the form: said in words, nothing covered
+                state.problem = _sentence(str(err))
+                return {"status": state.problem, "seed_used": "", "state": state}
+        state.problem = ""
         took = time.monotonic() - started
         self._seconds_per_run = took if self._seconds_per_run is None else 0.7 * self._seconds_per_run + 0.3 * took
         state.generation_ids = list(result.generation_ids)
@@ -366,14 +376,21 @@ class GenerateHandlers:
             "state": state,
         }
 
+    @staticmethod
+    def run_note(state: VisitorState | None) -> str:
+        """The line under the Generate button after a press: what to fix first, or nothing."""
+        return notice_html(state.problem if state is not None else "", problem=True)
+
     # -- visitor data --------------------------------------------------------------------------------------
     @ui_errors
     def add_to_pool(self, state: VisitorState | None) -> dict:
-        """Put the visitor's last results in the annotation pool (they are then kept)."""
+        """Put the visitor's latest results (those of the last Generate) in the annotation pool (they are then
+        kept)."""
         if state is None or not state.generation_ids:
-            raise gr.Error("Generate some images first.", print_exception=False)
+            return {"status": "Generate some images first: then they can be added to the annotation pool."}
         n = self.service.add_to_pool(state.visitor_id, state.generation_ids)
-        return {"status": f"Thank you: {n} image(s) added to the annotation pool (they are kept for research)."}
+        return {"status": f"Thank you: {n} image(s) of your latest Generate added to the annotation pool (they are "
+                          "kept for research; earlier results are not added)."}
 
     @ui_errors
     def delete_my_data(self, state: VisitorState | None) -> dict:

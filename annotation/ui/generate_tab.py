@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from annotation.generation.request import MAX_LABEL_CHARS, MAX_PROMPT_CHARS, MAX_SCENE_CHARS
+from annotation.ui.errors import notice_html
 from annotation.ui.generate_handlers import (
     NUM_CARDS,
     SCORE_HEADERS,
@@ -24,6 +25,8 @@ from idglow.schedule import window_for_task
 
 TASK_CHOICES = [("Group photo", "fusion"), ("Change ages", "age")]
 PROFILE_CHOICES = [("Flat", "flat"), ("Linear decay (full at the low σ edge, none at the high)", "linear")]
+PROMPT_LABEL = ("Prompt (empty: written from the people and the scene at each Generate; once filled it is used as "
+                "written and overrides the Scene)")
 FORM_FIELDS = ("task", "scene", "prompt", "consent", "seed", "steps", "guidance", "id_scale", "window_lo",
                "window_hi", "id_profile", "num_images", "size", "model_versions")
 
@@ -64,9 +67,10 @@ def _inputs(handlers: GenerateHandlers, versions, tiny: bool, w: dict[str, Any])
                                 placeholder="Scene, e.g. a picnic in a park", max_length=MAX_SCENE_CHARS,
                                 elem_id="gen-scene")
     w["run"] = gr.Button("Generate", variant="primary", elem_id="gen-run")
+    w["run_note"] = gr.HTML(elem_id="gen-run-note", padding=False)  # what to fix first, under the button
     with gr.Accordion("Prompt and image settings", open=False, elem_id="gen-settings"):
         w["write"] = gr.Button("Write the prompt for me", size="sm", elem_id="gen-write")
-        w["prompt"] = gr.Textbox(label="Prompt (empty: written from the people and the scene)", lines=2,
+        w["prompt"] = gr.Textbox(label=PROMPT_LABEL, lines=2,
                                  max_length=MAX_PROMPT_CHARS, elem_id="gen-prompt")
         with gr.Row():
             w["seed"] = gr.Number(label="Seed (-1 = random)", precision=0, value=-1, minimum=-1,
@@ -100,14 +104,23 @@ def _outputs(w: dict[str, Any]) -> None:
     w["archive"] = gr.DownloadButton("Download all + parameters", visible=False, elem_id="gen-archive")
     w["status"] = gr.Markdown(elem_id="gen-status")
     with gr.Row():
-        w["pool"] = gr.Button("Add my results to the annotation pool", size="sm", elem_id="gen-pool")
+        w["pool"] = gr.Button("Add my latest results to the annotation pool", size="sm", elem_id="gen-pool")
         w["delete"] = gr.Button("Delete my data", variant="stop", size="sm", elem_id="gen-delete")
+    with gr.Group(visible=False, elem_id="gen-delete-confirm") as confirm:
+        gr.Markdown("**Delete everything of yours?** Your photos and your results are removed at once, and so are "
+                    "results you added to the annotation pool — except those annotators have already voted on, "
+                    "which stay in the pool, no longer linked to you. This cannot be undone.",
+                    elem_id="gen-delete-text")
+        with gr.Row():
+            w["delete_yes"] = gr.Button("Yes, delete everything", variant="stop", size="sm", elem_id="gen-delete-yes")
+            w["delete_no"] = gr.Button("Keep my data", size="sm", elem_id="gen-delete-no")
+    w["delete_confirm"] = confirm
 
 
 def build_generate_tab(handlers: GenerateHandlers, versions, *, tiny: bool) -> None:
     """``versions()`` lists the servable model versions (the base first)."""
     w: dict[str, Any] = {}
-    with gr.Tab("Generate", elem_id="gen-tab"):
+    with gr.Tab("Generate", id="generate", elem_id="gen-tab"):
         w["state"] = gr.State(None)
         with gr.Row(equal_height=False, elem_id="gen-layout"):
             with gr.Column(scale=6, min_width=330, elem_id="gen-inputs"):
@@ -193,19 +206,61 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any]) -> None:
     # at once (no concurrency limit of its own), and the handler refuses a call beyond the queue's limits before
     # any work. Widget values arrive as sent (preprocess=False): the input guard (file_guard) has already checked
     # their shapes, and preprocessing this form's ~30 inputs one thread hop each took up to 0.8 s under a burst.
-    w["run"].click(generate, inputs_kwargs=form_in, outputs=[w[k] for k in results], api_name="generate",
-                   concurrency_limit=None, concurrency_id="generate", preprocess=False, show_progress="full",
-                   show_progress_on=[w["gallery"]])
+    # First, in the page: the seed of the previous run is not shown as this run's while it runs, and the note of
+    # the previous press goes (a separate listener writing these would overwrite the run's own answer).
+    pressed = w["run"].click(None, None, [w["seed_used"], w["run_note"]], api_visibility="private",
+                             show_progress="hidden", js="() => ['Used seed: shown when this run ends', '']")
+    run = pressed.then(generate, inputs_kwargs=form_in, outputs=[w[k] for k in results], api_name="generate",
+                       concurrency_limit=None, concurrency_id="generate", preprocess=False, show_progress="full",
+                       show_progress_on=[w["gallery"]])
+    run.then(handlers.run_note, inputs_kwargs={"state": w["state"]}, outputs=[w["run_note"]], queue=False,
+             api_visibility="private", show_progress="hidden")
+    _wire_hints(w)
     w["pool"].click(_by_name(w, ["status"])(handlers.add_to_pool), inputs_kwargs={"state": w["state"]},
                     outputs=[w["status"]], api_name="add_to_pool", concurrency_id="db", concurrency_limit=8)
     cleared = [*cards_out, "files", "gallery", "pngs", "archive", "scores", "status"]
-    w["delete"].click(_by_name(w, cleared)(handlers.delete_my_data), inputs_kwargs={"state": w["state"]},
-                      outputs=[w[k] for k in cleared], api_name="delete_my_data", concurrency_id="db",
-                      concurrency_limit=8)
+    _wire_delete_confirmation(w)
+    w["delete_yes"].click(_by_name(w, cleared)(handlers.delete_my_data), inputs_kwargs={"state": w["state"]},
+                          outputs=[w[k] for k in cleared], api_name="delete_my_data", concurrency_id="db",
+                          concurrency_limit=8).then(functools.partial(gr.update, visible=False), None,
+                                                    [w["delete_confirm"]], queue=False, api_visibility="private")
+
+
+def _wire_hints(w: dict[str, Any]) -> None:
+    """Plain hints under the Generate button while the form is filled in (no server work)."""
+    w["scene"].change(_scene_note, inputs_kwargs={"scene": w["scene"], "prompt": w["prompt"]},
+                      outputs=[w["run_note"]], queue=False, api_visibility="private", show_progress="hidden")
+    ages = {card_names(i)["age"]: w[card_names(i)["age"]] for i in range(NUM_CARDS)}
+    for trigger in (w["task"], *ages.values()):
+        trigger.change(_age_note, inputs_kwargs={"task": w["task"], **ages}, outputs=[w["run_note"]], queue=False,
+                       api_visibility="private", show_progress="hidden")
+
+
+def _wire_delete_confirmation(w: dict[str, Any]) -> None:
+    """Nothing is deleted before the visitor confirms what goes (pooled results included)."""
+    for button, ask in ((w["delete"], True), (w["delete_no"], False)):
+        button.click(functools.partial(gr.update, visible=ask), None, [w["delete_confirm"]], queue=False,
+                     api_visibility="private", show_progress="hidden")
 
 
 def _remove(handlers: GenerateHandlers, index: int, **values) -> dict:
     return handlers.remove_person(values["state"], cards_from(values), index)
+
+
+def _scene_note(scene: str, prompt: str) -> str:
+    """What a Scene changed under a filled prompt box does (nothing): said under the Generate button."""
+    if (prompt or "").strip() and (scene or "").strip():
+        return notice_html("The prompt box is filled, so it is used as written and the Scene is not: empty it or "
+                           "press 'Write the prompt for me' again to use this scene.", problem=True)
+    return ""
+
+
+def _age_note(task: str, **ages) -> str:
+    """A target age typed while the task is a group photo: say that "Change ages" is the task that uses it."""
+    if task == "fusion" and any(a not in (None, "") for a in ages.values()):
+        return notice_html("A target age is set: 'Change ages' is the task that shows people at a chosen age.",
+                           problem=True)
+    return ""
 
 
 def _window_preset(task: str) -> tuple[float, float]:

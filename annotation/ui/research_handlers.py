@@ -63,6 +63,7 @@ def leaderboard_figure(rows):
     return fig
 
 
+REFRESH_OUTPUTS = 8  # counts, annotators, agreement, leaderboard table and plot, three notes
 MIN_GOLD_VOTES = 10  # gold accuracy from fewer gold votes is shown with a warning
 MIN_AGREEMENT_ITEMS = 20  # α from fewer items with 2+ votes is shown with a warning
 MIN_MODEL_VOTES = 30  # a model with fewer head-to-head votes is marked provisional
@@ -187,6 +188,10 @@ def download_note(ttl_s: float) -> str:
             "are deleted from the server (export again to get a fresh copy).")
 
 
+SIGNED_OUT_INTRO = ("Sign in as a researcher (above) to see this: the vote counts, the annotators, their "
+                    "agreement, the model leaderboard and the export.")
+
+
 class ResearchHandlers:
     """The Research tab's handlers for a signed-in researcher: the overview (counts, annotators, agreement,
     leaderboard) and the export."""
@@ -205,12 +210,19 @@ class ResearchHandlers:
         """The sign-in hint above the tab: shown until a researcher is signed in, and then hidden."""
         user = self.auth.user(token)
         if user is None:
-            return gr.update(value="Researchers: sign in above to see the statistics, the leaderboard and the "
-                                   "export.", visible=True)
+            return gr.update(value=SIGNED_OUT_INTRO, visible=True)
         if not has_role(user, Role.researcher):
-            return gr.update(value=f"Signed in as {user.username} ({user.role.value}): the Research tab needs a "
-                                   "researcher account.", visible=True)
+            return gr.update(value=f"Signed in as {user.username} ({user.role.value}): sign in as a researcher to "
+                                   "see this.", visible=True)
         return gr.update(visible=False)
+
+    def show(self, token: str | None):
+        """``refresh`` for the page itself (the tab opened, a sign-in): a researcher's overview, and for anybody
+        else nothing (the tab's intro already says whom it is for) — never an error."""
+        user = self.auth.user(token)
+        if user is None or not has_role(user, Role.researcher):
+            return tuple(gr.skip() for _ in range(REFRESH_OUTPUTS))
+        return self.refresh(token)
 
     @ui_errors
     def refresh(self, token: str | None):

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from annotation.privacy.private_downloads import browser_id
 from annotation.store.research import dpo_command
-from annotation.ui.research_handlers import ExportForm, ResearchHandlers
+from annotation.ui.research_handlers import SIGNED_OUT_INTRO, ExportForm, ResearchHandlers
 
 
-def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column:
-    """The tab's content column, shown after a researcher signs in (the handlers check the caller anyway)."""
-    with gr.Tab("Research") as tab:
-        intro = gr.Markdown("Researchers: sign in above to see the statistics, the leaderboard and the export.",
-                            elem_id="research-intro")
+@dataclass
+class ResearchTab:
+    """The tab's content (shown to researchers), and how to fill it after a sign-in."""
+
+    content: gr.Column
+    handlers: ResearchHandlers
+    token: gr.State
+    outputs: list
+
+    def load_after(self, event) -> None:
+        """After ``event`` succeeds (a sign-in on any tab), show a researcher the overview at once."""
+        event.success(self.handlers.show, [self.token], self.outputs, api_visibility="private",
+                      concurrency_id="research", concurrency_limit=2, show_progress_on=[self.token])
+
+
+def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> ResearchTab:
+    """The tab and its content column, shown after a researcher signs in (the handlers check the caller anyway)."""
+    with gr.Tab("Research", id="research", elem_id="research-tab") as tab:
+        intro = gr.Markdown(SIGNED_OUT_INTRO, elem_id="research-intro")
         with gr.Column(visible=False) as content:
             refresh = gr.Button("Refresh", elem_id="research-refresh")
             counts = gr.Markdown(elem_id="research-counts")
@@ -40,8 +56,9 @@ def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column
                                    elem_id="export-since")
             export = gr.Button("Export", variant="primary", elem_id="export-run")
             files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="export-files")
+            command = dpo_command(served=getattr(handlers.service, "served", None))  # for the weights served here
             status = gr.Markdown("Export to see what the rows hold, the dataset card and the command that trains DPO "
-                                 f"on the download:\n\n```bash\n{dpo_command()}\n```", elem_id="export-status")
+                                 f"on the download:\n\n```bash\n{command}\n```", elem_id="export-status")
 
     form = dict(format=fmt, with_images=with_images, tie_policy=tie_policy, min_votes=min_votes, since=since)
     assert list(form) == ExportForm.names()
@@ -54,7 +71,9 @@ def build_research_tab(handlers: ResearchHandlers, token: gr.State) -> gr.Column
     outputs = [counts, annotators, agreement, leaderboard, plot, annotator_notes, agreement_notes, board_notes]
     opts = dict(concurrency_id="research", concurrency_limit=2)
     token.change(handlers.intro, [token], [intro], queue=False, api_visibility="private")
-    tab.select(handlers.refresh, [token], outputs, api_name="research_refresh", **opts)
-    refresh.click(handlers.refresh, [token], outputs, api_name="research_refresh_button", **opts)
-    export.click(run_export, [token, *form.values()], [files, status], api_name="export", **opts)
-    return content
+    # opening the tab shows a researcher the overview, and anybody else only the intro (no error)
+    tab.select(handlers.show, [token], outputs, api_visibility="private", show_progress="hidden", **opts)
+    refresh.click(handlers.refresh, [token], outputs, api_name="research_refresh", show_progress_on=[counts], **opts)
+    export.click(run_export, [token, *form.values()], [files, status], api_name="export", show_progress_on=[status],
+                 **opts)
+    return ResearchTab(content, handlers, token, outputs)

@@ -65,7 +65,54 @@ body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: nowrap; o
 }
 """
 
-CSS = GENERATE_CSS + ANNOTATE_CSS
+# Lines that say what happened or what to do first, where the mistake is (never Gradio's error badge).
+NOTICE_CSS = """
+.idglow-problem {margin: 4px 0; padding: 4px 8px; border-left: 4px solid #b91c1c; background: #fef2f2;
+  color: #7f1d1d; font-weight: 600;}
+pre {white-space: pre-wrap !important; overflow-wrap: anywhere; overflow: visible !important;}
+pre .token {color: inherit !important;}
+
+/* WCAG AA contrast (4.5:1) for white text on the primary and the stop buttons, and for grey helper text */
+:root, .gradio-container {
+  --button-primary-background-fill: #c2410c !important; --button-primary-background-fill-hover: #9a3412 !important;
+  --button-primary-text-color: #ffffff !important;
+  --button-cancel-background-fill: #b91c1c !important; --button-cancel-background-fill-hover: #991b1b !important;
+  --button-cancel-text-color: #ffffff !important;
+}
+.or, .show-api, footer a, footer button {color: #374151 !important;}
+#answer-summary {font-size: 0.85em; flex: 0 1 auto !important; width: auto !important; min-width: 0 !important;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+#annotate-notice {flex: 0 1 auto !important; width: auto !important; min-width: 0 !important;}
+#annotate-notice p {margin: 0; padding: 2px 8px; font-size: 0.9em;}
+.idglow-done {margin: 4px 0; padding: 4px 8px; border-left: 4px solid #15803d; color: inherit; font-weight: 600;}
+"""
+
+# On a phone: A and B side by side under the references, the head (what happened, the answers) pinned at the top
+# and the vote pinned at the bottom, every button and choice at least 44 px high, the banner wrapped, not cut.
+PHONE_CSS = """
+@media (max-width: 640px) {
+  #annotate-pair {flex-wrap: wrap !important; gap: 6px !important;}
+  #annotate-refs {flex: 1 1 100% !important; min-width: 100% !important;}
+  #annotate-left, #annotate-right {flex: 1 1 40% !important; min-width: 0 !important;
+    height: min(34vh, 48vw) !important;}
+  #annotate-votes {position: fixed !important; left: 0; right: 0; bottom: 0; z-index: 50; margin: 0 !important;
+    padding: 4px 6px; gap: 4px !important; background: var(--background-fill-primary);
+    box-shadow: 0 -2px 6px rgba(0, 0, 0, 0.2);}
+  #annotate-votes > * {min-width: 0 !important;}
+  #annotate-content {padding-bottom: 340px;}
+  #annotate-notice p {position: fixed; top: 0; left: 0; right: 0; z-index: 60; margin: 0;}
+  #answer-summary {white-space: normal;}
+  body:has(#annotate-tab-button.selected) #idglow-banner p {white-space: normal !important;}
+  button, label:has(input[type=radio]), label:has(input[type=checkbox]) {min-height: 44px !important;}
+}
+"""
+
+CSS = GENERATE_CSS + ANNOTATE_CSS + NOTICE_CSS + PHONE_CSS
+
+# After a successful sign-in: the messages of earlier failed attempts ("wrong user name or password") go away.
+CLEAR_TOASTS_JS = """
+() => { document.querySelectorAll('[data-testid="toast-close"]').forEach((b) => b.click()); }
+"""
 
 SHORTCUTS_MD = """
 **Keys** (outside text boxes):
@@ -135,11 +182,26 @@ SHORTCUTS_JS = """
     return false;
   };
   const SIDE = {a: 'left', b: 'right', t: 'tie'};
+  // While a vote, skip or undo is on its way the pair changes: keys pressed then would be half kept on the next
+  // pair, so they are refused until the page has the answer (the progress line or the notice changed).
+  const stamp = () => ['#annotate-progress', '#annotate-notice'].map(
+    (q) => (document.querySelector(q) || {}).textContent || '').join('|');
+  let waitingSince = 0, waitingFor = null;
+  const waiting = () => {
+    if (waitingFor === null) return false;
+    if (stamp() !== waitingFor || Date.now() - waitingSince > 8000) { waitingFor = null; return false; }
+    return true;
+  };
+  const send = (id) => { waitingFor = stamp(); waitingSince = Date.now(); click(id); };
+  ['annotate-submit', 'annotate-skip', 'annotate-undo'].forEach((id) => document.addEventListener('click', (ev) => {
+    if (ev.isTrusted && ev.target.closest && ev.target.closest(`#${id}`)) { waitingFor = stamp(); waitingSince = Date.now(); }
+  }, true));
   document.addEventListener('keydown', (ev) => {
     const tag = (ev.target && ev.target.tagName || '').toLowerCase();
     if (['input', 'textarea', 'select'].includes(tag) && ev.target.type !== 'radio' && ev.target.type !== 'checkbox') return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey || !annotateVisible()) return;
     const key = ev.key.toLowerCase();
+    if (waiting()) { hint('wait: the next pair is loading'); ev.preventDefault(); return; }
     if (key === 'escape') { prefix = null; hint(''); return; }
     if (prefix === 'f') { if (flagKey(key)) ev.preventDefault(); return; }
     if (prefix !== null && key in SIDE) {
@@ -155,10 +217,46 @@ SHORTCUTS_JS = """
     if (key in overall) { pick('annotate-overall', overall[key]); ev.preventDefault(); return; }
     if (key === 's') { pick('annotate-strength', 'slight'); ev.preventDefault(); return; }
     if (key === 'c') { pick('annotate-strength', 'clear'); ev.preventDefault(); return; }
-    if (key === 'enter') { click('annotate-submit'); ev.preventDefault(); return; }
-    if (key === 'k') { click('annotate-skip'); ev.preventDefault(); return; }
-    if (key === 'u') { click('annotate-undo'); ev.preventDefault(); return; }
+    if (key === 'enter') { send('annotate-submit'); ev.preventDefault(); return; }
+    if (key === 'k') { send('annotate-skip'); ev.preventDefault(); return; }
+    if (key === 'u') { send('annotate-undo'); ev.preventDefault(); return; }
   });
+  // A click on the Annotate tab (also when it is already open, e.g. after a sign-in took the person there) gives
+  // the keys to the pair.
+  document.addEventListener('click', (ev) => {
+    if (!ev.target.closest || !ev.target.closest('#annotate-tab-button')) return;
+    setTimeout(() => {
+      const pair = document.querySelector('#annotate-pair');
+      if (!pair || pair.offsetParent === null) return;
+      pair.setAttribute('tabindex', '-1');
+      pair.focus({preventScroll: true});
+    }, 50);
+  });
+  // The answer of every key, in one line above the candidates (the rows below are out of view on a laptop).
+  const SHORT = {left: 'A', right: 'B', tie: 'same', both_bad: 'both bad', slight: 'slightly', clear: 'clearly'};
+  const chosen = (id) => {
+    const input = document.querySelector(`#${id} input[type=radio]:checked`);
+    return input ? (SHORT[input.value] || input.value) : '–';
+  };
+  const summary = () => {
+    const parts = [`<b>Overall</b> ${chosen('annotate-overall')}` + (
+      document.querySelector('#annotate-strength input:checked') ? ` (${chosen('annotate-strength')})` : '')];
+    for (let i = 0; i < 6; i++) {
+      const row = document.querySelector(`#annotate-identity-${i}`);
+      if (row && row.offsetParent !== null) parts.push(`<b>${i + 1}</b> ${chosen(`annotate-identity-${i}`)}`);
+    }
+    parts.push(`<b>y</b> texture ${chosen('annotate-texture')}`, `<b>r</b> artifacts ${chosen('annotate-artifacts')}`);
+    const side = document.querySelector('#flag-side input:checked');
+    const types = document.querySelectorAll('#flag-types input:checked').length;
+    parts.push(`<b>f</b> flag ${side ? (SHORT[side.value] || side.value) + (types ? ` · ${types} type(s)` : '') : '–'}`);
+    return parts.join(' · ');
+  };
+  setInterval(() => {
+    const el = document.querySelector('#answer-summary');
+    if (!el || el.offsetParent === null) return;
+    const text = summary();
+    if (el.dataset.text !== text) { el.innerHTML = text; el.dataset.text = text; }
+  }, 250);
 }
 """
 

@@ -87,7 +87,7 @@ def build_services(settings):
     from annotation.privacy.private_downloads import PrivateDownloads
     from annotation.privacy.retention import RetentionSweeper
     from annotation.privacy.uploads import UploadLimits, UploadRegistry
-    from annotation.store.research import ResearchService
+    from annotation.store.research import ResearchService, ServedWeights
     from annotation.store.settings import resolve_data_dir, resolve_db_url
     from annotation.ui.auth import SessionAuth
     from annotation.ui.blocks import AppServices
@@ -122,7 +122,9 @@ def build_services(settings):
     generation.ensure_base_version(settings.adapter_dir, base_model=settings.model_dir or "tiny")
     services = AppServices(
         generation=generation, annotation=AnnotationService(sessions, data_dir),
-        research=ResearchService(sessions, data_dir), auth=SessionAuth(sessions),
+        research=ResearchService(sessions, data_dir, ServedWeights(
+            None if settings.is_tiny else str(settings.model_dir),
+            str(settings.adapter_dir) if settings.adapter_dir else None)), auth=SessionAuth(sessions),
         limits=UploadLimits(max_bytes=settings.max_upload_mb * 2**20, max_pixels=settings.max_pixels),
         banner=banner(settings.is_tiny, TINY_MODEL_NOTE), tiny=settings.is_tiny,
         default_steps=model.default_steps, default_size=model.default_size,

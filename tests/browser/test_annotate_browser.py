@@ -398,8 +398,9 @@ def test_first_screen_holds_both_candidates_the_vote_and_square_captioned_refere
     phone = _page(browser, 390, 844)
     _open_pair(phone, url, "ann7")  # the same open pair
     _wait_for_images(phone)
-    for selector in ("#annotate-left img", "#annotate-right img"):
-        assert _box(phone, selector)["width"] >= 0.8 * 390
+    a, b = _box(phone, "#annotate-left img"), _box(phone, "#annotate-right img")  # side by side, both in view
+    assert abs(a["y"] - b["y"]) < 2 and a["x"] + a["width"] <= b["x"] + 1 and b["x"] + b["width"] <= 390, (a, b)
+    assert min(a["width"], b["width"]) >= 0.38 * 390, (a, b)
     assert len(phone.locator("#annotate-refs img").all()) == 3
     phone.screenshot(path=str(shots / "annotate-390x844.png"), full_page=True)
     print(f"screenshot: {shots / 'annotate-390x844.png'}")
