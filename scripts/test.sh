@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system_deps.sh
 bash scripts/setup.sh --dev
+# axe-core (npm) for the browser tests' accessibility check
+if command -v npm >/dev/null && [ ! -f node_modules/axe-core/axe.min.js ]; then
+  npm install --no-save --no-audit --no-fund --silent axe-core@4.14.1 >/dev/null 2>&1 \
+    || echo "test: axe-core could not be installed; the accessibility check will be skipped" >&2
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 if [ -z "${IDGLOW_TEST_PG_URL:-}" ] && [ -f scripts/start_postgres.sh ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   pg_env=$(bash scripts/start_postgres.sh)
