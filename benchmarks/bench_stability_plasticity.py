@@ -64,7 +64,6 @@ def run_seed(seed: int, args) -> dict[str, dict[str, float]]:
     from idglow.training.data import SyntheticSFTDataset
     from idglow.training.synthetic_runs import (
         CachedDataset,
-        LinearDecayGate,
         build_learning_model,
         evaluate,
         learning_world,
@@ -96,7 +95,7 @@ def run_seed(seed: int, args) -> dict[str, dict[str, float]]:
         "base": evaluate(base, held, idx, with_identity=False, **common),
         "always_on": evaluate(trained["always_on"], held, idx, window=IdentityWindow(0.0, 1.0), **common),
         "window": evaluate(trained["window"], held, idx, window=window, **common),
-        "linear_decay": evaluate(trained["always_on"], held, idx, window=LinearDecayGate(0.3, 0.6), **common),
+        "linear_decay": evaluate(trained["always_on"], held, idx, window=IdentityWindow(0.3, 0.6, profile="linear"), **common),
     }
 
 

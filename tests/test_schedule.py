@@ -106,12 +106,3 @@ def test_the_three_window_coordinates_select_different_steps_of_a_flux_schedule(
     assert sigma_window(window) == window
     with pytest.raises(ValueError, match="window coordinate 'steps'"):
         sigma_window(window, "steps")
-
-
-def test_linear_profile_is_the_synthetic_benchmarks_linear_decay_arm():
-    """One meaning of the inference "linear decay": the profile equals the gate the synthetic runs' arm uses."""
-    from idglow.training.synthetic_runs import LinearDecayGate
-
-    grid = np.linspace(0.0, 1.0, 101)
-    arm = [LinearDecayGate(0.3, 0.6).gate(s) for s in grid]
-    np.testing.assert_allclose(IdentityWindow(0.3, 0.6, profile="linear").gates(grid), arm, atol=1e-5)

@@ -251,15 +251,6 @@ def test_ratio_interval_brackets_the_pooled_ratio():
         ratio_interval([1.0, 2.0], [1.0])
 
 
-def test_linear_decay_gate_fades_identity_out_across_the_window():
-    from idglow.training.synthetic_runs import LinearDecayGate
-
-    gate = LinearDecayGate(0.3, 0.6)
-    assert [gate.gate(s) for s in (0.0, 0.3, 0.45, 0.6, 0.9)] == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
-    with pytest.raises(ValueError, match="sigma_lo=0.6 < sigma_hi=0.3"):
-        LinearDecayGate(0.6, 0.3)
-
-
 def test_swapped_people_score_high_by_likeness_and_low_in_place(grid_world):
     """Two people drawn in each other's places: the Hungarian match still finds both (identity ≈ 1), but the
     labeller and the judge read identity in each person's box and count two swaps."""

@@ -187,21 +187,6 @@ def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indice
     return pairs
 
 
-class LinearDecayGate:
-    """An identity strength schedule for ``generate`` / ``euler_sample`` (anything with ``gate(σ)`` works
-    there): s(σ) = 1 for σ ≤ ``sigma_lo``, falling linearly to 0 at ``sigma_hi``, 0 above — identity fades
-    out across the window towards the noisy steps that decide layout and structure."""
-
-    def __init__(self, sigma_lo: float = 0.3, sigma_hi: float = 0.6):
-        if not 0.0 <= sigma_lo < sigma_hi <= 1.0:
-            raise ValueError(f"need 0 <= sigma_lo={sigma_lo} < sigma_hi={sigma_hi} <= 1")
-        self.sigma_lo, self.sigma_hi = sigma_lo, sigma_hi
-
-    def gate(self, sigma: float) -> float:
-        """s(σ) ∈ [0, 1]."""
-        return float(np.clip((self.sigma_hi - float(sigma)) / (self.sigma_hi - self.sigma_lo), 0.0, 1.0))
-
-
 class CachedDataset(torch.utils.data.Dataset):
     """Materialise a synthetic dataset once (rendering and reference embedding cost more than a tiny step)."""
 
@@ -222,14 +207,6 @@ class CachedDataset(torch.utils.data.Dataset):
 
     def reference_embeddings(self, refs):
         return self.dataset.reference_embeddings(refs)
-
-
-@torch.no_grad()
-def implicit_reward_accuracy(model: IdGlowDenoiser, pairs: list[dict[str, Any]], **kwargs) -> float:
-    """Held-out implicit reward accuracy of the policy against its reference (``model.ref_adapter``): the
-    fraction of labelled (pair, dimension) entries where Δ_d < 0 (see ``implicit_reward_counts``)."""
-    correct, total = implicit_reward_counts(model, pairs, **kwargs)
-    return float(correct.sum() / max(total.sum(), 1.0))
 
 
 @torch.no_grad()
