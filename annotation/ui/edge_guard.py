@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotation.privacy.private_downloads import browser_id
+from annotation.ui.route_guard import replaying
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class EdgeGuard:
         if _is_call(path) and self._other_tabs_full(scope, path, body, keys):
             return await refuse(send, 429, f"You already have {self.limits.max_generations} generation(s) running "
                                 "or waiting in this browser; wait for one to finish", retry_after=5)
-        replay = _replaying(body, receive)
+        replay = replaying(body, receive)
         if not _is_direct(path):
             return await self.app(scope, replay, send)
         with self.direct.running(keys):
@@ -371,19 +372,6 @@ def _longest_text(body: bytes) -> int:
         elif isinstance(item, list):
             todo.extend(item)
     return longest
-
-
-def _replaying(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def refuse(send, status: int, message: str, retry_after: int | None = None) -> None:

@@ -178,6 +178,12 @@ async def _buffered(receive):
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"".join(chunks)
+    return body, replaying(body, receive)
+
+
+def replaying(body: bytes, receive):
+    """A ``receive`` that hands the app ``body`` (already read from the client) once, then the client's next
+    messages."""
     sent = False
 
     async def replay():
@@ -187,7 +193,7 @@ async def _buffered(receive):
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return body, replay
+    return replay
 
 
 def _is_event_route(path: str) -> bool:
