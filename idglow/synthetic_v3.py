@@ -38,8 +38,9 @@ from idglow.faces.base import l2_normalize
 from idglow.faces.binding import box_iou
 from idglow.schedule import WINDOW_COORDINATES, shift_sigma
 from idglow.synthetic import SceneSpec, SyntheticFaceAnalyzer, SyntheticWorld
-from idglow.training.data import SyntheticSFTDataset, collate_group_samples
+from idglow.training.data import SyntheticSFTDataset
 from idglow.training.modeling import latent_image_ids, pack_latents, unpack_latents
+from idglow.training.synthetic_runs import noise_batches
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +188,7 @@ def sample_v3(model, dataset, indices: list[int], *, window, seed: int = 0, num_
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        batch = collate_group_samples([dataset[i] for i in chunk])
-        noise = torch.stack([torch.randn(dataset.world.latent_shape, generator=torch.Generator().manual_seed(seed + i))
-                             for i in chunk])
+    for _, batch, noise in noise_batches(dataset, indices, seed, batch_size):
         b, _, h, w = noise.shape
         x, img_ids = pack_latents(noise), latent_image_ids(h, w)
         for i in range(num_steps):

@@ -85,6 +85,16 @@ def pretrain_base(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, steps: in
     return losses
 
 
+def noise_batches(dataset, indices: list[int], seed: int, batch_size: int):
+    """(start, collated batch, initial noise) per chunk of ``indices``; sample ``i``'s noise is seeded ``seed + i``,
+    so an image does not depend on its batch-mates."""
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        noise = torch.stack([torch.randn(dataset.world.latent_shape, generator=torch.Generator().manual_seed(seed + i))
+                             for i in chunk])
+        yield start, collate_group_samples([dataset[i] for i in chunk]), noise
+
+
 @torch.no_grad()
 def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[int], *, seed: int = 0,
              num_steps: int = 10, window: IdentityWindow | None = None, id_scale: float | list[float] = 1.0,
@@ -98,11 +108,7 @@ def generate(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indices: list[
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        batch = collate_group_samples([dataset[i] for i in chunk])
-        noise = torch.stack([torch.randn(dataset.world.latent_shape, generator=torch.Generator().manual_seed(seed + i))
-                             for i in chunk])
+    for start, batch, noise in noise_batches(dataset, indices, seed, batch_size):
         windows = [window or window_for_task(t) for t in batch["task"]]
         scale = (id_scale if isinstance(id_scale, (int, float))
                  else torch.tensor(id_scale[start:start + batch_size], dtype=torch.float32))
