@@ -128,17 +128,29 @@ def _votes(app) -> int:
         return session.scalar(select(func.count(Vote.id)))
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = _parent(pid)
+    return False
+
+
 def _replica_pids(head) -> list[int]:
-    """The pids of the generator's replicas: processes of the head's group titled as Serve replicas."""
+    """The pids of the generator's replicas: processes under the head titled as Serve replicas."""
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            group = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            pid = int(cmdline.parent.name)
+            if "ServeReplica" in title and "IdGlowGenerator" in title and _descends_from(pid, head.process.pid):
+                pids.append(pid)
         except (OSError, ValueError, IndexError):
             continue
-        if "ServeReplica" in title and "IdGlowGenerator" in title and group == head.process.pid:
-            pids.append(int(cmdline.parent.name))
     return pids
 
 
@@ -156,7 +168,7 @@ def _busy_replica(head, timeout_s: float = 120) -> int:
         used = sorted(((_cpu_ticks(pid) - ticks, pid) for pid, ticks in before.items()), reverse=True)
         if len(used) == 2 and used[0][0] >= 5 and used[1][0] * 3 <= used[0][0]:  # one works, the other idles
             return used[0][1]
-    raise AssertionError("no replica started generating")
+    raise AssertionError(f"no replica started generating (replicas: {_replica_pids(head)})")
 
 
 def test_the_ray_generator_stores_what_the_local_one_stores_for_every_model_version(served, local_reference,
@@ -177,7 +189,7 @@ def test_progress_arrives_step_by_step_from_the_replica(served, sample_portraits
     steps = []
     request = GenerationRequest(subjects=[SubjectRef(decode_image(sample_portraits["person1"]))], task="fusion",
                                 prompt="a portrait", seed=3, num_inference_steps=4, height=64, width=64,
-                                model_versions=["tiny-demo"], visitor_id="progress")
+                                model_versions=["tiny-demo"], visitor_id="progress", consent=True)
     service.generate(request, on_step=lambda done, total: steps.append((done, total)))
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
@@ -186,7 +198,8 @@ def _vote_until(app, stop: threading.Event, outcomes: list[str]) -> None:
     annotator = Client(app.url, verbose=False, download_files=False)
     annotator.predict("anna", PASSWORD, api_name="/sign_in")
     while not stop.is_set() and len(outcomes) < 20:
-        annotator.predict(api_name="/annotate_show")
+        if annotator.predict(api_name="/annotate_show")[1] is None:  # no pair left to vote on
+            break
         after = annotator.predict("left", "clear", None, None, None, None, None, None, None, None, api_name="/vote")
         outcomes.append("saved" if "Vote saved" in after[4] else after[4])
 
