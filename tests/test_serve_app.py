@@ -100,9 +100,9 @@ def _visitor(app, portraits) -> Client:
     return client
 
 
-def _generate_args(seed: int, steps: int = 3, versions=("tiny-demo",)) -> dict:
+def _generate_args(seed: int, steps: int = 3, versions=("tiny-demo",), size: int = 64) -> dict:
     return dict(task="fusion", scene="a picnic in a park", consent=True, seed=seed, steps=steps, num_images=2,
-                size=64, model_versions=list(versions), label_0="Ann", label_1="Bob", api_name="/generate")
+                size=size, model_versions=list(versions), label_0="Ann", label_1="Bob", api_name="/generate")
 
 
 def _stored(app) -> list[tuple]:
@@ -214,7 +214,7 @@ def test_a_killed_replica_ends_its_request_plainly_and_nothing_else(served, clus
     voter.start()
 
     visitor = _visitor(app, sample_portraits)
-    job = visitor.submit(**_generate_args(seed=30, steps=3000))
+    job = visitor.submit(**_generate_args(seed=30, steps=60, size=128))  # the longest the form allows
     victim = _busy_replica(cluster)
     signal_sent = time.monotonic()
     import os
