@@ -241,6 +241,8 @@ def test_a_killed_replica_ends_its_request_plainly_and_nothing_else(served, clus
 def test_a_stopped_cluster_is_answered_at_once_and_annotation_goes_on(served, cluster, sample_portraits):
     app = served
     visitor = _visitor(app, sample_portraits)
+    visitor.predict(**_generate_args(seed=41, versions=("tiny-demo", "tiny-v2")))
+    assert "added to the annotation pool" in visitor.predict(api_name="/add_to_pool")  # pairs to vote on
     cluster.stop()
     start = time.monotonic()
     with pytest.raises(AppError, match="not reachable"):
