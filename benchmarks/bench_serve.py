@@ -121,7 +121,7 @@ def _served_app(data_dir: Path, log: Path, extra: list[str]):
             except httpx.HTTPError:
                 time.sleep(0.5)
         if proc.poll() is not None or time.monotonic() >= deadline:
-            raise RuntimeError(f"app.py did not start; see {log}")
+            raise RuntimeError(f"app.py did not start: {log.read_text()[-3000:]}")
         yield url
     finally:
         proc.terminate()

@@ -100,9 +100,9 @@ def _visitor(app, portraits) -> Client:
     return client
 
 
-def _generate_args(seed: int, steps: int = 3, versions=("tiny-demo",)) -> dict:
+def _generate_args(seed: int, steps: int = 3, versions=("tiny-demo",), size: int = 64) -> dict:
     return dict(task="fusion", scene="a picnic in a park", consent=True, seed=seed, steps=steps, num_images=2,
-                size=64, model_versions=list(versions), label_0="Ann", label_1="Bob", api_name="/generate")
+                size=size, model_versions=list(versions), label_0="Ann", label_1="Bob", api_name="/generate")
 
 
 def _stored(app) -> list[tuple]:
@@ -128,17 +128,29 @@ def _votes(app) -> int:
         return session.scalar(select(func.count(Vote.id)))
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = _parent(pid)
+    return False
+
+
 def _replica_pids(head) -> list[int]:
-    """The pids of the generator's replicas: processes of the head's group titled as Serve replicas."""
+    """The pids of the generator's replicas: processes under the head titled as Serve replicas."""
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            group = int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            pid = int(cmdline.parent.name)
+            if "ServeReplica" in title and "IdGlowGenerator" in title and _descends_from(pid, head.process.pid):
+                pids.append(pid)
         except (OSError, ValueError, IndexError):
             continue
-        if "ServeReplica" in title and "IdGlowGenerator" in title and group == head.process.pid:
-            pids.append(int(cmdline.parent.name))
     return pids
 
 
@@ -156,7 +168,7 @@ def _busy_replica(head, timeout_s: float = 120) -> int:
         used = sorted(((_cpu_ticks(pid) - ticks, pid) for pid, ticks in before.items()), reverse=True)
         if len(used) == 2 and used[0][0] >= 5 and used[1][0] * 3 <= used[0][0]:  # one works, the other idles
             return used[0][1]
-    raise AssertionError("no replica started generating")
+    raise AssertionError(f"no replica started generating (replicas: {_replica_pids(head)})")
 
 
 def test_the_ray_generator_stores_what_the_local_one_stores_for_every_model_version(served, local_reference,
@@ -177,7 +189,7 @@ def test_progress_arrives_step_by_step_from_the_replica(served, sample_portraits
     steps = []
     request = GenerationRequest(subjects=[SubjectRef(decode_image(sample_portraits["person1"]))], task="fusion",
                                 prompt="a portrait", seed=3, num_inference_steps=4, height=64, width=64,
-                                model_versions=["tiny-demo"], visitor_id="progress")
+                                model_versions=["tiny-demo"], visitor_id="progress", consent=True)
     service.generate(request, on_step=lambda done, total: steps.append((done, total)))
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
@@ -186,12 +198,13 @@ def _vote_until(app, stop: threading.Event, outcomes: list[str]) -> None:
     annotator = Client(app.url, verbose=False, download_files=False)
     annotator.predict("anna", PASSWORD, api_name="/sign_in")
     while not stop.is_set() and len(outcomes) < 20:
-        annotator.predict(api_name="/annotate_show")
+        if annotator.predict(api_name="/annotate_show")[1] is None:  # no pair left to vote on
+            break
         after = annotator.predict("left", "clear", None, None, None, None, None, None, None, None, api_name="/vote")
         outcomes.append("saved" if "Vote saved" in after[4] else after[4])
 
 
-def test_a_killed_replica_ends_its_request_plainly_and_nothing_else(served, cluster, sample_portraits):
+def test_a_killed_replica_ends_its_request_plainly_and_nothing_else(served, cluster, sample_portraits, caplog):
     app = served
     pool_visitor = _visitor(app, sample_portraits)
     pool_visitor.predict(**_generate_args(seed=20, versions=("tiny-demo", "tiny-v2")))
@@ -201,15 +214,22 @@ def test_a_killed_replica_ends_its_request_plainly_and_nothing_else(served, clus
     voter.start()
 
     visitor = _visitor(app, sample_portraits)
-    job = visitor.submit(**_generate_args(seed=30, steps=3000))
+    job = visitor.submit(**_generate_args(seed=30, steps=60, size=128))  # the longest the form allows
     victim = _busy_replica(cluster)
+    time.sleep(3.0)  # into the denoising steps
     signal_sent = time.monotonic()
     import os
 
-    os.kill(victim, signal.SIGKILL)
-    with pytest.raises(AppError, match="generator stopped during your generation, please try again"):
-        job.result(timeout=120)
-    assert time.monotonic() - signal_sent < 60
+    with caplog.at_level("WARNING", logger="annotation.generation.service"):
+        os.kill(victim, signal.SIGKILL)
+        try:
+            job.result(timeout=180)
+            retried = True  # killed before its first step: asked once more, on the other replica
+        except AppError as err:
+            assert "generator stopped during your generation, please try again" in str(err)
+            retried = False
+    assert time.monotonic() - signal_sent < 120
+    assert retried == any("trying once more" in r.getMessage() for r in caplog.records)
     stop.set()
     voter.join(120)
     assert app.services.generation.queue.admitted == 0, "a queue place was left taken"
@@ -221,18 +241,17 @@ def test_a_killed_replica_ends_its_request_plainly_and_nothing_else(served, clus
 def test_a_stopped_cluster_is_answered_at_once_and_annotation_goes_on(served, cluster, sample_portraits):
     app = served
     visitor = _visitor(app, sample_portraits)
+    visitor.predict(**_generate_args(seed=41, versions=("tiny-demo", "tiny-v2")))
+    assert "added to the annotation pool" in visitor.predict(api_name="/add_to_pool")  # pairs to vote on
     cluster.stop()
     start = time.monotonic()
     with pytest.raises(AppError, match="not reachable"):
         visitor.predict(**_generate_args(seed=40))
     assert time.monotonic() - start < 5
     assert app.services.generation.queue.admitted == 0
-    before, outcomes = _votes(app), []
-    stop = threading.Event()
-    stop.set()  # one round only
+    before = _votes(app)
     annotator = Client(app.url, verbose=False, download_files=False)
     annotator.predict("anna", PASSWORD, api_name="/sign_in")
     annotator.predict(api_name="/annotate_show")
     after = annotator.predict("left", "clear", None, None, None, None, None, None, None, None, api_name="/vote")
-    outcomes.append(after[4])
-    assert "Vote saved" in outcomes[0] and _votes(app) == before + 1
+    assert "Vote saved" in after[4] and _votes(app) == before + 1
