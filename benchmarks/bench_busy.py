@@ -152,8 +152,8 @@ def _per_visitor(url: str, portraits: list[Path], steps: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _served_app(data_dir: Path, log: Path):
-    """``python app.py`` on a free port in its own process; yields its URL."""
+def served_app(data_dir: Path, log: Path, extra: tuple[str, ...] | list[str] = (), start_s: float = 300):
+    """``python app.py --data-dir DIR --port PORT *extra`` on a free port in its own process; yields its URL."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a port that is free now
@@ -161,12 +161,12 @@ def _served_app(data_dir: Path, log: Path):
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), *extra],
                                 cwd=root, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}, stdout=out,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + start_s
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
@@ -193,7 +193,7 @@ def run(burst: int, votes: int, steps: int, per_process: int = 5, cold: bool = F
             seed_demo_data(session, store.data_dir, candidates=24, votes=0, annotators=1)
         store.engine.dispose()
         portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
-        with _served_app(store.data_dir, Path(tmp) / "app.log") as url:
+        with served_app(store.data_dir, Path(tmp) / "app.log") as url:
             if not cold:
                 _timed_generate(_visitor(url, portraits), steps, 999)  # the app has served a generation before
             start, burst_outcomes = _burst(url, portraits, steps, burst, per_process)

@@ -18,10 +18,8 @@ Prints one RESULT line. Every loop is bounded.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,34 +98,6 @@ def added_latency(generator, subjects, steps: int, runs: int) -> dict:
     return {"ray_s": ray_med, "local_s": local_med, "ratio": ray_med / local_med, "added_s": ray_med - local_med}
 
 
-@contextlib.contextmanager
-def _served_app(data_dir: Path, log: Path, extra: list[str]):
-    """``python app.py --data-dir DIR --port PORT *extra`` in its own process; yields its URL."""
-    import httpx
-    from serve_cluster import free_port
-
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), *extra],
-                                cwd=ROOT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        if proc.poll() is not None or time.monotonic() >= deadline:
-            raise RuntimeError(f"app.py did not start: {log.read_text()[-3000:]}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
 def app_burst(extra: list[str], args: argparse.Namespace) -> dict:
     """bench_busy's burst on ``python app.py *extra``: ``--app-burst`` visitors at once while an annotator votes."""
     import bench_busy as busy
@@ -143,7 +113,7 @@ def app_burst(extra: list[str], args: argparse.Namespace) -> dict:
             seed_demo_data(session, store.data_dir, candidates=24, votes=0, annotators=1)
         store.engine.dispose()
         portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
-        with _served_app(store.data_dir, Path(tmp) / "app.log", extra) as url:
+        with busy.served_app(store.data_dir, Path(tmp) / "app.log", extra) as url:
             busy._timed_generate(busy._visitor(url, portraits), args.steps, 999)  # a running app has served one
             start, burst_outcomes = busy._burst(url, portraits, args.steps, args.app_burst, 5)
             stop, voting = busy._votes_elsewhere(url, "annotator1", DEMO_PASSWORD, args.votes)
