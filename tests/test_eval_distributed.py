@@ -89,3 +89,24 @@ def test_eval_on_two_processes_shards_cases_and_writes_the_single_process_report
     # The comparison can fail: the scores tell the images apart (another configuration, another case).
     scores = [row["results"][c]["aesthetic"] for row in single["cases"] for c in ("base", "idglow")]
     assert len({round(s, 6) for s in scores}) == len(scores)
+
+
+def test_a_failing_case_stops_every_process_with_the_reason(tmp_path, sample_portraits):
+    """A case one process cannot run (no face in a subject's photo) ends the whole launch with that reason, from
+    the failing process and from the one that waited for it, and no report is written."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("person1", "person2"):
+        (photos / f"{name}.jpg").write_bytes(sample_portraits[name].read_bytes())
+    Image.new("RGB", (128, 128), (90, 120, 150)).save(photos / "blank.png")
+    manifest = {"name": "mine", "task": "fusion", "cases": [
+        {"id": "pair", "subjects": [{"image": "photos/person1.jpg"}, {"image": "photos/person2.jpg"}]},
+        {"id": "faceless", "subjects": [{"image": "photos/person1.jpg"}, {"image": "photos/blank.png"}]},
+    ]}
+    (tmp_path / "mine.json").write_text(json.dumps(manifest))
+    two = _eval(LAUNCH, tmp_path / "two", "--benchmark", tmp_path / "mine.json", "--steps", 1, "--configs", "base")
+    assert two.returncode != 0
+    assert "case 'faceless': no face found in subject 2" in two.stderr
+    assert "process 1 failed: InputError: case 'faceless'" in two.stderr
+    assert (tmp_path / "two" / "cases" / "pair").is_dir()  # process 0 ran its case
+    assert not (tmp_path / "two" / "report.json").exists()

@@ -120,10 +120,15 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     evaluated = runner.run(manifest, out, state=state)
-    if main_process:
-        report = report_of_run(evaluated)
-        write_report(report, out)
-        print_summary(report, out)
+    try:
+        if main_process:
+            report = report_of_run(evaluated)
+            write_report(report, out)
+            print_summary(report, out)
+    finally:
+        if state is not None:  # every process ends together, once the report is written
+            state.wait_for_everyone()
+            state.destroy_process_group()
     return 0
 
 
