@@ -74,7 +74,12 @@ def settings_from_args(args: argparse.Namespace, default_steps: int, default_siz
 
 
 def run(args: argparse.Namespace) -> int:
-    """``idglow eval``: run the benchmark and write the report; returns the exit code."""
+    """``idglow eval``: run the benchmark and write the report; returns the exit code. Launched on several
+    processes (``accelerate launch --multi_gpu --num_processes N -m idglow eval ...``), each runs its shard of
+    the cases and the main process writes the report."""
+    from dataclasses import replace
+
+    from idglow.eval.distributed import launched_state
     from idglow.eval.manifest import load_manifest
     from idglow.eval.runner import EvalRunner
     from idglow.loading import TINY_MODEL_NOTE, load_face_analyzer, load_pipeline
@@ -88,9 +93,13 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--clip", args.clip), ("--aesthetic", args.aesthetic)):
         if value and not Path(value).exists():
             raise InputError(f"{flag} {value}: no such file or folder")
+    state = launched_state()  # None unless launched on several processes
+    main_process = state is None or state.is_main_process
+    if state is not None and model.device is None and state.device.type != "cpu":
+        model = replace(model, device=str(state.device))  # one GPU per process
     analyzer = load_face_analyzer(model)
     pipe = load_pipeline(model, face_analyzer=analyzer)
-    if model.is_tiny:
+    if model.is_tiny and main_process:
         print(f"note: {TINY_MODEL_NOTE}")
     clip = aesthetic = None
     if args.clip:
@@ -110,8 +119,23 @@ def run(args: argparse.Namespace) -> int:
     from idglow.eval.report import report_of_run, write_report
 
     out = Path(args.out)
-    report = report_of_run(runner.run(manifest, out))
-    write_report(report, out)
+    evaluated = runner.run(manifest, out, state=state)
+    try:
+        if main_process:
+            report = report_of_run(evaluated)
+            write_report(report, out)
+            print_summary(report, out)
+    finally:
+        if state is not None:  # every process ends together, once the report is written
+            state.wait_for_everyone()
+            state.destroy_process_group()
+    return 0
+
+
+def print_summary(report: dict, out: Path) -> None:
+    """The report in a few lines: each configuration's headline metrics, the face-matching thresholds, the
+    bad-case comparison, what was generated or reused, and (on several processes) which process ran which
+    cases."""
     x, y = report["pareto"]["x"], report["pareto"]["y"]
     for config in report["configs"]:
         summary = report["summary"][config]
@@ -127,8 +151,10 @@ def run(args: argparse.Namespace) -> int:
         print_shaped(report)
     stats = report["stats"]
     print(f"generated {stats['generated']}, cached {stats['cached']}, rescored {stats['rescored']} image sets")
+    if len(report["processes"]) > 1:
+        print(f"{len(report['processes'])} processes: " + "; ".join(
+            f"process {p['rank']} ran {', '.join(p['cases']) or 'no case'}" for p in report["processes"]))
     print(f"report: {out / 'report.md'}  {out / 'report.json'}  plot: {out / 'pareto.png'}")
-    return 0
 
 
 def print_shaped(report: dict) -> None:

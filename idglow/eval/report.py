@@ -186,10 +186,12 @@ def _pareto(summary: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict
 
 def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, model_info: dict[str, Any],
                  task: str, skipped: dict[str, str], stats: dict[str, int] | None = None,
-                 analyzer: dict[str, Any] | None = None, badcases: dict[str, Any] | None = None) -> dict[str, Any]:
+                 analyzer: dict[str, Any] | None = None, badcases: dict[str, Any] | None = None,
+                 processes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report as a JSON-ready dict; summaries are means over cases (each case's value is the mean over its
     images), with percentile-bootstrap intervals over cases. ``badcases`` (source, num_badcases, failure_types),
-    given when the cases were also run with bad-case-shaped prompts, adds the ``badcases`` section (else None)."""
+    given when the cases were also run with bad-case-shaped prompts, adds the ``badcases`` section (else None).
+    ``processes``: each process's rank and the ids of the cases it ran (default: one process, every case)."""
     summary = _summaries(case_rows, settings, skipped)
     windows = {}
     for config in settings.configs:
@@ -215,6 +217,7 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
         "pareto": _pareto(summary, skipped),
         "badcases": _badcase_section(case_rows, settings, skipped, badcases),
         "stats": dict(stats or {}),
+        "processes": processes or [{"rank": 0, "cases": [row["id"] for row in case_rows]}],
         "cases": list(case_rows),
         "files": {"json": "report.json", "markdown": "report.md", "plot": "pareto.png"},
     }
@@ -223,7 +226,8 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
 def report_of_run(run) -> dict[str, Any]:
     """The report of an ``idglow.eval.runner.EvalRun`` (see :func:`build_report`)."""
     return build_report(run.manifest, run.case_rows, run.settings, model_info=run.model_info, task=run.task,
-                        skipped=run.skipped, stats=run.stats, analyzer=run.analyzer, badcases=run.badcases)
+                        skipped=run.skipped, stats=run.stats, analyzer=run.analyzer, badcases=run.badcases,
+                        processes=run.processes)
 
 
 def _threshold(report: dict[str, Any], key: str) -> str:

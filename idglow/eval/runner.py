@@ -237,7 +237,7 @@ def literal_positions(case: EvalCase) -> list[int] | None:
 @dataclass
 class EvalRun:
     """What a run produced, for ``idglow.eval.report.build_report``: the manifest, one row per case and how
-    they were made and scored."""
+    they were made and scored; ``processes``: each process's rank and the ids of the cases it ran."""
 
     manifest: Manifest
     case_rows: list[dict[str, Any]]
@@ -248,6 +248,7 @@ class EvalRun:
     stats: dict[str, int]
     analyzer: dict[str, Any]
     badcases: dict[str, Any] | None = None
+    processes: list[dict[str, Any]] | None = None
 
 
 class EvalRunner:
@@ -450,25 +451,53 @@ class EvalRunner:
 
     # --- whole manifest ---------------------------------------------------------------------------------
 
-    def run(self, manifest: Manifest, out_dir: str | Path) -> dict[str, Any]:
+    def run(self, manifest: Manifest, out_dir: str | Path, *, state=None) -> EvalRun:
         """Run every selected case under every configuration (with bad cases, each composed prompt a second time
         shaped by them); images and per-configuration records are cached under ``out_dir/cases``. Returns the
-        run (``idglow.eval.report.report_of_run`` builds its report)."""
-        from tqdm.auto import tqdm
+        run (``idglow.eval.report.report_of_run`` builds its report).
 
-        from idglow.prompting import PromptSynthesizer
+        ``state``: accelerate's ``PartialState`` of a run launched on several processes (see
+        ``idglow.eval.distributed``); each process then runs its shard of the cases and every process gets back
+        the rows of all of them, in the manifest's order."""
+        from idglow.eval.distributed import gather_shards, shard_of
 
         s = self.settings
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         cases = manifest.select(s.limit)
         num_images = s.images_per_case or manifest.images_per_case
+        if state is None or state.num_processes <= 1:
+            case_rows = self.run_cases(manifest, cases, num_images, out)
+            stats, shards = dict(self.stats), [{"rank": 0, "cases": [c.id for c in cases]}]
+        else:
+            mine = shard_of(cases, state.process_index, state.num_processes)
+            case_rows, stats, shards = gather_shards(
+                state, lambda: (self.run_cases(manifest, mine, num_images, out, show=state.is_main_process),
+                                self.stats), [c.id for c in cases])
+        return EvalRun(
+            manifest, case_rows, s, model_info=self.model_info, task=manifest.task,
+            skipped=self.skipped_reasons(manifest.task, case_rows), stats=stats,
+            analyzer={"name": type(self.analyzer).__name__, "embedding_dim": self.analyzer.embedding_dim,
+                      "match_threshold": self.match_threshold, "duplicate_threshold": self.duplicate_threshold},
+            badcases=self._badcases_info(), processes=shards,
+        )
+
+    def run_cases(self, manifest: Manifest, cases: Sequence[EvalCase], num_images: int, out: Path, *,
+                  show: bool = True) -> list[dict[str, Any]]:
+        """One report row per case of ``cases`` (generated, or read back from ``out/cases/<case>/``); ``show``:
+        whether this process draws the progress bar."""
+        from tqdm.auto import tqdm
+
+        from idglow.prompting import PromptSynthesizer
+
+        s = self.settings
         resolver = SubjectResolver(self.analyzer, manifest.root)
         synthesizer = PromptSynthesizer.from_pipeline(self.pipe, face_analyzer=self._references,
                                                       max_badcases=s.max_badcases)
         case_rows = []
         runs = len(s.configs) * (1 if self.badcases is None else 2)
-        bar = tqdm(total=len(cases) * runs, desc=f"eval {manifest.name}", unit="image set", disable=not self.progress)
+        bar = tqdm(total=len(cases) * runs, desc=f"eval {manifest.name}", unit="image set",
+                   disable=not (self.progress and show))
         try:
             for case in cases:
                 inputs = self.prepare_case(case, manifest.task, resolver, synthesizer)
@@ -479,13 +508,7 @@ class EvalRunner:
                 case_rows.append(row)
         finally:
             bar.close()
-        return EvalRun(
-            manifest, case_rows, s, model_info=self.model_info, task=manifest.task,
-            skipped=self.skipped_reasons(manifest.task, case_rows), stats=dict(self.stats),
-            analyzer={"name": type(self.analyzer).__name__, "embedding_dim": self.analyzer.embedding_dim,
-                      "match_threshold": self.match_threshold, "duplicate_threshold": self.duplicate_threshold},
-            badcases=self._badcases_info(),
-        )
+        return case_rows
 
     def _run_configs(self, inputs: CaseInputs, task: str, num_images: int, case_dir: Path, bar) -> dict[str, Any]:
         results = {}
