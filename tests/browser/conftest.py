@@ -100,3 +100,19 @@ def shots(tmp_path_factory):
     folder = Path(os.environ.get("IDGLOW_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def stored_votes(data: Path, user: str) -> list:
+    """The votes ``user`` has stored in the app's SQLite file under ``data``, oldest first."""
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import User, Vote
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return session.scalars(select(Vote).join(User, User.id == Vote.user_id)
+                                   .where(User.username == user).order_by(Vote.id)).all()
+    finally:
+        engine.dispose()

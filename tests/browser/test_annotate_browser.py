@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import PASSWORD, serve_app, sign_in
+from tests.browser.conftest import PASSWORD, serve_app, sign_in, stored_votes
 
 pytestmark = pytest.mark.browser
 
@@ -137,21 +137,6 @@ def _checked(page) -> dict[str, list[str]]:
     return found
 
 
-def _votes(data: Path, user: str) -> list:
-    from sqlalchemy import select
-
-    from db.engine import make_engine, make_session_factory
-    from db.models import User, Vote
-
-    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
-    try:
-        with make_session_factory(engine)() as session:
-            return session.scalars(select(Vote).join(User, User.id == Vote.user_id)
-                                   .where(User.username == user).order_by(Vote.id)).all()
-    finally:
-        engine.dispose()
-
-
 def _focus_pair(page) -> None:
     page.locator("#annotate-progress").click()
 
@@ -190,7 +175,7 @@ def test_every_pair_starts_with_an_empty_form(server, browser):
     page.keyboard.press("b")
     page.keyboard.press("Enter")
     expect(page.locator("#annotate-progress")).to_contain_text("2 vote(s) by you", timeout=30_000)
-    first, second = _votes(data, "ann1")
+    first, second = stored_votes(data, "ann1")
     assert first.strength is not None and first.texture is not None and first.identity
     assert second.overall.value in ("a", "b")
     assert (second.strength, second.texture, second.artifacts, second.identity) == (None, None, None, None)
@@ -276,12 +261,12 @@ def test_flag_by_keyboard_stores_the_taxonomy_name(server, browser):
     assert _checked(page) == {}  # the flag form is cleared, and Enter did not submit a vote
     [badcase] = _badcases(data, "ann4")
     assert badcase.failure_types == ["identity_swap"]
-    assert _votes(data, "ann4") == []
+    assert stored_votes(data, "ann4") == []
     page.keyboard.press("Escape")
     page.keyboard.press("a")
     page.keyboard.press("Enter")
     expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
-    [vote] = _votes(data, "ann4")
+    [vote] = stored_votes(data, "ann4")
     # image B is the candidate that is not on the left
     assert badcase.candidate_id != vote.shown_left_id
 
@@ -298,7 +283,7 @@ def test_undo_brings_back_the_answers_given(server, browser):
     given = _checked(page)
     page.keyboard.press("Enter")
     expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
-    [vote] = _votes(data, "ann5")
+    [vote] = stored_votes(data, "ann5")
     assert vote.strength.value == "slight" and vote.texture is not None
     page.wait_for_timeout(300)
     assert _checked(page) == {}
@@ -306,10 +291,10 @@ def test_undo_brings_back_the_answers_given(server, browser):
     expect(page.locator("#annotate-progress")).to_contain_text("Last vote undone", timeout=30_000)
     expect(page.locator("#annotate-overall input[value=right]")).to_be_checked()
     assert _checked(page) == given
-    assert _votes(data, "ann5") == []
+    assert stored_votes(data, "ann5") == []
     page.keyboard.press("Enter")  # the restored answers can be submitted again as they are
     expect(page.locator("#annotate-progress")).to_contain_text("1 vote(s) by you", timeout=30_000)
-    [again] = _votes(data, "ann5")
+    [again] = stored_votes(data, "ann5")
     assert (again.comparison_id, again.overall, again.strength, again.texture, again.artifacts, again.identity) == (
         vote.comparison_id, vote.overall, vote.strength, vote.texture, vote.artifacts, vote.identity)
 

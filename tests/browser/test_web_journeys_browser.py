@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import PASSWORD, serve_app
+from tests.browser.conftest import PASSWORD, serve_app, stored_votes
 
 pytestmark = pytest.mark.browser
 
@@ -52,21 +52,6 @@ def _page(browser, width: int = 1366, height: int = 768):
 
 def _visible_badges(page) -> int:
     return page.locator(BADGES).evaluate_all("els => els.filter(e => e.offsetParent !== null).length")
-
-
-def _votes(data: Path, user: str) -> list:
-    from sqlalchemy import select
-
-    from db.engine import make_engine, make_session_factory
-    from db.models import User, Vote
-
-    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
-    try:
-        with make_session_factory(engine)() as session:
-            return session.scalars(select(Vote).join(User, User.id == Vote.user_id)
-                                   .where(User.username == user).order_by(Vote.id)).all()
-    finally:
-        engine.dispose()
 
 
 def _visitor_generations(data: Path) -> int:
@@ -138,7 +123,7 @@ def test_wrong_password_then_sign_in_takes_the_annotator_to_the_pair(server, bro
         expect(page.locator("#annotate-left img")).to_be_visible()
         expect(page.locator("#annotate-right img")).to_be_visible()
         page.screenshot(path=str(shots / "journeys-empty-vote.png"))
-        assert _votes(data, "ann") == []
+        assert stored_votes(data, "ann") == []
 
         page.locator("#annotate-progress").click()
         page.keyboard.press("a")
@@ -156,7 +141,7 @@ def test_wrong_password_then_sign_in_takes_the_annotator_to_the_pair(server, bro
         page.wait_for_timeout(500)
         assert page.locator("#annotate-overall input:checked").count() == 0
         expect(summary).to_contain_text("Overall –")
-        votes = _votes(data, "ann")
+        votes = stored_votes(data, "ann")
         assert len(votes) == 1 and votes[0].overall.value in ("a", "b") and votes[0].texture.value in ("a", "b")
 
 
@@ -242,7 +227,7 @@ def test_annotating_on_a_phone_side_by_side_with_the_vote_in_reach(server, brows
         box = notice.bounding_box()
         assert box["y"] >= 0 and box["y"] + box["height"] <= 844
         page.screenshot(path=str(shots / "journeys-phone-saved.png"))
-        assert len(_votes(data, "ann2")) == 1
+        assert len(stored_votes(data, "ann2")) == 1
 
 
 def _axe_source() -> str:
