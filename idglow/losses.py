@@ -7,19 +7,19 @@ against the prediction. Everything here is a pure function of tensors: no model,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from idglow import preferences
 from idglow.schedule import identity_constraint_weight
-from idglow.subjects import MAX_SUBJECTS
 
-#: Preference dimensions, in the order the DPO data path lays them out: three whole-image dimensions, then
-#: one identity dimension per slot (person j's face region in each image).
-IMAGE_DIMENSIONS: tuple[str, ...] = ("overall", "texture", "artifacts")
-DPO_DIMENSIONS: tuple[str, ...] = IMAGE_DIMENSIONS + tuple(f"identity_{j}" for j in range(MAX_SUBJECTS))
+#: Preference dimensions of the declared questions (``idglow.preferences``), in the order the DPO data path
+#: lays them out: the per-pair dimensions, then one dimension per slot for each per-person question. Code that
+#: must follow a substituted declaration calls ``preferences.dimension_names()`` instead.
+DPO_DIMENSIONS: tuple[str, ...] = preferences.dimension_names()
 
 
 def flow_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -153,8 +153,10 @@ class DPOLossOutput:
     reward_accuracy: torch.Tensor
     per_dimension: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def named(self, names: Sequence[str] = DPO_DIMENSIONS) -> dict[str, float]:
-        """Flat ``{"accuracy/overall": ..., "reward_margin/identity_0": ...}`` for logging (labelled only)."""
+    def named(self, names: Sequence[str] | None = None) -> dict[str, float]:
+        """Flat ``{"accuracy/overall": ..., "reward_margin/identity_0": ...}`` for logging (labelled only);
+        ``names`` default to the declared dimensions."""
+        names = preferences.dimension_names() if names is None else names
         out: dict[str, float] = {}
         counts = self.per_dimension["count"]
         for key in ("accuracy", "reward_margin", "loss"):
@@ -215,10 +217,39 @@ def group_dpo_loss(
     Returns:
         DPOLossOutput(loss, reward_accuracy, per_dimension).
     """
+    return _dpo_with(_sigmoid_entries, err_policy_w, err_policy_l, err_ref_w, err_ref_l, alpha, strength, beta, gamma)
+
+
+def group_dpo_hinge_loss(
+    err_policy_w: torch.Tensor,
+    err_policy_l: torch.Tensor,
+    err_ref_w: torch.Tensor,
+    err_ref_l: torch.Tensor,
+    alpha: torch.Tensor,
+    strength: torch.Tensor | float,
+    beta: float,
+    gamma: float,
+) -> DPOLossOutput:
+    """The group-level DPO of :func:`group_dpo_loss` with a hinge in place of the log-sigmoid (SLiC, TRL's
+    ``loss_type="hinge"``): ℓ_bd = max(0, 1 + β·Δ_bd + m_bd). Same arguments, shapes and output."""
+    return _dpo_with(_hinge_entries, err_policy_w, err_policy_l, err_ref_w, err_ref_l, alpha, strength, beta, gamma)
+
+
+def _sigmoid_entries(delta: torch.Tensor, beta: float, margin: torch.Tensor) -> torch.Tensor:
+    return -F.logsigmoid(-beta * delta - margin)
+
+
+def _hinge_entries(delta: torch.Tensor, beta: float, margin: torch.Tensor) -> torch.Tensor:
+    return torch.relu(1.0 + beta * delta + margin)
+
+
+def _dpo_with(entries, err_policy_w, err_policy_l, err_ref_w, err_ref_l, alpha, strength, beta,  # noqa: ANN001
+              gamma) -> DPOLossOutput:
     _check_error_dtypes(err_policy_w=err_policy_w, err_policy_l=err_policy_l, err_ref_w=err_ref_w,
                         err_ref_l=err_ref_l)
     with _full_precision(err_policy_w):
-        return _group_dpo_loss(err_policy_w, err_policy_l, err_ref_w, err_ref_l, alpha, strength, beta, gamma)
+        return _group_dpo_loss(err_policy_w, err_policy_l, err_ref_w, err_ref_l, alpha, strength, beta, gamma,
+                               entries)
 
 
 def _check_error_dtypes(**errors: torch.Tensor) -> None:
@@ -232,7 +263,7 @@ def _check_error_dtypes(**errors: torch.Tensor) -> None:
 
 def _group_dpo_loss(err_policy_w: torch.Tensor, err_policy_l: torch.Tensor, err_ref_w: torch.Tensor,
                     err_ref_l: torch.Tensor, alpha: torch.Tensor, strength: torch.Tensor | float, beta: float,
-                    gamma: float) -> DPOLossOutput:
+                    gamma: float, entries=_sigmoid_entries) -> DPOLossOutput:  # noqa: ANN001
     shape = err_policy_w.shape
     for name, value in (("err_policy_l", err_policy_l), ("err_ref_w", err_ref_w), ("err_ref_l", err_ref_l),
                         ("alpha", alpha)):
@@ -250,7 +281,7 @@ def _group_dpo_loss(err_policy_w: torch.Tensor, err_policy_l: torch.Tensor, err_
 
     delta = (err_policy_w.float() - err_ref_w.float()) - (err_policy_l.float() - err_ref_l.float())
     margin = gamma * strength
-    per_entry = -F.logsigmoid(-beta * delta - margin)  # (B, D)
+    per_entry = entries(delta, beta, margin)  # (B, D)
     weight_sum = alpha.sum(dim=1)  # (B,)
     labelled_pairs = weight_sum > 0
     per_pair = (alpha * per_entry).sum(dim=1) / weight_sum.clamp_min(1e-12)
@@ -274,3 +305,38 @@ def _group_dpo_loss(err_policy_w: torch.Tensor, err_policy_l: torch.Tensor, err_
         total = labelled.sum()
         reward_accuracy = correct.sum() / total if total > 0 else torch.tensor(float("nan"))
     return DPOLossOutput(loss=loss, reward_accuracy=reward_accuracy, per_dimension=per_dimension)
+
+
+@dataclass(frozen=True)
+class DPOLoss:
+    """A group-level DPO loss of the registry: its function (the signature of :func:`group_dpo_loss`) and
+    the formula it computes, as the dataset card and the config state it."""
+
+    name: str
+    function: Callable[..., DPOLossOutput]
+    formula: str
+
+
+#: The loss ``DPOConfig.loss_type`` names by default.
+DEFAULT_DPO_LOSS = "weighted_margin"
+#: The DPO losses a config can choose by name (``DPOConfig.loss_type``, like TRL's ``loss_type``).
+DPO_LOSSES: dict[str, DPOLoss] = {
+    "weighted_margin": DPOLoss(
+        "weighted_margin", group_dpo_loss,
+        "L = sum_d alpha_d * (-log sigmoid(-beta * Delta_d - m_d)) / sum_d alpha_d, with Delta_d = "
+        "[e_theta(w; R_d) - e_ref(w; R_d)] - [e_theta(l; R_d) - e_ref(l; R_d)] (mean squared velocity errors "
+        "over dimension d's region R_d) and margin m_d = gamma * s_d (s_d the preference strength); no 1/2 "
+        "factor in front of beta."),
+    "hinge": DPOLoss(
+        "hinge", group_dpo_hinge_loss,
+        "L = sum_d alpha_d * max(0, 1 + beta * Delta_d + m_d) / sum_d alpha_d, with Delta_d = "
+        "[e_theta(w; R_d) - e_ref(w; R_d)] - [e_theta(l; R_d) - e_ref(l; R_d)] (mean squared velocity errors "
+        "over dimension d's region R_d) and margin m_d = gamma * s_d (s_d the preference strength)."),
+}
+
+
+def dpo_loss(name: str) -> Callable[..., DPOLossOutput]:
+    """The function of the registered DPO loss ``name``; ValueError naming the registered ones otherwise."""
+    if name not in DPO_LOSSES:
+        raise ValueError(f"unknown DPO loss {name!r}; expected one of {', '.join(DPO_LOSSES)}")
+    return DPO_LOSSES[name].function

@@ -74,11 +74,20 @@ def test_agreement_as_strength_with_a_missing_agreement_does_not_crash():
     np.testing.assert_array_equal(preference_strengths(row, use_agreement=True), np.full(D, 0.75, np.float32))
 
 
-def test_per_dimension_strength_where_the_row_has_it():
-    row = {"strength": 1.0, "texture_strength": 0.5, "artifacts_strength": None,
-           "identity_strengths_0": [0.5, None, 0.0]}
+def test_strengths_read_only_the_columns_the_declared_grades_name(monkeypatch):
+    from idglow import preferences
+
+    # the export writes one strength column, the grade of overall; a column nobody declares is not read
+    row = {"strength": 1.0, "texture_strength": 0.5, "identity_strengths_0": [0.5, None, 0.0]}
+    assert [q.column for q in preferences.QUESTIONS if q.grades] == ["strength"]
+    np.testing.assert_array_equal(preference_strengths(row), np.ones(D, np.float32))
+    # a declared per-person grade of identity: its column gives each person's strength, overall the rest
+    grade = preferences.Question("identity_strengths_0", "How clear?", "", preferences.QUESTIONS[1].choices,
+                                 per_person=True, region=None, grades="identity", grades_values=("a", "b"),
+                                 strengths=(("slight", 0.5), ("clear", 1.0)))
+    monkeypatch.setattr(preferences, "QUESTIONS", preferences.QUESTIONS + (grade,))
     s = preference_strengths(row)
-    assert s[OVERALL] == 1.0 and s[TEXTURE] == 0.5 and s[ARTIFACTS] == 1.0
+    assert s[OVERALL] == 1.0 and s[TEXTURE] == 1.0 and s[ARTIFACTS] == 1.0
     assert s[ID0] == 0.5 and s[ID1] == 1.0 and s[ID1 + 1] == 1.0 and s[-1] == 1.0
     with pytest.raises(ValueError, match="strength 2.0 is above 1"):
         preference_strengths({"strength": 2.0})

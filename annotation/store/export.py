@@ -42,6 +42,7 @@ from db.models import (
     Vote,
 )
 from idglow.errors import InputError
+from idglow.losses import DEFAULT_DPO_LOSS, DPO_LOSSES
 from idglow.subjects import MAX_SUBJECTS
 
 logger = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ logger = logging.getLogger(__name__)
 SPLITS = (("train", 0.90), ("validation", 0.95), ("test", 1.0))
 STRENGTH_VALUE = {Strength.slight: 0.5, Strength.clear: 1.0, None: 1.0}
 PAIRWISE_LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
-DPO_BETA_CONVENTION = (
-    "L = -log sigmoid(-beta * Delta - m) with Delta = [e_theta(w) - e_ref(w)] - [e_theta(l) - e_ref(l)] "
-    "(mean squared velocity errors), margin m = gamma * strength; no 1/2 factor in front of beta."
-)
 
 
 def _schema():
@@ -748,6 +745,14 @@ def _provenance(votes: int, counts: dict[str, int], pages: _PageBuilder, left_ou
     return "\n".join(lines)
 
 
+def _dpo_convention() -> str:
+    """The DPO losses the trainer can use on this export (``loss_type``), each with its formula."""
+    lines = ["The group-level DPO trainer (`idglow train dpo`) uses the loss named by its `loss_type`:", ""]
+    lines += [f"- `{loss.name}`{' (default)' if loss.name == DEFAULT_DPO_LOSS else ''}: {loss.formula}"
+              for loss in DPO_LOSSES.values()]
+    return "\n".join(lines)
+
+
 def _card(counts: dict[str, int], params: dict[str, Any], dropped_ties: int, fmt: str, provenance: str = "") -> str:
     configs = "\n".join(f"  - split: {s}\n    path: data/{s}.{fmt}" for s in counts)
     split_lines = "\n".join(f"| {s} | {n} |" for s, n in counts.items()) or "| (none) | 0 |"
@@ -794,7 +799,7 @@ Splits are assigned by a hash of the subjects (the same people never appear in t
 
 ## DPO convention
 
-The group-level DPO trainer uses {DPO_BETA_CONVENTION}
+{_dpo_convention()}
 
 ## Export parameters
 

@@ -649,6 +649,20 @@ def undo_last_vote(
         raise
 
 
+def stored_votes(session: Session, comparison_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Every stored vote (or those on ``comparison_ids``) as ``{"id", "comparison_id", "user_id", "created_at",
+    question name: answer}``, in vote order; a per-person answer is ``{slot: value}`` (slots as strings)."""
+    query = select(Vote).order_by(Vote.comparison_id, Vote.id)
+    if comparison_ids is not None:
+        query = query.where(Vote.comparison_id.in_(list(comparison_ids)))
+    out = []
+    for vote in session.scalars(query):
+        out.append({"id": vote.id, "comparison_id": vote.comparison_id, "user_id": vote.user_id,
+                    "created_at": vote.created_at, "overall": _text(vote.overall), "strength": _text(vote.strength),
+                    "identity": vote.identity, "texture": _text(vote.texture), "artifacts": _text(vote.artifacts)})
+    return out
+
+
 def flag_badcase(
     session: Session,
     candidate_id: int,

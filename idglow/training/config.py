@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from idglow.errors import InputError
+from idglow.losses import DEFAULT_DPO_LOSS
 from idglow.schedule import FLUX_1024_SHIFT, IDENTITY_DECAYS, WINDOW_COORDINATES
 
 logger = logging.getLogger(__name__)
@@ -202,18 +203,29 @@ class SFTConfig(TrainingConfig):
             IdentityWindow(*self.age_window)
 
 
+def _default_alpha() -> dict[str, float]:
+    from idglow.preferences import default_weights
+
+    return default_weights()
+
+
 @dataclass
 class DPOConfig(TrainingConfig):
     """Group-level weighted-margin Flow-DPO (DESIGN §6). β follows L = −log σ(−β·Δ − m) (no ½): β = 2500
-    here matches Diffusion-DPO's β = 5000 with its ½ factor."""
+    here matches Diffusion-DPO's β = 5000 with its ½ factor.
+
+    α per preference question is ``alpha`` (question name → weight, defaults from ``idglow.preferences``);
+    ``alpha_<question>: value`` in YAML or on the command line sets one entry."""
 
     learning_rate: float = 1e-5
+    loss_type: str = field(default=DEFAULT_DPO_LOSS, metadata={
+        "help": "The DPO loss, by name in idglow.losses.DPO_LOSSES: weighted_margin (−log σ(−β·Δ − m)) or hinge "
+                "(max(0, 1 + β·Δ + m))."})
     beta: float = field(default=2500.0, metadata={"help": "β of the DPO loss (no ½ factor)."})
     gamma: float = field(default=0.0, metadata={"help": "Margin scale: m_d = γ·s_d."})
-    alpha_overall: float = field(default=1.0, metadata={"help": "α of the overall dimension."})
-    alpha_texture: float = field(default=0.5, metadata={"help": "α of the texture dimension."})
-    alpha_artifacts: float = field(default=0.5, metadata={"help": "α of the artifacts dimension."})
-    alpha_identity: float = field(default=1.0, metadata={"help": "α of each identity_j dimension."})
+    alpha: dict[str, float] = field(default_factory=_default_alpha, metadata={
+        "help": "α per preference question (a per-person question's α applies to each person); a question "
+                "left out takes its declared default weight."})
     use_agreement_as_strength: bool = field(default=False, metadata={
         "help": "Use annotator agreement instead of the slight/clear strength as s_d."})
     missing_strength: float = field(default=0.5, metadata={
@@ -223,22 +235,47 @@ class DPOConfig(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from idglow.losses import DPO_LOSSES
+        from idglow.preferences import default_weights
+
+        if self.loss_type not in DPO_LOSSES:
+            raise ValueError(f"loss_type={self.loss_type!r}; expected one of {', '.join(DPO_LOSSES)}")
         if not 0.0 <= self.missing_strength <= 1.0:
             raise ValueError(f"missing_strength={self.missing_strength} must be in [0, 1] (0.5 slight, 1.0 clear)")
         if self.beta <= 0:
             raise ValueError(f"beta={self.beta} must be > 0")
         if self.gamma < 0:
             raise ValueError(f"gamma={self.gamma} must be >= 0")
-        for name in ("alpha_overall", "alpha_texture", "alpha_artifacts", "alpha_identity"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if not any(getattr(self, n) > 0 for n in ("alpha_overall", "alpha_texture", "alpha_artifacts",
-                                                   "alpha_identity")):
-            raise ValueError("every alpha_* is 0: at least one preference dimension must have weight")
+        known = default_weights()
+        unknown = sorted(set(self.alpha) - set(known))
+        if unknown:
+            raise ValueError(f"alpha names {', '.join(unknown)}, which is not a preference dimension; expected "
+                             f"{', '.join(known)}")
+        self.alpha = {**known, **{k: float(v) for k, v in self.alpha.items()}}
+        for name, value in self.alpha.items():
+            if value < 0:
+                raise ValueError(f"alpha_{name}={value} must be >= 0")
+        if not any(v > 0 for v in self.alpha.values()):
+            raise ValueError("every alpha is 0: at least one preference dimension must have weight")
 
-    def alpha_vector(self, num_slots: int) -> list[float]:
-        """α in the DPO dimension layout (overall, texture, artifacts, identity_0..identity_{n−1})."""
-        return [self.alpha_overall, self.alpha_texture, self.alpha_artifacts] + [self.alpha_identity] * num_slots
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        """As :meth:`TrainingConfig.from_dict`, with ``alpha_<question>`` keys folded into ``alpha``."""
+        values = dict(values)
+        alpha = dict(values.pop("alpha", None) or {})
+        for key in [k for k in values if k.startswith("alpha_")]:
+            alpha[key.removeprefix("alpha_")] = values.pop(key)
+        if alpha:
+            values["alpha"] = alpha
+        return super().from_dict(values)
+
+    def alpha_vector(self, num_slots: int | None = None) -> list[float]:
+        """α in the DPO dimension layout of ``idglow.preferences.dpo_dimensions(num_slots)`` (default: the
+        batch layout, MAX_SUBJECTS people)."""
+        from idglow.preferences import weight_vector
+        from idglow.subjects import MAX_SUBJECTS
+
+        return weight_vector(self.alpha, MAX_SUBJECTS if num_slots is None else num_slots)
 
 
 def _literal_from_bool(value: bool, choices: tuple[Any, ...]) -> Any:

@@ -8,18 +8,18 @@ An SFT sample is a dict with
     task "fusion" | "age";  target_ages list of N floats or None
 A DPO sample has the same keys for the shared conditioning, and per image i ∈ {0, 1}: latents_i /
 pixel_values_i, face_boxes_i; plus preference (D,) ∈ {+1, −1, 0} (+1: image 0 preferred on that dimension)
-and strength (D,) in the layout of ``idglow.losses.DPO_DIMENSIONS``.
+and strength (D,) in the layout of ``idglow.preferences.dpo_dimensions()``.
 
-Regions of the DPO dimensions (``dpo_region_masks``), per image:
-    overall     the whole image
-    texture     the people's faces: the union of that image's face boxes (whole image when it has none)
-    artifacts   everything outside the face boxes (whole image when the faces cover it all)
-    identity_j  person j's face box in that image: the face standing in j's own place when the prompt gives
-                places (``idglow.faces.binding``: the left-to-right order of the prompt, or the synthetic
-                world's boxes), so that a face drawn in another person's place is judged where j should be;
-                else j's identity-matched face. Where j's place is empty (or j is missing), the box where the
-                other image shows j (both images answer the same prompt and noise: it is where the face was
-                expected); the whole image when j is missing from both.
+Regions of the DPO dimensions (``dpo_region_masks``), per image, by the region their question declares:
+    whole_image  the whole image (overall)
+    faces        (texture) the people's faces: the union of that image's face boxes (whole image when none)
+    background   (artifacts) everything outside the face boxes (whole image when the faces cover it all)
+    person       (identity_j) person j's face box in that image: the face standing in j's own place when the
+                 prompt gives places (``idglow.faces.binding``: the left-to-right order of the prompt, or the
+                 synthetic world's boxes), so that a face drawn in another person's place is judged where j
+                 should be; else j's identity-matched face. Where j's place is empty (or j is missing), the box
+                 where the other image shows j (both images answer the same prompt and noise: it is where the
+                 face was expected); the whole image when j is missing from both.
 A person missing from one image is therefore still a labelled identity_j pair: missing from the loser is the
 loser's identity failure.
 """
@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from idglow.losses import DPO_DIMENSIONS, IMAGE_DIMENSIONS
+from idglow import preferences
 from idglow.schedule import TASKS
+from idglow.subjects import MAX_SUBJECTS
 
 logger = logging.getLogger(__name__)
 
-NUM_DIMENSIONS = len(DPO_DIMENSIONS)
 #: Preference strength used where a row gives none (a tie on overall, an unrated vote, a missing
 #: agreement): "slight", so that an unrated preference never claims to be clear.
 DEFAULT_MISSING_STRENGTH = 0.5
@@ -76,23 +76,28 @@ def _identity_regions(own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return torch.where(has_own[..., None, None], own, fallback)
 
 
-def _image_regions(faces: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) regions of overall, texture and artifacts for one image from its face masks (B, n, H, W)."""
+def _image_regions(faces: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The per-pair regions of one image, by region name, from its face masks (B, n, H, W): each (B, H, W)."""
     whole = torch.ones_like(faces[:, 0])
     union = faces.amax(dim=1) if faces.shape[1] else torch.zeros_like(whole)
     has_faces = union.flatten(1).amax(dim=1) > 0
     outside = 1.0 - union
     has_outside = outside.flatten(1).amax(dim=1) > 0
-    texture = torch.where(has_faces[:, None, None], union, whole)
-    artifacts = torch.where(has_outside[:, None, None], outside, whole)
-    return torch.stack([whole, texture, artifacts], dim=1)
+    return {"whole_image": whole,
+            "faces": torch.where(has_faces[:, None, None], union, whole),
+            "background": torch.where(has_outside[:, None, None], outside, whole)}
+
+
+def num_dimensions() -> int:
+    """D, the length of preference, strength and α vectors: the declared dimensions for MAX_SUBJECTS people."""
+    return len(preferences.dpo_dimensions(MAX_SUBJECTS))
 
 
 def dpo_region_masks(boxes_0: Sequence[Sequence[Sequence[float] | None]],
                      boxes_1: Sequence[Sequence[Sequence[float] | None]], num_slots: int, height: int,
                      width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent-pixel regions of every DPO dimension for image 0 and image 1 of each pair (see the module
-    docstring for what each region is).
+    """Latent-pixel regions of every DPO dimension for image 0 and image 1 of each pair: each dimension's
+    region is the one its question declares (``idglow.preferences``; see the module docstring).
 
     Args:
         boxes_0, boxes_1: per pair, the normalised face box of each slot in image 0 / image 1 (None: missing).
@@ -100,18 +105,25 @@ def dpo_region_masks(boxes_0: Sequence[Sequence[Sequence[float] | None]],
         height, width: latent size.
 
     Returns:
-        Two (B, D, height, width) masks in the layout of ``DPO_DIMENSIONS``; every region is non-empty, and
-        identity slots beyond ``num_slots`` are the whole image (their preference is 0: unlabelled).
+        Two (B, D, height, width) masks in the layout of ``preferences.dpo_dimensions()``; every region is
+        non-empty, and per-person dimensions of slots beyond ``num_slots`` are the whole image (their
+        preference is 0: unlabelled).
     """
+    dims = preferences.dpo_dimensions(MAX_SUBJECTS)
     faces_0 = boxes_to_masks(boxes_0, num_slots, height, width)
     faces_1 = boxes_to_masks(boxes_1, num_slots, height, width)
-    k = len(IMAGE_DIMENSIONS)
-    n = min(num_slots, NUM_DIMENSIONS - k)
+    n = min(num_slots, MAX_SUBJECTS)
     out = []
     for own, other in ((faces_0, faces_1), (faces_1, faces_0)):
-        masks = torch.ones(own.shape[0], NUM_DIMENSIONS, height, width)
-        masks[:, :k] = _image_regions(own)
-        masks[:, k:k + n] = _identity_regions(own[:, :n], other[:, :n])
+        masks = torch.ones(own.shape[0], len(dims), height, width)
+        image = _image_regions(own)
+        people = _identity_regions(own[:, :n], other[:, :n])
+        for d, dim in enumerate(dims):
+            if dim.region == "person":
+                if dim.slot < n:
+                    masks[:, d] = people[:, dim.slot]
+            else:
+                masks[:, d] = image[dim.region]
         out.append(masks)
     return out[0], out[1]
 
@@ -130,25 +142,32 @@ def _strength_value(value: Any) -> float | None:
 
 def preference_strengths(row: dict[str, Any], *, use_agreement: bool = False,
                          missing: float = DEFAULT_MISSING_STRENGTH) -> np.ndarray:
-    """Per-dimension preference strength s_d (D,) of one export row, in the layout of ``DPO_DIMENSIONS``.
+    """Per-dimension preference strength s_d (D,) of one export row, in the layout of
+    ``preferences.dpo_dimensions()``.
 
-    The overall strength is the row's ``agreement`` (``use_agreement``) or its ``strength`` (slight 0.5,
-    clear 1.0); where it is missing, NaN or 0 (ties, unrated votes) it is ``missing``. A dimension takes its
-    own strength where the row has one (``texture_strength``, ``artifacts_strength``,
-    ``identity_strengths_0[j]``), else the overall strength.
+    The overall strength is the row's ``agreement`` (``use_agreement``) or the export column of the grade of
+    the primary question (``strength``: slight 0.5, clear 1.0); where it is missing, NaN or 0 (ties, unrated
+    votes) it is ``missing``. A dimension whose question has its own grade takes that grade's column where the
+    row has a value (a list per person for a per-person question), else the overall strength.
     """
     if not 0.0 <= missing <= 1.0:
         raise ValueError(f"missing strength {missing} must be in [0, 1]")
-    overall = _strength_value(row.get("agreement") if use_agreement else row.get("strength"))
+    main = preferences.primary()
+    main_grade = preferences.grade_of(main)
+    overall = _strength_value(row.get("agreement") if use_agreement or main_grade is None
+                              else row.get(main_grade.column))
     overall = missing if overall is None else overall
-    out = np.full(NUM_DIMENSIONS, overall, dtype=np.float32)
-    for d, key in ((1, "texture_strength"), (2, "artifacts_strength")):
-        own = _strength_value(row.get(key))
-        out[d] = overall if own is None else own
-    k = len(IMAGE_DIMENSIONS)
-    for j, value in enumerate(list(row.get("identity_strengths_0") or [])[: NUM_DIMENSIONS - k]):
+    dims = preferences.dpo_dimensions(MAX_SUBJECTS)
+    out = np.full(len(dims), overall, dtype=np.float32)
+    for d, dim in enumerate(dims):
+        grade = preferences.grade_of(dim.question)
+        if dim.question is main or grade is None:
+            continue
+        value = row.get(grade.column)
+        if dim.slot is not None:
+            value = list(value or [])[dim.slot] if dim.slot < len(value or []) else None
         own = _strength_value(value)
-        out[k + j] = overall if own is None else own
+        out[d] = overall if own is None else own
     return out
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from idglow import preferences
 from idglow.errors import InputError
 from idglow.faces.base import face_backend_name
-from idglow.losses import DPO_DIMENSIONS
+from idglow.subjects import MAX_SUBJECTS
 from idglow.training.buckets import make_buckets, nearest_bucket
 from idglow.training.data import DEFAULT_MISSING_STRENGTH, preference_strengths
 
@@ -147,6 +148,24 @@ def _padded(boxes: list, n: int) -> list:
     return list(boxes[:n]) + [None] * (n - len(boxes[:n]))
 
 
+def row_preferences(row: dict[str, Any]) -> np.ndarray:
+    """(D,) preference of one export row in the layout of ``preferences.dpo_dimensions()``: +1 where image 0
+    is preferred, −1 where image 1 is, 0 for a tie or no label. Each dimension reads its question's export
+    column (one value per person for a per-person question); the primary question's label counts only where
+    ``has_label``."""
+    dims = preferences.dpo_dimensions(MAX_SUBJECTS)
+    main = preferences.primary()
+    pref = np.zeros(len(dims), dtype=np.float32)
+    for d, dim in enumerate(dims):
+        value = row.get(dim.question.column)
+        if dim.slot is not None:
+            value = list(value or [])[dim.slot] if dim.slot < len(value or []) else None
+        if dim.question is main and not row.get("has_label", True):
+            value = None
+        pref[d] = _pair_label(value)
+    return pref
+
+
 class PreferenceExportDataset(Dataset):
     """DPO pairs from the preference export folder of ``idglow export`` (Pick-a-Pic v2 columns plus group
     columns), or one of its Parquet files.
@@ -246,13 +265,7 @@ class PreferenceExportDataset(Dataset):
             pixels, window = _image_tensor(img, size)
             sample[f"pixel_values_{i}"] = pixels
             sample[f"face_boxes_{i}"] = self._boxes(r[f"faces_{i}"], img.width, img.height, n, window, positions)
-        pref = np.zeros(len(DPO_DIMENSIONS), dtype=np.float32)
-        pref[0] = _pair_label(r["label_0"]) if r.get("has_label", True) else 0.0
-        pref[1] = _pair_label(r.get("texture_label_0"))
-        pref[2] = _pair_label(r.get("artifacts_label_0"))
-        for j, v in enumerate((r.get("identity_labels_0") or [])[: len(DPO_DIMENSIONS) - 3]):
-            pref[3 + j] = _pair_label(v)
-        sample["preference"] = torch.from_numpy(pref)
+        sample["preference"] = torch.from_numpy(row_preferences(r))
         sample["strength"] = torch.from_numpy(preference_strengths(r, use_agreement=self.use_agreement,
                                                                    missing=self.missing_strength))
         return sample

@@ -176,7 +176,8 @@ def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indice
     for i, la, lb in zip(indices, a, b):
         target, _ = dataset.spec(i)
         sa, sb = oracle_scores(analyzer, la, target), oracle_scores(analyzer, lb, target)
-        pref, strength = oracle_preference(sa, sb, tie=tie, clear=clear, max_slots=dataset.world.max_slots)
+        pref, strength = _declared_layout(*oracle_preference(sa, sb, tie=tie, clear=clear,
+                                                             max_slots=dataset.world.max_slots))
         if not pref.any():
             continue
         sample = dataset[i]
@@ -191,6 +192,22 @@ def preference_pairs(model: IdGlowDenoiser, dataset: SyntheticSFTDataset, indice
             "preference": torch.from_numpy(pref), "strength": torch.from_numpy(strength), "pair_id": i,
         })
     return pairs
+
+
+def _declared_layout(pref: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle's labels (overall, texture, artifacts, identity_0..) moved by name into the layout of the
+    declared DPO dimensions (``idglow.preferences``); a dimension the oracle does not judge is unlabelled."""
+    from idglow.preferences import dimension_names
+
+    oracle = ("overall", "texture", "artifacts") + tuple(f"identity_{j}" for j in range(len(pref) - 3))
+    names = dimension_names()
+    out_pref = np.zeros(len(names), dtype=np.float32)
+    out_strength = np.zeros(len(names), dtype=np.float32)
+    for i, name in enumerate(oracle):
+        if name in names:
+            out_pref[names.index(name)] = pref[i]
+            out_strength[names.index(name)] = strength[i]
+    return out_pref, out_strength
 
 
 class CachedDataset(torch.utils.data.Dataset):
@@ -224,7 +241,7 @@ def implicit_reward_counts(model: IdGlowDenoiser, pairs: list[dict[str, Any]], *
     draws; Δ_d = 0 (policy = reference) counts one half. Pairs are the unit to resample for an interval (see
     ``ratio_interval``): a pair's dimensions share its images."""
     from idglow.losses import orient_pairs, region_errors
-    from idglow.training.data import NUM_DIMENSIONS, dpo_region_masks
+    from idglow.training.data import dpo_region_masks, num_dimensions
     from idglow.training.modeling import pack_masks
 
     was_training = model.training
@@ -239,8 +256,8 @@ def implicit_reward_counts(model: IdGlowDenoiser, pairs: list[dict[str, Any]], *
         masks = torch.cat([pack_masks(m) for m in dpo_region_masks(batch["face_boxes_0"], batch["face_boxes_1"],
                                                                     n, h, w)])
         windows = [window_for_task(t) for t in batch["task"]]
-        err_p = torch.zeros(2 * b, NUM_DIMENSIONS)
-        err_r = torch.zeros(2 * b, NUM_DIMENSIONS)
+        err_p = torch.zeros(2 * b, num_dimensions())
+        err_r = torch.zeros(2 * b, num_dimensions())
         for _ in range(draws):
             noise = torch.randn(batch["latents_0"].shape, generator=g)
             sig = torch.rand(b, generator=g) * 0.98 + 0.01

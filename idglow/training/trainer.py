@@ -20,10 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from idglow.adapter import identity_checkpoint
 from idglow.losses import (
-    DPO_DIMENSIONS,
     add_flow_noise,
+    dpo_loss,
     flow_target,
-    group_dpo_loss,
     orient_pairs,
     region_errors,
     sft_loss,
@@ -31,7 +30,7 @@ from idglow.losses import (
 from idglow.schedule import IdentityWindow, sigma_window, slot_windows, window_for_task
 from idglow.training.buckets import BucketBatchSampler
 from idglow.training.config import DPOConfig, SFTConfig, TrainingConfig
-from idglow.training.data import NUM_DIMENSIONS, boxes_to_masks, collate_group_samples, dpo_region_masks
+from idglow.training.data import boxes_to_masks, collate_group_samples, dpo_region_masks
 from idglow.training.modeling import (
     IdGlowDenoiser,
     attention_backend,
@@ -555,8 +554,8 @@ class DPOTrainer(BaseTrainer):
         preference = batch["preference"].to(self.device)
         pw, pl, labelled = orient_pairs(err_pol[:b], err_pol[b:], preference)
         rw, rl, _ = orient_pairs(err_ref[:b], err_ref[b:], preference)
-        alpha = torch.tensor(cfg.alpha_vector(NUM_DIMENSIONS - 3), device=self.device)[None] * labelled
-        out = group_dpo_loss(pw, pl, rw, rl, alpha, batch["strength"].to(self.device), cfg.beta, cfg.gamma)
+        alpha = torch.tensor(cfg.alpha_vector(), device=self.device)[None] * labelled
+        out = dpo_loss(cfg.loss_type)(pw, pl, rw, rl, alpha, batch["strength"].to(self.device), cfg.beta, cfg.gamma)
         logs = {"reward_accuracy": float(out.reward_accuracy)}
-        logs.update(out.named(DPO_DIMENSIONS))
+        logs.update(out.named())
         return out.loss, logs

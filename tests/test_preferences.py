@@ -1,0 +1,161 @@
+"""The preference questions as one declaration: what is derived from it (DPO dimensions, regions, weights,
+export columns), the DPO loss registry, and the export → DPO dataset path on a real SQLite store."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pytest
+import torch
+
+from idglow import preferences
+from idglow.losses import DPO_DIMENSIONS, DPO_LOSSES, dpo_loss, group_dpo_hinge_loss, group_dpo_loss
+from idglow.training.config import DPOConfig
+
+
+def test_dimensions_regions_weights_and_columns_come_from_the_declaration():
+    dims = preferences.dpo_dimensions(2)
+    assert [(d.name, d.region, d.slot) for d in dims] == [
+        ("overall", "whole_image", None), ("texture", "faces", None), ("artifacts", "background", None),
+        ("identity_0", "person", 0), ("identity_1", "person", 1)]
+    assert DPO_DIMENSIONS == preferences.dimension_names()
+    assert preferences.export_columns() == {"overall": "label_0", "strength": "strength",
+                                            "identity": "identity_labels_0", "texture": "texture_label_0",
+                                            "artifacts": "artifacts_label_0"}
+    assert preferences.weight_vector({"texture": 0.25}, 2) == [1.0, 0.25, 0.5, 1.0, 1.0]
+    assert preferences.primary().name == "overall"
+
+
+def test_a_question_added_to_a_copy_becomes_a_dimension_with_its_region(monkeypatch):
+    light = preferences.Question("lighting", "Which is lit better?", "", preferences.PAIRWISE, region="faces",
+                                 weight=0.3)
+    monkeypatch.setattr(preferences, "QUESTIONS", preferences.QUESTIONS + (light,))
+    dims = {d.name: d for d in preferences.dpo_dimensions(1)}
+    assert dims["lighting"].region == "faces" and list(dims)[:4] == ["overall", "texture", "artifacts", "lighting"]
+    assert DPOConfig(report_to="none").alpha["lighting"] == 0.3
+    assert preferences.export_columns()["lighting"] == "lighting_label_0"
+
+
+def test_bad_declarations_are_refused():
+    with pytest.raises(ValueError, match="region 'face'"):
+        preferences.Question("x", "", "", preferences.PAIRWISE, region="face")
+    with pytest.raises(ValueError, match="'person' region"):
+        preferences.Question("x", "", "", preferences.PAIRWISE, region="person")
+    with pytest.raises(ValueError, match="2 keys for 3 choices"):
+        preferences.Question("x", "", "", preferences.PAIRWISE, keys=("1", "2"))
+
+
+def test_dpo_config_weights_by_question_and_legacy_keys():
+    cfg = DPOConfig.from_dict({"alpha_texture": 0.2, "report_to": "none"})
+    assert cfg.alpha == {"overall": 1.0, "texture": 0.2, "artifacts": 0.5, "identity": 1.0}
+    assert cfg.alpha_vector(1) == [1.0, 0.2, 0.5, 1.0]
+    with pytest.raises(ValueError, match="alpha names colour"):
+        DPOConfig(alpha={"colour": 1.0})
+    with pytest.raises(ValueError, match="every alpha is 0"):
+        DPOConfig(alpha={"overall": 0, "texture": 0, "artifacts": 0, "identity": 0})
+
+
+def _errors(b=3, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(b, d, generator=g) for _ in range(4)]
+
+
+def test_the_loss_is_chosen_by_name_and_weighted_margin_is_the_group_dpo_loss():
+    assert dpo_loss("weighted_margin") is group_dpo_loss and dpo_loss("hinge") is group_dpo_hinge_loss
+    assert DPOConfig(report_to="none").loss_type == "weighted_margin"
+    with pytest.raises(ValueError, match="unknown DPO loss 'ipo'; expected one of weighted_margin, hinge"):
+        dpo_loss("ipo")
+    with pytest.raises(ValueError, match="loss_type='ipo'"):
+        DPOConfig(loss_type="ipo")
+
+
+def test_hinge_loss_exact_values():
+    pw, pl, rw, rl = _errors()
+    alpha = torch.tensor([[1.0, 0.0, 2.0, 1.0]] * 3)
+    beta, gamma, s = 3.0, 0.5, 0.5
+    out = group_dpo_hinge_loss(pw, pl, rw, rl, alpha, s, beta, gamma)
+    delta = (pw - rw) - (pl - rl)
+    ell = torch.relu(1.0 + beta * delta + gamma * s)
+    expected = ((alpha * ell).sum(1) / alpha.sum(1)).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    sig = group_dpo_loss(pw, pl, rw, rl, alpha, s, beta, gamma)
+    assert sig.loss.item() != pytest.approx(out.loss.item())  # a different loss, not an alias
+    assert torch.equal(sig.reward_accuracy, out.reward_accuracy)
+
+
+def _store_with_votes(tmp_path):
+    from store_fixtures import make_store
+
+    from annotation.store.demo import DemoReference, pattern_image, seed_demo_data
+
+    store = make_store(tmp_path / "store")
+    # people with stored embeddings (as the app stores them), so the DPO dataset needs no face analyzer
+    refs = [DemoReference(pattern_image(100 + i), [float(i), 1.0, 0.5], "test") for i in range(6)]
+    with store.sessions() as session:
+        seed_demo_data(session, store.data_dir, candidates=12, votes=60, annotators=4, gold_rate=0.0, seed=3,
+                       references=refs)
+    return store
+
+
+def _majority(values):
+    if not values:
+        return None
+    counts = Counter(values).most_common()
+    return counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else "tie"
+
+
+SIGN = {"a": 1.0, "b": -1.0, "tie": 0.0, None: 0.0, "both_bad": 0.0}
+
+
+def _expected(votes, n):
+    """Preference and strength of one comparison from its stored votes, computed here independently."""
+    overall = _majority([v["overall"] for v in votes])
+    labels = {"overall": SIGN[overall], "texture": SIGN[_majority([v["texture"] for v in votes if v["texture"]])],
+              "artifacts": SIGN[_majority([v["artifacts"] for v in votes if v["artifacts"]])]}
+    for j in range(n):
+        labels[f"identity_{j}"] = SIGN[_majority([v["identity"][str(j)] for v in votes
+                                                  if str(j) in (v["identity"] or {})])]
+    agreeing = [{"slight": 0.5, "clear": 1.0, None: 1.0}[v["strength"]] for v in votes if v["overall"] == overall]
+    strength = sum(agreeing) / len(agreeing) if overall in ("a", "b") else 0.5
+    return labels, strength
+
+
+def test_export_of_a_sqlite_store_reaches_the_dpo_dataset_with_every_label_and_strength(tmp_path):
+    from annotation.store.export import export_preferences
+    from annotation.store.votes import stored_votes
+    from idglow.training.files import PreferenceExportDataset
+
+    store = _store_with_votes(tmp_path)
+    with store.sessions() as session:
+        export_preferences(session, tmp_path / "export", data_dir=store.data_dir, with_images=True)
+        by_comp = defaultdict(list)
+        for vote in stored_votes(session):
+            by_comp[vote["comparison_id"]].append(vote)
+    dataset = PreferenceExportDataset(tmp_path / "export", resolution=64, split=None)
+    assert len(dataset) == len(by_comp) > 10
+    names = preferences.dimension_names()
+    seen = Counter()
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        n = dataset.items[i]["row"]["num_subjects"]
+        labels, strength = _expected(by_comp[sample["pair_id"]], n)
+        got = dict(zip(names, sample["preference"].tolist()))
+        assert {k: got[k] for k in labels} == labels, sample["pair_id"]
+        assert all(got[k] == 0.0 for k in names if k not in labels)  # slots the group does not have
+        assert sample["strength"].tolist() == pytest.approx([strength] * len(names))
+        seen.update(k for k, v in labels.items() if v != 0 and v != labels["overall"])
+        seen["strength"] += strength not in (0.5, 1.0)
+    # the store holds dimensions that disagree with overall and averaged strengths: a column read for
+    # another would be seen
+    assert seen["texture"] and seen["artifacts"] and seen["identity_0"] and seen["strength"]
+
+
+def test_the_dataset_card_states_the_registered_losses(tmp_path):
+    from annotation.store.export import export_preferences
+
+    store = _store_with_votes(tmp_path)
+    with store.sessions() as session:
+        result = export_preferences(session, tmp_path / "export")
+    for loss in DPO_LOSSES.values():
+        assert loss.formula in result.card
+    assert "`weighted_margin` (default)" in result.card
