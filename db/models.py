@@ -71,21 +71,6 @@ class Overall(str, enum.Enum):
     both_bad = "both_bad"
 
 
-class Pairwise(str, enum.Enum):
-    """Which candidate is better on one dimension (identity of a person, texture, fewer artifacts)."""
-
-    a = "a"
-    b = "b"
-    tie = "tie"
-
-
-class Strength(str, enum.Enum):
-    """How sure a vote's overall preference is."""
-
-    slight = "slight"
-    clear = "clear"
-
-
 class ComparisonKind(str, enum.Enum):
     """Whether the two candidates come from one generation or from two model versions on the same people."""
 
@@ -306,7 +291,14 @@ class Assignment(Base):
 
 
 class Vote(Base):
-    """One annotator's answers on a comparison: overall, strength, identity per slot, texture, artifacts."""
+    """One annotator's answers on a comparison.
+
+    ``overall`` holds the answer to the primary question (a|b|tie|both_bad, in terms of candidates A and B),
+    a column of its own because gold checks and the leaderboard aggregate it in SQL. ``answers`` holds every
+    other answer keyed by question name (``idglow.preferences.QUESTIONS``): a value, or ``{slot: value}`` for
+    a per-person question, e.g. ``{"strength": "clear", "identity": {"0": "a"}, "texture": "tie"}``; the
+    store checks them against the declaration before writing.
+    """
 
     __tablename__ = "votes"
 
@@ -318,10 +310,7 @@ class Vote(Base):
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     )
     overall: Mapped[Overall] = mapped_column(_enum(Overall, "vote_overall"), nullable=False)
-    strength: Mapped[Strength | None] = mapped_column(_enum(Strength, "vote_strength"))
-    identity: Mapped[dict[str, str] | None] = mapped_column(JSON)
-    texture: Mapped[Pairwise | None] = mapped_column(_enum(Pairwise, "vote_texture"))
-    artifacts: Mapped[Pairwise | None] = mapped_column(_enum(Pairwise, "vote_artifacts"))
+    answers: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     shown_left_id: Mapped[int] = mapped_column(
         ForeignKey("candidates.id", ondelete="CASCADE"), nullable=False, index=True
     )

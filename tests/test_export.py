@@ -17,7 +17,7 @@ from annotation.store import users as U
 from annotation.store.demo import seed_demo_data
 from annotation.store.errors import PermissionDenied
 from annotation.store.export import aggregate_overall, export_preferences
-from db.models import Overall, Strength
+from db.models import Overall
 
 PICKAPIC = {
     "caption": pa.string(),
@@ -69,7 +69,7 @@ def _table(out):
 
 
 def test_aggregate_overall_rules():
-    a = aggregate_overall([(Overall.a, Strength.clear), (Overall.a, Strength.slight), (Overall.b, None)])
+    a = aggregate_overall([(Overall.a, "clear"), (Overall.a, "slight"), (Overall.b, None)])
     assert (a.label_0, a.label_1, a.has_label) == (1.0, 0.0, True)
     assert a.agreement == pytest.approx(2 / 3) and a.strength == pytest.approx(0.75)
     t = aggregate_overall([(Overall.a, None), (Overall.b, None)])
@@ -184,13 +184,13 @@ def test_rows_match_the_votes_in_the_database(store, tmp_path):
     assert len(rows) == len(votes)
     for r in rows:
         vs = votes[r["ranking_id"]]
-        agg = aggregate_overall([(v.overall, v.strength) for v in vs])
+        agg = aggregate_overall([(v.overall, v.answers.get("strength")) for v in vs])
         assert r["created_at"] == max(v.created_at for v in vs)
         assert r["annotator_ids"] == [v.user_id for v in vs] and r["user_id"] == vs[0].user_id
         assert (r["label_0"], r["label_1"], r["has_label"]) == (agg.label_0, agg.label_1, agg.has_label)
         assert r["strength"] == pytest.approx(agg.strength) and r["agreement"] == pytest.approx(agg.agreement)
         assert r["votes_tie"] == sum(v.overall == Overall.tie for v in vs)
-        slot0 = [v.identity["0"] for v in vs if v.identity and "0" in v.identity]
+        slot0 = [v.answers["identity"]["0"] for v in vs if "0" in v.answers.get("identity", {})]
         if slot0 and len(set(slot0)) == 1:
             assert r["identity_labels_0"][0] == {"a": 1.0, "b": 0.0, "tie": 0.5}[slot0[0]]
 

@@ -418,7 +418,8 @@ class _VoteRows:
 
 
 def _demo_answers(rng: random.Random, sharpness: float, diff: float, num_subjects: int) -> dict[str, Any]:
-    """One annotator's answers: a Bradley–Terry choice on the quality difference ``diff`` at ``sharpness``."""
+    """One annotator's answers as vote columns: a Bradley–Terry choice on the quality difference ``diff`` at
+    ``sharpness``."""
     s = sharpness
     r = rng.random()
     if r < 0.06:
@@ -429,13 +430,14 @@ def _demo_answers(rng: random.Random, sharpness: float, diff: float, num_subject
         overall = "a" if rng.random() < _sigmoid(s * diff) else "b"
         strength = "clear" if abs(diff) * s > 1.0 else "slight"
     identity = {str(j): ("a" if rng.random() < _sigmoid(s * diff) else "b") for j in range(num_subjects)}
-    return {
-        "overall": overall,
+    answers = {
         "strength": strength,
         "identity": identity,
         "texture": "a" if rng.random() < _sigmoid(s * diff) else "b",
         "artifacts": rng.choice(["a", "b", "tie"]),
     }
+    # the columns of a vote row: the primary answer, and the others by question name (``Vote.answers``)
+    return {"overall": overall, "answers": {k: v for k, v in answers.items() if v is not None}}
 
 
 def _add_votes(

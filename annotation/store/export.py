@@ -38,18 +38,17 @@ from db.models import (
     Overall,
     ReferencePhoto,
     Role,
-    Strength,
     Vote,
 )
+from idglow import preferences
 from idglow.errors import InputError
 from idglow.losses import DEFAULT_DPO_LOSS, DPO_LOSSES
+from idglow.preferences import Question, answer_strength
 from idglow.subjects import MAX_SUBJECTS
 
 logger = logging.getLogger(__name__)
 
 SPLITS = (("train", 0.90), ("validation", 0.95), ("test", 1.0))
-STRENGTH_VALUE = {Strength.slight: 0.5, Strength.clear: 1.0, None: 1.0}
-PAIRWISE_LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
 def _schema():
@@ -81,10 +80,7 @@ def _schema():
             ("face_backend", pa.string()),
             ("target_ages", pa.list_(pa.float64())),
             ("subject_labels", pa.list_(pa.string())),
-            ("identity_labels_0", pa.list_(pa.float64())),
-            ("texture_label_0", pa.float64()),
-            ("artifacts_label_0", pa.float64()),
-            ("strength", pa.float64()),
+            *_question_fields(),
             ("agreement", pa.float64()),
             ("num_votes", pa.int32()),
             ("votes_0", pa.int32()),
@@ -100,6 +96,17 @@ def _schema():
             ("split", pa.string()),
         ]
     )
+
+
+def _question_fields() -> list[tuple[str, Any]]:
+    """The columns of the declared questions other than the primary one (whose labels are ``label_0`` and
+    ``label_1``), in declaration order: image-0 labels (a list per person for a per-person question), or for
+    a grade the mean strength of the agreeing votes."""
+    import pyarrow as pa
+
+    main = preferences.primary()
+    return [(q.column, pa.list_(pa.float64()) if q.per_person else pa.float64())
+            for q in preferences.declared() if q is not main]
 
 
 def split_for(subjects_key: str) -> str:
@@ -134,17 +141,20 @@ class Aggregate:
     strength: float
 
 
-def aggregate_overall(votes: list[tuple[Overall, Strength | None]]) -> Aggregate:
+def aggregate_overall(votes: list[tuple[Overall | str, str | None]]) -> Aggregate:
     """Majority label of a comparison's overall votes (candidate A is image 0).
 
     The most frequent answer wins; a draw between a and b (or with tie) is a tie (0.5/0.5); a plurality of
     both_bad gives ``has_label=False``. agreement: share of votes equal to the outcome. strength: mean
     strength (slight 0.5, clear 1.0) of the votes that agree, 0 for ties and unlabelled rows.
     """
-    return _aggregate([v.value for v, _ in votes], [None if s is None else s.value for _, s in votes])
+    return _aggregate([Overall(v).value for v, _ in votes], [s for _, s in votes])
 
 
-_STRENGTH_OF = {s.value: value for s, value in STRENGTH_VALUE.items() if s is not None} | {None: 1.0}
+def _strength_of(value: str | None) -> float:
+    """The strength a vote's grade of the primary question stands for; an ungraded a|b vote counts as clear."""
+    grade = preferences.grade_of(preferences.primary())
+    return 1.0 if value is None or grade is None else answer_strength(grade, value)
 
 
 def _aggregate(overall: list[str], strength: list[str | None]) -> Aggregate:
@@ -167,7 +177,7 @@ def _aggregate_counts(overall: list[str], strength: list[str | None]) -> tuple[A
     agreeing = [s for v, s in zip(overall, strength) if v == outcome]
     agreement = len(agreeing) / n if agreeing else top / n
     if outcome in ("a", "b"):
-        mean = sum(_STRENGTH_OF[s] for s in agreeing) / len(agreeing)
+        mean = sum(_strength_of(s) for s in agreeing) / len(agreeing)
         labels = (1.0, 0.0) if outcome == "a" else (0.0, 1.0)
         return Aggregate(*labels, True, outcome, agreement, mean), counts
     if outcome == "tie":
@@ -469,6 +479,58 @@ class _GenerationInfo:
 
 
 _SLOT_KEYS = tuple(str(slot) for slot in range(MAX_SUBJECTS))
+
+
+@dataclass(frozen=True)
+class _StoredVote:
+    user_id: int
+    answers: dict[str, Any]  # question name -> answer (the primary one included)
+    created_at: Any  # as selected (stored text on SQLite)
+
+
+def _graded_strength(question: Question, grade: Question, answers: list[dict[str, Any]], slot: str | None,
+                     ) -> float | None:
+    """Mean strength of the ``grade`` answers of the votes that agree with the majority on ``question``
+    (on one slot of a per-person question); None when the majority is not gradable or nobody graded it."""
+    def answer(a: dict[str, Any], name: str) -> Any:
+        value = a.get(name)
+        return value.get(slot) if slot is not None and isinstance(value, dict) else value
+
+    outcome = _majority([v for a in answers if (v := answer(a, question.name)) is not None])
+    if outcome not in grade.grades_values:
+        return None
+    strengths = [answer_strength(grade, answer(a, grade.name)) for a in answers
+                 if answer(a, question.name) == outcome and answer(a, grade.name) is not None]
+    return sum(strengths) / len(strengths) if strengths else None
+
+
+def _majority_label(question: Question, answers: list[dict[str, Any]], slot: str | None) -> float | None:
+    values = [a[question.name] if slot is None else a[question.name].get(slot)
+              for a in answers if a.get(question.name) is not None]
+    return question.label_0(_majority([v for v in values if v is not None]))
+
+
+def question_columns(answers: list[dict[str, Any]], num_subjects: int, agg: Aggregate) -> list[Any]:
+    """The values of :func:`_question_fields` for one comparison from its votes' answers by question name:
+    the majority label of image 0 per question (per slot for a per-person question; null when nobody
+    answered), and for a grade the mean strength of the votes agreeing with the majority (the primary
+    question's grade: ``agg.strength``, 0 for ties)."""
+    questions = preferences.by_name()
+    main = preferences.primary()
+    out: list[Any] = []
+    for q in questions.values():
+        if q is main:
+            continue
+        if q.grades == main.name:
+            out.append(agg.strength)
+            continue
+        slots = _SLOT_KEYS[:num_subjects] if q.per_person else (None,)
+        if q.grades is not None:
+            values = [_graded_strength(questions[q.grades], q, answers, slot) for slot in slots]
+        else:
+            values = [_majority_label(q, answers, slot) for slot in slots]
+        out.append(values if q.per_person else values[0])
+    return out
 _CANDIDATE_CACHE = 100_000  # candidates kept between pages (~0.5 KB each; a candidate recurs across pages)
 
 
@@ -500,7 +562,7 @@ class _PageBuilder:
         self.to_datetime = created.dialect_impl(dialect).result_processor(dialect, None) if self.raw else None
         self.candidates: dict[int, _CandidateInfo] = {}
         self.generations: dict[int, _GenerationInfo] = {}
-        self.identity_cache: dict[str, dict[str, str] | None] = {}
+        self.answers_cache: dict[str, dict[str, Any]] = {}
         self.votes = self.ties = self.both_bad = self.dropped_ties = 0
 
     def _col(self, column, type_):  # noqa: ANN001
@@ -599,52 +661,34 @@ class _PageBuilder:
                 face_backend=backend,
             )
 
-    def _identity(self, value: Any) -> dict[str, str] | None:
+    def _answers(self, value: Any) -> dict[str, Any]:
+        """A vote's ``answers`` JSON as selected (stored text on SQLite, parsed once per distinct text)."""
         if not self.raw or value is None:
-            return value
-        parsed = self.identity_cache.get(value)
-        if parsed is None and value not in self.identity_cache:
-            if len(self.identity_cache) > 10_000:
-                self.identity_cache.clear()
-            parsed = self.identity_cache[value] = json.loads(value)
+            return value or {}
+        parsed = self.answers_cache.get(value)
+        if parsed is None:
+            if len(self.answers_cache) > 10_000:
+                self.answers_cache.clear()
+            parsed = self.answers_cache[value] = json.loads(value)
         return parsed
 
-    def _votes_of(self, comps) -> dict[int, list[Any]]:  # noqa: ANN001
-        """The votes on ``comps`` by comparison id, in vote order (answers as stored strings)."""
-        votes: dict[int, list[Any]] = defaultdict(list)
-        for r in self.conn.execute(
+    def _votes_of(self, comps) -> dict[int, list[_StoredVote]]:  # noqa: ANN001
+        """The votes on ``comps`` by comparison id, in vote order, with their answers by question name."""
+        votes: dict[int, list[_StoredVote]] = defaultdict(list)
+        main = preferences.primary().name
+        for cid, user_id, overall, answers, created in self.conn.execute(
             select(
                 Vote.comparison_id,
                 Vote.user_id,
                 type_coerce(Vote.overall, String),
-                type_coerce(Vote.strength, String),
-                self._col(Vote.identity, Text),
-                type_coerce(Vote.texture, String),
-                type_coerce(Vote.artifacts, String),
+                self._col(Vote.answers, Text),
                 self._col(Vote.created_at, String),
             )
             .where(Vote.comparison_id.in_([c[0] for c in comps]))
             .order_by(Vote.comparison_id, Vote.id)
         ).all():
-            votes[r[0]].append(r)
+            votes[cid].append(_StoredVote(user_id, {main: overall, **self._answers(answers)}, created))
         return votes
-
-    def _side_answers(
-        self, vs: list[Any], num_subjects: int
-    ) -> tuple[list[str | None], str | None, str | None]:
-        """The majority answer per identity slot, for texture and for artifacts, as pairwise labels."""
-        identities = [self._identity(v[4]) for v in vs]
-        identity = []
-        for key in _SLOT_KEYS[:num_subjects]:
-            m = _majority([d[key] for d in identities if d and key in d])
-            identity.append(None if m is None else PAIRWISE_LABEL[m])
-        texture = _majority([v[5] for v in vs if v[5] is not None])
-        artifacts = _majority([v[6] for v in vs if v[6] is not None])
-        return (
-            identity,
-            None if texture is None else PAIRWISE_LABEL[texture],
-            None if artifacts is None else PAIRWISE_LABEL[artifacts],
-        )
 
     def _row(
         self, comp_id: int, a_id: int, b_id: int, kind: Any, vs: list[Any], agg: Aggregate, overall: dict[str, int]
@@ -653,7 +697,6 @@ class _PageBuilder:
         images, data_dir = self.with_images, self.data_dir
         ca, cb = self.candidates[a_id], self.candidates[b_id]
         ga, gb = self.generations[ca.generation_id], self.generations[cb.generation_id]
-        identity, texture, artifacts = self._side_answers(vs, ga.num_subjects)
         return (
             ga.caption,
             _read(data_dir, ca.image_path) if images else None,
@@ -664,9 +707,9 @@ class _PageBuilder:
             cb.uid,
             ga.model,
             gb.model,
-            vs[0][1],
+            vs[0].user_id,
             comp_id,
-            self._datetime(max(v[7] for v in vs)),
+            self._datetime(max(v.created_at for v in vs)),
             agg.has_label,
             ca.uid != cb.uid,
             {"a": ca.uid, "b": cb.uid}.get(agg.outcome, ""),
@@ -678,17 +721,14 @@ class _PageBuilder:
             ga.face_backend,
             ga.target_ages,
             ga.subject_labels,
-            identity,
-            texture,
-            artifacts,
-            agg.strength,
+            *question_columns([v.answers for v in vs], ga.num_subjects, agg),
             agg.agreement,
             len(vs),
             overall.get("a", 0),
             overall.get("b", 0),
             overall.get("tie", 0),
             overall.get("both_bad", 0),
-            [v[1] for v in vs],
+            [v.user_id for v in vs],
             ca.faces,
             cb.faces,
             ca.metrics,
@@ -701,13 +741,16 @@ class _PageBuilder:
         """Columns per split for the labelled comparisons of ``comps``, and the number of ties dropped."""
         self._load_candidates({c[1] for c in comps} | {c[2] for c in comps})
         votes = self._votes_of(comps)
+        main = preferences.primary()
+        grade = getattr(preferences.grade_of(main), "name", None)
         rows: dict[str, list[tuple]] = defaultdict(list)
         dropped = 0
         for comp_id, a_id, b_id, kind in comps:
             vs = votes.get(comp_id)
             if not vs:
                 continue
-            agg, overall = _aggregate_counts([v[2] for v in vs], [v[3] for v in vs])
+            agg, overall = _aggregate_counts([v.answers[main.name] for v in vs],
+                                             [v.answers.get(grade) for v in vs])
             tie = agg.has_label and agg.label_0 == 0.5
             if self.drop_ties and tie:
                 dropped += 1

@@ -11,12 +11,12 @@ import numpy as np
 from sqlalchemy import Integer, case, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
+from annotation.store.votes import vote_answers
 from db.engine import read_only
-from db.models import Candidate, Comparison, Generation, ModelVersion, Overall, Pairwise, User, Vote
+from db.models import Candidate, Comparison, Generation, ModelVersion, Overall, User, Vote
+from idglow import preferences
 
 logger = logging.getLogger(__name__)
-
-AGREEMENT_DIMENSIONS = ("overall", "identity", "texture", "artifacts")
 
 
 @dataclass(frozen=True)
@@ -83,39 +83,54 @@ def _alpha(counts: dict[object, dict[str, int]], categories: list[str]) -> tuple
     return float(krippendorff.alpha(value_counts=matrix, level_of_measurement="nominal")), len(units), ratings
 
 
-def agreement(session: Session, dimensions: tuple[str, ...] = AGREEMENT_DIMENSIONS) -> dict[str, Agreement]:
-    """Krippendorff's alpha per dimension over non-gold comparisons with two or more votes.
+def agreement_dimensions() -> tuple[str, ...]:
+    """The questions agreement is measured on: the declared DPO questions (``idglow.preferences``), in
+    declaration order."""
+    return tuple(q.name for q in preferences.declared() if q.is_dimension)
 
-    ``identity`` pools every (comparison, slot) as one unit; ``overall`` uses a|b|tie|both_bad as categories.
+
+def _count_answers(counts: dict[str, dict[object, dict[str, int]]], cid: int, answers: dict[str, Any],
+                   per_person: set[str]) -> None:
+    for name, units in counts.items():
+        value = answers.get(name)
+        if value is None:
+            continue
+        if name in per_person:
+            for slot, choice in value.items():
+                units[(cid, int(slot))][choice] += 1
+        else:
+            units[cid][value] += 1
+
+
+def agreement(session: Session, dimensions: tuple[str, ...] | None = None) -> dict[str, Agreement]:
+    """Krippendorff's alpha per question over non-gold comparisons with two or more votes (default: every
+    question of :func:`agreement_dimensions`), with the question's choices as categories.
+
+    A per-person question (``identity``) pools every (comparison, slot) as one unit.
     """
-    unknown = [d for d in dimensions if d not in AGREEMENT_DIMENSIONS]
+    known = agreement_dimensions()
+    dimensions = known if dimensions is None else tuple(dimensions)
+    unknown = [d for d in dimensions if d not in known]
     if unknown:
-        raise ValueError(f"unknown agreement dimension {unknown[0]!r}; expected {AGREEMENT_DIMENSIONS}")
+        raise ValueError(f"unknown agreement dimension {unknown[0]!r}; expected {known}")
+    questions = preferences.by_name()
+    per_person = {d for d in dimensions if questions[d].per_person}
     read_only(session)
     counts: dict[str, dict[object, dict[str, int]]] = {
         d: defaultdict(lambda: defaultdict(int)) for d in dimensions
     }
     q = (
-        select(Vote.comparison_id, Vote.overall, Vote.identity, Vote.texture, Vote.artifacts)
+        select(Vote.comparison_id, Vote.overall, Vote.answers)
         .join(Comparison, Comparison.id == Vote.comparison_id)
         .where(Comparison.is_gold.is_(False), Comparison.vote_count >= 2)
         .execution_options(yield_per=20_000)
     )
-    for cid, overall, identity, texture, artifacts in session.execute(q):
-        if "overall" in counts:
-            counts["overall"][cid][overall.value] += 1
-        if "texture" in counts and texture is not None:
-            counts["texture"][cid][texture.value] += 1
-        if "artifacts" in counts and artifacts is not None:
-            counts["artifacts"][cid][artifacts.value] += 1
-        if "identity" in counts and identity:
-            for slot, choice in identity.items():
-                counts["identity"][(cid, int(slot))][choice] += 1
+    for cid, overall, answers in session.execute(q):
+        _count_answers(counts, cid, vote_answers(overall, answers), per_person)
     session.commit()
     out = {}
     for dim in dimensions:
-        cats = [o.value for o in Overall] if dim == "overall" else [p.value for p in Pairwise]
-        alpha, units, ratings = _alpha(counts[dim], cats)
+        alpha, units, ratings = _alpha(counts[dim], list(questions[dim].values))
         out[dim] = Agreement(dim, alpha, units, ratings)
     return out
 

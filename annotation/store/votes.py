@@ -37,13 +37,13 @@ from db.models import (
     Comparison,
     Generation,
     Overall,
-    Pairwise,
-    Strength,
     User,
     Vote,
 )
 from db.types import UTCDateTime, utcnow
+from idglow import preferences
 from idglow.errors import InputError
+from idglow.preferences import Question
 from idglow.prompting.badcases import FAILURE_TYPES  # the taxonomy shared with prompt synthesis
 
 logger = logging.getLogger(__name__)
@@ -57,19 +57,32 @@ MAX_DURATION_MS = 24 * 3600 * 1000
 class VoteRequest:
     """A vote on a served comparison, in terms of its candidates A and B (not screen sides).
 
-    identity maps slot (0-based) → a|b|tie: whose face better keeps that person. texture: a|b|tie.
-    artifacts: a|b|tie, the candidate with fewer artifacts. strength (slight|clear) only for overall a|b.
+    ``overall`` answers the primary question (a|b|tie|both_bad). ``answers`` holds the other answers keyed by
+    question name (``idglow.preferences.QUESTIONS``): a value, or ``{slot (0-based): value}`` for a
+    per-person question. ``strength``, ``identity``, ``texture`` and ``artifacts`` are shorthands for
+    ``answers[name]``: identity maps slot → a|b|tie (whose face better keeps that person), texture a|b|tie,
+    artifacts a|b|tie (the candidate with fewer artifacts), strength slight|clear only for overall a|b.
     """
 
     comparison_id: int
     user_id: int
     overall: Overall | str
     idempotency_key: str
-    strength: Strength | str | None = None
-    identity: Mapping[int, Pairwise | str] | None = None
-    texture: Pairwise | str | None = None
-    artifacts: Pairwise | str | None = None
+    strength: str | None = None
+    identity: Mapping[int, str] | None = None
+    texture: str | None = None
+    artifacts: str | None = None
     duration_ms: int | None = None
+    answers: Mapping[str, Any] | None = None
+
+    def all_answers(self) -> dict[str, Any]:
+        """``answers`` with the shorthand fields that are set, keyed by question name."""
+        given = dict(self.answers or {})
+        for name in ("strength", "identity", "texture", "artifacts"):
+            value = getattr(self, name)
+            if value is not None and name not in given:
+                given[name] = value
+        return given
 
 
 @dataclass(frozen=True)
@@ -84,50 +97,79 @@ class VoteResult:
     replayed: bool  # True when the idempotency key had already been recorded
 
 
-def _parse(enum_cls: type[Enum], value, field: str, optional: bool = True):  # noqa: ANN001
-    if value is None:
-        if optional:
-            return None
-        raise InvalidVote(f"{field} is required")
-    try:
-        return enum_cls(value.value if isinstance(value, Enum) else value)
-    except ValueError:
-        choices = "|".join(m.value for m in enum_cls)
-        raise InvalidVote(f"invalid {field} {value!r}; expected {choices}") from None
+def _text_of(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _choice(question: Question, value: Any, what: str) -> str:
+    value = _text_of(value)
+    if value not in question.values:
+        raise InvalidVote(f"invalid {what} {value!r}; expected {'|'.join(question.values)}")
+    return value
+
+
+def _per_person(question: Question, given: Any) -> dict[str, str]:
+    if not isinstance(given, Mapping):
+        raise InvalidVote(f"{question.name} answers must map a person's slot to a choice, not {given!r}")
+    out = {}
+    for slot, choice in given.items():
+        if isinstance(slot, bool) or not isinstance(slot, int) and not str(slot).isdigit():
+            raise InvalidVote(f"invalid {question.name} slot {slot!r}")
+        if _text_of(choice) is not None:
+            out[str(int(slot))] = _choice(question, choice, f"{question.name} choice for slot {slot}")
+    return out
+
+
+def _check_grades(overall: Overall, answers: dict[str, Any]) -> None:
+    questions, main = preferences.by_name(), preferences.primary()
+    for name, value in answers.items():
+        question = questions[name]
+        if question.grades is None:
+            continue
+        graded = overall.value if question.grades == main.name else answers.get(question.grades)
+        if graded not in question.grades_values:
+            article = "an" if question.grades[0] in "aeiou" else "a"
+            raise InvalidVote(f"{name} {value!r} only applies to {article} {question.grades} choice of "
+                              f"{' or '.join(question.grades_values)}, not {graded!r}")
+
+
+def validate_answers(overall: Any, given: Mapping[str, Any]) -> tuple[Overall, dict[str, Any]]:
+    """The primary answer and the other answers of a vote, checked against the declared questions
+    (``idglow.preferences``): known names, valid choices, required ones given, a grade only where the answer
+    it grades allows one. Unanswered questions are left out. Raises InvalidVote."""
+    questions = preferences.by_name()
+    main = preferences.primary()
+    if _text_of(overall) is None:
+        raise InvalidVote(f"{main.name} choice is required")
+    overall = Overall(_choice(main, overall, f"{main.name} choice"))
+    unknown = sorted(set(given) - set(questions))
+    if unknown:
+        raise InvalidVote(f"unknown question {unknown[0]!r}; expected one of {', '.join(questions)}")
+    answers: dict[str, Any] = {}
+    for name, question in questions.items():
+        value = given.get(name)
+        if question is main:
+            continue
+        if value is None or (question.per_person and not value):
+            if question.required:
+                raise InvalidVote(f"{name} is required")
+            continue
+        answers[name] = _per_person(question, value) if question.per_person else _choice(question, value, name)
+    _check_grades(overall, answers)
+    return overall, answers
 
 
 def _validate(request: VoteRequest) -> dict:
     key = request.idempotency_key
     if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise InvalidVote(f"invalid idempotency key {key!r}: 1-{MAX_KEY_LENGTH} characters")
-    overall = _parse(Overall, request.overall, "overall choice", optional=False)
-    strength = _parse(Strength, request.strength, "strength")
-    if strength is not None and overall not in (Overall.a, Overall.b):
-        raise InvalidVote(
-            f"strength {strength.value!r} only applies to an overall choice of a or b, not {overall.value!r}"
-        )
-    identity = None
-    if request.identity:
-        identity = {}
-        for slot, choice in request.identity.items():
-            if isinstance(slot, bool) or not isinstance(slot, int) and not str(slot).isdigit():
-                raise InvalidVote(f"invalid identity slot {slot!r}")
-            identity[str(int(slot))] = _parse(Pairwise, choice, f"identity choice for slot {slot}").value
-    texture = _parse(Pairwise, request.texture, "texture choice")
-    artifacts = _parse(Pairwise, request.artifacts, "artifacts choice")
+    overall, answers = validate_answers(request.overall, request.all_answers())
     duration = request.duration_ms
     if duration is not None and (
         isinstance(duration, bool) or not isinstance(duration, int) or not 0 <= duration <= MAX_DURATION_MS
     ):
         raise InvalidVote(f"invalid duration_ms {duration!r}")
-    return {
-        "overall": overall,
-        "strength": strength,
-        "identity": identity,
-        "texture": texture,
-        "artifacts": artifacts,
-        "duration_ms": duration,
-    }
+    return {"overall": overall, "answers": answers, "duration_ms": duration}
 
 
 @dataclass
@@ -250,14 +292,16 @@ def _served_rows(
 
 
 def _bad_slots(request: VoteRequest, fields: dict, comp: Any) -> InvalidVote | None:
-    """An error if the vote's identity choices name a slot the comparison does not have."""
-    bad = sorted(int(s) for s in fields["identity"] or () if not 0 <= int(s) < comp.num_subjects)
-    if not bad:
-        return None
-    return InvalidVote(
-        f"identity choice for slot {bad[0]} but comparison {request.comparison_id} has "
-        f"{comp.num_subjects} subject(s) (slots 0-{comp.num_subjects - 1})"
-    )
+    """An error if the vote's per-person answers name a slot the comparison does not have."""
+    for question in preferences.declared():
+        given = fields["answers"].get(question.name) if question.per_person else None
+        bad = sorted(int(s) for s in given or () if not 0 <= int(s) < comp.num_subjects)
+        if bad:
+            return InvalidVote(
+                f"{question.name} choice for slot {bad[0]} but comparison {request.comparison_id} has "
+                f"{comp.num_subjects} subject(s) (slots 0-{comp.num_subjects - 1})"
+            )
+    return None
 
 
 @dataclass
@@ -585,28 +629,34 @@ def _record_in_session(session: Session, pending: _PendingVote) -> _Written:
 
 @dataclass(frozen=True)
 class UndoResult:
-    """The deleted vote: its ids and the answers it held, in terms of candidates A and B (a|b|tie|both_bad
-    for overall; identity maps slot → a|b|tie), so a form can show them again."""
+    """The deleted vote: its ids and the answers it held, in terms of candidates A and B, so a form can show
+    them again. ``answers`` maps question name → value (per person: ``{slot: value}`` with int slots); every
+    declared question also reads as an attribute (``undone.texture``; None, or ``{}`` per person, when
+    unanswered)."""
 
     vote_id: int
     comparison_id: int
-    overall: str | None = None
-    strength: str | None = None
-    identity: Mapping[int, str] = field(default_factory=dict)
-    texture: str | None = None
-    artifacts: str | None = None
+    answers: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        question = preferences.by_name().get(name)
+        if question is None:
+            raise AttributeError(name)
+        return self.answers.get(name, {} if question.per_person else None)
 
 
-def _text(value: Enum | None) -> str | None:
-    return None if value is None else value.value
+def vote_answers(overall: Any, answers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stored vote's answers by question name: the primary answer (its column) with the ``answers`` JSON;
+    per-person answers keep their stored string slots."""
+    return {preferences.primary().name: _text_of(overall), **(answers or {})}
 
 
 def _undone(vote: Vote) -> UndoResult:
-    return UndoResult(
-        vote_id=vote.id, comparison_id=vote.comparison_id, overall=_text(vote.overall),
-        strength=_text(vote.strength), identity={int(k): v for k, v in (vote.identity or {}).items()},
-        texture=_text(vote.texture), artifacts=_text(vote.artifacts),
-    )
+    answers = vote_answers(vote.overall, vote.answers)
+    for question in preferences.declared():
+        if question.per_person and question.name in answers:
+            answers[question.name] = {int(k): v for k, v in answers[question.name].items()}
+    return UndoResult(vote_id=vote.id, comparison_id=vote.comparison_id, answers=answers)
 
 
 def undo_last_vote(
@@ -651,16 +701,14 @@ def undo_last_vote(
 
 def stored_votes(session: Session, comparison_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Every stored vote (or those on ``comparison_ids``) as ``{"id", "comparison_id", "user_id", "created_at",
-    question name: answer}``, in vote order; a per-person answer is ``{slot: value}`` (slots as strings)."""
+    question name: answer}``, in vote order; a per-person answer is ``{slot: value}`` (slots as strings); an
+    unanswered question has no key."""
     query = select(Vote).order_by(Vote.comparison_id, Vote.id)
     if comparison_ids is not None:
         query = query.where(Vote.comparison_id.in_(list(comparison_ids)))
-    out = []
-    for vote in session.scalars(query):
-        out.append({"id": vote.id, "comparison_id": vote.comparison_id, "user_id": vote.user_id,
-                    "created_at": vote.created_at, "overall": _text(vote.overall), "strength": _text(vote.strength),
-                    "identity": vote.identity, "texture": _text(vote.texture), "artifacts": _text(vote.artifacts)})
-    return out
+    return [{"id": vote.id, "comparison_id": vote.comparison_id, "user_id": vote.user_id,
+             "created_at": vote.created_at, **vote_answers(vote.overall, vote.answers)}
+            for vote in session.scalars(query)]
 
 
 def flag_badcase(
