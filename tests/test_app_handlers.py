@@ -230,8 +230,8 @@ class FakeAnnotation:
 
     def undo(self, user_id):
         self.calls.append(("undo", user_id))
-        return UndoResult(1, 9, overall="a", strength="clear", identity={0: "b", 1: "tie"}, texture="a",
-                          artifacts=None)
+        return UndoResult(1, 9, {"overall": "a", "strength": "clear", "identity": {0: "b", 1: "tie"},
+                                 "texture": "a"})
 
     def flag(self, user_id, candidate_id, types, note):
         self.calls.append(("flag", user_id, candidate_id, list(types), note))
