@@ -100,3 +100,114 @@ def test_foreign_keys_cascade(tmp_path):
         for a, b in s.query(Comparison.candidate_a_id, Comparison.candidate_b_id):
             assert a in ids and b in ids
     store.engine.dispose()
+
+
+# --- a store written by the release before revision 0003 (votes with one column per question) ---------------
+
+MIGRATION = "db/migrations/versions/0003_vote_answers_by_question.py"
+RELEASE_SCRIPT = """
+import json, sys
+from annotation.store.database import make_store
+from annotation.store.demo import seed_demo_data
+from annotation.store.export import export_preferences
+from annotation.store.stats import agreement
+from db.migrate import current_revision
+
+action, data_dir, url, out = sys.argv[1:]
+store = make_store(data_dir, url or None)
+with store.sessions() as s:
+    if action == "seed":
+        seed_demo_data(s, store.data_dir, candidates=24, votes=90, annotators=4, overlap=3, gold_rate=0.1, seed=5)
+    export_preferences(s, out)
+    found = {d: [a.alpha, a.units, a.ratings] for d, a in agreement(s).items()}
+print(json.dumps({"revision": current_revision(store.engine), "agreement": found}))
+"""
+
+
+def _release_tree(tmp_path):
+    """The code of the release before revision 0003 (``git archive`` of the commit before the one adding it)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs the git history of the repository")
+    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "-1", "--", MIGRATION], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    release = f"{added}^" if added else "HEAD"
+    tree = tmp_path / "release"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", release, "annotation", "db", "idglow"], cwd=root,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    assert not (tree / MIGRATION).exists()
+    return tree
+
+
+def _run_release(tree, action, data_dir, url, out):
+    """Run the release's own code on the store: seed it (``seed``) or not, export it to ``out``; returns its
+    revision and agreement."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run([sys.executable, "-c", RELEASE_SCRIPT, action, str(data_dir), url or "", str(out)],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _export_rows(out):
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for f in sorted((out / "data").glob("*.parquet")):
+        for row in pq.read_table(f).to_pylist():
+            rows[row["ranking_id"]] = row
+    return rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_store_of_the_previous_release_upgrades_and_exports_the_same_preferences(backend, tmp_path):
+    from annotation.store.export import export_preferences
+    from annotation.store.stats import agreement
+
+    tree = _release_tree(tmp_path)
+    engine = _engine(backend, tmp_path)
+    url = None if backend == "sqlite" else os.environ[PG_URL_ENV]
+    data = tmp_path / "data"
+    if backend == "sqlite":
+        engine.dispose()
+        engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    before = _run_release(tree, "seed", data, url, tmp_path / "before")
+    assert before["revision"] == "0002" and current_revision(engine) == "0002"
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("votes")}
+        assert {"strength", "identity", "texture", "artifacts"} <= columns
+        stored = conn.execute(text("SELECT count(*), count(strength), count(identity), count(texture) FROM votes")).one()
+    assert stored[0] == 90 and 0 < stored[1] < stored[0] and stored[2] == stored[3] == stored[0]
+    old_rows = _export_rows(tmp_path / "before")
+    # positive control: the store holds ties, graded and ungraded votes, and labels that differ per question
+    assert any(r["label_0"] == 0.5 for r in old_rows.values())
+    assert len({r["strength"] for r in old_rows.values()}) > 2
+    assert any(r["texture_label_0"] != r["label_0"] for r in old_rows.values())
+
+    upgrade(engine)
+    assert current_revision(engine) == head_revision(engine)
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("votes")}
+    assert "answers" in columns and not {"strength", "identity", "texture", "artifacts"} & columns
+    sessions = make_session_factory(engine)
+    with sessions() as s:
+        export_preferences(s, tmp_path / "after")
+        found = {d: [a.alpha, a.units, a.ratings] for d, a in agreement(s).items()}
+    assert _export_rows(tmp_path / "after") == old_rows  # every column of every row, labels and strengths included
+    assert found == before["agreement"] and found["identity"][1] > 0
+
+    downgrade(engine, "0002")
+    again = _run_release(tree, "export", data, url, tmp_path / "again")
+    assert again == before
+    assert _export_rows(tmp_path / "again") == old_rows
+    engine.dispose()
