@@ -159,3 +159,51 @@ def test_the_dataset_card_states_the_registered_losses(tmp_path):
     for loss in DPO_LOSSES.values():
         assert loss.formula in result.card
     assert "`weighted_margin` (default)" in result.card
+
+
+def test_a_question_added_to_the_declaration_reaches_the_store_the_export_and_the_dpo_batch(tmp_path, monkeypatch):
+    import json
+
+    from sqlalchemy import select, text
+    from store_fixtures import make_store
+
+    from annotation.store.demo import DemoReference, pattern_image, seed_demo_data
+    from annotation.store.errors import InvalidVote
+    from annotation.store.export import export_preferences
+    from annotation.store.sampling import next_comparison
+    from annotation.store.votes import VoteRequest, record_vote
+    from db.models import User
+    from idglow.training.data import boxes_to_masks, collate_group_samples, dpo_region_masks
+    from idglow.training.files import PreferenceExportDataset
+
+    light = preferences.Question("lighting", "Which is lit more naturally?", "Light on the people's faces.",
+                                 preferences.PAIRWISE, region="faces", weight=0.3)
+    monkeypatch.setattr(preferences, "QUESTIONS", preferences.QUESTIONS + (light,))  # the only change
+    store = make_store(tmp_path / "store")
+    refs = [DemoReference(pattern_image(100 + i), [float(i), 1.0, 0.5], "test") for i in range(6)]
+    with store.sessions() as s:
+        summary = seed_demo_data(s, store.data_dir, candidates=4, votes=0, annotators=2, gold_rate=0.0,
+                                 candidates_per_generation=4, seed=1, references=refs)
+        ids = [s.scalar(select(User.id).where(User.username == name)) for name in sorted(summary.annotators)]
+        served = next_comparison(s, ids[0], gold_rate=0.0)
+        record_vote(s, VoteRequest(served.comparison_id, ids[0], "a", "k0", answers={"lighting": "b"}))
+        with pytest.raises(InvalidVote, match="invalid lighting 'bright'; expected a|b|tie"):
+            record_vote(s, VoteRequest(served.comparison_id, ids[1], "a", "k1", answers={"lighting": "bright"}))
+        stored = s.execute(text("SELECT answers FROM votes")).scalar_one()
+    # the database holds the answer under the question's name
+    assert (stored if isinstance(stored, dict) else json.loads(stored)) == {"lighting": "b"}
+
+    with store.sessions() as s:
+        export_preferences(s, tmp_path / "export", data_dir=store.data_dir, with_images=True)
+    dataset = PreferenceExportDataset(tmp_path / "export", resolution=64, split=None)
+    [row] = [item["row"] for item in dataset.items]
+    assert row["lighting_label_0"] == 0.0  # the export column: image 1 (candidate B) is lit better
+    batch = collate_group_samples([dataset[0]])
+    names = preferences.dimension_names()
+    d = names.index("lighting")
+    assert batch["preference"][0, d] == -1.0 and batch["preference"][0, names.index("overall")] == 1.0
+    boxes = [[(0.0, 0.0, 0.5, 0.5)]]
+    masks, _ = dpo_region_masks(boxes, boxes, 1, 8, 8)
+    assert masks.shape[1] == len(names) == batch["preference"].shape[1]
+    assert torch.equal(masks[0, d], boxes_to_masks(boxes, 1, 8, 8)[0, 0])  # the faces region it declares
+    assert DPOConfig(report_to="none").alpha_vector()[d] == 0.3
