@@ -140,15 +140,18 @@ def test_the_score_text_says_whose_face_is_in_a_place():
 def test_the_annotate_identity_question_names_the_place():
     from types import SimpleNamespace
 
-    from annotation.ui.annotate_handlers import Answers, _identity_updates
+    from annotation.ui.annotate_handlers import _person_updates
+    from idglow.preferences import by_name
+
+    identity = by_name()["identity"]
 
     prompt = "the first person from the left (Ben) waves, the second person from the left (Anna) smiles"
     served = SimpleNamespace(num_subjects=2, subject_labels=("Anna", "Ben"), prompt=prompt)
-    labels = [u["label"] for u in _identity_updates(served, Answers())[:2]]
+    labels = [u["label"] for u in list(_person_updates(identity, served, {}).values())[:2]]
     assert labels == ["Identity — the face in Anna's place (2nd from left) (key 1, then a/b/t)",
                       "Identity — the face in Ben's place (1st from left) (key 2, then a/b/t)"]
     served.prompt = "two friends at the beach"
-    assert _identity_updates(served, Answers())[0]["label"] == "Identity of Anna (key 1, then a/b/t)"
+    assert _person_updates(identity, served, {})["identity_0"]["label"] == "Identity of Anna (key 1, then a/b/t)"
 
 
 def swapped_photo(left_path, right_path):

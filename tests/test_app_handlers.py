@@ -16,7 +16,13 @@ from annotation.generation.request import CandidateResult, Downloads, Generation
 from annotation.store.errors import PermissionDenied
 from annotation.store.sampling import ServedComparison, ShownCandidate
 from annotation.store.votes import UndoResult
-from annotation.ui.annotate_handlers import SHOWN_OUTPUTS, AnnotateHandlers, PairState, SignInHandlers
+from annotation.ui.annotate_handlers import (
+    AnnotateHandlers,
+    PairState,
+    SignInHandlers,
+    form_names,
+    shown_names,
+)
 from annotation.ui.auth import NotSignedIn
 from annotation.ui.generate_handlers import CardValues, GenerateForm, GenerateHandlers, Person, VisitorState
 from annotation.ui.research_handlers import ExportForm, ResearchHandlers
@@ -237,28 +243,33 @@ class FakeAnnotation:
         self.calls.append(("flag", user_id, candidate_id, list(types), note))
 
 
+def _answers(overall=None, strength=None, texture=None, artifacts=None, *identity):
+    return {"overall": overall, "strength": strength, "texture": texture, "artifacts": artifacts,
+            **{f"identity_{i}": v for i, v in enumerate(identity)}}
+
+
 def test_vote_translates_screen_sides_to_candidates_and_checks_the_caller():
     service = FakeAnnotation([])
     handlers = AnnotateHandlers(service, AUTH, clock=lambda: 100.0)
     shown = handlers.show("t-ann")
-    pair = shown[-1]
-    assert shown[1] == "/data/b.png" and shown[2] == "/data/a.png"
-    assert shown[0]["value"] == [("/data/r0.png", "Mum · age 6"), ("/data/r1.png", "Person 2")]
-    assert "p &lt;img src=x&gt;" in shown[3] and "<img" not in shown[3]  # a visitor's text is shown as text
-    assert [u["visible"] for u in shown[5:11]] == [True, True, False, False, False, False]
+    pair = shown["pair"]
+    assert shown["left"] == "/data/b.png" and shown["right"] == "/data/a.png"
+    assert shown["refs"]["value"] == [("/data/r0.png", "Mum · age 6"), ("/data/r1.png", "Person 2")]
+    assert "p &lt;img src=x&gt;" in shown["prompt"] and "<img" not in shown["prompt"]  # shown as text
+    assert [shown[f"identity_{i}"]["visible"] for i in range(6)] == [True, True, False, False, False, False]
     with pytest.raises(gr.Error, match="sign in as annotator"):
-        handlers.vote(None, pair, "left", "clear", None, None, "left")
-    handlers.vote("t-ann", pair, "left", "clear", "right", "tie", "left", "right", "left", None, None, None)
+        handlers.vote(None, pair, _answers("left", "clear", None, None, "left"))
+    handlers.vote("t-ann", pair, _answers("left", "clear", "right", "tie", "left", "right", "left"))
     _, user, comparison, kwargs = service.calls[0]
     # candidate 30 (B) was on the left: "left" means b
     assert (user, comparison) == (1, 9)
-    assert kwargs["overall"] == "b" and kwargs["strength"] == "clear" and kwargs["texture"] == "a"
-    assert kwargs["artifacts"] == "tie" and kwargs["identity"] == {0: "b", 1: "a"}  # slot 2 is not in this group
+    assert kwargs["overall"] == "b" and kwargs["answers"] == {
+        "strength": "clear", "texture": "a", "artifacts": "tie", "identity": {0: "b", 1: "a"}}  # no slot 2 here
     assert kwargs["key"] == pair.key and kwargs["duration_ms"] == 0
-    handlers.vote("t-ann", pair, "tie", "clear", None, None)
-    assert service.calls[1][3]["strength"] is None  # strength only for a or b
-    saved = handlers.vote("t-ann", pair, "right", None, None, None)
-    assert "Vote saved" in saved[-2] and "idglow-done" in saved[-2]  # said beside the buttons
+    handlers.vote("t-ann", pair, _answers("tie", "clear"))
+    assert "strength" not in service.calls[1][3]["answers"]  # strength only for a or b
+    saved = handlers.vote("t-ann", pair, _answers("right"))
+    assert "Vote saved" in saved["notice"] and "idglow-done" in saved["notice"]  # said beside the buttons
 
 
 def test_a_vote_without_an_overall_choice_is_refused_inline_leaving_the_pair_and_answers():
@@ -266,15 +277,14 @@ def test_a_vote_without_an_overall_choice_is_refused_inline_leaving_the_pair_and
     that would cover the pair), and nothing is stored."""
     service = FakeAnnotation([])
     handlers = AnnotateHandlers(service, AUTH)
-    pair = handlers.show("t-ann")[-1]
-    out = handlers.vote("t-ann", pair, None, "clear", "left", None, "left")
-    assert len(out) == SHOWN_OUTPUTS and not [c for c in service.calls if c[0] == "vote"]
-    overall_at = 5 + 6
-    assert all(u == gr.skip() for i, u in enumerate(out) if i not in (len(out) - 2, overall_at))
-    assert "Choose A, B, tie or both bad first" in out[-2] and "idglow-problem" in out[-2]
-    assert out[overall_at] == {"__type__": "update", "label": "Overall: choose A, B, tie or both bad first (keys a, b, "
-                                                              "t, x)"}  # on the choice itself, its value kept
-    assert handlers.show("t-ann")[overall_at]["label"] == "Overall: which group photo is better?"  # then back
+    pair = handlers.show("t-ann")["pair"]
+    out = handlers.vote("t-ann", pair, _answers(None, "clear", "left", None, "left"))
+    assert not [c for c in service.calls if c[0] == "vote"]
+    assert set(out) == {"notice", "overall"}  # every other output stays as it is
+    assert "Choose A, B, tie or both bad first" in out["notice"] and "idglow-problem" in out["notice"]
+    assert out["overall"] == {"__type__": "update", "label": "Overall: choose A, B, tie or both bad first (keys a, b, "
+                                                             "t, x)"}  # on the choice itself, its value kept
+    assert handlers.show("t-ann")["overall"]["label"] == "Overall: which group photo is better?"  # then back
     status, *rest = handlers.flag("t-ann", pair, None, ["artifact"], "")
     assert "Choose which image (A or B)" in status and all(u == gr.skip() for u in rest)
     assert not [c for c in service.calls if c[0] == "flag"]
@@ -283,13 +293,13 @@ def test_a_vote_without_an_overall_choice_is_refused_inline_leaving_the_pair_and
 def test_every_pair_starts_with_an_empty_form_one_update_per_output():
     handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
     shown = handlers.show("t-ann")
-    assert len(shown) == SHOWN_OUTPUTS
-    form = shown[5:-4]  # identity radios, overall, strength, texture, artifacts, flag side, types, note
+    assert list(shown) == shown_names()
+    form = [shown[n] for n in [*form_names(), "flag_side", "flag_types", "flag_note"]]
     assert len({id(u) for u in form}) == len(form)  # never one update object repeated for several outputs
     assert [u["value"] for u in form] == [None] * 11 + [[], ""]
-    assert shown[-4] == ""  # the flag status of the previous pair is gone
-    assert shown[-3] == {"__type__": "update", "value": "", "visible": False}  # no apparent ages: no suggestion
-    assert shown[-2] == ""  # no notice of the previous pair
+    assert shown["flag_status"] == ""  # the flag status of the previous pair is gone
+    assert shown["flag_hint"] == {"__type__": "update", "value": "", "visible": False}  # no ages: no suggestion
+    assert shown["notice"] == ""  # no notice of the previous pair
 
 
 def test_an_apparent_age_far_from_its_target_suggests_the_wrong_age_flag():
@@ -301,29 +311,26 @@ def test_an_apparent_age_far_from_its_target_suggests_the_wrong_age_flag():
                      right=replace(served.right, apparent_ages=(9.0, 3.0)))
     service = FakeAnnotation([])
     service.next_pair = lambda user_id: served
-    update = AnnotateHandlers(service, AUTH).show("t-ann")[-3]
+    update = AnnotateHandlers(service, AUTH).show("t-ann")["flag_hint"]
     hint = update["value"]
     assert update["visible"]
     assert "Wrong age [5]" in hint
     assert "in A, Mum &lt;img src=x&gt; looks 14 (target 6)" in hint
     assert "in B" not in hint and "looks 70" not in hint and "<img" not in hint
     service.next_pair = lambda user_id: replace(served, left=replace(served.left, apparent_ages=(10.0, 70.0)))
-    assert not AnnotateHandlers(service, AUTH).show("t-ann")[-3]["visible"]
+    assert not AnnotateHandlers(service, AUTH).show("t-ann")["flag_hint"]["visible"]
 
 
 def test_show_before_sign_in_changes_nothing_and_sign_in_collapses_the_panel():
     handlers = AnnotateHandlers(FakeAnnotation([]), AUTH)
 
-    def skipped(out):
-        return len(out) == SHOWN_OUTPUTS and all(u == gr.skip() for u in out)
-
-    assert skipped(handlers.show_after_sign_in(None))
+    assert handlers.show_after_sign_in(None) == {}  # no output: nothing changes
     shown = handlers.show_after_sign_in("t-ann")  # the sign-in shows the pair
-    assert shown[1] == "/data/b.png"
+    assert shown["left"] == "/data/b.png"
     # a second sign-in as the same annotator leaves the pair on screen and the answers being given alone
-    assert skipped(handlers.show_after_sign_in("t-ann", shown[-1]))
+    assert handlers.show_after_sign_in("t-ann", shown["pair"]) == {}
     # another sign-in on a page that still holds someone else's pair: this annotator's pair is shown
-    assert handlers.show_after_sign_in("t-ann2", replace(shown[-1], user_id=2))[1] == "/data/b.png"
+    assert handlers.show_after_sign_in("t-ann2", replace(shown["pair"], user_id=2))["left"] == "/data/b.png"
     signed = SimpleNamespace(token="tok", user=SimpleNamespace(username="anna", role=Role.annotator))
     sign_in = SignInHandlers(SimpleNamespace(sign_in=lambda user, password, client="": signed, sign_out=lambda token: None))
     token, status, password, form, bar, content, intro, research, tabs = sign_in.sign_in("anna", "pw")
@@ -354,7 +361,8 @@ def test_undo_shows_the_undone_answers_and_flag_names_the_candidate_on_screen():
     shown = handlers.undo("t-ann", pair)
     assert service.calls == [("undo", 1)]  # the pair on screen is not stored as skipped
     # candidate B (30) is on the left: a → right, b → left
-    identity, (overall, strength, texture, artifacts) = shown[5:7], shown[11:15]
+    identity = [shown["identity_0"], shown["identity_1"]]
+    overall, strength, texture, artifacts = (shown[n] for n in ("overall", "strength", "texture", "artifacts"))
     assert [u["value"] for u in identity] == ["left", "tie"]
     assert (overall["value"], strength["value"], texture["value"], artifacts["value"]) == (
         "right", "clear", "right", None)

@@ -10,7 +10,7 @@ import html
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -20,6 +20,8 @@ from annotation.store.errors import UndoExpired
 from annotation.store.votes import FAILURE_TYPES
 from annotation.ui.errors import notice_html, ui_errors
 from db.models import Role
+from idglow import preferences
+from idglow.preferences import Question
 from idglow.prompting.badcases import wrong_age_slots
 from idglow.subjects import MAX_SUBJECTS
 
@@ -27,7 +29,6 @@ from idglow.subjects import MAX_SUBJECTS
 OVERALL_CHOICES = [("A better [a]", "left"), ("B better [b]", "right"), ("Tie [t]", "tie"), ("Both bad [x]", "both_bad")]
 OVERALL_LABEL = "Overall: which group photo is better?"
 OVERALL_MISSING = "Overall: choose A, B, tie or both bad first (keys a, b, t, x)"
-OVERALL_AT = 5 + MAX_SUBJECTS  # where the overall radio stands in the shown outputs
 PAIR_CHOICES = [("A [a]", "left"), ("B [b]", "right"), ("Same [t]", "tie")]
 STRENGTH_CHOICES = [("Slightly [s]", "slight"), ("Clearly [c]", "clear")]
 FLAG_SIDE_CHOICES = [("A [a]", "left"), ("B [b]", "right")]
@@ -41,13 +42,48 @@ def failure_label(name: str) -> str:
 # shown with their number key; the stored value stays the taxonomy name
 FAILURE_CHOICES = [(f"{failure_label(name)} [{i + 1}]", name) for i, name in enumerate(FAILURE_TYPES)]
 WRONG_AGE_CHOICE = next(text for text, name in FAILURE_CHOICES if name == "wrong_age")  # as the flag form shows it
-# refs, A, B, prompt, progress, identity radios, overall, strength, texture, artifacts, flag side, failure types,
-# flag note, flag status, flag hint, vote notice, pair state
-SHOWN_OUTPUTS = 5 + MAX_SUBJECTS + 4 + 3 + 4
-NOTICE = -2  # where the vote notice (beside Submit) stands in the shown outputs
+# How the form shows a declared question (``idglow.preferences``): its label and its choices with their keys
+# (screen sides left/right for candidates on screen). A question not listed is shown with its declared label and
+# choices. The keys themselves are handled in the page (``annotation.ui.theme``).
+FORM_TEXT: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "overall": (OVERALL_LABEL, OVERALL_CHOICES),
+    "strength": ("By how much?", STRENGTH_CHOICES),
+    "texture": ("Better texture (key y, then a/b/t)", PAIR_CHOICES),
+    "artifacts": ("Fewer artifacts (key r, then a/b/t)", PAIR_CHOICES),
+    "identity": ("Identity of person", PAIR_CHOICES),
+}
+_SCREEN_SIDE = {"a": "left", "b": "right"}
 
 
-def inline_problem(text: str, outputs: int = SHOWN_OUTPUTS, at: int = NOTICE) -> list:
+def form_label(question: Question) -> str:
+    """The label the form gives ``question``."""
+    return FORM_TEXT.get(question.name, (question.label, None))[0]
+
+
+def form_choices(question: Question) -> list[tuple[str, str]]:
+    """The (text, value) choices of ``question`` on the form; a choice of candidate A or B is a screen side."""
+    if question.name in FORM_TEXT:
+        return FORM_TEXT[question.name][1]
+    return [(c.label, _SCREEN_SIDE.get(c.value, c.value)) for c in question.choices]
+
+
+def answer_names(question: Question) -> list[str]:
+    """The names of the widgets answering ``question``: its name, or ``{name}_{slot}`` per person."""
+    return [f"{question.name}_{i}" for i in range(MAX_SUBJECTS)] if question.per_person else [question.name]
+
+
+def form_names() -> list[str]:
+    """The names of every answer widget, in declaration order."""
+    return [name for q in preferences.declared() for name in answer_names(q)]
+
+
+def shown_names() -> list[str]:
+    """The names of the outputs of ``show``/``vote``/``skip``/``undo``."""
+    return ["refs", "left", "right", "prompt", "progress", *form_names(), "flag_side", "flag_types", "flag_note",
+            "flag_status", "flag_hint", "notice", "pair"]
+
+
+def inline_problem(text: str, outputs: int = 4, at: int = 0) -> list:
     """Outputs that leave everything on screen as it is and say ``text`` at ``at`` (the form stays usable:
     no error state covers the pair or the answers given)."""
     out: list = [gr.skip() for _ in range(outputs)]
@@ -121,26 +157,20 @@ class PairState:
     user_id: int | None = None  # whom the pair was served to
 
 
-@dataclass(frozen=True)
-class Answers:
-    """Answers on the screen's sides (left|right|tie|both_bad); None = not chosen."""
-
-    overall: str | None = None
-    strength: str | None = None
-    texture: str | None = None
-    artifacts: str | None = None
-    identity: Mapping[int, str] = field(default_factory=dict)
-
-    @classmethod
-    def of_undone(cls, undone, served) -> Answers:
-        """The answers of an undone vote (candidates A/B) on the sides where ``served`` shows them."""
-        side = served.side_for_choice
-        return cls(
-            overall=side(undone.overall) if undone.overall else None, strength=undone.strength,
-            texture=side(undone.texture) if undone.texture else None,
-            artifacts=side(undone.artifacts) if undone.artifacts else None,
-            identity={slot: side(v) for slot, v in (undone.identity or {}).items()},
-        )
+def undone_answers(undone, served) -> dict[str, Any]:
+    """The answers of an undone vote (candidates A/B) by widget name, on the sides where ``served`` shows
+    them."""
+    side = served.side_for_choice
+    out: dict[str, Any] = {}
+    for question in preferences.declared():
+        value = undone.answers.get(question.name)
+        if value is None:
+            continue
+        if question.per_person:
+            out.update({f"{question.name}_{slot}": side(v) for slot, v in value.items()})
+        else:
+            out[question.name] = side(value)
+    return out
 
 
 def _person(served, i: int) -> str:
@@ -194,26 +224,62 @@ def _identity_question(served, i: int, positions: list[int] | None) -> str:
     return f"Identity — the face in {_person(served, i)}'s place ({nth} from left) (key {i + 1}, then a/b/t)"
 
 
-def _identity_updates(served, answers: Answers) -> list[dict]:
+def _person_question(question: Question, served, i: int, positions: list[int] | None) -> str:
+    if question.name == "identity":
+        return _identity_question(served, i, positions)
+    return f"{form_label(question)} — {_person(served, i)}"
+
+
+def _person_updates(question: Question, served, answers: Mapping[str, Any]) -> dict[str, dict]:
     n = served.num_subjects if served is not None else 0
     positions = typed_prompt_positions(served.prompt or "", served.subject_labels[:n]) if n else None
-    return [gr.update(visible=i < n, value=answers.identity.get(i) if i < n else None,
-                      label=_identity_question(served, i, positions) if i < n else None)
-            for i in range(MAX_SUBJECTS)]
+    return {name: gr.update(visible=i < n, value=answers.get(name) if i < n else None,
+                            label=_person_question(question, served, i, positions) if i < n else None)
+            for i, name in enumerate(answer_names(question))}
 
 
-def _form(served, answers: Answers) -> list[dict]:
-    """One update per choice: 6 identity radios, overall, strength, texture, artifacts, flag side, failure
-    types, flag note."""
-    return [*_identity_updates(served, answers), gr.update(value=answers.overall, label=OVERALL_LABEL),
-            gr.update(value=answers.strength), gr.update(value=answers.texture), gr.update(value=answers.artifacts),
-            gr.update(value=None), gr.update(value=[]), gr.update(value="")]
+def _form(served, answers: Mapping[str, Any]) -> dict[str, dict]:
+    """One update per choice, by widget name: every declared question's widgets, then the flag form (side,
+    failure types, note)."""
+    out: dict[str, dict] = {}
+    for question in preferences.declared():
+        if question.per_person:
+            out.update(_person_updates(question, served, answers))
+        else:
+            out[question.name] = gr.update(value=answers.get(question.name), label=form_label(question))
+    return {**out, "flag_side": gr.update(value=None), "flag_types": gr.update(value=[]),
+            "flag_note": gr.update(value="")}
+
+
+def _vote_answers(served, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The answers on screen (by widget name) as answers by question name in terms of candidates A and B;
+    unanswered questions, people not in the group, and a grade of an answer it does not apply to left out."""
+    choice = served.choice_for_side
+    main = preferences.primary()
+    answers: dict[str, Any] = {}
+    for question in preferences.declared():
+        if question is main:
+            continue
+        if question.per_person:
+            slots = {i: choice(v) for i, name in enumerate(answer_names(question)[: served.num_subjects])
+                     if (v := given.get(name))}
+            if slots:
+                answers[question.name] = slots
+        elif given.get(question.name):
+            answers[question.name] = choice(given[question.name])
+    for name in [n for n in answers if preferences.by_name()[n].grades]:
+        question = preferences.by_name()[name]
+        graded = choice(given.get(question.grades) or "") if question.grades == main.name else answers.get(
+            question.grades)
+        if graded not in question.grades_values:
+            del answers[name]
+    return answers
 
 
 class AnnotateHandlers:
-    """Outputs of ``show``/``vote``/``skip``/``undo``: refs gallery, left image, right image, prompt, progress,
-    6 identity radios, overall, strength, texture, artifacts, flag side, failure types, flag note, flag status,
-    flag hint, the pair state."""
+    """``show``/``vote``/``skip``/``undo`` answer by output name (``shown_names``): refs gallery, left image,
+    right image, prompt, progress, the answer widgets of every declared question, flag side, failure types,
+    flag note, flag status, flag hint, notice, the pair state. An output left out stays as it is on screen."""
 
     def __init__(self, service, auth, clock=time.monotonic):
         self.service = service
@@ -223,25 +289,27 @@ class AnnotateHandlers:
     def _user(self, token):
         return self.auth.require(token, Role.annotator, "annotate")
 
-    def _show(self, user, note: str = "", undone=None):
+    def _show(self, user, note: str = "", undone=None) -> dict[str, Any]:
         served = self.service.next_pair(user.id)
         progress = self.service.progress(user.id)
         text = f"{progress.votes} vote(s) by you · {progress.remaining} pair(s) left in the pool"
         if note:
             text = f"{note} · {text}"
         if served is None:
-            return [gr.update(value=[]), None, None, "<p>No pair is waiting for you. Thank you!</p>", text,
-                    *_form(None, Answers()), "", gr.update(value="", visible=False), notice_html(note),
-                    PairState()]
-        answers = (Answers.of_undone(undone, served)
-                   if undone is not None and undone.comparison_id == served.comparison_id else Answers())
+            return {"refs": gr.update(value=[]), "left": None, "right": None,
+                    "prompt": "<p>No pair is waiting for you. Thank you!</p>", "progress": text, **_form(None, {}),
+                    "flag_status": "", "flag_hint": gr.update(value="", visible=False), "notice": notice_html(note),
+                    "pair": PairState()}
+        answers = (undone_answers(undone, served)
+                   if undone is not None and undone.comparison_id == served.comparison_id else {})
         refs = [(self.service.image_path(p), _caption(served, i))
                 for i, p in enumerate(served.reference_paths) if p]
         state = PairState(served, self.clock(), uuid.uuid4().hex, user.id)
-        return [gr.update(value=refs, columns=1 if len(refs) <= 2 else 2),
-                self.service.image_path(served.left.image_path), self.service.image_path(served.right.image_path),
-                _prompt_html(served), text, *_form(served, answers), "", _flag_hint_update(served),
-                notice_html(note), state]
+        return {"refs": gr.update(value=refs, columns=1 if len(refs) <= 2 else 2),
+                "left": self.service.image_path(served.left.image_path),
+                "right": self.service.image_path(served.right.image_path), "prompt": _prompt_html(served),
+                "progress": text, **_form(served, answers), "flag_status": "", "flag_hint": _flag_hint_update(served),
+                "notice": notice_html(note), "pair": state}
 
     @ui_errors
     def show(self, token: str | None):
@@ -249,31 +317,29 @@ class AnnotateHandlers:
 
     @ui_errors
     def show_after_sign_in(self, token: str | None, pair: PairState | None = None):
-        """``show`` after a sign-in (on any tab). Nothing changes when nobody is signed in or when this annotator's
-        pair is already on screen: the answers being given on it stay."""
+        """``show`` after a sign-in (on any tab). Nothing changes (no output) when nobody is signed in or when this
+        annotator's pair is already on screen: the answers being given on it stay."""
         user = self.auth.user(token)
         if user is None or (pair is not None and pair.served is not None and pair.user_id == user.id):
-            return [gr.skip() for _ in range(SHOWN_OUTPUTS)]
+            return {}
         return self._show(user)
 
     @ui_errors
-    def vote(self, token: str | None, pair: PairState | None, overall: str | None, strength: str | None,
-             texture: str | None, artifacts: str | None, *identity: str | None):
+    def vote(self, token: str | None, pair: PairState | None, answers: Mapping[str, Any]):
+        """Record the answers on screen, by widget name (``form_names``: screen sides left|right|tie|both_bad,
+        and grades such as strength)."""
         user = self._user(token)
         if pair is None or pair.served is None:
-            return inline_problem("There is no pair to vote on; press Skip to load one.")
+            return {"notice": notice_html("There is no pair to vote on; press Skip to load one.", problem=True)}
+        main = preferences.primary()
+        overall = answers.get(main.name)
         if overall is None:  # said at the top and on the overall choice itself
-            out = inline_problem("Choose A, B, tie or both bad first (keys a, b, t, x).")
-            out[OVERALL_AT] = gr.update(label=OVERALL_MISSING)
-            return out
+            return {"notice": notice_html("Choose A, B, tie or both bad first (keys a, b, t, x).", problem=True),
+                    main.name: gr.update(label=OVERALL_MISSING)}
         served = pair.served
-        choice = served.choice_for_side
-        ident = {i: choice(v) for i, v in enumerate(identity[: served.num_subjects]) if v}
         self.service.vote(
-            user.id, served.comparison_id, overall=choice(overall),
-            strength=strength if overall in ("left", "right") else None,
-            identity=ident, texture=choice(texture) if texture else None,
-            artifacts=choice(artifacts) if artifacts else None,
+            user.id, served.comparison_id, overall=served.choice_for_side(overall),
+            answers=_vote_answers(served, answers),
             duration_ms=min(int((self.clock() - pair.shown_at) * 1000), 24 * 3600 * 1000), key=pair.key,
         )
         return self._show(user, "Vote saved")
@@ -293,7 +359,7 @@ class AnnotateHandlers:
         try:
             undone = self.service.undo(user.id)
         except UndoExpired as err:
-            return inline_problem(f"Nothing to undo: {err}")
+            return {"notice": notice_html(f"Nothing to undo: {err}", problem=True)}
         return self._show(user, "Last vote undone", undone=undone)
 
     @ui_errors

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,14 @@ class AnnotationService:
         with self.sessions() as session:
             return next_comparison(session, user_id, overlap=self.overlap, gold_rate=self.gold_rate)
 
-    def vote(self, user_id: int, comparison_id: int, *, overall: str, strength: str | None,
-             identity: Mapping[int, str] | None, texture: str | None, artifacts: str | None,
+    def vote(self, user_id: int, comparison_id: int, *, overall: str, answers: Mapping[str, Any],
              duration_ms: int | None, key: str):
+        """Record a vote: ``overall`` and ``answers`` (question name → value, per person ``{slot: value}``) in
+        terms of candidates A and B."""
         from annotation.store.votes import VoteRequest, record_vote
 
         request = VoteRequest(comparison_id=comparison_id, user_id=user_id, overall=overall, idempotency_key=key,
-                              strength=strength, identity=dict(identity or {}) or None, texture=texture,
-                              artifacts=artifacts, duration_ms=duration_ms)
+                              answers=dict(answers), duration_ms=duration_ms)
         with self.sessions() as session:
             return record_vote(session, request)
 
