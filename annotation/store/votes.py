@@ -700,14 +700,15 @@ def undo_last_vote(
 
 
 def stored_votes(session: Session, comparison_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """Every stored vote (or those on ``comparison_ids``) as ``{"id", "comparison_id", "user_id", "created_at",
-    question name: answer}``, in vote order; a per-person answer is ``{slot: value}`` (slots as strings); an
+    """Every stored vote (or those on ``comparison_ids``) as ``{"id", "comparison_id", "user_id", "shown_left_id",
+    "created_at", question name: answer}``, in vote order; a per-person answer is ``{slot: value}`` (slots as strings); an
     unanswered question has no key."""
     query = select(Vote).order_by(Vote.comparison_id, Vote.id)
     if comparison_ids is not None:
         query = query.where(Vote.comparison_id.in_(list(comparison_ids)))
     return [{"id": vote.id, "comparison_id": vote.comparison_id, "user_id": vote.user_id,
-             "created_at": vote.created_at, **vote_answers(vote.overall, vote.answers)}
+             "shown_left_id": vote.shown_left_id, "created_at": vote.created_at,
+             **vote_answers(vote.overall, vote.answers)}
             for vote in session.scalars(query)]
 
 

@@ -103,16 +103,24 @@ def shots(tmp_path_factory):
 
 
 def stored_votes(data: Path, user: str) -> list:
-    """The votes ``user`` has stored in the app's SQLite file under ``data``, oldest first."""
+    """The votes ``user`` has stored in the app's SQLite file under ``data``, oldest first: each with its
+    comparison_id, shown_left_id and an attribute per declared question (None when unanswered)."""
+    from types import SimpleNamespace
+
     from sqlalchemy import select
 
+    from annotation.store.votes import stored_votes as all_votes
     from db.engine import make_engine, make_session_factory
-    from db.models import User, Vote
+    from db.models import User
+    from idglow.preferences import declared
 
     engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
     try:
         with make_session_factory(engine)() as session:
-            return session.scalars(select(Vote).join(User, User.id == Vote.user_id)
-                                   .where(User.username == user).order_by(Vote.id)).all()
+            user_id = session.scalar(select(User.id).where(User.username == user))
+            votes = [v for v in all_votes(session) if v["user_id"] == user_id]
     finally:
         engine.dispose()
+    return [SimpleNamespace(comparison_id=v["comparison_id"], shown_left_id=v["shown_left_id"],
+                            **{q.name: v.get(q.name) for q in declared()})
+            for v in sorted(votes, key=lambda v: v["id"])]

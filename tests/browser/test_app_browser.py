@@ -100,7 +100,7 @@ def test_visitor_annotator_researcher(server, browser, shots, sample_portraits, 
     with make_session_factory(engine)() as session:
         votes = session.scalars(select(Vote).join(User, User.id == Vote.user_id).where(User.username == "anna")).all()
         assert len(votes) == 1
-        assert votes[0].strength.value == "slight" and votes[0].identity["0"] == "tie"
+        assert votes[0].answers["strength"] == "slight" and votes[0].answers["identity"]["0"] == "tie"
     engine.dispose()
 
     # --- researcher: leaderboard and a Parquet export that loads
