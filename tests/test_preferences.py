@@ -161,18 +161,23 @@ def test_the_dataset_card_states_the_registered_losses(tmp_path):
     assert "`weighted_margin` (default)" in result.card
 
 
-def test_a_question_added_to_the_declaration_reaches_the_store_the_export_and_the_dpo_batch(tmp_path, monkeypatch):
+def test_a_question_added_to_the_declaration_reaches_the_form_the_store_the_export_and_the_dpo_batch(tmp_path,
+                                                                                                    monkeypatch):
     import json
+    from types import SimpleNamespace
 
+    import gradio as gr
     from sqlalchemy import select, text
     from store_fixtures import make_store
 
     from annotation.store.demo import DemoReference, pattern_image, seed_demo_data
     from annotation.store.errors import InvalidVote
     from annotation.store.export import export_preferences
-    from annotation.store.sampling import next_comparison
     from annotation.store.votes import VoteRequest, record_vote
-    from db.models import User
+    from annotation.ui.annotate_handlers import AnnotateHandlers
+    from annotation.ui.annotate_tab import build_annotate_tab
+    from annotation.ui.services import AnnotationService
+    from db.models import Role, User
     from idglow.training.data import boxes_to_masks, collate_group_samples, dpo_region_masks
     from idglow.training.files import PreferenceExportDataset
 
@@ -185,8 +190,23 @@ def test_a_question_added_to_the_declaration_reaches_the_store_the_export_and_th
         summary = seed_demo_data(s, store.data_dir, candidates=4, votes=0, annotators=2, gold_rate=0.0,
                                  candidates_per_generation=4, seed=1, references=refs)
         ids = [s.scalar(select(User.id).where(User.username == name)) for name in sorted(summary.annotators)]
-        served = next_comparison(s, ids[0], gold_rate=0.0)
-        record_vote(s, VoteRequest(served.comparison_id, ids[0], "a", "k0", answers={"lighting": "b"}))
+    annotator = SimpleNamespace(id=ids[0], username="annotator", role=Role.annotator)
+    auth = SimpleNamespace(require=lambda token, role, action: annotator, user=lambda token: annotator)
+    handlers = AnnotateHandlers(AnnotationService(store.sessions, store.data_dir, gold_rate=0.0), auth)
+    # the form: a widget for the question, shown with every pair
+    with gr.Blocks():
+        tab = build_annotate_tab(handlers, gr.State(None))
+    widget = tab.widgets["lighting"]
+    assert isinstance(widget, gr.Radio) and widget.elem_id == "annotate-lighting"
+    assert [value for _, value in widget.choices] == ["left", "right", "tie"]
+    shown = handlers.show("token")
+    assert shown["lighting"]["label"] == "Which is lit more naturally?"
+    # the stored vote: answered on screen, stored by name in terms of the candidates
+    served = shown["pair"].served
+    saved = handlers.vote("token", shown["pair"], {"overall": "left", "lighting": served.side_for_choice("b")})
+    assert "Vote saved" in saved["notice"]
+    overall_sign = 1.0 if served.choice_for_side("left") == "a" else -1.0
+    with store.sessions() as s:
         with pytest.raises(InvalidVote, match="invalid lighting 'bright'; expected a|b|tie"):
             record_vote(s, VoteRequest(served.comparison_id, ids[1], "a", "k1", answers={"lighting": "bright"}))
         stored = s.execute(text("SELECT answers FROM votes")).scalar_one()
@@ -201,7 +221,7 @@ def test_a_question_added_to_the_declaration_reaches_the_store_the_export_and_th
     batch = collate_group_samples([dataset[0]])
     names = preferences.dimension_names()
     d = names.index("lighting")
-    assert batch["preference"][0, d] == -1.0 and batch["preference"][0, names.index("overall")] == 1.0
+    assert batch["preference"][0, d] == -1.0 and batch["preference"][0, names.index("overall")] == overall_sign
     boxes = [[(0.0, 0.0, 0.5, 0.5)]]
     masks, _ = dpo_region_masks(boxes, boxes, 1, 8, 8)
     assert masks.shape[1] == len(names) == batch["preference"].shape[1]
