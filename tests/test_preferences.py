@@ -227,3 +227,20 @@ def test_a_question_added_to_the_declaration_reaches_the_form_the_store_the_expo
     assert masks.shape[1] == len(names) == batch["preference"].shape[1]
     assert torch.equal(masks[0, d], boxes_to_masks(boxes, 1, 8, 8)[0, 0])  # the faces region it declares
     assert DPOConfig(report_to="none").alpha_vector()[d] == 0.3
+
+
+def test_oracle_labels_move_into_the_declared_layout_by_name(monkeypatch):
+    import numpy as np
+
+    from idglow.training.synthetic_runs import _declared_layout
+
+    pref = np.array([1, -1, 0, 1, -1], dtype=np.float32)  # overall, texture, artifacts, identity_0, identity_1
+    strength = np.array([1.0, 0.5, 0.0, 0.5, 1.0], dtype=np.float32)
+    light = preferences.Question("lighting", "Lit better?", "", preferences.PAIRWISE, region="faces")
+    monkeypatch.setattr(preferences, "QUESTIONS", (light,) + preferences.QUESTIONS)
+    names = preferences.dimension_names()
+    out_pref, out_strength = _declared_layout(pref, strength)
+    got = {n: (p, s) for n, p, s in zip(names, out_pref.tolist(), out_strength.tolist())}
+    assert names[0] == "lighting" and got["lighting"] == (0.0, 0.0)  # the oracle does not judge it
+    assert got["overall"] == (1.0, 1.0) and got["texture"] == (-1.0, 0.5) and got["identity_1"] == (-1.0, 1.0)
+    assert got["identity_5"] == (0.0, 0.0)
