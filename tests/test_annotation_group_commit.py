@@ -52,9 +52,9 @@ def test_batch_outcomes_reach_their_own_callers(world):
         _pending(V.VoteRequest(10**9, u1, "a", "k-3")),  # unknown comparison
         _pending(V.VoteRequest(c1, 10**9, "a", "k-4")),  # unknown user
         _pending(V.VoteRequest(other, u1, "a", "k-5")),  # not served to u1
-        _pending(V.VoteRequest(c2, u1, "tie", "k-6", identity={0: "tie"})),
-        _pending(V.VoteRequest(other, u2, "b", "k-7", strength="clear")),
-        _pending(V.VoteRequest(c3, u1, "a", "k-8", identity={5: "a"})),  # slot out of range
+        _pending(V.VoteRequest(c2, u1, "tie", "k-6", answers={"identity": {0: "tie"}})),
+        _pending(V.VoteRequest(other, u2, "b", "k-7", answers={"strength": "clear"})),
+        _pending(V.VoteRequest(c3, u1, "a", "k-8", answers={"identity": {5: "a"}})),  # slot out of range
     ]
     V._VoteWriter(store.engine)._write(batch)
     outcome = [p.future.exception() or p.future.result().result for p in batch]

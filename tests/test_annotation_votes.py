@@ -174,10 +174,10 @@ def test_bad_votes_change_nothing(store):
             (V.VoteRequest(999_999, u1, "a", "k1"), NotFound),
             (V.VoteRequest(cid, 999_999, "a", "k2"), NotFound),
             (V.VoteRequest(cid, u1, "left", "k3"), InvalidVote),
-            (V.VoteRequest(cid, u1, "a", "k4", strength="huge"), InvalidVote),
-            (V.VoteRequest(cid, u1, "tie", "k5", strength="clear"), InvalidVote),
-            (V.VoteRequest(cid, u1, "a", "k6", identity={served.num_subjects: "a"}), InvalidVote),
-            (V.VoteRequest(cid, u1, "a", "k7", texture="maybe"), InvalidVote),
+            (V.VoteRequest(cid, u1, "a", "k4", answers={"strength": "huge"}), InvalidVote),
+            (V.VoteRequest(cid, u1, "tie", "k5", answers={"strength": "clear"}), InvalidVote),
+            (V.VoteRequest(cid, u1, "a", "k6", answers={"identity": {served.num_subjects: "a"}}), InvalidVote),
+            (V.VoteRequest(cid, u1, "a", "k7", answers={"texture": "maybe"}), InvalidVote),
             (V.VoteRequest(cid, u1, "a", ""), InvalidVote),
             (V.VoteRequest(cid, u2, "a", "k8"), InvalidVote),  # not served to u2
             (V.VoteRequest(other, u1, "b", "k9"), InvalidVote),  # gold answer key, not served
@@ -187,9 +187,10 @@ def test_bad_votes_change_nothing(store):
                 V.record_vote(s, request)
             assert _snapshot(s) == before, request
         with pytest.raises(InvalidVote, match=f"slot {served.num_subjects}"):
-            V.record_vote(s, V.VoteRequest(cid, u1, "a", "k6", identity={served.num_subjects: "a"}))
+            V.record_vote(s, V.VoteRequest(cid, u1, "a", "k6", answers={"identity": {served.num_subjects: "a"}}))
         ok = V.record_vote(
-            s, V.VoteRequest(cid, u1, "b", "good", strength="slight", identity={0: "b"}, duration_ms=1200)
+            s, V.VoteRequest(cid, u1, "b", "good", answers={"strength": "slight", "identity": {0: "b"}},
+                             duration_ms=1200)
         )
         assert not ok.replayed
         assert V.record_vote(s, V.VoteRequest(cid, u1, "b", "good")).vote_id == ok.vote_id
@@ -252,8 +253,8 @@ def test_undo_returns_the_answers_of_the_undone_vote(store):
     with store.sessions() as s:
         served = S.next_comparison(s, u, gold_rate=0.0)
         identity = {i: "b" if i % 2 else "tie" for i in range(served.num_subjects)}
-        V.record_vote(s, V.VoteRequest(served.comparison_id, u, "a", "k1", strength="clear", identity=identity,
-                                       texture="b", artifacts="tie"))
+        V.record_vote(s, V.VoteRequest(served.comparison_id, u, "a", "k1", answers={
+            "strength": "clear", "identity": identity, "texture": "b", "artifacts": "tie"}))
         undone = V.undo_last_vote(s, u)
         assert (undone.overall, undone.strength, undone.texture, undone.artifacts) == ("a", "clear", "b", "tie")
         assert undone.identity == identity

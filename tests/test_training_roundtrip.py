@@ -65,8 +65,9 @@ def test_votes_export_dpo_dataset_and_one_dpo_step(tmp_path):
             good_is_a = served.candidate_a_id == cands[0].id
             better = "a" if good_is_a else "b"
             record_vote(s, VoteRequest(comparison_id=served.comparison_id, user_id=user.id, overall=better,
-                                       idempotency_key=f"vote-{i}", strength="clear", identity={0: better},
-                                       texture=better, artifacts="tie"))
+                                       idempotency_key=f"vote-{i}", answers={
+                                           "strength": "clear", "identity": {0: better}, "texture": better,
+                                           "artifacts": "tie"}))
     out = tmp_path / "export"
     rc = cli_main(["export", "--db", store.url, "--data-dir", str(store.data_dir), "--out", str(out),
                    "--user", "researcher", "--with-images", "--quiet"])

@@ -59,30 +59,16 @@ class VoteRequest:
 
     ``overall`` answers the primary question (a|b|tie|both_bad). ``answers`` holds the other answers keyed by
     question name (``idglow.preferences.QUESTIONS``): a value, or ``{slot (0-based): value}`` for a
-    per-person question. ``strength``, ``identity``, ``texture`` and ``artifacts`` are shorthands for
-    ``answers[name]``: identity maps slot → a|b|tie (whose face better keeps that person), texture a|b|tie,
-    artifacts a|b|tie (the candidate with fewer artifacts), strength slight|clear only for overall a|b.
+    per-person question — e.g. ``{"strength": "clear", "identity": {0: "a"}, "texture": "tie"}`` (strength
+    slight|clear only for overall a|b; identity: whose face better keeps that person).
     """
 
     comparison_id: int
     user_id: int
     overall: Overall | str
     idempotency_key: str
-    strength: str | None = None
-    identity: Mapping[int, str] | None = None
-    texture: str | None = None
-    artifacts: str | None = None
-    duration_ms: int | None = None
     answers: Mapping[str, Any] | None = None
-
-    def all_answers(self) -> dict[str, Any]:
-        """``answers`` with the shorthand fields that are set, keyed by question name."""
-        given = dict(self.answers or {})
-        for name in ("strength", "identity", "texture", "artifacts"):
-            value = getattr(self, name)
-            if value is not None and name not in given:
-                given[name] = value
-        return given
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +149,7 @@ def _validate(request: VoteRequest) -> dict:
     key = request.idempotency_key
     if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise InvalidVote(f"invalid idempotency key {key!r}: 1-{MAX_KEY_LENGTH} characters")
-    overall, answers = validate_answers(request.overall, request.all_answers())
+    overall, answers = validate_answers(request.overall, request.answers or {})
     duration = request.duration_ms
     if duration is not None and (
         isinstance(duration, bool) or not isinstance(duration, int) or not 0 <= duration <= MAX_DURATION_MS
