@@ -309,12 +309,14 @@ with a FLUX checkpoint in diffusers format and IdGlow adapter weights:
 
 `python app.py --model models/flux --adapter models/idglow-adapter`
 
-(or set `IDGLOW_MODEL_DIR` and `IDGLOW_ADAPTER_DIR`). README lists every flag.
+(or set `IDGLOW_MODEL_DIR` and `IDGLOW_ADAPTER_DIR`). No trained IdGlow adapter is published: you train one on your
+own group photos (`docs/training.md`). `docs/real-weights.md` says what to obtain and where, `docs/app.md` lists
+every flag.
 """
 
 
 def banner(tiny: bool, note: str = "") -> str:
-    """The one-line notice above the tabs (``note`` is kept for callers; the details live in README and the
+    """The one-line notice above the tabs (``note`` is kept for callers; the details live in README, docs/ and the
     Generate tab's operator section)."""
     if not tiny:
         return "**IdGlow** · identity-preserving group photos."
