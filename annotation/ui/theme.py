@@ -122,7 +122,8 @@ UPLOAD_CSS = """
 #gen-files .file-preview tr.file > td {margin-top: 0 !important; margin-bottom: 0 !important;}
 #gen-files .file-preview td.filename {align-items: center;}
 #gen-files .file-preview td.download {display: none;}
-#gen-files .file-preview button[aria-label="Remove this file"] {min-width: 28px; min-height: 28px; left: 0;}
+#gen-files .file-preview button[aria-label="Remove this file"] {min-width: 28px; min-height: 28px; left: 0;
+  color: var(--body-text-color); font-size: 1.1em;}
 .tab-container button[role="tab"].selected, button[role="tab"].selected {color: #c2410c;}
 @media (max-width: 640px) {
   #idglow-title h1 {font-size: 1.45rem !important; margin-bottom: 0 !important;}

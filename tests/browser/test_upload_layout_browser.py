@@ -186,6 +186,8 @@ def test_every_control_on_a_phone_is_a_touch_target_with_aa_contrast(server, bro
         "the demo banner is cut on a phone"
     _choose_batch(page, batch)
     page.locator("#gen-files").screenshot(path=str(shots / "upload-phone-file-list.png"))
+    ratio = page.locator('#gen-files button[aria-label="Remove this file"]').first.evaluate(CONTRAST_JS)
+    assert ratio >= AA, f"a file's ×: contrast {ratio:.2f}:1 is under {AA}:1"
     page.locator("#gen-example").click()
     expect(page.locator(".gen-card:visible")).to_have_count(3, timeout=90_000)
     _run(page)
