@@ -1,11 +1,11 @@
-"""Every command README.md shows in a ``bash`` block is run here as written, or is named with the test that runs it
-or the reason it cannot run on a CPU machine without weights (real FLUX weights, Docker, a GPU, full-size
-benchmarks). A command added to README without a line here fails the classification test.
+"""Every command README.md and the docs/ pages show in a ``bash`` block is run here as written, or is named with the
+test that runs it or the reason it cannot run on a CPU machine without weights (real FLUX weights, Docker, a GPU,
+full-size benchmarks). A command added to the documentation without a line here fails the classification test.
 
 Usage lines with optional parts (``[--task fusion|age]``) run without the optional parts; the example files they
 name (``mum.jpg``, ``my_group_photos/``, ``out/sft/adapter``) are made from the portraits bundled with installed
 packages, and ``badcases.jsonl`` in the format ``idglow export`` writes, before the commands run, in a fresh folder,
-in README order.
+in page order (``doc_pages.ORDER``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from doc_pages import after_text, bash_blocks, section
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +49,10 @@ EXTERNAL = {
 
 
 def readme_commands() -> list[str]:
-    """The commands of README's ``bash`` blocks: continuation lines joined, comments dropped, spaces folded."""
+    """The commands of the documentation's ``bash`` blocks (README.md, then docs/): continuation lines joined,
+    comments dropped, spaces folded."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+    for block in bash_blocks():
         for line in re.sub(r"\\\n\s*", " ", block).splitlines():
             line = re.sub(r"\s+#\s.*$", "", line).strip()
             if line:
@@ -59,14 +61,13 @@ def readme_commands() -> list[str]:
 
 
 def readme_json_example(after: str) -> str:
-    """The first ``json`` block of README.md after the text ``after``."""
-    text = (ROOT / "README.md").read_text()
-    return text.split(after, 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    """The first ``json`` block of the documentation after the text ``after``."""
+    return after_text(after).split("```json\n", 1)[1].split("```", 1)[0]
 
 
 def tiny_demo_block() -> set[str]:
-    text = (ROOT / "README.md").read_text()
-    block = text.split("#### Try it on the tiny demo model", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    """The command lines of the first ``bash`` block under "Try it on the tiny demo model"."""
+    block = section("Try it on the tiny demo model").split("```bash\n", 1)[1].split("```", 1)[0]
     return {" ".join(line.split()) for line in block.splitlines() if line.strip()}
 
 
@@ -102,7 +103,7 @@ def test_every_readme_command_is_run_or_accounted_for():
     assert "bash scripts/test.sh" in kinds and kinds["bash scripts/test.sh"] == "elsewhere"
     assert sum(k == RUN for k in kinds.values()) >= 15, kinds
     unused = [p for p in EXTERNAL if not any(c.startswith(p) for c in commands)]
-    assert unused == [], f"EXTERNAL names commands README no longer shows: {unused}"
+    assert unused == [], f"EXTERNAL names commands the documentation no longer shows: {unused}"
 
 
 def _sample_inputs(folder: Path) -> None:

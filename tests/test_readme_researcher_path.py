@@ -1,5 +1,6 @@
-"""The README's "Try it on the tiny demo model" block, run line by line exactly as written (in a temporary
-folder with the repository's configs/, offline), then the app's services built on the same data dir must
+"""The "Try it on the tiny demo model" block of the documentation (docs/training.md, linked from README's
+researcher journey), run line by line exactly as written (in a temporary folder with the repository's configs/,
+offline), then the app's services built on the same data dir must
 serve the version the block registered."""
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from doc_pages import section
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "#### Try it on the tiny demo model"
+SECTION = "Try it on the tiny demo model"
 
 
 def readme_block() -> list[str]:
-    """The command lines of the first ```bash block after SECTION in README.md."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert SECTION in text, f"README.md has no {SECTION!r} section"
-    match = re.search(r"```bash\n(.*?)```", text[text.index(SECTION):], re.S)
+    """The command lines of the first ```bash block after the heading SECTION (README.md or a docs/ page)."""
+    match = re.search(r"```bash\n(.*?)```", section(SECTION), re.S)
     assert match, f"no ```bash block after {SECTION!r}"
     return [line for line in match.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
@@ -57,9 +57,9 @@ def ran_block(tmp_path_factory):
     outputs = []
     for line in readme_block():
         argv = shlex.split(line)
-        assert argv[0] == "idglow", f"unexpected command in the README block: {line}"
+        assert argv[0] == "idglow", f"unexpected command in the documented block: {line}"
         proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"README line failed: {line}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, f"documented line failed: {line}\n{proc.stdout}\n{proc.stderr}"
         outputs.append((line, proc.stdout))
     return work, outputs
 

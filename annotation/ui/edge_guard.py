@@ -41,7 +41,7 @@ GENERATE_API = "generate"  # the event whose calls are bounded per browser (``ma
 
 @dataclass(frozen=True)
 class EdgeLimits:
-    """The bounds :class:`EdgeGuard` enforces (README, "Privacy and limits")."""
+    """The bounds :class:`EdgeGuard` enforces (docs/privacy.md, "Limits against abuse")."""
 
     max_body: int = 32 * KB  # any POST but an upload
     max_field: int = 4 * KB  # characters of one text value inside such a POST

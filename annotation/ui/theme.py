@@ -14,12 +14,11 @@ GENERATE_CSS = """
 #gen-consent-row {align-items: center;}
 #gen-task .wrap {flex-wrap: nowrap;}
 #gen-task label {white-space: nowrap;}
-#gen-files button {padding: 0;}
 #gen-photo-status p {margin: 0;}
 #gen-scores table {table-layout: fixed; width: 100%;}
 #gen-scores td, #gen-scores th {white-space: normal; word-break: break-word;}
 @media (max-width: 640px) {
-  #idglow-banner {font-size: 11.5px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+  #idglow-banner {font-size: 11.5px; line-height: 1.3; padding-top: 0.1rem; padding-bottom: 0.1rem;}
   #gen-cards .gen-card {max-width: calc(50% - 4px);}
   #gen-consent-row {flex-direction: column; align-items: stretch;}
 }
@@ -107,7 +106,38 @@ PHONE_CSS = """
 }
 """
 
-CSS = GENERATE_CSS + ANNOTATE_CSS + NOTICE_CSS + PHONE_CSS
+# The upload box: its label sits above the drop zone and beside the box's buttons (never over the upload icon or
+# them); every chosen file is listed in a compact row (none hidden below a fixed height, so a rejected file can be
+# found and removed with ×); an upload as received is never served back, so its row shows no download link (the
+# link would answer 404). On a phone every control of the Generate tab is a 44 px touch target.
+UPLOAD_CSS = """
+#gen-files > label[data-testid="block-label"] {position: static; display: flex; width: auto;
+  max-width: calc(100% - 76px); white-space: normal; line-height: 1.3; border-radius: 0 0 var(--radius-sm) 0;}
+#gen-files .upload-container:not(.icon-mode) {height: 104px !important; min-height: 0 !important;}
+#gen-files [data-testid="upload-text"] {line-height: 1.25;}
+#gen-files [data-testid="upload-icon"] {width: 22px; height: 22px; margin-bottom: 2px;}
+#gen-files .file-preview-holder {max-height: none !important; overflow: visible !important;}
+#gen-files .file-preview tr.file {padding-top: 0 !important; padding-bottom: 0 !important; margin: 0 !important;
+  align-items: center;}
+#gen-files .file-preview tr.file > td {margin-top: 0 !important; margin-bottom: 0 !important;}
+#gen-files .file-preview td.filename {align-items: center;}
+#gen-files .file-preview td.download {display: none;}
+#gen-files .file-preview button[aria-label="Remove this file"] {min-width: 28px; min-height: 28px; left: 0;
+  color: var(--body-text-color); font-size: 1.1em;}
+.tab-container button[role="tab"].selected, button[role="tab"].selected {color: #c2410c;}
+@media (max-width: 640px) {
+  #idglow-title h1 {font-size: 1.45rem !important; margin-bottom: 0 !important;}
+  #idglow-banner p {font-size: 12px; line-height: 1.35;}
+  #gen-files > label[data-testid="block-label"] {max-width: calc(100% - 100px);}
+  #gen-files .file-preview button[aria-label="Remove this file"] {min-width: 44px; min-height: 44px;}
+  #gen-tab button, #gen-tab .icon-button {min-width: 44px; min-height: 44px;}
+  #gen-tab a.download-link {display: inline-flex; align-items: center; min-height: 44px;}
+  #gen-tab input[type="text"], #gen-tab input[type="number"], #gen-tab textarea {min-height: 44px;}
+  #gen-tab summary, #gen-tab button.label-wrap {min-height: 44px; align-items: center;}
+}
+"""
+
+CSS = GENERATE_CSS + ANNOTATE_CSS + NOTICE_CSS + PHONE_CSS + UPLOAD_CSS
 
 # After a successful sign-in: the messages of earlier failed attempts ("wrong user name or password") go away.
 CLEAR_TOASTS_JS = """
@@ -280,12 +310,14 @@ with a FLUX checkpoint in diffusers format and IdGlow adapter weights:
 
 `python app.py --model models/flux --adapter models/idglow-adapter`
 
-(or set `IDGLOW_MODEL_DIR` and `IDGLOW_ADAPTER_DIR`). README lists every flag.
+(or set `IDGLOW_MODEL_DIR` and `IDGLOW_ADAPTER_DIR`). No trained IdGlow adapter is published: you train one on your
+own group photos (`docs/training.md`). `docs/real-weights.md` says what to obtain and where, `docs/app.md` lists
+every flag.
 """
 
 
 def banner(tiny: bool, note: str = "") -> str:
-    """The one-line notice above the tabs (``note`` is kept for callers; the details live in README and the
+    """The one-line notice above the tabs (``note`` is kept for callers; the details live in README, docs/ and the
     Generate tab's operator section)."""
     if not tiny:
         return "**IdGlow** · identity-preserving group photos."
