@@ -17,6 +17,7 @@ Ray is imported only inside the functions that need it: ``import idglow.serving`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -402,11 +403,12 @@ class RayGenerator:
     def run(self, call: GenerationCall, on_step: Callable[[int, int], None] | None = None) -> Any:
         """Run ``call`` on a replica and return its IdGlowOutput; ``on_step(done, total)`` per step. If
         ``on_step`` raises (the caller stops waiting), the request is cancelled and the error goes on."""
-        for event in self.events(call):
-            if isinstance(event, GenerationDone):
-                return event.output
-            if on_step is not None:
-                on_step(event.step, event.total)
+        with contextlib.closing(self.events(call)) as events:  # closed at once when on_step raises: cancelled
+            for event in events:
+                if isinstance(event, GenerationDone):
+                    return event.output
+                if on_step is not None:
+                    on_step(event.step, event.total)
         raise GeneratorStoppedError(STOPPED_MESSAGE)
 
     def events(self, call: GenerationCall) -> Iterator[StepEvent | GenerationDone]:
