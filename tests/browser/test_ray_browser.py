@@ -1,5 +1,6 @@
 """The Generate tab in Debian's chromium (Playwright) on `python app.py --generator ray`, against `idglow serve`
-with one CPU replica of the tiny model on a real local Ray head: a visitor generates and the stored rows are in
+with one CPU replica of the tiny model at a lower CPU priority (`--replica-nice`, as for replicas that share
+the app's machine) on a real local Ray head: a visitor generates and the stored rows are in
 the SQLite file; a visitor who closes the page during a generation stops it on the replica (the replica's count
 of generations stopped at a step goes up) and frees its queue place (with no wait list, the next visitor is
 served at once instead of being told the generator is busy); a page kept open gets its images."""
@@ -20,17 +21,19 @@ pytest.importorskip("ray.serve")
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
 
+REPLICA_NICE = 15
+
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray head with `idglow serve --replicas 1` deployed on it."""
+    """A local Ray head with `idglow serve --replicas 1 --replica-nice 15` deployed on it."""
     from serve_cluster import LocalRayHead
     from test_serve_deployment import _idglow
 
     temp = Path(tempfile.mkdtemp(prefix="idgrayb", dir="/tmp"))
     head = LocalRayHead(temp, num_cpus=2).start()
     try:
-        out = _idglow("serve", "--ray-address", head.address, "--replicas", "1")
+        out = _idglow("serve", "--ray-address", head.address, "--replicas", "1", "--replica-nice", str(REPLICA_NICE))
         assert out.returncode == 0 and "1 RUNNING" in out.stdout, out.stdout + out.stderr
         yield head
     finally:
@@ -104,8 +107,12 @@ def _generate_to_the_end(page) -> None:
 
 
 def test_a_visitor_generates_in_ray_mode_and_the_rows_are_stored(server, browser, replica, sample_portraits):
+    import os
+
     url, data = server
-    stopped = replica.info()["stopped"]
+    info = replica.info()
+    stopped = info["stopped"]
+    assert info["nice"] == max(REPLICA_NICE, os.getpriority(os.PRIO_PROCESS, 0))  # every thread of the replica
     page = _ready_page(browser, url, sample_portraits, steps=3, images=2, seed=11)
     _generate_to_the_end(page)
     rows = _stored(data)
