@@ -2,7 +2,9 @@
 
 ``python benchmarks/bench_serve.py [--burst 16] [--steps 8] [--latency-runs 5] [--app-burst 20] [--no-app]``
 
-Starts a Ray head on 127.0.0.1 (2 CPUs) and deploys the tiny model (one torch thread per replica), then:
+Starts a Ray head on 127.0.0.1 (2 CPUs; Ray's own lowering of its workers' CPU priority, 15 nice levels by
+default, turned off so that the replicas start at the app's priority) and deploys the tiny model (one torch
+thread per replica), then:
 
 - throughput: ``--burst`` requests sent at once to 1 replica, then (the same deployment scaled to 2 replicas) to
   2 replicas; images per second and their ratio;
@@ -82,7 +84,8 @@ def _machine_ticks() -> int:
 
 
 def _group(pid: int, procs: dict, head_pid: int | None, app_marker: str) -> str:
-    """"replicas", "ray" (the head's other processes), "app" (app.py and what it started) or "rest"."""
+    """"replicas", "ray" (the head's other processes), "app" (app.py and what it started), "clients" (this
+    benchmark and its visitors' and annotator's processes) or "rest"."""
     cmd = procs[pid][1]
     if "ServeReplica" in cmd:
         return "replicas"
@@ -93,24 +96,33 @@ def _group(pid: int, procs: dict, head_pid: int | None, app_marker: str) -> str:
             return "ray"
         if app_marker in procs[pid][1]:
             return "app"
+        if pid == os.getpid():
+            return "clients"
         pid = procs[pid][2]
     return "rest"
 
 
+def _reaped_ticks() -> float:
+    """CPU seconds of this process's children that have ended (the visitors' processes end before the count)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 class CpuShare:
     """Where the machine's CPU went between :meth:`start` and :meth:`stop`, in cores (CPU seconds per second)
-    by group: the app, the replicas, Ray's own processes, and the rest (the busy total minus those three)."""
+    by group: the app, the replicas, Ray's own processes, the benchmark's clients, and the rest (the busy total
+    minus those: other work on the machine)."""
 
     def __init__(self, head_pid: int | None, app_marker: str):
         self.head_pid, self.app_marker = head_pid, app_marker
 
     def start(self) -> None:
-        self._t0, self._m0, self._p0 = time.monotonic(), _machine_ticks(), _cpu_ticks()
+        self._t0, self._m0, self._p0, self._r0 = time.monotonic(), _machine_ticks(), _cpu_ticks(), _reaped_ticks()
 
     def stop(self) -> dict[str, float]:
         seconds, ticks, procs = time.monotonic() - self._t0, _machine_ticks() - self._m0, _cpu_ticks()
         hz = os.sysconf("SC_CLK_TCK")
-        used = {"app": 0, "replicas": 0, "ray": 0}
+        used = {"app": 0, "replicas": 0, "ray": 0, "clients": (_reaped_ticks() - self._r0) * hz}
         for pid, (now, _cmd, _ppid) in procs.items():
             group = _group(pid, procs, self.head_pid, self.app_marker)
             if group != "rest":
@@ -215,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
     from idglow.serving import RayGenerator
 
     subjects = _subjects()
-    head = LocalRayHead(Path(tempfile.mkdtemp(prefix="idgray", dir="/tmp")), num_cpus=2).start()
+    head = LocalRayHead(Path(tempfile.mkdtemp(prefix="idgray", dir="/tmp")), num_cpus=2, worker_niceness=0).start()
     try:
         generator = RayGenerator(head.address, APP_NAME)
         result = {"throughput": throughput(head.address, generator, subjects, args.steps, args.burst)}

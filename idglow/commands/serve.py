@@ -38,8 +38,8 @@ def register(subparsers) -> None:
     r.add_argument("--torch-threads", type=int, metavar="T",
                    help="torch threads per replica (default: --cpus-per-replica on CPU replicas)")
     r.add_argument("--replica-nice", type=int, default=0, metavar="N",
-                   help="run replicas at a lower CPU priority, nice N (0-19; default 0): for replicas that share "
-                        "a machine's cores with the web app")
+                   help="run every replica thread at nice N or lower priority (0-19; default 0: as Ray starts "
+                        "them): for replicas that share a machine's cores with the web app")
     add_model_arguments(p)
     m = p.add_argument_group("memory (smaller GPUs)")
     m.add_argument("--quantize", choices=QUANTIZATIONS, help="int8 weights for the transformer's blocks")

@@ -26,12 +26,13 @@ REPLICA_NICE = 15
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray head with `idglow serve --replicas 1 --replica-nice 15` deployed on it."""
+    """A local Ray head with `idglow serve --replicas 1 --replica-nice 15` deployed on it; Ray's own lowering of
+    its workers' priority is off, so the replica's priority is the flag's doing."""
     from serve_cluster import LocalRayHead
     from test_serve_deployment import _idglow
 
     temp = Path(tempfile.mkdtemp(prefix="idgrayb", dir="/tmp"))
-    head = LocalRayHead(temp, num_cpus=2).start()
+    head = LocalRayHead(temp, num_cpus=2, worker_niceness=0).start()  # replicas start at this process's priority
     try:
         out = _idglow("serve", "--ray-address", head.address, "--replicas", "1", "--replica-nice", str(REPLICA_NICE))
         assert out.returncode == 0 and "1 RUNNING" in out.stdout, out.stdout + out.stderr
