@@ -2,15 +2,20 @@
 
 ``python benchmarks/bench_serve.py [--burst 16] [--steps 8] [--latency-runs 5] [--app-burst 20] [--no-app]``
 
-Starts a Ray head on 127.0.0.1 (2 CPUs) and deploys the tiny model (one torch thread per replica), then:
+Starts a Ray head on 127.0.0.1 (2 CPUs; Ray's own lowering of its workers' CPU priority, 15 nice levels by
+default, turned off so that the replicas start at the app's priority) and deploys the tiny model (one torch
+thread per replica), then:
 
 - throughput: ``--burst`` requests sent at once to 1 replica, then (the same deployment scaled to 2 replicas) to
   2 replicas; images per second and their ratio;
 - added latency: one generation through Ray (idle replicas) against the same request on the same pipeline in
   this process (one torch thread), alternated ``--latency-runs`` times; medians, their ratio and difference;
 - the app (unless ``--no-app``): ``python app.py`` with the local generator, then with ``--generator ray`` on the
-  deployment, each under ``--app-burst`` visitors calling generate at once while an annotator votes (as
-  ``bench_busy.py``): busy-answer p95 and vote p95 of each, and their ratios.
+  deployment (2 replicas), then the same with the replicas redeployed at ``--replica-nice`` (a lower CPU
+  priority, as ``idglow serve --replica-nice``), each under ``--app-burst`` visitors calling generate at once
+  while an annotator votes (as ``bench_busy.py``): busy-answer p95 and vote p95 of each, their ratios, and where
+  the machine's CPU went during each burst (the app's processes, the replicas, Ray's own processes, the rest:
+  the benchmark's clients and anything else running), in cores.
 
 Prints one RESULT line. Every loop is bounded.
 """
@@ -52,10 +57,80 @@ def _call(subjects, steps: int, seed: int):
                           num_inference_steps=steps)
 
 
-def _deploy(address: str, replicas: int) -> None:
+def _deploy(address: str, replicas: int, nice: int = 0) -> None:
     from idglow.serving import GeneratorOptions, ReplicaPlan, deploy
 
-    deploy(address, GeneratorOptions(torch_threads=1), ReplicaPlan(replicas=replicas, num_cpus=1), APP_NAME)
+    deploy(address, GeneratorOptions(torch_threads=1, nice=nice), ReplicaPlan(replicas=replicas, num_cpus=1),
+           APP_NAME)
+
+
+def _cpu_ticks() -> dict[int, tuple[int, str, int]]:
+    """pid → (CPU ticks used so far, command line, parent pid) of every process now."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found[int(stat.parent.name)] = (int(fields[11]) + int(fields[12]), cmd, int(fields[1]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _machine_ticks() -> int:
+    """CPU ticks the machine has spent busy (every core, everything but idle and I/O wait)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def _group(pid: int, procs: dict, head_pid: int | None, app_marker: str) -> str:
+    """"replicas", "ray" (the head's other processes), "app" (app.py and what it started), "clients" (this
+    benchmark and its visitors' and annotator's processes) or "rest"."""
+    cmd = procs[pid][1]
+    if "ServeReplica" in cmd:
+        return "replicas"
+    seen = set()
+    while pid > 1 and pid in procs and pid not in seen:
+        seen.add(pid)
+        if pid == head_pid:
+            return "ray"
+        if app_marker in procs[pid][1]:
+            return "app"
+        if pid == os.getpid():
+            return "clients"
+        pid = procs[pid][2]
+    return "rest"
+
+
+def _reaped_ticks() -> float:
+    """CPU seconds of this process's children that have ended (the visitors' processes end before the count)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+class CpuShare:
+    """Where the machine's CPU went between :meth:`start` and :meth:`stop`, in cores (CPU seconds per second)
+    by group: the app, the replicas, Ray's own processes, the benchmark's clients, and the rest (the busy total
+    minus those: other work on the machine)."""
+
+    def __init__(self, head_pid: int | None, app_marker: str):
+        self.head_pid, self.app_marker = head_pid, app_marker
+
+    def start(self) -> None:
+        self._t0, self._m0, self._p0, self._r0 = time.monotonic(), _machine_ticks(), _cpu_ticks(), _reaped_ticks()
+
+    def stop(self) -> dict[str, float]:
+        seconds, ticks, procs = time.monotonic() - self._t0, _machine_ticks() - self._m0, _cpu_ticks()
+        hz = os.sysconf("SC_CLK_TCK")
+        used = {"app": 0, "replicas": 0, "ray": 0, "clients": (_reaped_ticks() - self._r0) * hz}
+        for pid, (now, _cmd, _ppid) in procs.items():
+            group = _group(pid, procs, self.head_pid, self.app_marker)
+            if group != "rest":
+                used[group] += now - self._p0.get(pid, (0, "", 0))[0]
+        cores = {k: v / hz / seconds for k, v in used.items()}
+        cores["busy"] = ticks / hz / seconds
+        cores["rest"] = max(0.0, cores["busy"] - sum(cores[k] for k in used))
+        return cores
 
 
 def _burst_seconds(generator, subjects, steps: int, burst: int) -> float:
@@ -98,8 +173,9 @@ def added_latency(generator, subjects, steps: int, runs: int) -> dict:
     return {"ray_s": ray_med, "local_s": local_med, "ratio": ray_med / local_med, "added_s": ray_med - local_med}
 
 
-def app_burst(extra: list[str], args: argparse.Namespace) -> dict:
-    """bench_busy's burst on ``python app.py *extra``: ``--app-burst`` visitors at once while an annotator votes."""
+def app_burst(extra: list[str], args: argparse.Namespace, head_pid: int | None = None) -> dict:
+    """bench_busy's burst on ``python app.py *extra``: ``--app-burst`` visitors at once while an annotator votes;
+    with the CPU shares of the burst (:class:`CpuShare`)."""
     import bench_busy as busy
 
     from annotation.store.database import make_store
@@ -113,25 +189,34 @@ def app_burst(extra: list[str], args: argparse.Namespace) -> dict:
             seed_demo_data(session, store.data_dir, candidates=24, votes=0, annotators=1)
         store.engine.dispose()
         portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
+        cpu = CpuShare(head_pid, str(store.data_dir))
         with busy.served_app(store.data_dir, Path(tmp) / "app.log", extra) as url:
             busy._timed_generate(busy._visitor(url, portraits), args.steps, 999)  # a running app has served one
             start, burst_outcomes = busy._burst(url, portraits, args.steps, args.app_burst, 5)
             stop, voting = busy._votes_elsewhere(url, "annotator1", DEMO_PASSWORD, args.votes)
             time.sleep(5.0)  # the annotator is voting before the burst
+            cpu.start()
             start.wait(busy.DEADLINE_S)
             outcomes = burst_outcomes()
+            cores = cpu.stop()
             stop.set()
             vote_s = voting()
     refused = [s for kind, s in outcomes if kind == "busy"]
     return dict(admitted=sum(kind == "done" for kind, _ in outcomes), busy=len(refused),
                 errors=sum(kind.startswith("error") for kind, _ in outcomes), busy_p95_s=busy._p95(refused),
-                vote_p95_ms=1000 * busy._p95(vote_s))
+                vote_p95_ms=1000 * busy._p95(vote_s), cores=cores)
 
 
-def app_bursts(address: str, name: str, args: argparse.Namespace) -> dict:
-    """The app's burst with the local generator, then with the ray generator on the deployment."""
-    return {"local": app_burst([], args),
-            "ray": app_burst(["--generator", "ray", "--ray-address", address, "--ray-app", name], args)}
+def app_bursts(head, name: str, args: argparse.Namespace) -> dict:
+    """The app's burst with the local generator, then with the ray generator on the deployment (2 replicas), then
+    with the replicas redeployed at ``--replica-nice``."""
+    ray_app = ["--generator", "ray", "--ray-address", head.address, "--ray-app", name]
+    result = {"local": app_burst([], args, head.process.pid)}
+    _deploy(head.address, 2)
+    result["ray"] = app_burst(ray_app, args, head.process.pid)
+    _deploy(head.address, 2, nice=args.replica_nice)
+    result[f"ray_nice{args.replica_nice}"] = app_burst(ray_app, args, head.process.pid)
+    return result
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -142,13 +227,13 @@ def run(args: argparse.Namespace) -> dict:
     from idglow.serving import RayGenerator
 
     subjects = _subjects()
-    head = LocalRayHead(Path(tempfile.mkdtemp(prefix="idgray", dir="/tmp")), num_cpus=2).start()
+    head = LocalRayHead(Path(tempfile.mkdtemp(prefix="idgray", dir="/tmp")), num_cpus=2, worker_niceness=0).start()
     try:
         generator = RayGenerator(head.address, APP_NAME)
         result = {"throughput": throughput(head.address, generator, subjects, args.steps, args.burst)}
         result["latency"] = added_latency(generator, subjects, args.steps, args.latency_runs)
         if not args.no_app:
-            result["app"] = app_bursts(head.address, APP_NAME, args)
+            result["app"] = app_bursts(head, APP_NAME, args)
         return result
     finally:
         ray.shutdown()
@@ -163,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--app-burst", type=int, default=20, help="visitors calling generate at once in the app")
     parser.add_argument("--votes", type=int, default=40, help="votes cast during each app burst (at most)")
     parser.add_argument("--no-app", action="store_true", help="leave out the app's busy answer and votes")
+    parser.add_argument("--replica-nice", type=int, default=19, help="the replicas' nice value of the last app arm")
     args = parser.parse_args(argv)
     r = run(args)
     t, lat = r["throughput"], r["latency"]
@@ -172,11 +258,13 @@ def main(argv: list[str] | None = None) -> None:
             f"latency_ratio={lat['ratio']:.2f} added_s={lat['added_s']:.2f}")
     for mode, a in r.get("app", {}).items():
         line += (f" {mode}_busy_p95_s={a['busy_p95_s']:.2f} {mode}_vote_p95_ms={a['vote_p95_ms']:.0f} "
-                 f"{mode}_admitted={a['admitted']} {mode}_busy={a['busy']} {mode}_errors={a['errors']}")
-    if "app" in r:
-        local, ray_ = r["app"]["local"], r["app"]["ray"]
-        line += (f" busy_p95_ratio_ray_over_local={ray_['busy_p95_s'] / local['busy_p95_s']:.2f}"
-                 f" vote_p95_ratio_ray_over_local={ray_['vote_p95_ms'] / local['vote_p95_ms']:.2f}")
+                 f"{mode}_admitted={a['admitted']} {mode}_busy={a['busy']} {mode}_errors={a['errors']} "
+                 + " ".join(f"{mode}_cores_{k}={v:.2f}" for k, v in a["cores"].items()))
+    local = r.get("app", {}).get("local")
+    for mode, a in r.get("app", {}).items():
+        if mode != "local":
+            line += (f" busy_p95_ratio_{mode}_over_local={a['busy_p95_s'] / local['busy_p95_s']:.2f}"
+                     f" vote_p95_ratio_{mode}_over_local={a['vote_p95_ms'] / local['vote_p95_ms']:.2f}")
     print(line, flush=True)
 
 

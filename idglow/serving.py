@@ -17,6 +17,7 @@ Ray is imported only inside the functions that need it: ``import idglow.serving`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -53,17 +54,39 @@ class GenerationCancelled(IdGlowError):
 @dataclass(frozen=True)
 class GeneratorOptions:
     """How each replica loads its pipeline: the model settings and the memory options of ``idglow generate``.
-    torch_threads: CPU threads of a replica's torch (None: torch's default)."""
+    torch_threads: CPU threads of a replica's torch (None: torch's default). nice: the CPU priority a replica
+    lowers itself to (0 to 19, as ``nice``; 0 leaves it), for replicas that share a machine's cores with the
+    web app, whose answers then come first."""
 
     model: ModelSettings = field(default_factory=ModelSettings)
     quantize: str | None = None
     quant_backend: str = "auto"
     cpu_offload: bool = False
     torch_threads: int | None = None
+    nice: int = 0
 
     def __post_init__(self) -> None:
         if self.torch_threads is not None and self.torch_threads < 1:
             raise InputError(f"torch_threads {self.torch_threads} must be at least 1")
+        if not 0 <= self.nice <= 19:
+            raise InputError(f"--replica-nice {self.nice} must be between 0 and 19")
+
+
+def lower_cpu_priority(nice: int) -> int | None:
+    """Lower every thread of this process to at least ``nice`` (Linux keeps a nice value per thread; a thread
+    started later inherits that of the thread that starts it). Returns the lowest nice value among the threads
+    (None where the system has no /proc)."""
+    if not os.path.isdir(f"/proc/{os.getpid()}/task"):
+        return None
+    values = []
+    for tid in (int(t) for t in os.listdir(f"/proc/{os.getpid()}/task")):
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            values.append(os.getpriority(os.PRIO_PROCESS, tid))
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return min(values, default=None)
 
 
 @dataclass(frozen=True)
@@ -264,17 +287,19 @@ class IdGlowGenerator:
     :class:`PipelineRunner` per replica; :meth:`generate` streams the steps and then the output."""
 
     def __init__(self, options: GeneratorOptions):
+        self.nice = options.nice
+        lower_cpu_priority(self.nice)
         self.runner = PipelineRunner.load(options)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self.stopped = 0  # generations stopped at a step because their request was cancelled
         logger.info("generator replica %s ready", self.replica)
 
     def info(self) -> dict[str, Any]:
-        """Where this replica runs (host:pid, device), how many generations it stopped on cancellation, and
-        the default steps and size of its model."""
+        """Where this replica runs (host:pid, device), how many generations it stopped on cancellation, the
+        default steps and size of its model, and its threads' lowest nice value."""
         return {"replica": self.replica, "device": str(self.runner.pipe.device), "pid": os.getpid(),
                 "stopped": self.stopped, "default_steps": self.runner.default_steps,
-                "default_size": self.runner.default_size}
+                "default_size": self.runner.default_size, "nice": lower_cpu_priority(self.nice)}
 
     async def generate(self, call: GenerationCall) -> AsyncIterator[StepEvent | GenerationDone]:
         """Stream one generation: a StepEvent per step, then GenerationDone. A cancelled request stops the
@@ -286,7 +311,7 @@ class IdGlowGenerator:
         def on_step(done: int, total: int) -> None:
             loop.call_soon_threadsafe(events.put_nowait, StepEvent(done, total, self.replica))
 
-        work = loop.run_in_executor(None, self.runner.run, call, on_step, stop)
+        work = loop.run_in_executor(None, self._run, call, on_step, stop)
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
         try:
             while (event := await events.get()) is not None:
@@ -298,6 +323,10 @@ class IdGlowGenerator:
             raise
         finally:
             work.add_done_callback(self._count_stopped)
+
+    def _run(self, call: GenerationCall, on_step, stop: threading.Event):
+        lower_cpu_priority(self.nice)  # threads the event loop started since, this one included
+        return self.runner.run(call, on_step, stop)
 
     def _count_stopped(self, work: asyncio.Future) -> None:
         if not work.cancelled() and isinstance(work.exception(), GenerationCancelled):
@@ -402,11 +431,12 @@ class RayGenerator:
     def run(self, call: GenerationCall, on_step: Callable[[int, int], None] | None = None) -> Any:
         """Run ``call`` on a replica and return its IdGlowOutput; ``on_step(done, total)`` per step. If
         ``on_step`` raises (the caller stops waiting), the request is cancelled and the error goes on."""
-        for event in self.events(call):
-            if isinstance(event, GenerationDone):
-                return event.output
-            if on_step is not None:
-                on_step(event.step, event.total)
+        with contextlib.closing(self.events(call)) as events:  # closed at once when on_step raises: cancelled
+            for event in events:
+                if isinstance(event, GenerationDone):
+                    return event.output
+                if on_step is not None:
+                    on_step(event.step, event.total)
         raise GeneratorStoppedError(STOPPED_MESSAGE)
 
     def events(self, call: GenerationCall) -> Iterator[StepEvent | GenerationDone]:

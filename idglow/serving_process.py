@@ -11,6 +11,7 @@ answer is reported at once, before any child is asked.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -210,11 +211,12 @@ class GeneratorProcess:
     def run(self, call: GenerationCall, on_step: Callable[[int, int], None] | None = None) -> Any:
         """Run ``call`` and return its IdGlowOutput; ``on_step(done, total)`` per step; an ``on_step`` that
         raises cancels the call."""
-        for event in self.events(call):
-            if isinstance(event, GenerationDone):
-                return event.output
-            if on_step is not None:
-                on_step(event.step, event.total)
+        with contextlib.closing(self.events(call)) as events:  # closed at once when on_step raises: cancelled
+            for event in events:
+                if isinstance(event, GenerationDone):
+                    return event.output
+                if on_step is not None:
+                    on_step(event.step, event.total)
         raise GeneratorStoppedError(STOPPED_MESSAGE)
 
     def close(self) -> None:

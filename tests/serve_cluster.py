@@ -26,9 +26,10 @@ class LocalRayHead:
     """``ray start --head`` with ``num_cpus`` CPUs, no GPU, a small object store and no dashboard, every port
     chosen free (several heads can run side by side). ``address`` is what ``--ray-address`` takes."""
 
-    def __init__(self, temp_dir: Path, num_cpus: int = 2):
+    def __init__(self, temp_dir: Path, num_cpus: int = 2, worker_niceness: int | None = None):
         self.temp_dir = Path(temp_dir)
         self.num_cpus = num_cpus
+        self.worker_niceness = worker_niceness  # Ray starts its workers this much nicer (None: Ray's default, 15)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -48,6 +49,8 @@ class LocalRayHead:
         """Start the head and return once its GCS accepts connections."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
+        if self.worker_niceness is not None:
+            env["RAY_worker_niceness"] = str(self.worker_niceness)
         log = open(self.temp_dir / "ray_start.log", "w")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)

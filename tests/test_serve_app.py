@@ -195,6 +195,29 @@ def test_progress_arrives_step_by_step_from_the_replica(served, sample_portraits
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
+def _wait_until(check, timeout_s: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_the_app_runs_as_many_generations_at_once_as_replicas_run(served, cluster):
+    """The deployment scaled to one replica and back to two: the number of generations the app lets run at once
+    (and the wait list's limit above it) follows within a few polls."""
+    from test_serve_deployment import _idglow
+
+    queue = served.services.generation.queue
+    assert queue.concurrency == 2 and queue.capacity == 2 + queue.max_waiting
+    for replicas in (1, 2):
+        out = _idglow("serve", "--ray-address", cluster.address, "--replicas", str(replicas))
+        assert out.returncode == 0 and f"{replicas} RUNNING" in out.stdout, out.stdout + out.stderr
+        assert _wait_until(lambda n=replicas: queue.concurrency == n), f"concurrency {queue.concurrency} != {replicas}"
+        assert queue.capacity == replicas + queue.max_waiting
+
+
 def _vote_until(app, stop: threading.Event, outcomes: list[str]) -> None:
     annotator = Client(app.url, verbose=False, download_files=False)
     annotator.predict("anna", PASSWORD, api_name="/sign_in")

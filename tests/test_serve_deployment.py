@@ -131,7 +131,7 @@ def test_a_set_stop_event_ends_the_generation_at_the_next_step(local_runner, sub
 def test_closing_the_replica_stream_stops_its_pipeline(local_runner, subjects):
     """What Serve does when the caller cancels: the replica's async stream is closed mid-way."""
     generator = IdGlowGenerator.__new__(IdGlowGenerator)
-    generator.runner, generator.replica, generator.stopped = local_runner, "here", 0
+    generator.runner, generator.replica, generator.stopped, generator.nice = local_runner, "here", 0, 0
 
     async def cancel_after_two_steps():
         stream = generator.generate(_call(subjects, num_inference_steps=500))

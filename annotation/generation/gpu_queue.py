@@ -1,5 +1,7 @@
 """The generator's queue: a concurrency limit, a bounded wait list and a per-visitor limit, each refusing at once
-(never queueing) with a message that says when to try again."""
+(never queueing) with a message that says when to try again. A place taken for a page is given back when that
+page closes (:meth:`GpuQueue.page_closed`): a waiting request leaves the wait list, a running one stops at its
+next step (:func:`raise_if_left`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from idglow.errors import IdGlowError, InputError
+from idglow.serving import GenerationCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,13 @@ class TooManyPendingError(QueueFullError):
     """This visitor already has as many generations running or waiting as allowed."""
 
 
+class VisitorLeftError(GenerationCancelled):
+    """The page that asked for this generation was closed: the generation stopped and its place was freed."""
+
+
+WAIT_POLL_S = 0.2  # how often a waiting request looks whether its page was closed
+
+
 @dataclass
 class _Reservation:
     """A place taken by :meth:`GpuQueue.reserved`, for the slot that the same call enters next."""
@@ -34,6 +44,7 @@ class _Reservation:
     queue: GpuQueue
     owner: str | None
     ahead: int
+    left: threading.Event
     used: bool = False
 
     def fits(self, queue: GpuQueue, owner: str | None) -> bool:
@@ -41,6 +52,15 @@ class _Reservation:
 
 
 _RESERVED: ContextVar[_Reservation | None] = ContextVar("idglow_queue_reservation", default=None)
+_LEFT: ContextVar[threading.Event | None] = ContextVar("idglow_queue_page_left", default=None)
+
+
+def raise_if_left() -> None:
+    """Raise :class:`VisitorLeftError` if the page of the place this call holds (a :meth:`GpuQueue.reserved`
+    or :meth:`GpuQueue.slot` block of the same thread or task) was closed. Called at every generation step."""
+    left = _LEFT.get()
+    if left is not None and left.is_set():
+        raise VisitorLeftError("the page that asked for this generation was closed; the generation was stopped")
 
 
 class GpuQueue:
@@ -58,10 +78,12 @@ class GpuQueue:
         self.max_waiting = max_waiting
         self.max_per_owner = max_per_owner
         self.clock = clock
-        self._slots = threading.Semaphore(concurrency)
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # notified when a place to run frees up
+        self._running = 0
         self._admitted = 0  # running + waiting
         self._per_owner: dict[str, int] = {}
+        self._pages: dict[str, set[threading.Event]] = {}  # page → the "page closed" flags of its places
         self._job_seconds = DEFAULT_JOB_SECONDS
 
     @property
@@ -78,22 +100,51 @@ class GpuQueue:
         return rounds * self._job_seconds
 
     @contextmanager
-    def reserved(self, owner: str | None = None):
+    def reserved(self, owner: str | None = None, page: str | None = None):
         """Take a place for ``owner`` now, or refuse at once (:class:`QueueFullError`,
         :class:`TooManyPendingError`), before the caller does any costly work for the request. A :meth:`slot`
         entered for the same owner inside this block (same thread or task) uses that place instead of asking
-        again; a place no slot used is given back when the block ends."""
+        again; a place no slot used is given back when the block ends. ``page``: the page (e.g. the web
+        session) the request came from; :meth:`page_closed` stops the request."""
         with self._lock:
             ahead = self._admit(owner)
-        reservation = _Reservation(self, owner, ahead)
-        token = _RESERVED.set(reservation)
+        reservation = _Reservation(self, owner, ahead, self._watch(page))
+        token, left_token = _RESERVED.set(reservation), _LEFT.set(reservation.left)
         try:
             yield
         finally:
             _RESERVED.reset(token)
+            _LEFT.reset(left_token)
+            self._forget(page, reservation.left)
             if not reservation.used:
                 with self._lock:
                     self._release(owner, None)
+
+    def page_closed(self, page: str) -> int:
+        """Stop every request of ``page``: a waiting one leaves the wait list at once, a running one stops at its
+        next step (:class:`VisitorLeftError`); their places are given back. Returns how many were stopped."""
+        with self._lock:
+            flags = list(self._pages.get(page, ()))
+        for left in flags:
+            left.set()
+        if flags:
+            logger.info("a page closed: %d generation(s) stopped", len(flags))
+        return len(flags)
+
+    def _watch(self, page: str | None) -> threading.Event:
+        left = threading.Event()
+        if page:
+            with self._lock:
+                self._pages.setdefault(page, set()).add(left)
+        return left
+
+    def _forget(self, page: str | None, left: threading.Event) -> None:
+        if page:
+            with self._lock:
+                flags = self._pages.get(page, set())
+                flags.discard(left)
+                if not flags:
+                    self._pages.pop(page, None)
 
     def _refusal(self, owner: str | None) -> None:
         wait = _readable(self.expected_wait_s())
@@ -130,11 +181,14 @@ class GpuQueue:
             self._job_seconds = 0.7 * self._job_seconds + 0.3 * seconds
 
     @contextmanager
-    def slot(self, on_wait: Callable[[int], None] | None = None, owner: str | None = None):
-        """Hold one generation place for the ``with`` body; ``on_wait(ahead)`` is called when it must wait."""
+    def slot(self, on_wait: Callable[[int], None] | None = None, owner: str | None = None,
+             page: str | None = None):
+        """Hold one generation place for the ``with`` body; ``on_wait(ahead)`` is called when it must wait. A
+        place whose page closes while it waits is given back with :class:`VisitorLeftError`."""
         reservation = _RESERVED.get()
         with self._lock:
-            if reservation is not None and reservation.fits(self, owner):
+            reserved = reservation is not None and reservation.fits(self, owner)
+            if reserved:
                 reservation.used, ahead = True, reservation.ahead
             else:
                 try:
@@ -143,22 +197,53 @@ class GpuQueue:
                     logger.info("generation refused: %s", type(err).__name__)
                     raise
             admitted = self._admitted
+        left = reservation.left if reserved else self._watch(page)
+        left_token = _LEFT.set(left)
         logger.debug("generation admitted: %d ahead, %d running or waiting of %d", ahead, admitted, self.capacity)
         seconds = None
         try:
             if ahead and on_wait is not None:
                 on_wait(ahead)
-            self._slots.acquire()
+            self._take_slot(left)
             try:
                 started = self.clock()
                 yield
                 seconds = self.clock() - started
             finally:
-                self._slots.release()
+                with self._lock:
+                    self._running -= 1
+                    self._freed.notify()
         finally:
+            _LEFT.reset(left_token)
+            self._forget(page, left)
             with self._lock:
                 self._release(owner, seconds)
             logger.debug("generation done in %s s", "?" if seconds is None else f"{seconds:.1f}")
+
+    def _take_slot(self, left: threading.Event) -> None:
+        """Wait for a free generation place, unless the page closes first."""
+        with self._lock:
+            while self._running >= self.concurrency:
+                if left.is_set():
+                    raise VisitorLeftError("the page that asked for this generation was closed while it waited")
+                self._freed.wait(WAIT_POLL_S)
+            self._running += 1
+
+    @property
+    def running(self) -> int:
+        """Generations running now."""
+        return self._running
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Let ``concurrency`` generations run at once from now on (e.g. the generator's replicas running now).
+        Fewer than before: running generations finish, and no waiting one starts until fewer run."""
+        if concurrency < 1:
+            raise InputError(f"queue needs concurrency >= 1, got {concurrency}")
+        with self._lock:
+            if concurrency != self.concurrency:
+                logger.info("generations run at once: %d (was %d)", concurrency, self.concurrency)
+            self.concurrency = concurrency
+            self._freed.notify_all()
 
 
 def _readable(seconds: float) -> str:

@@ -56,6 +56,7 @@ def build_app(services: AppServices) -> gr.Blocks:
                                  download_ttl_s=services.export_ttl_s), token)
         _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab, tabs)
         demo.load(None, js=SHORTCUTS_JS)
+        demo.unload(generate.page_closed)  # a visitor who leaves stops their generation and frees its place
     demo.queue(max_size=max(64, 4 * (services.concurrency + services.max_queue)), default_concurrency_limit=4)
     return demo
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from annotation.generation.gpu_queue import raise_if_left
 from annotation.generation.reference_faces import DetectedSubject, no_face_message
 from annotation.generation.request import GenerationRequest
 from annotation.privacy.uploads import UploadLimits, UploadRegistry, decode_upload, discard_upload
@@ -333,6 +334,7 @@ class GenerateHandlers:
 
     def _progress(self, progress):
         def on_step(done: int, total: int) -> None:
+            raise_if_left()  # the visitor closed the page: stop here (the generator cancels the call)
             if progress is not None:
                 progress((done, total), desc="Generating", unit="steps")
 
@@ -344,11 +346,12 @@ class GenerateHandlers:
         return on_step, on_wait
 
     @ui_errors
-    def generate(self, state: VisitorState | None, form: GenerateForm, progress=None) -> dict:
+    def generate(self, state: VisitorState | None, form: GenerateForm, progress=None, page: str | None = None) -> dict:
         """Gallery, identity scores, seed, status, download files and state by name. ``progress`` is a
-        ``gr.Progress`` (or any callable taking ``((done, total), desc=..., unit=...)``)."""
+        ``gr.Progress`` (or any callable taking ``((done, total), desc=..., unit=...)``). ``page``: the page's
+        session; when it closes (:meth:`page_closed`) the generation stops and its place is freed."""
         state = state or VisitorState()
-        with self.service.queue.reserved(state.visitor_id):  # a full queue refuses before any work on the request
+        with self.service.queue.reserved(state.visitor_id, page=page):  # a full queue refuses before any work on the request
             try:
                 request = self.request(state, form)
                 on_step, on_wait = self._progress(progress)
@@ -375,6 +378,11 @@ class GenerateHandlers:
             "archive": gr.update(value=str(downloads.archive) if downloads else None, visible=downloads is not None),
             "state": state,
         }
+
+    def page_closed(self, request: gr.Request) -> None:
+        """The page of ``request`` was closed (``Blocks.unload``): stop its generations and free their places."""
+        if request is not None and request.session_hash:
+            self.service.queue.page_closed(request.session_hash)
 
     @staticmethod
     def run_note(state: VisitorState | None) -> str:

@@ -199,8 +199,8 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any]) -> None:
     results = ["gallery", "scores", "seed_used", "status", "pngs", "archive", "state"]
 
     @_by_name(w, results, form_in)
-    def generate(progress=gr.Progress(), **values):
-        return handlers.generate(values["state"], _form(values), progress=progress)
+    def generate(request: gr.Request, progress=gr.Progress(), **values):
+        return handlers.generate(values["state"], _form(values), progress=progress, page=request.session_hash)
 
     # The generator's own queue (GpuQueue) is the only limit on generate calls: Gradio hands each call to the app
     # at once (no concurrency limit of its own), and the handler refuses a call beyond the queue's limits before

@@ -59,23 +59,54 @@ def face_analyzer_for_the_server(model):
     return RememberedFaces(load_face_analyzer(model), max_age_s=FACES_KEPT_S)
 
 
+REPLICAS_POLL_S = 5.0  # how often the app reads the generator's running replicas (--generator ray)
+
+
 def ray_generator(settings, model):
     """(front-end model, generator, concurrency) for ``--generator ray``: the face analyzer and tokenizers here,
     the pipeline calls sent to the Ray Serve deployment through a client process (a lost cluster cannot end the
     server). As many generations run at once as the deployment has replicas running now (at least
-    ``--concurrency``); a cluster that does not answer now leaves the app up, and Generate says so."""
-    from idglow.serving import GeneratorUnreachableError, front_end_model
+    ``--concurrency``; :func:`follow_replicas` keeps it so); a cluster that does not answer now leaves the app
+    up, and Generate says so."""
+    from idglow.serving import front_end_model
     from idglow.serving_process import GeneratorProcess
 
     generator = GeneratorProcess(settings.ray_address, settings.ray_app)
-    try:
-        running = generator.status(timeout_s=60).get("replicas", {}).get("RUNNING", 0)
-    except GeneratorUnreachableError as err:
-        logger.warning("generator not reachable at start: %s", err)
-        running = 0
+    running = running_replicas(generator, timeout_s=60)
     logger.info("generating on the Ray Serve deployment %r at %s (%d replicas running)", settings.ray_app,
-                settings.ray_address, running)
-    return front_end_model(model, face_analyzer_for_the_server(model)), generator, max(settings.concurrency, running)
+                settings.ray_address, running or 0)
+    return front_end_model(model, face_analyzer_for_the_server(model)), generator, max(settings.concurrency,
+                                                                                       running or 0)
+
+
+def running_replicas(generator, timeout_s: float = 10.0, warn: bool = True) -> int | None:
+    """The generator deployment's replicas running now (None when the cluster does not answer)."""
+    from idglow.serving import GeneratorUnreachableError
+
+    try:
+        return generator.status(timeout_s=timeout_s).get("replicas", {}).get("RUNNING", 0)
+    except GeneratorUnreachableError as err:
+        logger.log(logging.WARNING if warn else logging.DEBUG, "generator not reachable: %s", err)
+        return None
+
+
+def follow_replicas(generator, queue, least: int = 1, every_s: float = REPLICAS_POLL_S):
+    """Start a daemon thread that sets how many generations ``queue`` lets run at once to the deployment's
+    running replicas (at least ``least``), read every ``every_s`` seconds: the app follows Serve's autoscaling
+    and a replica restarted after a crash. While the cluster does not answer the last value stays. Returns the
+    thread's stop event."""
+    import threading
+
+    stop = threading.Event()
+
+    def follow() -> None:
+        while not stop.wait(every_s):
+            running = running_replicas(generator, timeout_s=max(every_s, 5.0), warn=False)
+            if running is not None:
+                queue.set_concurrency(max(least, running))
+
+    threading.Thread(target=follow, daemon=True, name="idglow-follow-replicas").start()
+    return stop
 
 
 def build_services(settings):
@@ -113,9 +144,12 @@ def build_services(settings):
     else:
         pipe, generator, concurrency = load_pipeline(model, face_analyzer_for_the_server(model)), None, settings.concurrency
         share_cpu_with_the_server(pipe.device)
+    queue = GpuQueue(concurrency, settings.max_queue, settings.max_per_visitor)
+    if generator is not None:
+        follow_replicas(generator, queue, least=settings.concurrency)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
-        queue=GpuQueue(concurrency, settings.max_queue, settings.max_per_visitor), safety_checker=safety, blocklist=blocklist,
+        queue=queue, safety_checker=safety, blocklist=blocklist,
         retention=settings.retention, default_steps=model.default_steps, default_size=model.default_size,
         generator=generator,
     )

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     r.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C", help="CPUs Ray reserves per replica")
     r.add_argument("--torch-threads", type=int, metavar="T",
                    help="torch threads per replica (default: --cpus-per-replica on CPU replicas)")
+    r.add_argument("--replica-nice", type=int, default=0, metavar="N",
+                   help="run every replica thread at nice N or lower priority (0-19; default 0: as Ray starts "
+                        "them): for replicas that share a machine's cores with the web app")
     add_model_arguments(p)
     m = p.add_argument_group("memory (smaller GPUs)")
     m.add_argument("--quantize", choices=QUANTIZATIONS, help="int8 weights for the transformer's blocks")
@@ -73,7 +76,7 @@ def generator_options(args: argparse.Namespace, plan):
     if threads is None and plan.num_gpus == 0:
         threads = max(1, int(plan.num_cpus))
     return GeneratorOptions(model=model_settings(args), quantize=args.quantize, quant_backend=args.quant_backend,
-                            cpu_offload=args.cpu_offload, torch_threads=threads)
+                            cpu_offload=args.cpu_offload, torch_threads=threads, nice=args.replica_nice)
 
 
 def show_status(address: str, name: str) -> int:
