@@ -264,13 +264,13 @@ class GenerationService:
 
     def _register(self, session, request: GenerationRequest, version: str, out, prompt_text: str, source: str,
                   expires):
-        from annotation.store.candidates import GenerationRecord, SubjectRecord, register_generation
+        from annotation.store.candidates import GenerationRecord, register_generation
 
         return register_generation(
             session,
             GenerationRecord(
                 task=request.task, final_prompt=prompt_text, model_version=version,
-                subjects=[SubjectRecord(s.image, s.target_age, s.label) for s in request.subjects],
+                subjects=list(request.subjects),  # each person's one record, stored as it is
                 user_prompt=request.prompt or request.scene, prompt_source=source, params=out.params,
                 visitor_id=request.visitor_id, consent=request.consent, expires_at=expires,
             ),
