@@ -27,7 +27,7 @@ EXAMPLE_SCENE = "a family picnic in a sunny park"
 SCORE_HEADERS = ["Image", "Identity (1 = same face)"]
 UPLOAD_HINT = "Choose 1–6 portraits (one per person) or one group photo, or try the example family."
 LEAVE_TO_MODEL = "auto"  # the card's "Describe as" value that leaves it to the model
-DESCRIBE_CHOICES = [("Let the model guess", LEAVE_TO_MODEL), *((word.capitalize(), word) for word in DESCRIBE_AS)]
+DESCRIBE_CHOICES = [("Auto", LEAVE_TO_MODEL), *((word.capitalize(), word) for word in DESCRIBE_AS)]
 
 
 @dataclass

@@ -37,15 +37,17 @@ def _card(i: int, w: dict[str, Any]) -> None:
     n = card_names(i)
     with gr.Column(visible=False, min_width=150, elem_classes=["gen-card"], elem_id=f"gen-card-{i}") as card:
         # PNG, lossless: "Delete my data" finds the served copy of a crop by its pixels
-        w[n["crop"]] = gr.Image(show_label=False, interactive=False, height=100, buttons=[], container=False,
+        w[n["crop"]] = gr.Image(show_label=False, interactive=False, height=84, buttons=[], container=False,
                                 format="png", elem_classes=["gen-card-crop"])
-        # Visible labels (a placeholder disappears while typing and is too pale to read)
+        # Visible labels above compact fields (a placeholder disappears while typing and is too pale to read)
+        field = dict(container=False, elem_classes=["gen-card-field"])
         w[n["label"]] = gr.Textbox(label="Name", max_lines=1, max_length=MAX_LABEL_CHARS,
-                                   placeholder=f"Person {i + 1}", elem_id=f"gen-label-{i}")
-        w[n["describe"]] = gr.Dropdown(DESCRIBE_CHOICES, value=LEAVE_TO_MODEL, label="Describe as",
-                                       elem_id=f"gen-describe-{i}")
-        w[n["age"]] = gr.Number(label="Target age (optional)", minimum=0, maximum=120, value=None,
-                                elem_id=f"gen-age-{i}")
+                                   placeholder=f"Person {i + 1}", elem_id=f"gen-label-{i}", **field)
+        with gr.Row(elem_classes=["gen-card-row"]):
+            w[n["describe"]] = gr.Dropdown(DESCRIBE_CHOICES, value=LEAVE_TO_MODEL, label="Describe as",
+                                           elem_id=f"gen-describe-{i}", min_width=90, **field)
+            w[n["age"]] = gr.Number(label="Target age", minimum=0, maximum=120, value=None, min_width=70,
+                                    elem_id=f"gen-age-{i}", **field)
         with gr.Accordion("Advanced", open=False, elem_classes=["gen-card-advanced"]):
             w[n["weight"]] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="ID weight", elem_id=f"gen-weight-{i}")
             w[n["remove"]] = gr.Button("Remove this person", size="sm", elem_id=f"gen-remove-{i}")
