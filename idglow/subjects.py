@@ -72,6 +72,11 @@ class SubjectRef:
         """The gender presentation ``describe_as`` asks for ("female", "male"), or None (left to the model)."""
         return DESCRIBE_AS[self.describe_as][0] if self.describe_as else None
 
+    @property
+    def described_as_child(self) -> bool:
+        """Whether ``describe_as`` names a child (girl, boy)."""
+        return bool(self.describe_as) and DESCRIBE_AS[self.describe_as][1]
+
     def stored(self) -> dict[str, Any]:
         """What is stored and exported of this person, by field name: every field but the photo (stored by
         content hash) and the per-call knobs (``weight``, ``face_index``, kept in the call's parameters)."""

@@ -175,3 +175,14 @@ def test_parse_describe_as_names_every_choice():
     assert set(DESCRIBE_AS) == {"woman", "man", "girl", "boy"}
     with pytest.raises(InputError, match="'-' to leave it to the model"):
         parse_describe_as("robot")
+
+
+def test_a_person_described_as_a_child_turns_the_child_prompt_rules_on():
+    from annotation.generation.safety import BlockedPromptError, PromptBlocklist
+    from annotation.generation.service import _ages_for_rules
+
+    rules = PromptBlocklist()
+    rules.check(["kids in the bath"], "fusion", _ages_for_rules([SubjectRef(photo(0), describe_as="woman")]))
+    with pytest.raises(BlockedPromptError, match="'bath'"):
+        rules.check(["kids in the bath"], "fusion", _ages_for_rules([SubjectRef(photo(0), describe_as="girl")]))
+    assert _ages_for_rules([SubjectRef(photo(0), target_age=30, describe_as="boy")]) == [30.0]
