@@ -180,7 +180,9 @@ class Generation(Base):
 
 
 class GenerationSubject(Base):
-    """A person of a generation: their slot, reference photo, target age and label."""
+    """A person of a generation: their slot, reference photo, target age, label and the word the visitor chose to
+    describe them (woman, man, girl, boy; NULL: left to the model). Columns other than the keys are named as the
+    fields of ``idglow.subjects.SubjectRef`` they store."""
 
     __tablename__ = "generation_subjects"
 
@@ -194,6 +196,7 @@ class GenerationSubject(Base):
     )
     target_age: Mapped[float | None] = mapped_column(Float)
     label: Mapped[str | None] = mapped_column(String(128))
+    describe_as: Mapped[str | None] = mapped_column(String(16))
 
     generation: Mapped[Generation] = relationship(back_populates="subjects")
     reference_photo: Mapped[ReferencePhoto | None] = relationship()
@@ -201,6 +204,7 @@ class GenerationSubject(Base):
     __table_args__ = (
         UniqueConstraint("generation_id", "slot", name="generation_subject_slot_uq"),
         CheckConstraint("slot BETWEEN 0 AND 5", name="slot_range"),
+        CheckConstraint("describe_as IN ('woman', 'man', 'girl', 'boy')", name="describe_as_word"),
     )
 
 

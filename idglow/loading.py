@@ -32,6 +32,7 @@ class ModelSettings:
     faces: str = "dlib"  # "dlib" | "insightface"
     face_root: str | None = None  # insightface: folder holding models/<pack>/
     face_pack: str = "antelopev2"
+    det_threshold: float | None = None  # face detection score threshold; None: the backend's documented default
     device: str | None = None  # default: cuda when available, else cpu
     dtype: str | None = None  # default: bfloat16 on cuda, float32 on cpu
 
@@ -53,13 +54,13 @@ def load_face_analyzer(settings: ModelSettings) -> FaceAnalyzer:
     if settings.faces == "dlib":
         from idglow.faces.dlib_backend import DlibAnalyzer
 
-        return DlibAnalyzer()
+        return DlibAnalyzer(det_threshold=settings.det_threshold)
     if settings.faces == "insightface":
         from idglow.faces.insightface_backend import InsightFaceAnalyzer
 
         if not settings.face_root:
             raise InputError("--faces insightface needs --face-root, the folder that holds models/<pack>/")
-        return InsightFaceAnalyzer(settings.face_root, pack=settings.face_pack)
+        return InsightFaceAnalyzer(settings.face_root, pack=settings.face_pack, det_thresh=settings.det_threshold)
     raise InputError(f"unknown face backend {settings.faces!r}; expected dlib or insightface")
 
 

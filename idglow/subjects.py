@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,26 @@ AGE_OF_MAJORITY = 18  # younger than this, a person is a child: the safety check
 TEEN_AGE = 13  # from this age a child is a teenager; a younger target age is phrased "a child" (mini-adult checks)
 MIN_AGE, MAX_AGE = 0.0, 120.0
 MAX_ID_WEIGHT = 3.0
+# How a visitor may ask for a person to be described, instead of the face analyzer's gender estimate: the word
+# → (gender presentation, whether the word is a child's). None leaves it to the model.
+DESCRIBE_AS: dict[str, tuple[str, bool]] = {
+    "woman": ("female", False), "man": ("male", False), "girl": ("female", True), "boy": ("male", True),
+}
+# Values that mean "leave it to the model" where people type them (a CLI list, a manifest, a form).
+DESCRIBE_AS_UNSET = ("", "-", "auto", "none", "model")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SubjectRef:
-    """One person of a group request; checks its own values when built (``InputError`` naming the bad one).
+    """One person of a group request — the one record of a person from the Generate card (or a command's flags)
+    through the prompt writer and the pipeline to the stored generation and the export. Checks its own values
+    when built (``InputError`` naming the bad one); frozen: build a new one with ``dataclasses.replace``.
 
     image: a PIL image, a path, or an array (H, W, 3) uint8 RGB. target_age: the age to show this person at
     (age task; None keeps the person's own age). weight: per-person identity scale in [0, MAX_ID_WEIGHT].
     label: a name for the person. face_index: which detected face to use when the photo has several (default:
-    the largest).
+    the largest). describe_as: how the prompt names the person, one of :data:`DESCRIBE_AS` (None: the face
+    analyzer's or the model's guess).
     """
 
     image: Any
@@ -34,6 +44,7 @@ class SubjectRef:
     weight: float = 1.0
     label: str | None = None
     face_index: int | None = None
+    describe_as: str | None = None
 
     def __post_init__(self) -> None:
         name = f"{self.label}: " if self.label else ""
@@ -41,18 +52,50 @@ class SubjectRef:
             age = _finite(self.target_age, f"{name}target age")
             if not MIN_AGE <= age <= MAX_AGE:
                 raise InputError(f"{name}target age {self.target_age} must be between {MIN_AGE:g} and {MAX_AGE:g}")
-            self.target_age = age
+            object.__setattr__(self, "target_age", age)
         weight = _finite(self.weight, f"{name}ID weight")
         if not 0.0 <= weight <= MAX_ID_WEIGHT:
             raise InputError(f"{name}ID weight {self.weight} must be between 0 and {MAX_ID_WEIGHT:g}")
-        self.weight = weight
+        object.__setattr__(self, "weight", weight)
         if self.face_index is not None and (isinstance(self.face_index, bool) or int(self.face_index) != self.face_index
                                             or self.face_index < 0):
             raise InputError(f"{name}face index {self.face_index!r} must be a whole number >= 0")
+        object.__setattr__(self, "describe_as", parse_describe_as(self.describe_as, name))
 
     @property
     def source(self) -> str | None:
+        """The photo's path when the image is given as one."""
         return str(self.image) if isinstance(self.image, (str, Path)) else None
+
+    @property
+    def gender(self) -> str | None:
+        """The gender presentation ``describe_as`` asks for ("female", "male"), or None (left to the model)."""
+        return DESCRIBE_AS[self.describe_as][0] if self.describe_as else None
+
+    @property
+    def described_as_child(self) -> bool:
+        """Whether ``describe_as`` names a child (girl, boy)."""
+        return bool(self.describe_as) and DESCRIBE_AS[self.describe_as][1]
+
+    def stored(self) -> dict[str, Any]:
+        """What is stored and exported of this person, by field name: every field but the photo (stored by
+        content hash) and the per-call knobs (``weight``, ``face_index``, kept in the call's parameters)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_STORED}
+
+
+NOT_STORED = ("image", "weight", "face_index")
+
+
+def parse_describe_as(value: Any, name: str = "") -> str | None:
+    """A describe-as value as typed (any case; ``-``, ``auto`` or blank: leave it to the model) → one of
+    :data:`DESCRIBE_AS` or None; ``InputError`` naming the choices otherwise."""
+    text = "" if value is None else str(value).strip().lower()
+    if text in DESCRIBE_AS_UNSET:
+        return None
+    if text not in DESCRIBE_AS:
+        raise InputError(f"{name}describe as {value!r}: choose one of {', '.join(DESCRIBE_AS)}, or '-' to leave it "
+                         "to the model")
+    return text
 
 
 def _finite(value: Any, what: str) -> float:

@@ -208,7 +208,7 @@ def test_the_generate_wiring_passes_widget_values_by_name():
         build_generate_tab(GenerateHandlers(FakeGeneration(), default_size=64), lambda: ["tiny-demo"], tiny=True)
     deps = {d.api_name: d for d in demo.fns.values() if d.api_name}
     names = set(deps["generate"].input_keyword_names)
-    cards = {f"{k}_{i}" for i in range(6) for k in ("label", "age", "weight")}
+    cards = {f"{k}_{i}" for i in range(6) for k in ("label", "age", "describe", "weight")}
     assert names == {*FORM_FIELDS, *cards, "state"}
     assert all(not d.inputs or d.input_keyword_names for d in demo.fns.values() if d.api_name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -193,8 +194,7 @@ def test_blocklist_is_on_for_children_and_the_age_task(pipe, store, sample_portr
 
     service = make_service(pipe, store)
     req = request(sample_portraits, task="age", scene="kids in the bath")
-    for s, age in zip(req.subjects, (6, 7)):
-        s.target_age = age
+    req.subjects = [replace(s, target_age=age) for s, age in zip(req.subjects, (6, 7))]
     with pytest.raises(BlockedPromptError, match="'bath'"):
         service.generate(req)
     with store.sessions() as session:
@@ -280,7 +280,7 @@ def test_the_age_task_needs_one_target_age_not_one_per_person(pipe, store, sampl
     with pytest.raises(InputError, match="at least one person"):
         service.check_request(request(sample_portraits, task="age"))
     req = request(sample_portraits, task="age", num_images=1)
-    req.subjects[1].target_age = 70.0
+    req.subjects[1] = replace(req.subjects[1], target_age=70.0)
     result = service.generate(req)
     assert len(result.candidates) == 1 and "70-year-old" in result.prompt
 
@@ -292,7 +292,7 @@ def test_prompt_scene_and_names_have_bounded_lengths(pipe, store, sample_portrai
     with pytest.raises(InputError, match="the scene has 301 characters"):
         service.check_request(request(sample_portraits, scene="y" * 301))
     req = request(sample_portraits)
-    req.subjects[0].label = "z" * 41
+    req.subjects[0] = replace(req.subjects[0], label="z" * 41)
     with pytest.raises(InputError, match="the name of person 1 has 41 characters"):
         service.check_request(req)
     with pytest.raises(InputError, match="the name of person 1 has 41 characters"):

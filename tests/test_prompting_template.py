@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -96,7 +97,7 @@ def test_template_uses_face_attributes_and_labels():
     assert prompt.persons[0].gender == "female" and prompt.persons[1].age == pytest.approx(8.2)
     assert not prompt.persons[1].age_is_target
 
-    subjects[1].face_index = 0  # an explicit face wins over the largest one
+    subjects[1] = replace(subjects[1], face_index=0)  # an explicit face wins over the largest one
     prompt = PromptSynthesizer(face_analyzer=analyzer).compose(subjects)
     assert "is a man in his sixties" in clause_of(prompt.text, 2, 2)
 
@@ -117,7 +118,7 @@ def test_no_face_raises_only_with_an_analyzer():
     assert info.value.slot == 1
     assert PromptSynthesizer().compose(subjects).source == "template"  # no analyzer: no face needed
 
-    subjects[0].face_index = 3
+    subjects[0] = replace(subjects[0], face_index=3)
     with pytest.raises(InputError, match="face_index=3"):
         PromptSynthesizer(face_analyzer=FakeAnalyzer({0: [Face((0, 0, 1, 1))], 1: [Face((0, 0, 1, 1))]})).compose(
             subjects

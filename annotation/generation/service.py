@@ -34,11 +34,19 @@ from annotation.privacy.retention import DEFAULT_RETENTION, expiry
 from idglow.errors import InputError
 from idglow.samples import example_family
 from idglow.serving import GenerationCall, GeneratorStoppedError
-from idglow.subjects import SubjectRef, validate_group
+from idglow.subjects import AGE_OF_MAJORITY, SubjectRef, validate_group
 
 logger = logging.getLogger(__name__)
+CHILD_AGE = AGE_OF_MAJORITY - 1  # stands for "a child" where a person is described as a girl or a boy
 
 __all__ = ["CandidateResult", "GenerationRequest", "GenerationResult", "GenerationService"]
+
+
+def _ages_for_rules(subjects: Sequence[SubjectRef]) -> list[float | None]:
+    """Each person's age as the prompt rules see it: the target age, else a child's age for a person the visitor
+    describes as a girl or a boy (the rules for a child subject apply to them too), else None."""
+    return [s.target_age if s.target_age is not None else CHILD_AGE if s.described_as_child else None
+            for s in subjects]
 
 
 class GenerationService:
@@ -162,7 +170,7 @@ class GenerationService:
         validate_group(subjects, task)
         check_texts(scene or "", "", subjects)
         prompt = self.synthesizer.compose(list(subjects), task=task, scene=scene or "", badcases=self._badcases(task))
-        self.blocklist.check([scene or "", prompt.text], task, [s.target_age for s in subjects])
+        self.blocklist.check([scene or "", prompt.text], task, _ages_for_rules(subjects))
         return prompt
 
     def _badcases(self, task: str) -> list:
@@ -179,7 +187,7 @@ class GenerationService:
         unknown = [v for v in request.model_versions if v not in served]
         if unknown:
             raise InputError(f"unknown model version {unknown[0]!r}; available: {', '.join(served)}")
-        self.blocklist.check([request.scene, request.prompt], request.task, [s.target_age for s in request.subjects])
+        self.blocklist.check([request.scene, request.prompt], request.task, _ages_for_rules(request.subjects))
 
     # -- generation ----------------------------------------------------------------------------------------
     def _prompt(self, request: GenerationRequest) -> tuple[dict[str, Any], str, str, list, list[int] | None]:
@@ -211,7 +219,7 @@ class GenerationService:
     def _generate(self, request: GenerationRequest, on_step: Callable[[int, int], None] | None) -> GenerationResult:
         versions = list(dict.fromkeys(request.model_versions)) or [self.base_version]
         prompt_kwargs, prompt_text, source, badcase_ids, positions = self._prompt(request)
-        self.blocklist.check([prompt_text], request.task, [s.target_age for s in request.subjects])
+        self.blocklist.check([prompt_text], request.task, _ages_for_rules(request.subjects))
         seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else int(request.seed)
         steps = request.num_inference_steps or self.default_steps
         total = steps * len(versions)
@@ -264,13 +272,13 @@ class GenerationService:
 
     def _register(self, session, request: GenerationRequest, version: str, out, prompt_text: str, source: str,
                   expires):
-        from annotation.store.candidates import GenerationRecord, SubjectRecord, register_generation
+        from annotation.store.candidates import GenerationRecord, register_generation
 
         return register_generation(
             session,
             GenerationRecord(
                 task=request.task, final_prompt=prompt_text, model_version=version,
-                subjects=[SubjectRecord(s.image, s.target_age, s.label) for s in request.subjects],
+                subjects=list(request.subjects),  # each person's one record, stored as it is
                 user_prompt=request.prompt or request.scene, prompt_source=source, params=out.params,
                 visitor_id=request.visitor_id, consent=request.consent, expires_at=expires,
             ),

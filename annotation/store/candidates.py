@@ -32,7 +32,7 @@ from db.models import (
     Task,
 )
 from idglow.errors import InputError, ModelFolderError
-from idglow.subjects import MAX_SUBJECTS
+from idglow.subjects import MAX_SUBJECTS, SubjectRef
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,9 @@ def get_model_version(session: Session, model: int | str) -> ModelVersion:
 
 
 # ------------------------------------------------------------------------------------------- generations
-@dataclass
-class SubjectRecord:
-    """One person of a generation: the reference photo (PIL image, array, bytes or path) and its slot data."""
-
-    image: Any
-    target_age: float | None = None
-    label: str | None = None
+# One person of a generation is the request's own record (reference photo as a PIL image, array, bytes or path,
+# label, target age, describe-as): stored as one GenerationSubject row whose columns are named as its fields.
+SubjectRecord = SubjectRef
 
 
 @dataclass
@@ -98,7 +94,7 @@ class GenerationRecord:
     task: Task | str
     final_prompt: str
     model_version: int | str
-    subjects: Sequence[SubjectRecord]
+    subjects: Sequence[SubjectRef]
     user_prompt: str = ""
     prompt_source: str = "user"
     params: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +115,9 @@ class CandidateRecord:
     metrics: dict[str, Any] | None = None
 
 
+PERSON_PARAMS = ("target_ages", "labels")  # the pipeline's copies of person fields: stored on the person instead
+
+
 def subjects_key(task: Task | str, subjects: Iterable[tuple[str, float | None]]) -> str:
     """Identifies "the same people for the same task": sha256 of the task, reference hashes and target ages
     in slot order. Cross-model comparisons pair generations with the same key."""
@@ -136,12 +135,13 @@ def _task(task: Task | str) -> Task:
 def register_generation(
     session: Session, record: GenerationRecord, data_dir: str | os.PathLike[str]
 ) -> Generation:
-    """Store the reference photos (by content hash) and the generation with its subjects, in slot order."""
+    """Store the reference photos (by content hash) and the generation with its subjects, in slot order: each
+    person once, as a GenerationSubject row holding :meth:`SubjectRef.stored` (never copied into ``params``)."""
     task = _task(record.task)
     if not 1 <= len(record.subjects) <= MAX_SUBJECTS:
         raise InputError(f"a generation needs 1-{MAX_SUBJECTS} subjects, got {len(record.subjects)}")
     mv = get_model_version(session, record.model_version)
-    refs: list[tuple[ReferencePhoto, SubjectRecord]] = []
+    refs: list[tuple[ReferencePhoto, SubjectRef]] = []
     for subject in record.subjects:
         stored = store_image(data_dir, subject.image)
         photo = ReferencePhoto(
@@ -158,7 +158,7 @@ def register_generation(
         user_prompt=record.user_prompt or "",
         final_prompt=record.final_prompt,
         prompt_source=record.prompt_source,
-        params=dict(record.params),
+        params={k: v for k, v in record.params.items() if k not in PERSON_PARAMS},
         model_version_id=mv.id,
         visitor_id=record.visitor_id,
         subjects_key=key,
@@ -169,13 +169,7 @@ def register_generation(
     for slot, (photo, subject) in enumerate(refs):
         session.add(photo)
         session.add(
-            GenerationSubject(
-                generation=gen,
-                slot=slot,
-                reference_photo=photo,
-                target_age=subject.target_age,
-                label=subject.label,
-            )
+            GenerationSubject(generation=gen, slot=slot, reference_photo=photo, **subject.stored())
         )
     session.commit()
     return gen

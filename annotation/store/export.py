@@ -80,6 +80,7 @@ def _schema():
             ("face_backend", pa.string()),
             ("target_ages", pa.list_(pa.float64())),
             ("subject_labels", pa.list_(pa.string())),
+            ("subject_describe_as", pa.list_(pa.string())),
             *_question_fields(),
             ("agreement", pa.float64()),
             ("num_votes", pa.int32()),
@@ -474,6 +475,7 @@ class _GenerationInfo:
     reference_paths: list[str | None]
     target_ages: list[float | None]
     subject_labels: list[str | None]
+    subject_describe_as: list[str | None]
     reference_embeddings: list[list[float]] | None  # per slot, as stored by the app (None: not stored)
     face_backend: str | None  # the face backend that computed them
 
@@ -621,6 +623,7 @@ class _PageBuilder:
                 GenerationSubject.generation_id,
                 GenerationSubject.target_age,
                 GenerationSubject.label,
+                GenerationSubject.describe_as,
                 ReferencePhoto.sha256,
                 ReferencePhoto.path,
             )
@@ -657,6 +660,7 @@ class _PageBuilder:
                 reference_paths=[s.path for s in subj],
                 target_ages=[s.target_age for s in subj],
                 subject_labels=[s.label for s in subj],
+                subject_describe_as=[s.describe_as for s in subj],
                 reference_embeddings=embeddings,
                 face_backend=backend,
             )
@@ -721,6 +725,7 @@ class _PageBuilder:
             ga.face_backend,
             ga.target_ages,
             ga.subject_labels,
+            ga.subject_describe_as,
             *question_columns([v.answers for v in vs], ga.num_subjects, agg),
             agg.agreement,
             len(vs),
@@ -835,7 +840,8 @@ Splits are assigned by a hash of the subjects (the same people never appear in t
   texture / fewer artifacts) likewise.
 - `faces_0`/`faces_1`: JSON with the per-slot face matches (similarity, bbox, missing, duplicates) and the
   detected faces; `metrics_0`/`metrics_1`: JSON metrics of each image.
-- `reference_uids`, `target_ages`, `subject_labels` (and `reference_images` when exported with images)
+- `reference_uids`, `target_ages`, `subject_labels`, `subject_describe_as` (the word chosen to describe each
+  person: woman, man, girl, boy, or null when left to the model) (and `reference_images` when exported with images)
   are per person in slot order. `reference_embeddings` holds each person's identity embedding as the app
   computed it, made by the face backend named in `face_backend` (null when the app stored none); the DPO
   trainer uses them instead of detecting the faces again. `jpg_0`/`jpg_1` hold PNG bytes when exported with images, else null.

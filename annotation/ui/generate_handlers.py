@@ -21,12 +21,14 @@ from annotation.privacy.uploads import UploadLimits, UploadRegistry, decode_uplo
 from annotation.privacy.visitors import new_visitor_id
 from annotation.ui.errors import notice_html, ui_errors
 from idglow.errors import InputError, NoFaceError
-from idglow.subjects import MAX_SUBJECTS, SubjectRef
+from idglow.subjects import DESCRIBE_AS, MAX_SUBJECTS, SubjectRef, parse_describe_as
 
 NUM_CARDS = MAX_SUBJECTS
 EXAMPLE_SCENE = "a family picnic in a sunny park"
 SCORE_HEADERS = ["Image", "Identity (1 = same face)"]
 UPLOAD_HINT = "Choose 1–6 portraits (one per person) or one group photo, or try the example family."
+LEAVE_TO_MODEL = "auto"  # the card's "Describe as" value that leaves it to the model
+DESCRIBE_CHOICES = [("Auto", LEAVE_TO_MODEL), *((word.capitalize(), word) for word in DESCRIBE_AS)]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Person:
     label: str = ""
     target_age: float | None = None
     weight: float = 1.0
+    describe_as: str | None = None
 
 
 @dataclass
@@ -77,11 +80,12 @@ def remember_shown(state: VisitorState) -> None:
 
 @dataclass
 class CardValues:
-    """What one person card holds: name, optional target age, ID weight."""
+    """What one person card holds: name, optional target age, ID weight, how to describe the person."""
 
     label: str | None = None
     target_age: float | None = None
     weight: float | None = 1.0
+    describe_as: str | None = None
 
 
 @dataclass
@@ -107,13 +111,13 @@ class GenerateForm:
 
 def card_names(i: int) -> dict[str, str]:
     """Widget names of card ``i``."""
-    return {k: f"{k}_{i}" for k in ("card", "crop", "label", "age", "weight", "remove")}
+    return {k: f"{k}_{i}" for k in ("card", "crop", "label", "age", "describe", "weight", "remove")}
 
 
 def cards_from(values: dict[str, Any]) -> list[CardValues]:
     """The cards' values out of a name → value mapping."""
-    return [CardValues(values.get(f"label_{i}"), values.get(f"age_{i}"), values.get(f"weight_{i}"))
-            for i in range(NUM_CARDS)]
+    return [CardValues(values.get(f"label_{i}"), values.get(f"age_{i}"), values.get(f"weight_{i}"),
+                       values.get(f"describe_{i}")) for i in range(NUM_CARDS)]
 
 
 def _number(value: Any, what: str, slot: int) -> float | None:
@@ -205,6 +209,7 @@ class GenerateHandlers:
             person.target_age = _lenient(card.target_age)
             weight = _lenient(card.weight)
             person.weight = 1.0 if weight is None else weight
+            person.describe_as = card.describe_as if card.describe_as in DESCRIBE_AS else None
 
     def _process(self, state: VisitorState, path: str, group: bool) -> PhotoStatus:
         name = Path(path).name
@@ -283,11 +288,12 @@ class GenerateHandlers:
             person = state.people[i] if i < len(state.people) else None
             if person is None:
                 out.update({n["card"]: gr.update(visible=False), n["crop"]: None, n["label"]: "",
-                            n["age"]: None, n["weight"]: 1.0})
+                            n["age"]: None, n["weight"]: 1.0, n["describe"]: LEAVE_TO_MODEL})
                 continue
             out.update({n["card"]: gr.update(visible=True), n["crop"]: person.subject.crop,
-                        n["label"]: gr.update(value=person.label, placeholder=f"Name (Person {i + 1})"),
-                        n["age"]: person.target_age, n["weight"]: person.weight})
+                        n["label"]: gr.update(value=person.label, placeholder=f"Person {i + 1}"),
+                        n["age"]: person.target_age, n["weight"]: person.weight,
+                        n["describe"]: person.describe_as or LEAVE_TO_MODEL})
         return out
 
     # -- request and generation ----------------------------------------------------------------------------
@@ -296,13 +302,15 @@ class GenerateHandlers:
             raise InputError("Add 1–6 people first: upload portraits, or press \"Try an example family\".")
         out = []
         for slot, person in enumerate(state.people):
-            card = cards[slot] if slot < len(cards) else CardValues(person.label, person.target_age, person.weight)
+            card = cards[slot] if slot < len(cards) else CardValues(person.label, person.target_age, person.weight,
+                                                                    person.describe_as)
             label = str(card.label or "").strip() or None
             age = _number(card.target_age, "target age", slot)
             weight = _number(card.weight, "ID weight", slot)
             try:
                 out.append(SubjectRef(person.subject.crop, target_age=age, weight=1.0 if weight is None else weight,
-                                      label=label, face_index=person.subject.face_index))
+                                      label=label, face_index=person.subject.face_index,
+                                      describe_as=parse_describe_as(card.describe_as)))
             except InputError as err:
                 message = str(err) if label else f"person {slot + 1}: {err}"  # a label already names them
                 raise InputError(message) from None

@@ -12,6 +12,8 @@ import gradio as gr
 from annotation.generation.request import MAX_LABEL_CHARS, MAX_PROMPT_CHARS, MAX_SCENE_CHARS
 from annotation.ui.errors import notice_html
 from annotation.ui.generate_handlers import (
+    DESCRIBE_CHOICES,
+    LEAVE_TO_MODEL,
     NUM_CARDS,
     SCORE_HEADERS,
     UPLOAD_HINT,
@@ -35,13 +37,17 @@ def _card(i: int, w: dict[str, Any]) -> None:
     n = card_names(i)
     with gr.Column(visible=False, min_width=150, elem_classes=["gen-card"], elem_id=f"gen-card-{i}") as card:
         # PNG, lossless: "Delete my data" finds the served copy of a crop by its pixels
-        w[n["crop"]] = gr.Image(show_label=False, interactive=False, height=100, buttons=[], container=False,
+        w[n["crop"]] = gr.Image(show_label=False, interactive=False, height=84, buttons=[], container=False,
                                 format="png", elem_classes=["gen-card-crop"])
-        w[n["label"]] = gr.Textbox(label="Name", show_label=False, container=False, max_lines=1,
-                                   max_length=MAX_LABEL_CHARS, placeholder="Name", elem_id=f"gen-label-{i}")
-        w[n["age"]] = gr.Number(label="Target age (optional)", show_label=False, container=False, minimum=0,
-                                maximum=120, value=None, placeholder="Target age",
-                                elem_id=f"gen-age-{i}")
+        # Visible labels above compact fields (a placeholder disappears while typing and is too pale to read)
+        field = dict(container=False, elem_classes=["gen-card-field"])
+        w[n["label"]] = gr.Textbox(label="Name", max_lines=1, max_length=MAX_LABEL_CHARS,
+                                   placeholder=f"Person {i + 1}", elem_id=f"gen-label-{i}", **field)
+        with gr.Row(elem_classes=["gen-card-row"]):
+            w[n["describe"]] = gr.Dropdown(DESCRIBE_CHOICES, value=LEAVE_TO_MODEL, label="Describe as",
+                                           elem_id=f"gen-describe-{i}", min_width=90, **field)
+            w[n["age"]] = gr.Number(label="Target age", minimum=0, maximum=120, value=None, min_width=70,
+                                    elem_id=f"gen-age-{i}", **field)
         with gr.Accordion("Advanced", open=False, elem_classes=["gen-card-advanced"]):
             w[n["weight"]] = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="ID weight", elem_id=f"gen-weight-{i}")
             w[n["remove"]] = gr.Button("Remove this person", size="sm", elem_id=f"gen-remove-{i}")
@@ -165,8 +171,8 @@ def _form(values: dict[str, Any]) -> GenerateForm:
 
 
 def _wire(handlers: GenerateHandlers, w: dict[str, Any]) -> None:
-    card_in = _card_widgets(w, ("label", "age", "weight"))
-    cards_out = ["state", "photo_status", *_card_widgets(w, ("card", "crop", "label", "age", "weight"))]
+    card_in = _card_widgets(w, ("label", "age", "describe", "weight"))
+    cards_out = ["state", "photo_status", *_card_widgets(w, ("card", "crop", "label", "age", "describe", "weight"))]
     form_in = {**{k: w[k] for k in FORM_FIELDS}, **card_in, "state": w["state"]}
     faces = dict(concurrency_limit=4, concurrency_id="faces")
 

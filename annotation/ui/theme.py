@@ -10,6 +10,10 @@ GENERATE_CSS = """
   border: 1px solid var(--border-color-primary); border-radius: 8px;}
 #gen-cards .gen-card-crop img {object-fit: cover; border-radius: 6px;}
 #gen-cards .gen-card-advanced {padding: 0;}
+#gen-cards .gen-card-field span[data-testid="block-info"] {display: block !important; position: static !important;
+  width: auto !important; height: auto !important; clip: auto !important; overflow: visible !important;
+  white-space: nowrap; margin: 0 0 1px; font-size: 13px; line-height: 1.2; color: var(--body-text-color);}
+#gen-cards .gen-card-row {gap: 4px; flex-wrap: nowrap;}
 #gen-inputs {gap: 8px;}
 #gen-consent-row {align-items: center;}
 #gen-task .wrap {flex-wrap: nowrap;}
@@ -20,6 +24,7 @@ GENERATE_CSS = """
 @media (max-width: 640px) {
   #idglow-banner {font-size: 11.5px; line-height: 1.3; padding-top: 0.1rem; padding-bottom: 0.1rem;}
   #gen-cards .gen-card {max-width: calc(50% - 4px);}
+  #gen-cards .gen-card-row {flex-wrap: wrap;}
   #gen-consent-row {flex-direction: column; align-items: stretch;}
 }
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from idglow.errors import InputError
@@ -20,6 +21,19 @@ def add_subject_arguments(p: argparse.ArgumentParser) -> None:
                    help="target age per subject, in subject order (age task); '-' or 'keep' for a person who "
                         "keeps their own age (identity stays on at every step)")
     p.add_argument("--label", action="append", metavar="NAME", help="name per subject, in subject order")
+    p.add_argument("--describe-as", type=describe_as_list, metavar="WORD,WORD,...",
+                   help="how the prompt names each person, in subject order, comma-separated: woman, man, girl, "
+                        "boy, or '-' to leave it to the face analyzer (e.g. woman,-,man)")
+
+
+def describe_as_list(text: str) -> list[str | None]:
+    """A ``--describe-as`` value: comma-separated words (``-`` for "leave it to the model")."""
+    from idglow.subjects import parse_describe_as
+
+    try:
+        return [parse_describe_as(word) for word in text.split(",")]
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def target_age(text: str) -> float | None:
@@ -45,12 +59,15 @@ def build_subjects(args: argparse.Namespace):
     labels = args.label or []
     if labels and len(labels) != len(paths):
         raise InputError(f"{len(labels)} --label values for {len(paths)} subjects")
+    described = getattr(args, "describe_as", None) or []
+    if described and len(described) != len(paths):
+        raise InputError(f"{len(described)} --describe-as values for {len(paths)} subjects; give one per subject "
+                         "(woman, man, girl, boy, or '-' to leave it to the model)")
     refs = [SubjectRef(image=path, target_age=ages[i] if ages else None,
-                       label=labels[i] if labels else Path(path).stem) for i, path in enumerate(paths)]
+                       label=labels[i] if labels else Path(path).stem,
+                       describe_as=described[i] if described else None) for i, path in enumerate(paths)]
     validate_group(refs, args.task)
-    for ref in refs:
-        ref.image = decode_image(ref.image)
-    return refs
+    return [replace(ref, image=decode_image(ref.image)) for ref in refs]
 
 
 def add_face_arguments(g) -> None:
@@ -58,6 +75,9 @@ def add_face_arguments(g) -> None:
     g.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
     g.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
     g.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
+    g.add_argument("--det-threshold", type=float, metavar="SCORE",
+                   help="face detection score below which a detection is not a face (default: dlib 0.1, "
+                        "insightface 0.5; see idglow.faces.base)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,5 +96,5 @@ def model_settings(args: argparse.Namespace):
 
     return ModelSettings(
         model_dir=args.model, adapter_dir=args.adapter, faces=args.faces, face_root=args.face_root,
-        face_pack=args.face_pack, device=args.device, dtype=args.dtype,
+        face_pack=args.face_pack, det_threshold=args.det_threshold, device=args.device, dtype=args.dtype,
     )

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     b.add_argument("--faces", choices=["dlib", "insightface"], default="dlib", help="face analysis backend")
     b.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
     b.add_argument("--face-pack", default="antelopev2", help="insightface model pack name")
+    b.add_argument("--det-threshold", type=float, metavar="SCORE",
+                   help="face detection score below which a detection is not a face (default: the backend's)")
     b.add_argument("--vlm", metavar="DIR",
                    help="vision-language model folder (transformers format) that describes the people in each "
                         "prompt; default: the template writer")
@@ -62,7 +64,8 @@ def run_build_sft(args: argparse.Namespace) -> int:
 
     options = BuildOptions(min_faces=args.min_faces, max_faces=args.max_faces, caption=args.caption,
                            age_gap=args.age_gap, max_references=args.max_references)
-    analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root, face_pack=args.face_pack))
+    analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root, face_pack=args.face_pack,
+                                                det_threshold=args.det_threshold))
     report = build_sft_dataset(args.photos, args.out, analyzer, manifest=args.manifest, options=options,
                                prompt_writer=_prompt_writer(args))
     for name, why in report.skipped.items():

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"no such photo: {', '.join(missing)}")
     analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root,
-                                                face_pack=args.face_pack))
+                                                face_pack=args.face_pack, det_threshold=args.det_threshold))
     records = [describe_photo(path, analyzer, args.embeddings) for path in args.photos]
     print(json.dumps(records, indent=2))
     return 0

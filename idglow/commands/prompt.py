@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         from idglow.loading import ModelSettings, load_face_analyzer
 
         face_analyzer = load_face_analyzer(
-            ModelSettings(faces=args.faces, face_root=args.face_root, face_pack=args.face_pack)
+            ModelSettings(faces=args.faces, face_root=args.face_root, face_pack=args.face_pack,
+                          det_threshold=args.det_threshold)
         )
     tokenizer = tokenizer_2 = None
     if args.model:

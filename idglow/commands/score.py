@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     labels = _check(args)
     positions = _positions(args, labels)
     analyzer = load_face_analyzer(ModelSettings(faces=args.faces, face_root=args.face_root,
-                                                face_pack=args.face_pack))
+                                                face_pack=args.face_pack, det_threshold=args.det_threshold))
     refs = [reference_embedding(analyzer, decode_image(p), slot=j) for j, p in enumerate(args.subject)]
     truth = None if args.ground_truth is None else decode_image(args.ground_truth)
     binding = score_group(decode_image(args.image), refs, analyzer, positions=positions, ground_truth=truth,

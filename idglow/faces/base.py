@@ -7,6 +7,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# Detection score thresholds: a detection scoring below its backend's threshold is not a face, wherever faces are
+# found (reference photos, generated images, training data, prompts). Override with ``--det-threshold`` on the
+# commands (``ModelSettings.det_threshold``) or the analyzer's own argument.
+#
+# dlib (HOG detector): the score is the SVM margin; dlib's own default, 0, keeps the mission patch on
+# scikit-image's astronaut (score 0.04 in the bundled sample portrait, "49 male") while the weakest real face of
+# the bundled photos scores 0.21 (insightface's t1.jpg; the six sample portraits score 0.43-2.6): 0.1 lies
+# between. dlib's CNN detector gives a confidence, thresholded at the same value.
+DLIB_DETECTION_THRESHOLD = 0.1
+# insightface (SCRFD / RetinaFace): the score is a probability; 0.5 is insightface's own default.
+INSIGHTFACE_DETECTION_THRESHOLD = 0.5
+
 
 @dataclass
 class Face:

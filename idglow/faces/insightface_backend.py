@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from idglow.errors import ModelFolderError
-from idglow.faces.base import Face, l2_normalize, sort_largest_first
+from idglow.faces.base import INSIGHTFACE_DETECTION_THRESHOLD, Face, l2_normalize, sort_largest_first
 from idglow.faces.match import SAME_PERSON_THRESHOLDS
 from idglow.images import to_rgb_array
 
@@ -60,7 +60,8 @@ class InsightFaceAnalyzer:
         pack: the pack's folder name, e.g. ``"antelopev2"`` (ArcFace glintr100, 512-d) or ``"buffalo_l"``.
         providers: ONNX Runtime execution providers; default: insightface's choice for this machine.
         det_size: detector input size (width, height).
-        det_thresh: detector score threshold.
+        det_thresh: detector score threshold in [0, 1]; default
+            :data:`idglow.faces.base.INSIGHTFACE_DETECTION_THRESHOLD`.
 
     Only the detection, recognition and genderage models of the pack are used. Embeddings are
     L2-normalised; ``embedding_dim`` is the recognition model's output size. Age and gender come from the
@@ -73,8 +74,9 @@ class InsightFaceAnalyzer:
         pack: str = "antelopev2",
         providers: Sequence[Any] | None = None,
         det_size: tuple[int, int] = (640, 640),
-        det_thresh: float = 0.5,
+        det_thresh: float | None = None,
     ):
+        det_thresh = INSIGHTFACE_DETECTION_THRESHOLD if det_thresh is None else float(det_thresh)
         if len(det_size) != 2 or min(int(v) for v in det_size) <= 0:
             raise ValueError(f"det_size must be two positive integers (width, height), got {det_size}")
         if not 0.0 <= det_thresh <= 1.0:

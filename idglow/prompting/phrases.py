@@ -102,9 +102,12 @@ def normalize_gender(value: object) -> str | None:
     return None
 
 
-def person_noun(age: float | None, gender: str | None) -> str:
+def person_noun(age: float | None, gender: str | None, word: str | None = None) -> str:
     """The noun for this age and gender: baby (under 1), toddler (under 3), boy/girl/child (under 18),
-    else man/woman/person."""
+    else man/woman/person. ``word``: the visitor's own word for the person (woman, man, girl, boy), used
+    as the noun when no age is known."""
+    if age is None and word:
+        return word
     if age is not None and age < AGE_OF_MAJORITY:
         if age < 3:
             base = "toddler" if age >= 1 else "baby"
@@ -117,12 +120,13 @@ def _possessive(gender: str | None) -> str:
     return {"male": "his", "female": "her"}.get(gender or "", "their")
 
 
-def noun_phrase(age: float | None, gender: str | None, exact: bool) -> str:
+def noun_phrase(age: float | None, gender: str | None, exact: bool, word: str | None = None) -> str:
     """'a six-year-old boy', 'a 70-year-old woman', 'a man in his thirties', 'a person'.
 
     exact: state the age as a number (target ages); otherwise adults get their decade (apparent ages).
+    word: the visitor's word for the person (see :func:`person_noun`).
     """
-    noun = person_noun(age, gender)
+    noun = person_noun(age, gender, word)
     if age is None:
         return f"a {noun}"
     if age < 1:

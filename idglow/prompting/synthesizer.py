@@ -11,7 +11,7 @@ from idglow.errors import InputError, NoFaceError
 from idglow.prompting.badcases import Badcase, failure_types_of, select_badcases
 from idglow.prompting.phrases import normalize_gender
 from idglow.prompting.schema import ModelAnswer, ResponseError, parse_response
-from idglow.prompting.template import TemplateComposer, persons_from_attributes
+from idglow.prompting.template import TemplateComposer, apply_describe_as, persons_from_attributes
 from idglow.prompting.tokens import CLIP_MAX_TOKENS, T5_MAX_TOKENS, TokenCounter
 from idglow.prompting.types import GroupPrompt
 from idglow.prompting.vlm import Conversation, VLMBackend, build_conversation, repair_conversation
@@ -44,6 +44,7 @@ class _Prepared:
     request: PromptRequest
     target_ages: list[float | None]
     labels: list[str | None]
+    describe_as: list[str | None]
     images: list[Any]
     apparent_ages: list[float | None]
     genders: list[str | None]
@@ -176,6 +177,7 @@ class PromptSynthesizer:
             request=request,
             target_ages=target_ages,
             labels=[s.label for s in subjects],
+            describe_as=[s.describe_as for s in subjects],
             images=images,
             apparent_ages=apparent,
             genders=genders,
@@ -209,7 +211,8 @@ class PromptSynthesizer:
     def _ask_model(self, prepared: list[_Prepared]) -> None:
         for p in prepared:
             p.conversation = build_conversation(
-                p.target_ages, p.labels, p.request.task, p.request.scene, p.failure_types, p.badcases
+                p.target_ages, p.labels, p.request.task, p.request.scene, p.failure_types, p.badcases,
+                describe_as=p.describe_as,
             )
         pending = list(prepared)
         for attempt in range(self.repair_attempts + 1):
@@ -242,12 +245,13 @@ class PromptSynthesizer:
                     person.gender = p.genders[person.slot]
                 if person.age is None:
                     person.age = p.apparent_ages[person.slot]
+                apply_describe_as(person, p.describe_as[person.slot])  # the visitor's word over any guess
             scene = p.answer.scene or request.scene
             interaction = p.answer.interaction
             source = "vlm"
         else:
             persons = persons_from_attributes(
-                len(p.target_ages), p.target_ages, p.apparent_ages, p.genders, p.labels
+                len(p.target_ages), p.target_ages, p.apparent_ages, p.genders, p.labels, p.describe_as
             )
             scene, interaction, source = request.scene, "", "template"
             if p.reason is not None:

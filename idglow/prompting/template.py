@@ -21,7 +21,7 @@ from idglow.prompting.badcases import FAILURE_CONSTRAINTS
 from idglow.prompting.phrases import clean_phrase, clean_text, marker, noun_phrase, number_word
 from idglow.prompting.tokens import CLIP_MAX_TOKENS, T5_MAX_TOKENS, TokenCounter
 from idglow.prompting.types import PersonDescription
-from idglow.subjects import AGE_OF_MAJORITY, TEEN_AGE
+from idglow.subjects import AGE_OF_MAJORITY, DESCRIBE_AS, TEEN_AGE
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class TemplateComposer:
         compact: only the marker, label, age and gender (used when the full clause does not fit).
         """
         exact = person.age_is_target
-        parts = [noun_phrase(person.age, person.gender, exact=exact)]
+        parts = [noun_phrase(person.age, person.gender, exact=exact, word=person.describe_as)]
         if compact:
             pass
         elif _is_child(person) and exact and (task == "age" or "mini_adult" in failure_types):
@@ -185,7 +185,7 @@ class TemplateComposer:
     def render_clip(self, persons: Sequence[PersonDescription], scene: str = "") -> str:
         """The compact prompt for CLIP: the people left to right, then as much of the scene as fits."""
         persons = sorted(persons, key=lambda p: p.position)
-        nouns = [noun_phrase(p.age, p.gender, exact=p.age_is_target) for p in persons]
+        nouns = [noun_phrase(p.age, p.gender, exact=p.age_is_target, word=p.describe_as) for p in persons]
         if len(persons) == 1:
             head = f"Photo of {nouns[0]}"
         else:
@@ -339,20 +339,36 @@ def persons_from_attributes(
     apparent_ages: Sequence[float | None],
     genders: Sequence[str | None],
     labels: Sequence[str | None],
+    describe_as: Sequence[str | None] | None = None,
 ) -> list[PersonDescription]:
-    """Template persons in slot order (position = slot + 1): target age when given, else apparent age."""
+    """Template persons in slot order (position = slot + 1): target age when given, else apparent age;
+    ``describe_as`` (the visitor's word per person, None where left to the model) wins over ``genders``."""
     persons = []
     for slot in range(num_people):
         target = target_ages[slot]
         age = target if target is not None else apparent_ages[slot]
-        persons.append(
-            PersonDescription(
-                slot=slot,
-                position=slot + 1,
-                age=None if age is None else float(age),
-                age_is_target=target is not None,
-                gender=genders[slot],
-                label=labels[slot],
-            )
+        person = PersonDescription(
+            slot=slot,
+            position=slot + 1,
+            age=None if age is None else float(age),
+            age_is_target=target is not None,
+            gender=genders[slot],
+            label=labels[slot],
         )
+        persons.append(apply_describe_as(person, describe_as[slot] if describe_as else None))
     return persons
+
+
+def apply_describe_as(person: PersonDescription, word: str | None) -> PersonDescription:
+    """``person`` described as the visitor asked (``word``: woman, man, girl or boy; None changes nothing).
+
+    The word sets the gender. An estimated age that contradicts it (a "girl" who looks 25) gives way, so
+    the prompt says "a girl", not "a woman in her twenties"; a target age keeps deciding the noun's age.
+    """
+    if not word:
+        return person
+    gender, child = DESCRIBE_AS[word]
+    person.gender, person.describe_as = gender, word
+    if person.age is not None and not person.age_is_target and (person.age < AGE_OF_MAJORITY) != child:
+        person.age = None
+    return person

@@ -17,6 +17,8 @@ class PersonDescription:
     age: the target age when one was requested, otherwise the apparent age (None when unknown);
     ``age_is_target`` tells which. gender: gender presentation as a noun-free word ("male", "female") or None.
     hair / clothing / expression: short phrases owned by this person only. label: the user's name for the person.
+    describe_as: the visitor's word for the person (woman, man, girl, boy) when they chose one; it decides
+    ``gender`` over any estimate.
     """
 
     slot: int
@@ -28,6 +30,7 @@ class PersonDescription:
     clothing: str | None = None
     expression: str | None = None
     label: str | None = None
+    describe_as: str | None = None
 
     @property
     def attributes(self) -> dict[str, str]:

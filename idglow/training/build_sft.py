@@ -158,6 +158,7 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
     opts = options or BuildOptions(**knobs)
     out = Path(out_dir)
     appearances, paths, root = _gather(photos_dir, manifest)
+    words = _described(appearances or [])
     if out.exists() and any(out.iterdir()):
         raise InputError(f"output folder {out} is not empty")
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -178,11 +179,24 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
             rows.extend(_target_rows(photo, people, by_person, crops, face_analyzer, opts, report))
             report.kept += 1
     _decoded.cache_clear()
+    for subject in (subject for row in rows for subject in row["subjects"]):
+        subject["describe_as"] = words.get(subject["person"])
     caption_rows(rows, prompt_writer, out, named=appearances_named)
     report.prompt_writer = "vlm" if getattr(prompt_writer, "vlm", None) is not None else "template"
     (out / METADATA).write_text("".join(json.dumps(r) + "\n" for r in rows))
     report.rows, report.age_rows = len(rows), sum(r["task"] == "age" for r in rows)
     return report
+
+
+def _described(appearances: list[Appearance]) -> dict[str, str]:
+    """Person → how the manifest says to describe them (``describe_as``; absent where it says nothing); a
+    person described differently in two entries is refused."""
+    words: dict[str, str] = {}
+    for a in appearances:
+        if a.describe_as and words.setdefault(a.person, a.describe_as) != a.describe_as:
+            raise InputError(f"{a.person!r} is described as {words[a.person]!r} and as {a.describe_as!r}; "
+                             "give one describe_as per person")
+    return words
 
 
 def _flat_appearances(photos: dict[Path, _Photo], opts: BuildOptions, skipped: dict[str, str]) -> list[Appearance]:
@@ -426,7 +440,8 @@ def caption_rows(rows: list[dict[str, Any]], writer, root: Path, *, named: bool 
     for row in rows:
         people = row["subjects"]
         subjects = [SubjectRef(image=root / p["references"][0] if p.get("references") else None,
-                               target_age=p.get("target_age"), label=p["person"] if named else None)
+                               target_age=p.get("target_age"), label=p["person"] if named else None,
+                               describe_as=p.get("describe_as"))
                     for p in people]
         requests.append(PromptRequest(subjects, row["task"], row.get("scene", ""),
                                       apparent_ages=[p.get("age") for p in people],

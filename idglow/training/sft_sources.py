@@ -14,8 +14,11 @@ Three forms, all read into a list of :class:`Appearance` (one person in one phot
 
   ``people`` lists each person's photos (a path, or an object with ``photo`` and optional ``age`` in years and
   ``face``, the index of the person's face counted left to right); ``groups`` lists photos of several people,
-  who must be named in ``people``. CSV: one appearance per line, columns ``person,photo`` and optional
-  ``age,face,prompt``; a photo named on several lines is a group photo.
+  who must be named in ``people``. Any entry object may say how the prompts describe the person:
+  ``"describe_as": "woman"`` (woman, man, girl, boy; the face analyzer's gender estimate otherwise), e.g.
+  ``{"photo": "anna_2019.jpg", "describe_as": "woman"}``; it holds for every photo of that person. CSV: one
+  appearance per line, columns ``person,photo`` and optional ``age,face,prompt,describe_as``; a photo named on
+  several lines is a group photo.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from idglow.errors import InputError
+from idglow.subjects import parse_describe_as
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -35,13 +39,16 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 @dataclass(frozen=True)
 class Appearance:
     """One person in one photo. ``age``: the recorded age in years (None: estimate it); ``face``: the person's
-    face index among the photo's faces counted left to right (None: find it); ``prompt``: the photo's caption."""
+    face index among the photo's faces counted left to right (None: find it); ``prompt``: the photo's caption;
+    ``describe_as``: how the prompts describe the person (see :data:`idglow.subjects.DESCRIBE_AS`; None: the
+    face analyzer's estimate)."""
 
     photo: Path
     person: str
     age: float | None = None
     face: int | None = None
     prompt: str | None = None
+    describe_as: str | None = None
 
 
 def list_photos(folder: Path) -> list[Path]:
@@ -115,7 +122,7 @@ def _csv_appearances(path: Path) -> list[Appearance]:
         missing = {"person", "photo"} - set(reader.fieldnames or ())
         if missing:
             raise InputError(f"manifest {path} lacks the column(s) {', '.join(sorted(missing))} "
-                             "(header: person,photo[,age][,face][,prompt])")
+                             "(header: person,photo[,age][,face][,prompt][,describe_as])")
         found = []
         for line, row in enumerate(reader, start=2):
             item = {k: (v.strip() if isinstance(v, str) else v) or None for k, v in row.items() if k}
@@ -134,7 +141,7 @@ def _appearance(item: dict[str, Any], person: str, base: Path, where: str) -> Ap
     if photo.suffix.lower() not in PHOTO_SUFFIXES:
         raise InputError(f"manifest {where}: photo {item['photo']!r} is not a JPEG/PNG/WebP file")
     return Appearance(photo, str(person), _age(item.get("age"), person, where), _face(item.get("face"), person, where),
-                      item.get("prompt") or None)
+                      item.get("prompt") or None, parse_describe_as(item.get("describe_as"), f"manifest {where}: "))
 
 
 def _age(value: Any, person: str, where: str) -> float | None:

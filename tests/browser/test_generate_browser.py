@@ -202,3 +202,91 @@ def test_research_settings_choose_the_linear_strength_profile(server, browser, s
         gen = session.scalars(select(Generation).order_by(Generation.id.desc())).first()
     engine.dispose()
     assert gen.params["id_profile"] == "linear" and gen.params["id_window"][:2] == [0.2, 1.0]
+
+
+_CONTRAST_JS = """(el) => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).slice(0, 4).map(Number);
+  const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                              return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  let bg = el, back = [255, 255, 255];
+  while (bg) { const c = rgb(getComputedStyle(bg).backgroundColor); if (c.length === 3 || (c.length === 4 && c[3] > 0.9)) { back = c; break; } bg = bg.parentElement; }
+  const fore = rgb(getComputedStyle(el).color);
+  const [a, b] = [lum(fore), lum(back)].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+}"""
+
+
+def _stored_people(data: Path) -> list[tuple]:
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_session_factory
+    from db.models import Generation, GenerationSubject
+
+    engine = make_engine(f"sqlite:///{data / 'idglow.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            gen = session.scalars(select(Generation).order_by(Generation.id.desc())).first()
+            rows = session.execute(select(GenerationSubject.label, GenerationSubject.describe_as)
+                                   .where(GenerationSubject.generation_id == gen.id)
+                                   .order_by(GenerationSubject.slot)).all()
+            return [tuple(r) for r in rows], gen.final_prompt, gen.params
+    finally:
+        engine.dispose()
+
+
+def _no_card_violations(page, size: str) -> None:
+    """axe-core (WCAG 2 A/AA) on the person cards, when axe-core is installed; the crop's unnamed button is
+    Gradio's own markup (a non-interactive gr.Image)."""
+    import os
+
+    root = Path(__file__).resolve().parents[2]
+    found = [p for p in (os.environ.get("IDGLOW_AXE_JS"), root / "node_modules" / "axe-core" / "axe.min.js")
+             if p and Path(p).is_file()]
+    if not found:
+        return
+    page.add_script_tag(content=Path(found[0]).read_text())
+    violations = page.evaluate("""async () => (await axe.run(document.querySelector('#gen-cards'),
+        {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}})).violations.flatMap(
+        v => v.nodes.map(n => [v.id, n.html.slice(0, 200),
+                               !!document.querySelector(n.target[0])?.closest('.gen-card-crop')]))""")
+    problems = [(rule, node) for rule, node, crop in violations if not (rule == "button-name" and crop)]
+    assert not problems, f"person cards at {size} size: {problems}"
+
+
+def test_person_card_labels_describe_as_and_the_age_hint(server, browser, shots):
+    """Each card's fields carry visible labels (AA contrast) that stay while typing; "Describe as" reaches the
+    written prompt and the stored person; a target age typed under the group-photo task gets an inline hint."""
+    from playwright.sync_api import expect
+
+    url, data = server
+    for viewport, name in ((PHONE, "phone"), (DESKTOP, "desktop")):
+        page = _page(browser, url, viewport)
+        page.locator("#gen-example").click()
+        expect(_cards(page)).to_have_count(3, timeout=90_000)
+        card = page.locator("#gen-card-0")
+        for label in ("Name", "Describe as", "Target age"):
+            text = card.get_by_text(label, exact=True)
+            expect(text).to_be_visible()
+            ratio = text.evaluate(_CONTRAST_JS)
+            assert ratio >= 4.5, f"'{label}' on the card is {ratio:.1f}:1 at {name} size; WCAG AA needs 4.5:1"
+        _no_card_violations(page, name)
+        page.locator("#gen-label-0 input").fill("Grandma")
+        expect(card.get_by_text("Name", exact=True)).to_be_visible()  # the label stays while typing
+        page.locator("#gen-describe-0 input").click()
+        page.locator("#gen-describe-0").get_by_role("option", name="Woman").click()
+        page.locator("#gen-describe-2 input").click()
+        page.locator("#gen-describe-2").get_by_role("option", name="Boy").click()
+        expect(page.locator("#gen-describe-2 input")).to_have_value("Boy")
+        page.locator("#gen-age-1 input").fill("70")
+        page.locator("#gen-age-1 input").press("Tab")
+        expect(page.locator("#gen-run-note")).to_contain_text("'Change ages' is the task", timeout=30_000)
+        card.scroll_into_view_if_needed()
+        _shot(page, shots, f"generate-{name}-person-cards")
+    page.locator("#gen-age-1 input").fill("")
+    page.locator("#gen-age-1 input").press("Tab")
+    page.locator("#gen-run").click()
+    expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=180_000)
+    people, prompt, params = _stored_people(data)
+    assert people == [("Grandma", "woman"), (None, None), (None, "boy")]
+    assert "(Grandma) is a woman" in prompt and "boy" in prompt.split("The third person from the left")[1]
+    assert "labels" not in params and "target_ages" not in params  # each person stored once, on their row
