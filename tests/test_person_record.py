@@ -163,7 +163,7 @@ def test_describe_as_is_stored_on_the_person_and_exported_without_copies_in_para
         served = next_comparison(s, user.id, gold_rate=0.0)
         assert {served.candidate_a_id, served.candidate_b_id} == {c.id for c in cands}
         record_vote(s, VoteRequest(comparison_id=served.comparison_id, user_id=user.id, overall="a",
-                                   idempotency_key="k1", strength="clear"))
+                                   idempotency_key="k1", answers={"strength": "clear"}))
         export_preferences(s, tmp_path / "export")
     table = pq.read_table(next((tmp_path / "export").rglob("*.parquet"))).to_pylist()
     assert len(table) == 1
