@@ -169,8 +169,8 @@ def run_models_list(args: argparse.Namespace) -> int:
         flags += "" if v.servable else " (adapter folder missing: not served)"
         print(f"{v.name}{flags}\tadapter: {v.adapter_dir or '-'}\tgenerations: {v.generations}")
     if not any(v.is_default for v in versions):
-        print("no default set: the app offers the model it serves itself first "
-              "(choose one with `idglow models default NAME`)")
+        print("no default set: the app offers the model it serves itself first "  # stderr: stdout is the table
+              "(choose one with `idglow models default NAME`)", file=sys.stderr)
     return 0
 
 

@@ -80,7 +80,7 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        empty = default is None or default is False or default is argparse.SUPPRESS or default in ([], ())
+        empty = default is None or default is False or default is argparse.SUPPRESS or default in ([], (), "")
         if not action.option_strings or "default" in text.lower() or empty or action.nargs == 0:
             return text
         return f"{text} (default: %(default)s)"

@@ -63,7 +63,7 @@ def test_every_option_with_a_default_shows_it():
     for path, parser in every_command():
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if not action.option_strings or action.nargs == 0 or action.default in (None, [], argparse.SUPPRESS):
+            if not action.option_strings or action.nargs == 0 or action.default in (None, [], "", argparse.SUPPRESS):
                 continue
             text = formatter._expand_help(action) if action.help else ""
             if "default" not in text.lower():

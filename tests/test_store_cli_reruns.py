@@ -79,8 +79,8 @@ def test_export_and_models_add_rerun_with_overwrite(tmp_path, capsys, adapter):
 def test_models_list_says_which_version_is_offered_first(tmp_path, capsys, adapter):
     db = f"sqlite:///{tmp_path / 'idglow.db'}"
     assert idglow(capsys, "models", "add", "sft-v1", "--adapter", str(adapter), "--db", db)[0] == 0
-    code, out, _ = idglow(capsys, "models", "list", "--db", db)
-    assert code == 0 and "no default set" in out and "(default)" not in out
+    code, out, err = idglow(capsys, "models", "list", "--db", db)
+    assert code == 0 and "no default set" in err and "(default)" not in out
     assert idglow(capsys, "models", "default", "sft-v1", "--db", db)[0] == 0
-    code, out, _ = idglow(capsys, "models", "list", "--db", db)
-    assert "sft-v1 (default)" in out and "no default set" not in out
+    code, out, err = idglow(capsys, "models", "list", "--db", db)
+    assert "sft-v1 (default)" in out and "no default set" not in err
