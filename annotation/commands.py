@@ -12,11 +12,25 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib.util
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from idglow.errors import InputError
+
+# What the preference-store commands import (the ``app`` extra); without them the commands stay listed and say
+# what to install.
+STORE_MODULES = ("sqlalchemy", "alembic", "argon2")
+APP_EXTRA_HINT = "pip install 'idglow[app]'"
+COMMANDS = {
+    "db": "manage the preference database",
+    "users": "manage annotation users",
+    "models": "manage model versions",
+    "export": "export the preferences (Pick-a-Pic v2 columns + group columns)",
+    "demo-data": "fill a database with synthetic generations, users and votes",
+    "train-from-db": "export the preference store (with images) to a temporary folder and run DPO on it",
+}
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -26,6 +40,7 @@ def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=None,
+        metavar="DIR",
         help="folder of the images (default: $IDGLOW_DATA_DIR, else the SQLite file's folder, else ./data)",
     )
 
@@ -125,13 +140,17 @@ def run_users_reset_password(args: argparse.Namespace) -> int:
 def run_models_add(args: argparse.Namespace) -> int:
     """``idglow models add NAME``: register a model version (adapter folder, base model, notes)."""
     from annotation.store.candidates import register_model_version
+    from annotation.store.model_versions import list_model_versions, remove_model_version
 
     _, sessions, _ = _open(args)
     with sessions() as session:
+        replaced = args.overwrite and any(v.name == args.name.strip() for v in list_model_versions(session))
+        if replaced:  # refused (and nothing changed) when the version has generations
+            remove_model_version(session, args.name.strip())
         mv = register_model_version(
             session, args.name, args.adapter, base_model=args.base_model, notes=args.notes
         )
-    print(f"added model version {mv.name}, id {mv.id}")
+    print(f"{'replaced' if replaced else 'added'} model version {mv.name}, id {mv.id}")
     return 0
 
 
@@ -144,10 +163,14 @@ def run_models_list(args: argparse.Namespace) -> int:
         versions = list_model_versions(session)
     if not versions:
         print("no model versions (add one with `idglow models add NAME --adapter DIR`)")
+        return 0
     for v in versions:
         flags = " (default)" if v.is_default else ""
         flags += "" if v.servable else " (adapter folder missing: not served)"
         print(f"{v.name}{flags}\tadapter: {v.adapter_dir or '-'}\tgenerations: {v.generations}")
+    if not any(v.is_default for v in versions):
+        print("no default set: the app offers the model it serves itself first "  # stderr: stdout is the table
+              "(choose one with `idglow models default NAME`)", file=sys.stderr)
     return 0
 
 
@@ -191,10 +214,12 @@ def run_export(args: argparse.Namespace) -> int:
 
     from annotation.store.export import export_preferences
     from annotation.store.users import get_user_by_name
+    from idglow.commands.common import replacing
 
     since = _parse_since(args.since)
     _, sessions, data_dir = _open(args)
-    with sessions() as session, tqdm(unit="pair", desc="export", disable=args.quiet) as bar:
+    with (replacing(args.out, "manifest.json", args.overwrite), sessions() as session,
+          tqdm(unit="pair", desc="export", disable=args.quiet) as bar):
         user_id = get_user_by_name(session, args.user).id if args.user else None
         session.commit()
 
@@ -221,12 +246,23 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_demo_data(args: argparse.Namespace) -> int:
     """``idglow demo-data``: seed the store and print the users, their password and the true model order."""
-    from annotation.store.demo import demo_references, pattern_images, seed_demo_data, tiny_model_images
+    from annotation.store.demo import (
+        DEMO_PASSWORD,
+        demo_references,
+        pattern_images,
+        seed_demo_data,
+        tiny_model_images,
+    )
     from idglow.faces.dlib_backend import DlibAnalyzer
 
+    _, sessions, data_dir = _open(args)
+    if not args.more and _demo_generations(sessions):
+        print(f"demo data already in this store ({_demo_generations(sessions)} generations of the demo models): "
+              "nothing added (--more adds another batch)")
+        print(f"data dir: {data_dir}; users: annotator1.., researcher; password: {DEMO_PASSWORD}")
+        return 0
     images = tiny_model_images(8, args.seed) if args.images == "tiny" else pattern_images(8, args.seed)
     references = demo_references(DlibAnalyzer())
-    _, sessions, data_dir = _open(args)
     with sessions() as session:
         summary = seed_demo_data(
             session,
@@ -249,6 +285,15 @@ def run_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_generations(sessions) -> int:  # noqa: ANN001
+    """How many generations the demo model versions have in the store (0: no demo data yet)."""
+    from annotation.store.demo import DEMO_MODELS
+    from annotation.store.model_versions import list_model_versions
+
+    with sessions() as session:
+        return sum(v.generations for v in list_model_versions(session) if v.name in DEMO_MODELS)
+
+
 def run_train_from_db(args: argparse.Namespace) -> int:
     """Export the store with images into a temporary folder, then run ``idglow train dpo`` on it."""
     import tempfile
@@ -268,15 +313,15 @@ def run_train_from_db(args: argparse.Namespace) -> int:
         return train.run(args)
 
 
-def _command_group(subparsers, name: str, help: str):
+def _command_group(subparsers, name: str):
     """``idglow NAME ACTION``: a command whose actions are sub-commands."""
-    group = subparsers.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    group = subparsers.add_parser(name, help=COMMANDS[name]).add_subparsers(dest=f"{name}_command", metavar="ACTION")
     group.required = True
     return group
 
 
 def _register_db(subparsers) -> None:  # noqa: ANN001
-    db_sub = _command_group(subparsers, "db", "manage the preference database")
+    db_sub = _command_group(subparsers, "db")
     up = db_sub.add_parser("upgrade", help="apply the schema migrations")
     _add_db(up)
     up.set_defaults(func=run_db_upgrade)
@@ -286,10 +331,11 @@ ROLES = ["annotator", "researcher", "admin"]
 
 
 def _register_users(subparsers) -> None:  # noqa: ANN001
-    users_sub = _command_group(subparsers, "users", "manage annotation users")
+    users_sub = _command_group(subparsers, "users")
     add = users_sub.add_parser("add", help="add a user (password prompted, or read from stdin)")
-    add.add_argument("name")
-    add.add_argument("--role", choices=ROLES, default="annotator")
+    add.add_argument("name", help="user name (unique)")
+    add.add_argument("--role", choices=ROLES, default="annotator",
+                     help="annotator: votes; researcher: also the Research tab and exports; admin: everything")
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from the first line of stdin"
     )
@@ -297,16 +343,16 @@ def _register_users(subparsers) -> None:  # noqa: ANN001
     ls = users_sub.add_parser("list", help="list the users with their roles and status")
     ls.set_defaults(func=run_users_list)
     role = users_sub.add_parser("set-role", help="change a user's role (an admin must remain)")
-    role.add_argument("name")
-    role.add_argument("role", choices=ROLES)
+    role.add_argument("name", help="user name")
+    role.add_argument("role", choices=ROLES, help="the new role")
     role.set_defaults(func=run_users_set_role)
     for action, active, text in (("activate", True, "let a deactivated user sign in again"),
                                  ("deactivate", False, "stop a user signing in (an admin must remain)")):
         p = users_sub.add_parser(action, help=text)
-        p.add_argument("name")
+        p.add_argument("name", help="user name")
         p.set_defaults(func=run_users_set_active, active=active)
     reset = users_sub.add_parser("reset-password", help="set a new password (prompted, or read from stdin)")
-    reset.add_argument("name")
+    reset.add_argument("name", help="user name")
     reset.add_argument(
         "--password-stdin", action="store_true", help="read the password from the first line of stdin"
     )
@@ -316,36 +362,52 @@ def _register_users(subparsers) -> None:  # noqa: ANN001
 
 
 def _register_models(subparsers) -> None:  # noqa: ANN001
-    models_sub = _command_group(subparsers, "models", "manage model versions")
-    add = models_sub.add_parser("add", help="register a model version")
-    add.add_argument("name")
+    models_sub = _command_group(subparsers, "models")
+    add = models_sub.add_parser(
+        "add", help="register a model version",
+        description="Register a model version: an adapter folder the app serves on its base model, beside the "
+                    "others. With --overwrite, a version of the same name that has no generations yet is replaced.")
+    add.add_argument("name", help="version name shown in the app and the leaderboard, e.g. dpo-v1")
     add.add_argument(
-        "--adapter", default=None, metavar="DIR", help="adapter folder saved with save_pretrained"
+        "--adapter", default=None, metavar="DIR",
+        help="adapter folder saved with save_pretrained, e.g. runs/dpo/adapter (default: none, the base model)"
     )
-    add.add_argument("--base-model", default=None, help="base model id or path")
-    add.add_argument("--notes", default=None)
+    add.add_argument("--base-model", default=None, metavar="ID|DIR",
+                     help="the base model the adapter was trained on, recorded for reference (default: not recorded)")
+    add.add_argument("--notes", default=None, metavar="TEXT", help="free text kept with the version (default: none)")
+    add.add_argument("--overwrite", action="store_true",
+                     help="replace a version of this name that has no generations (e.g. rerunning a script)")
     _add_db(add)
     add.set_defaults(func=run_models_add)
     ls = models_sub.add_parser("list", help="list the registered versions (the default is marked)")
     _add_db(ls)
     ls.set_defaults(func=run_models_list)
     rm = models_sub.add_parser("remove", help="remove a version that has no generations")
-    rm.add_argument("name")
+    rm.add_argument("name", help="version name")
     _add_db(rm)
     rm.set_defaults(func=run_models_remove)
     default = models_sub.add_parser("default", help="make a version the one the app offers first")
-    default.add_argument("name")
+    default.add_argument("name", help="version name")
     _add_db(default)
     default.set_defaults(func=run_models_default)
 
 
 def _register_export(subparsers) -> None:  # noqa: ANN001
-    p = subparsers.add_parser("export", help="export the preferences (Pick-a-Pic v2 columns + group columns)")
+    p = subparsers.add_parser(
+        "export", help=COMMANDS["export"],
+        description="Write the voted comparisons as a preference dataset: Pick-a-Pic v2 columns (caption, jpg_0, "
+                    "jpg_1, label_0, label_1, ...) plus the group columns (task, references, per-person identity "
+                    "choices, texture, artifacts, strength, faces, agreement, a stable split), a dataset card "
+                    "(README.md) and badcases.jsonl. `idglow train dpo` trains on the folder.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must be empty or absent)")
-    p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet")
-    p.add_argument("--with-images", action="store_true", help="embed image bytes")
-    p.add_argument("--tie-policy", choices=["drop", "half"], default="half")
-    p.add_argument("--min-votes", type=int, default=1, metavar="N")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="file format of the rows")
+    p.add_argument("--with-images", action="store_true",
+                   help="embed the image bytes (jpg_0, jpg_1 and the references; needed to train on the export)")
+    p.add_argument("--tie-policy", choices=["drop", "half"], default="half",
+                   help="ties on overall: half (labels 0.5/0.5, kept for the per-person answers) or drop")
+    p.add_argument("--min-votes", type=int, default=1, metavar="N",
+                   help="only comparisons with at least N votes")
     p.add_argument(
         "--since", default=None, metavar="DATE", help="only comparisons voted on at or after DATE (UTC)"
     )
@@ -356,37 +418,77 @@ def _register_export(subparsers) -> None:  # noqa: ANN001
 
 
 def _register_demo_data(subparsers) -> None:  # noqa: ANN001
-    p = subparsers.add_parser("demo-data", help="fill a database with synthetic generations, users and votes")
-    p.add_argument("--candidates", type=int, default=200, metavar="N")
-    p.add_argument("--votes", type=int, default=1000, metavar="M")
-    p.add_argument("--annotators", type=int, default=5, metavar="K")
+    p = subparsers.add_parser(
+        "demo-data", help=COMMANDS["demo-data"],
+        description="Fill a database with a demo to try every tab and command: three model versions of known "
+                    "quality, generations of people cropped from bundled photos, comparisons with gold answers, "
+                    "annotators who vote with known accuracy, and a researcher. Prints the users, their password "
+                    "and the true model order (the leaderboard should find it). Running it again on a store that "
+                    "holds demo data adds nothing unless --more is given.")
+    p.add_argument("--candidates", type=int, default=200, metavar="N", help="candidate images to generate")
+    p.add_argument("--votes", type=int, default=1000, metavar="M", help="votes to cast, spread over the annotators")
+    p.add_argument("--annotators", type=int, default=5, metavar="K", help="annotator accounts to create")
     p.add_argument(
         "--images",
         choices=["tiny", "pattern"],
         default="tiny",
         help="images from the tiny untrained pipeline or procedural patterns",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the images, votes and pairings")
+    p.add_argument("--more", action="store_true",
+                   help="add another batch to a store that already holds demo data (default: leave it as it is)")
     _add_db(p)
     p.set_defaults(func=run_demo_data)
 
 
 def _register_train_from_db(subparsers) -> None:  # noqa: ANN001
     p = subparsers.add_parser(
-        "train-from-db", help="export the preference store (with images) to a temporary folder and run DPO on it"
-    )
-    p.add_argument("--config", metavar="YAML", help="DPO config file (see configs/dpo.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option")
-    p.add_argument("--faces", choices=["dlib", "insightface"], default="dlib",
-                   help="face backend of the identity embeddings")
-    p.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
-    p.add_argument("--min-votes", type=int, default=1, metavar="N")
+        "train-from-db", help=COMMANDS["train-from-db"],
+        description="Export the preference store with images into a temporary folder (as `idglow export "
+                    "--with-images`) and run `idglow train dpo` on it with the given config; the folder is deleted "
+                    "afterwards. The options are those of `idglow train dpo`; train_data is set to the export.")
+    from idglow.commands.train import add_training_arguments
+
+    add_training_arguments(p, "dpo")
+    p.add_argument("--min-votes", type=int, default=1, metavar="N", help="only comparisons with at least N votes")
     _add_db(p)
     p.set_defaults(func=run_train_from_db)
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found on the path and not blocked)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+        return False
+
+
+def _missing_store_modules() -> list[str]:
+    return [m for m in STORE_MODULES if not _installed(m)]
+
+
+def run_not_installed(args: argparse.Namespace) -> int:
+    """A preference-store command without the app extra: say what to install."""
+    raise InputError(f"`idglow {args.command}` needs {', '.join(args.missing)}, which the app extra installs: "
+                     f"{APP_EXTRA_HINT}")
+
+
+def _register_not_installed(subparsers, missing: list[str]) -> None:  # noqa: ANN001
+    """Each preference-store command, listed with what to install; running it says so and exits 2."""
+    for name, text in COMMANDS.items():
+        p = subparsers.add_parser(name, help=f"{text} [needs {APP_EXTRA_HINT}]",
+                                  description=f"{text[0].upper()}{text[1:]}. Needs {', '.join(missing)}, "
+                                              f"which are not installed: {APP_EXTRA_HINT}.")
+        p.set_defaults(func=run_not_installed, missing=missing, takes_any_arguments=True)
+
+
 def register(subparsers) -> None:  # noqa: ANN001
-    """Add the preference-store commands to the ``idglow`` parser's sub-commands."""
+    """Add the preference-store commands to the ``idglow`` parser's sub-commands (without the app extra's
+    modules, each is listed with what to install)."""
+    missing = _missing_store_modules()
+    if missing:
+        _register_not_installed(subparsers, missing)
+        return
     for add_commands in (
         _register_db,
         _register_users,

@@ -38,7 +38,7 @@ class ModelSettings:
 
     @property
     def is_tiny(self) -> bool:
-        return self.model_dir is None
+        return self.model_dir in (None, "tiny")
 
     @property
     def default_steps(self) -> int:
@@ -137,8 +137,6 @@ def load_pipeline(settings: ModelSettings, face_analyzer: FaceAnalyzer | None = 
     diffusers' model CPU offload, each model on the GPU only while it runs (the adapter stays there)."""
     import torch
 
-    if settings.adapter_dir and not settings.model_dir:
-        raise InputError("--adapter needs --model (the FLUX checkpoint the adapter was trained on)")
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(settings.dtype or ("float32" if settings.is_tiny else None), device)
     analyzer = face_analyzer if face_analyzer is not None else load_face_analyzer(settings)

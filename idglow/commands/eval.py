@@ -8,11 +8,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from idglow.commands.common import add_model_arguments, model_settings
+from idglow.commands.common import add_model_arguments, model_record, model_settings
 from idglow.commands.prompt import add_badcase_arguments, badcases_from_args, badcases_source
 from idglow.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+TINY_METRICS_NOTE = (
+    "these numbers say nothing about IdGlow: the tiny demo model is untrained and draws no faces, so identity is "
+    "0 and every person missing in every configuration. They only show that the benchmark runs; give --model and "
+    "--adapter for a real evaluation."
+)
 
 
 def register(subparsers) -> None:
@@ -112,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         aesthetic = AestheticScorer(args.aesthetic, clip=clip, device=str(pipe.device))
     runner = EvalRunner(
         pipe, analyzer, settings, clip=clip, aesthetic=aesthetic, progress=not args.no_progress,
-        model_info={"model": args.model or "tiny-demo", "adapter": args.adapter, "faces": args.faces},
+        model_info=model_record(args),
         badcases=badcases if args.badcases else None,
         badcases_source=badcases_source(args.badcases) if args.badcases else None,
     )
@@ -125,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             report = report_of_run(evaluated)
             write_report(report, out)
             print_summary(report, out)
+            if model.is_tiny:
+                print(f"note: {TINY_METRICS_NOTE}")
     finally:
         if state is not None:  # every process ends together, once the report is written
             state.wait_for_everyone()

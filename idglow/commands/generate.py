@@ -7,7 +7,13 @@ import json
 import logging
 from pathlib import Path
 
-from idglow.commands.common import add_model_arguments, add_subject_arguments, build_subjects, model_settings
+from idglow.commands.common import (
+    add_model_arguments,
+    add_subject_arguments,
+    build_subjects,
+    model_record,
+    model_settings,
+)
 from idglow.errors import InputError
 from idglow.quantization import BACKENDS, QUANTIZATIONS
 from idglow.schedule import PROFILES, WINDOW_COORDINATES
@@ -25,7 +31,8 @@ def register(subparsers) -> None:
     add_subject_arguments(p)
     p.add_argument("--prompt", help="the full prompt, used as given (default: written from the subjects)")
     p.add_argument("--scene", help="scene text for the written prompt, e.g. 'a picnic in a park'")
-    p.add_argument("--num-images", type=int, default=1, metavar="N")
+    p.add_argument("--num-images", type=int, default=1, metavar="N",
+                   help="candidates to make from the same prompt and people, with seeds seed, seed+1, ...")
     p.add_argument("--seed", type=int, help="image i uses seed+i (default: random; recorded in the sidecar)")
     p.add_argument("--id-scale", type=float, default=1.0, help="global identity strength (0 = plain FLUX)")
     p.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"),
@@ -39,8 +46,8 @@ def register(subparsers) -> None:
                         "time t = 1 − σ) or step_fraction (fraction of the denoising steps done)")
     p.add_argument("--steps", type=int, help="denoising steps (default: 28; tiny model: 8)")
     p.add_argument("--guidance", type=float, default=3.5, help="FLUX guidance scale")
-    p.add_argument("--height", type=int, help="default: 1024 (tiny model: 64)")
-    p.add_argument("--width", type=int, help="default: 1024 (tiny model: 64)")
+    p.add_argument("--height", type=int, metavar="PIXELS", help="image height (default: 1024; tiny model: 64)")
+    p.add_argument("--width", type=int, metavar="PIXELS", help="image width (default: 1024; tiny model: 64)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for PNGs and JSON sidecars")
     add_model_arguments(p)
     m = p.add_argument_group("memory (smaller GPUs)")
@@ -99,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
             width=args.width or size,
             callback_on_step_end=progress.callback,
         )
-    model_info = {"model": args.model or "tiny-demo", "adapter": args.adapter, "faces": args.faces,
-                  "quantize": args.quantize, "quant_backend": backend, "cpu_offload": args.cpu_offload}
+    model_info = {**model_record(args), "quantize": args.quantize, "quant_backend": backend, "cpu_offload": args.cpu_offload}
     _write_outputs(args, out_dir, output, subjects, prompt_record, model_info)
     return 0
 
@@ -133,5 +139,13 @@ def _write_outputs(args: argparse.Namespace, out_dir: Path, output, subjects, pr
             "face_match": output.face_matches[i].to_dict() if output.face_matches else None,
         }
         (out_dir / f"{stem}.json").write_text(json.dumps(sidecar, indent=2))
-        scores = ", ".join(f"{s:.2f}" for s in sidecar["face_match"]["similarity"]) if sidecar["face_match"] else "-"
-        print(f"{out_dir / (stem + '.png')}  seed={seed}  identity per person: {scores}")
+        print(f"{out_dir / (stem + '.png')}  seed={seed}  identity per person: {identity_text(sidecar['face_match'])}")
+
+
+def identity_text(face_match: dict | None) -> str:
+    """Each person's identity similarity, "face not found" for a person whose face is missing (never 0.00)."""
+    if not face_match:
+        return "-"
+    missing = set(face_match["missing"])
+    return ", ".join("face not found" if slot in missing else f"{similarity:.2f}"
+                     for slot, similarity in enumerate(face_match["similarity"]))

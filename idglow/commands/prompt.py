@@ -31,9 +31,9 @@ def register(subparsers) -> None:
     g.add_argument("--vlm", metavar="DIR", help="vision-language model folder (transformers format)")
     g.add_argument("--device", help="device of the vision-language model (default: cuda when available)")
     g.add_argument("--max-new-tokens", type=int, default=768, metavar="N", help="bound on the model's answer")
-    g.add_argument("--model", metavar="DIR",
-                   help="FLUX checkpoint (diffusers format) whose tokenizers measure the prompt's length "
-                        "(default: a word-based estimate)")
+    g.add_argument("--model", metavar="DIR|tiny",
+                   help="FLUX checkpoint (diffusers format), or 'tiny', whose tokenizers measure the prompt's "
+                        "length (default: a word-based estimate)")
     g.add_argument("--no-faces", action="store_true", help="skip face analysis (no age/gender from faces)")
     add_face_arguments(g)
     p.set_defaults(func=run)
@@ -145,7 +145,11 @@ def run(args: argparse.Namespace) -> int:
                           det_threshold=args.det_threshold)
         )
     tokenizer = tokenizer_2 = None
-    if args.model:
+    if args.model == "tiny":
+        from idglow.tiny import tiny_tokenizer
+
+        tokenizer, tokenizer_2 = tiny_tokenizer(77), tiny_tokenizer(128)
+    elif args.model:
         tokenizer, tokenizer_2 = load_tokenizers(args.model)
     vlm = None
     if args.vlm:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from idglow.commands.common import TINY
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,15 +23,35 @@ def register(subparsers) -> None:
     sub.required = True
     for stage, text in (("sft", "supervised fine-tuning on group photos (a `data build-sft` folder)"),
                         ("dpo", "group-level weighted-margin Flow-DPO on the preference export folder")):
-        s = sub.add_parser(stage, help=text, description=f"{text}. Options come from the YAML config; "
-                           "--set overrides single options.")
-        s.add_argument("--config", metavar="YAML", help="config file (see configs/)")
-        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an option")
-        s.add_argument("--faces", choices=["dlib", "insightface"], default="dlib",
-                       help="DPO: face backend of the identity embeddings (references the export holds no "
-                       "embeddings of this backend for are embedded again)")
-        s.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
+        s = sub.add_parser(stage, help=text, description=f"{text[0].upper()}{text[1:]}. Options come from the YAML "
+                           "config; --model, --adapter and --set override single options.")
+        add_training_arguments(s, stage)
         s.set_defaults(func=run, stage=stage)
+
+
+def add_training_arguments(s: argparse.ArgumentParser, stage: str) -> None:
+    """The options of ``idglow train sft|dpo`` (and ``train-from-db``, stage ``dpo``)."""
+    s.add_argument("--config", metavar="YAML", help=f"config file, e.g. configs/{stage}.yaml (default: the "
+                   "config's own defaults, with --set for the rest)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option of the config, e.g. --set max_steps=100 (repeat)")
+    s.add_argument("--model", metavar="DIR|tiny",
+                   help="the model to train on: a FLUX folder in diffusers format or 'tiny' (the embedded demo "
+                        "model); same as --set model=... (default: the config's)")
+    s.add_argument("--adapter", metavar="DIR",
+                   help="adapter folder to start from, e.g. an SFT run's adapter/ for DPO; same as --set "
+                        "adapter=... (default: the config's)")
+    if stage == "dpo":  # SFT reads the embeddings that build-sft stored
+        s.add_argument("--faces", choices=["dlib", "insightface"], default="dlib",
+                       help="face backend of the identity embeddings; references for which the export holds no "
+                            "embedding of this backend are embedded again")
+        s.add_argument("--face-root", metavar="DIR", help="insightface: folder that holds models/<pack>/")
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, with --model and --adapter as ``model=`` / ``adapter=`` before them."""
+    shortcuts = [f"{key}={value}" for key, value in (("model", args.model), ("adapter", args.adapter)) if value]
+    return [*shortcuts, *args.set]
 
 
 def _load_model(config, face_analyzer=None):
@@ -46,11 +68,15 @@ def _load_model(config, face_analyzer=None):
     from idglow.training.modeling import IdGlowDenoiser
     from idglow.training.trainer import FROZEN_DTYPES
 
+    if config.model == TINY:  # the tiny model is always built from one seed, whatever the run's seed, so that an
+        seed = 0              # adapter trained on it fits the tiny model of `idglow generate --model tiny`
+    else:
+        seed = config.seed
     if config.model == "synthetic":
         raise InputError("model 'synthetic' is trained by the tests and benchmarks (see idglow.training."
                          "synthetic_runs), not from the command line")
     pipe = load_flux_pipeline(config.model, dtype=FROZEN_DTYPES[config.mixed_precision], adapter_dir=config.adapter,
-                              adapter_dtype=torch.float32, face_analyzer=face_analyzer, seed=config.seed)
+                              adapter_dtype=torch.float32, face_analyzer=face_analyzer, seed=seed)
     if pipe.adapter is None:
         dim = face_analyzer.embedding_dim if face_analyzer is not None else 512
         pipe.adapter = IdGlowAdapter.from_transformer(pipe.transformer, id_dim=dim)
@@ -71,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from idglow.training.trainer import DPOTrainer, SFTTrainer
 
     config_cls = SFTConfig if args.stage == "sft" else DPOConfig
-    config = config_cls.from_yaml(args.config, args.set)
+    config = config_cls.from_yaml(args.config, config_overrides(args))
     if not config.train_data:
         raise InputError("train_data is not set (in the config or with --set train_data=...)")
     if args.stage == "sft":

@@ -29,6 +29,10 @@ from idglow.training.sft_sources import Appearance, list_photos, load_manifest, 
 logger = logging.getLogger(__name__)
 
 SAME_PHOTO, OTHER_PHOTOS = "same_photo", "other_photos"
+# Longest side of a stored training image or reference crop, in pixels: twice the default training resolution
+# (1024), and small enough that any PNG of it (at most 2048² × 3 bytes, 12 MiB) stays under the trainer's 20 MiB
+# file limit (idglow.images.DEFAULT_MAX_BYTES).
+MAX_STORED_SIDE = 2048
 
 
 @dataclass
@@ -81,13 +85,27 @@ class _Crops:
 
     out: Path
     margin: float
+    max_side: int = MAX_STORED_SIDE
 
     def __call__(self, s: _Seen) -> str:
         if not s.crop:
             image = _decoded(s.photo.path)
             s.crop = f"refs/{s.photo.key}_{s.index}.png"
-            image.crop(_crop_box(s.face.bbox, image.width, image.height, self.margin)).save(self.out / s.crop)
+            crop = image.crop(_crop_box(s.face.bbox, image.width, image.height, self.margin))
+            stored_size(crop, self.max_side).save(self.out / s.crop)
         return s.crop
+
+
+def stored_size(image, max_side: int = MAX_STORED_SIDE):
+    """``image`` scaled down (Lanczos, aspect kept) so that its longest side is at most ``max_side``; an image
+    that fits is returned as it is."""
+    from PIL import Image
+
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 @lru_cache(maxsize=8)
@@ -108,6 +126,7 @@ class BuildOptions:
     age_gap: float = 10.0
     max_references: int = 4
     match_threshold: float | None = None
+    max_side: int = MAX_STORED_SIDE
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_faces <= self.max_faces:
@@ -116,6 +135,9 @@ class BuildOptions:
             raise InputError(f"age_gap={self.age_gap} must be >= 0 years")
         if self.max_references < 1:
             raise InputError(f"max_references={self.max_references} must be >= 1")
+        if not 64 <= self.max_side <= MAX_STORED_SIDE:
+            raise InputError(f"max_side={self.max_side} must be between 64 and {MAX_STORED_SIDE} pixels (larger "
+                             "PNGs can exceed the trainer's file limit)")
 
 
 def _crop_box(bbox, width: int, height: int, margin: float) -> tuple[int, int, int, int]:
@@ -153,7 +175,9 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
     default: the template one, without a vision-language model) from the people — named people by their name,
     each with their age in the target (the target age in an age row) and gender — and that scene, as at
     inference. ``prompt_source`` ("template" or "vlm") and ``prompt_record`` (the GroupPrompt) record which
-    writer made it. ``knobs`` are :class:`BuildOptions` fields.
+    writer made it. Target images and reference crops are stored with their longest side at most ``max_side``
+    pixels (default :data:`MAX_STORED_SIDE`), so the trainer accepts every file. ``knobs`` are :class:`BuildOptions`
+    fields.
     """
     opts = options or BuildOptions(**knobs)
     out = Path(out_dir)
@@ -172,7 +196,7 @@ def build_sft_dataset(photos_dir: str | Path | None, out_dir: str | Path, face_a
     by_person: dict[str, list[_Seen]] = defaultdict(list)
     for s in seen:
         by_person[s.person].append(s)
-    rows, crops = [], _Crops(out, opts.margin)
+    rows, crops = [], _Crops(out, opts.margin, opts.max_side)
     for photo in dict.fromkeys(photos.values()):
         people = sorted((s for s in seen if s.photo is photo), key=lambda s: s.index)
         if opts.min_faces <= len(people) <= opts.max_faces:  # others serve as references only
@@ -354,7 +378,8 @@ def _match(people: list[str], photo: _Photo, taken: set[int], anchors: dict[str,
 def _target_rows(photo: _Photo, people: list[_Seen], by_person: dict[str, list[_Seen]], crops: _Crops, analyzer,
                  opts: BuildOptions, report: BuildReport) -> list[dict[str, Any]]:
     """The fusion row of one target photo and, where references of another age exist, its age row."""
-    _decoded(photo.path).save(crops.out / "images" / f"{photo.key}.png")
+    stored = stored_size(_decoded(photo.path), opts.max_side)
+    stored.save(crops.out / "images" / f"{photo.key}.png")
     fusion, aged = [], []
     for slot, s in enumerate(people):
         others = [o for o in by_person[s.person] if o.photo is not photo]
@@ -373,7 +398,7 @@ def _target_rows(photo: _Photo, people: list[_Seen], by_person: dict[str, list[_
         far = _one_side(far, s)
         aged.append({**_other_photo_subject(slot, s, far[: opts.max_references], crops), "target_age": s.age}
                     if far else subject)
-    w, h = photo.size
+    w, h = stored.size
     base = {"image": f"images/{photo.key}.png", "source_photo": photo.name, "width": w, "height": h,
             "scene": photo.prompt or opts.caption or ""}
     rows = [{**base, "task": "fusion", "subjects": fusion}]
