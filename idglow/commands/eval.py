@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     p.add_argument("--id-scale", type=float, default=1.0, help="identity strength of the identity configurations")
     p.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"),
                    help="σ window of the idglow configuration (default: the task's preset)")
+    p.add_argument("--window-coordinate", type=window_coordinates, default=("sigma",), metavar="NAME[,NAME...]",
+                   help="what --window's bounds mean: sigma (the noise level, default), one_minus_sigma (t = 1 - σ) or "
+                        "step_fraction (the fraction of the steps done); several, comma-separated, run the windowed "
+                        "configurations once per coordinate, side by side")
     p.add_argument("--match-threshold", type=float,
                    help="cosine similarity a face needs to count for a subject (default: the face analyzer's "
                         "same-person threshold: dlib 0.92, ArcFace 0.36)")
@@ -64,6 +68,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def window_coordinates(text: str) -> tuple[str, ...]:
+    """``--window-coordinate``'s value: one or more window coordinates, comma-separated."""
+    from idglow.schedule import WINDOW_COORDINATES
+
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    bad = [c for c in names if c not in WINDOW_COORDINATES]
+    if bad or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give each of {', '.join(WINDOW_COORDINATES)} at most once")
+    return names
+
+
 def settings_from_args(args: argparse.Namespace, default_steps: int, default_size: int):
     """The evaluation settings from the command line, with this model's default steps and size."""
     from idglow.eval.runner import EvalSettings
@@ -75,7 +90,7 @@ def settings_from_args(args: argparse.Namespace, default_steps: int, default_siz
         guidance_scale=args.guidance, id_scale=args.id_scale, window=tuple(args.window) if args.window else None,
         images_per_case=args.images_per_case, limit=args.limit, match_threshold=args.match_threshold,
         duplicate_threshold=args.duplicate_threshold,
-        num_resamples=args.bootstrap, max_badcases=args.max_badcases,
+        num_resamples=args.bootstrap, max_badcases=args.max_badcases, window_coordinates=args.window_coordinate,
     )
 
 

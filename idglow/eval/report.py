@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from idglow.eval.metrics import pareto_front, summarize
-from idglow.eval.vocabulary import CONFIG_TITLES, IMAGE_METRICS, LOWER_IS_BETTER, METRIC_TITLES, config_window
+from idglow.eval.vocabulary import (
+    COORDINATE_MARK,
+    IMAGE_METRICS,
+    LOWER_IS_BETTER,
+    METRIC_TITLES,
+    WINDOWED_CONFIGS,
+    config_window,
+    run_title,
+)
 
 PARETO_X = "face_sim_mean"
 PARETO_Y_CHOICES = ("aesthetic", "clip_score")
@@ -69,7 +77,7 @@ def _summaries(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str,
     """Per configuration and metric: the mean over cases with its bootstrap interval, or why it is skipped."""
     r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
     summary: dict[str, dict[str, Any]] = {}
-    for config in settings.configs:
+    for config in settings.runs:
         summary[config] = {}
         for metric in IMAGE_METRICS:
             if metric in skipped:
@@ -90,15 +98,33 @@ def _fidelity_summary(case_rows: _Rows, settings, skipped: dict[str, str]) -> di
     return s.to_dict() if s else {"skipped": "no case has a value"}
 
 
+def difference_pairs(settings) -> list[tuple[str, str]]:
+    """The (a, b) runs whose paired difference a − b the report gives: the pairs of DIFFERENCES that were run
+    and, with several window coordinates, each windowed configuration in every coordinate against the same
+    configuration in the first one (and each of the pairs of DIFFERENCES per coordinate)."""
+    coordinates = settings.window_coordinates
+    if len(coordinates) <= 1:
+        return [(a, b) for a, b in DIFFERENCES if a in settings.configs and b in settings.configs]
+
+    def named(config: str, coordinate: str) -> str:
+        return f"{config}{COORDINATE_MARK}{coordinate}" if config in WINDOWED_CONFIGS else config
+
+    pairs = [(named(c, k), named(c, coordinates[0])) for c in settings.configs if c in WINDOWED_CONFIGS
+             for k in coordinates[1:]]
+    for a, b in DIFFERENCES:
+        if a in settings.configs and b in settings.configs:
+            pairs += list(dict.fromkeys((named(a, k), named(b, k)) for k in coordinates))
+    return pairs
+
+
 def _differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Paired differences between the configurations of DIFFERENCES that were run, per metric."""
+    """Paired differences between the runs of :func:`difference_pairs`, per metric."""
     r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
     return {
         f"{a}-{b}": {
             m: _paired_difference(case_rows, m, a, b, r, conf, seed) for m in IMAGE_METRICS if m not in skipped
         }
-        for a, b in DIFFERENCES
-        if a in settings.configs and b in settings.configs
+        for a, b in difference_pairs(settings)
     }
 
 
@@ -107,7 +133,7 @@ def _shaped_differences(case_rows: _Rows, settings, skipped: dict[str, str]) -> 
     r, conf, seed = settings.num_resamples, settings.confidence, settings.bootstrap_seed
     compared = [row for row in case_rows if row["shaped"]["results"]]
     out = {}
-    for config in settings.configs:
+    for config in settings.runs:
         pairs = [(row["shaped"]["results"][config], row["results"][config]) for row in compared]
         out[config] = {m: _paired_summary(pairs, m, r, conf, seed) for m in IMAGE_METRICS if m not in skipped}
     return out
@@ -184,6 +210,14 @@ def _pareto(summary: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict
     return {"x": x_metric, "y": y_metric, "points": {c: list(p) for c, p in points.items()}, "front": front}
 
 
+def _schedules(case_rows: _Rows, runs: Sequence[str]) -> dict[str, Any]:
+    """Per run, the identity schedule of its first case (window coordinate, σ windows the gate read, σ of the
+    steps with identity; the same for every case of a benchmark, whose images share steps and size), None for
+    records made before schedules were recorded."""
+    return {run: next((row["results"][run].get("schedule") for row in case_rows
+                       if row["results"][run].get("schedule")), None) for run in runs}
+
+
 def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, model_info: dict[str, Any],
                  task: str, skipped: dict[str, str], stats: dict[str, int] | None = None,
                  analyzer: dict[str, Any] | None = None, badcases: dict[str, Any] | None = None,
@@ -194,7 +228,7 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
     ``processes``: each process's rank and the ids of the cases it ran (default: one process, every case)."""
     summary = _summaries(case_rows, settings, skipped)
     windows = {}
-    for config in settings.configs:
+    for config in settings.runs:
         w = config_window(config, task, settings)
         windows[config] = None if w is None else [w.sigma_lo, w.sigma_hi]
     return {
@@ -204,16 +238,18 @@ def build_report(manifest, case_rows: Sequence[dict[str, Any]], settings, *, mod
         "model": dict(model_info),
         "analyzer": analyzer or {},
         "settings": settings.to_dict(),
-        "configs": list(settings.configs),
-        "config_titles": {c: CONFIG_TITLES[c] for c in settings.configs},
+        "configs": list(settings.runs),
+        "config_titles": {c: run_title(c) for c in settings.runs},
         "identity_windows": windows,
+        "window_coordinates": {c: settings.coordinate_of(c) for c in settings.runs},
+        "schedules": _schedules(case_rows, settings.runs),
         "metrics": {m: {"title": METRIC_TITLES[m], "higher_is_better": m not in LOWER_IS_BETTER}
                     for m in (*IMAGE_METRICS, "prompt_fidelity")},
         "skipped": dict(skipped),
         "summary": summary,
         "prompt_fidelity": _fidelity_summary(case_rows, settings, skipped),
         "differences": _differences(case_rows, settings, skipped),
-        "by_num_subjects": _by_num_subjects(case_rows, settings.configs, skipped),
+        "by_num_subjects": _by_num_subjects(case_rows, settings.runs, skipped),
         "pareto": _pareto(summary, skipped),
         "badcases": _badcase_section(case_rows, settings, skipped, badcases),
         "stats": dict(stats or {}),
@@ -276,6 +312,8 @@ def _md_header(report: dict[str, Any]) -> list[str]:
         f"a second face at ≥ {_threshold(report, 'duplicate_threshold')} marks the subject duplicated",
         f"- {s['num_inference_steps']} steps, {s['width']}×{s['height']}, guidance {s['guidance_scale']}, "
         f"id scale {s['id_scale']}",
+        f"- identity windows read in: {', '.join(s.get('window_coordinates') or ['sigma'])} (sigma: the noise "
+        "level σ; one_minus_sigma: t = 1 − σ; step_fraction: the fraction of the denoising steps done)",
         f"- intervals: {conf}% percentile bootstrap over cases ({s['num_resamples']} resamples)",
         "",
     ]
@@ -284,12 +322,15 @@ def _md_header(report: dict[str, Any]) -> list[str]:
 def _md_summary(report: dict[str, Any]) -> list[str]:
     """The summary table (one row per configuration), the prompt fidelity and the skipped metrics."""
     titles = [METRIC_TITLES[m] for m in IMAGE_METRICS]
-    lines = _md_table_head("Summary", ["configuration", "identity window (σ)"], titles)
+    lines = _md_table_head("Summary", ["configuration", "identity window", "coordinate", "steps with identity"],
+                           titles)
     for config in report["configs"]:
         w = report["identity_windows"][config]
         window = "none" if w is None else f"[{w[0]:g}, {w[1]:g}]"
+        coordinate = (report.get("window_coordinates") or {}).get(config) or "–"
         cells = [_fmt(report["summary"][config][m]) for m in IMAGE_METRICS]
-        lines.append(f"| {report['config_titles'][config]} (`{config}`) | {window} | " + " | ".join(cells) + " |")
+        lines.append(f"| {report['config_titles'][config]} (`{config}`) | {window} | {coordinate} | "
+                     f"{_md_steps((report.get('schedules') or {}).get(config))} | " + " | ".join(cells) + " |")
     lines += ["", f"Prompt fidelity (same prompts for every configuration): {_fmt(report['prompt_fidelity'])}", ""]
     if report["skipped"]:
         lines += ["Skipped metrics:", ""]
@@ -297,6 +338,14 @@ def _md_summary(report: dict[str, Any]) -> list[str]:
         lines.append("")
     lines += ["Lower is better for missing faces, duplicate faces and age error; higher for the rest.", ""]
     return lines
+
+
+def _md_steps(schedule: dict[str, Any] | None) -> str:
+    """The steps with identity of a run's schedule: their count and σ range (– when not recorded)."""
+    if not schedule:
+        return "–"
+    sigmas = schedule["active_sigmas"]
+    return f"{len(sigmas)} (σ {min(sigmas):.3f}–{max(sigmas):.3f})" if sigmas else "0"
 
 
 def _md_differences(report: dict[str, Any], metrics: list[str]) -> list[str]:

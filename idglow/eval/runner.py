@@ -41,10 +41,12 @@ from idglow.eval.vocabulary import (  # noqa: F401 (re-exported: the runner's pu
     IMAGE_METRICS,
     LOWER_IS_BETTER,
     config_window,
+    run_names,
+    split_run,
 )
 from idglow.faces.match import analyzer_match_threshold
 from idglow.faces.memo import RememberedFaces
-from idglow.schedule import IdentityWindow
+from idglow.schedule import WINDOW_COORDINATES, IdentityWindow
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class EvalSettings:
         (default: the match threshold).
     num_resamples / confidence / bootstrap_seed: bootstrap confidence intervals over cases.
     max_badcases: how many retrieved bad cases shape one prompt (when the runner is given bad cases).
+    window_coordinates: what the window's bounds mean (``idglow.schedule.sigma_window``): ``sigma`` (default),
+        ``one_minus_sigma`` or ``step_fraction``. With several, ``idglow`` and ``linear_decay`` run once per
+        coordinate (``runs``: ``idglow@sigma``, ``idglow@step_fraction``, …), side by side on the same cases.
     """
 
     configs: tuple[str, ...] = DEFAULT_CONFIGS
@@ -90,9 +95,15 @@ class EvalSettings:
     confidence: float = 0.95
     bootstrap_seed: int = 0
     max_badcases: int = 4
+    window_coordinates: tuple[str, ...] = ("sigma",)
 
     def __post_init__(self) -> None:
         self.configs = tuple(self.configs)
+        self.window_coordinates = tuple(self.window_coordinates)
+        bad = [c for c in self.window_coordinates if c not in WINDOW_COORDINATES]
+        if bad or not self.window_coordinates or len(set(self.window_coordinates)) != len(self.window_coordinates):
+            raise InputError(f"window coordinates {list(self.window_coordinates)}: give each of "
+                             f"{', '.join(WINDOW_COORDINATES)} at most once")
         unknown = [c for c in self.configs if c not in CONFIGS]
         if unknown or not self.configs:
             raise InputError(f"unknown configurations {unknown or '(none)'}; choose from {', '.join(CONFIGS)}")
@@ -117,7 +128,18 @@ class EvalSettings:
         data = asdict(self)
         data["configs"] = list(self.configs)
         data["window"] = list(self.window) if self.window else None
+        data["window_coordinates"] = list(self.window_coordinates)
         return data
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        """What is generated per case: the configurations, a windowed one once per window coordinate when
+        several are compared (``idglow.eval.vocabulary.run_names``)."""
+        return run_names(self.configs, self.window_coordinates)
+
+    def coordinate_of(self, run: str) -> str | None:
+        """The window coordinate of a run (None: its configuration has no window coordinate)."""
+        return split_run(run, self.window_coordinates)[1]
 
 
 def _digest(data: Any) -> str:
@@ -232,6 +254,21 @@ def literal_positions(case: EvalCase) -> list[int] | None:
     labels = [s.label for s in case.subjects]
     found = prompt_positions(case.prompt or "", labels) if all(labels) else None
     return found or prompt_positions(case.prompt or "", None, case.num_subjects)
+
+
+def _coordinate_key(coordinate: str | None) -> dict[str, str]:
+    """The window coordinate's part of a generation key (none for σ, so that records made before the
+    coordinate existed stay valid)."""
+    return {} if coordinate in (None, "sigma") else {"window_coordinate": coordinate}
+
+
+def schedule_of(output, coordinate: str | None) -> dict[str, Any]:
+    """How a pipeline output's identity was scheduled: the window coordinate of its run (None: no window
+    coordinate), each person's σ window as the gate read it, and the σ of every step at which any identity
+    was injected (``active_sigmas``, rounded to 1e-4) with their count."""
+    sigmas = [round(float(v), 4) for v in output.active_sigmas]
+    return {"window_coordinate": coordinate, "sigma_windows": output.params.get("sigma_windows"),
+            "active_sigmas": sigmas, "active_steps": len(sigmas)}
 
 
 @dataclass
@@ -352,6 +389,7 @@ class EvalRunner:
             "id_scale": s.id_scale, "steps": s.num_inference_steps, "size": [s.height, s.width],
             "guidance": s.guidance_scale, "seed": inputs.case.seed, "num_images": num_images,
             "prompt": inputs.prompt_kwargs, "embeds": hashlib.sha256(embeds.tobytes()).hexdigest(),
+            **_coordinate_key(s.coordinate_of(config)),
         })
 
     def scoring_key(self, inputs: CaseInputs) -> str:
@@ -366,7 +404,10 @@ class EvalRunner:
                                                                for t in inputs.truth]),
         })
 
-    def generate(self, inputs: CaseInputs, config: str, task: str, num_images: int, on_step=None) -> list:
+    def generate(self, inputs: CaseInputs, config: str, task: str, num_images: int,
+                 on_step=None) -> tuple[list, dict[str, Any]]:
+        """The images of one case under one run (configuration, and window coordinate when it has one), and
+        the schedule they were made with (``schedule_of``)."""
         s = self.settings
         window = config_window(config, task, s)
         kwargs: dict[str, Any] = dict(
@@ -377,12 +418,14 @@ class EvalRunner:
         if window is not None:
             kwargs.update(subject_embeds=inputs.embeds, id_scale=s.id_scale,
                           id_window=(window.sigma_lo, window.sigma_hi))
-            if config == "linear_decay":
+            if config.startswith("linear_decay"):
                 kwargs["id_profile"] = "linear"
+            kwargs["window_coordinate"] = s.coordinate_of(config) or "sigma"
             if task == "age":  # people without a target age keep their identity on at every step
                 kwargs["target_ages"] = inputs.case.target_ages
         prompt = kwargs.pop("prompt")
-        return self.pipe(prompt, **kwargs).images
+        out = self.pipe(prompt, **kwargs)
+        return out.images, schedule_of(out, s.coordinate_of(config))
 
     def score_images(self, images: list, inputs: CaseInputs, task: str) -> list[dict[str, Any]]:
         """Per-image metrics (see ``IMAGE_METRICS``); None where a metric is not available."""
@@ -421,7 +464,7 @@ class EvalRunner:
         score_key = self.scoring_key(inputs)
         seeds = [inputs.case.seed + i for i in range(num_images)]
         files = [f"{stem}_{seed}.png" for seed in seeds]
-        cached = None
+        cached, schedule = None, None
         if record_path.is_file():
             try:
                 cached = json.loads(record_path.read_text())
@@ -432,9 +475,10 @@ class EvalRunner:
                 self.stats["cached"] += 1
                 return cached
             images = [Image.open(case_dir / f).convert("RGB") for f in files]
+            schedule = cached.get("schedule")
             self.stats["rescored"] += 1
         else:
-            images = self.generate(inputs, config, task, num_images, on_step=on_step)
+            images, schedule = self.generate(inputs, config, task, num_images, on_step=on_step)
             case_dir.mkdir(parents=True, exist_ok=True)
             for image, name in zip(images, files):
                 image.save(case_dir / name)
@@ -442,7 +486,7 @@ class EvalRunner:
         per_image = self.score_images(images, inputs, task)
         record: dict[str, Any] = {
             "config": config, "case": inputs.case.id, "generation_key": gen_key, "scoring_key": score_key,
-            "images": files, "seeds": seeds, "per_image": per_image,
+            "images": files, "seeds": seeds, "per_image": per_image, "schedule": schedule,
         }
         for metric in IMAGE_METRICS:
             record[metric] = mean_or_none([r[metric] for r in per_image])
@@ -495,7 +539,7 @@ class EvalRunner:
         synthesizer = PromptSynthesizer.from_pipeline(self.pipe, face_analyzer=self._references,
                                                       max_badcases=s.max_badcases)
         case_rows = []
-        runs = len(s.configs) * (1 if self.badcases is None else 2)
+        runs = len(s.runs) * (1 if self.badcases is None else 2)
         bar = tqdm(total=len(cases) * runs, desc=f"eval {manifest.name}", unit="image set",
                    disable=not (self.progress and show))
         try:
@@ -512,7 +556,7 @@ class EvalRunner:
 
     def _run_configs(self, inputs: CaseInputs, task: str, num_images: int, case_dir: Path, bar) -> dict[str, Any]:
         results = {}
-        for config in self.settings.configs:
+        for config in self.settings.runs:
             bar.set_postfix_str(f"{inputs.case.id} {config}" + ("" if inputs.variant == "plain" else " shaped"))
             results[config] = self.run_config(inputs, config, task, num_images, case_dir)
             bar.update(1)
@@ -548,7 +592,7 @@ class EvalRunner:
             "prompt_fidelity": None, "prompt_violations": [], "results": {},
         }
         if shaped.inputs is None:
-            bar.update(len(self.settings.configs))
+            bar.update(len(self.settings.runs))
             return entry
         results = self._run_configs(shaped.inputs, task, num_images, case_dir, bar)
         entry.update(shaped_prompt=shaped.inputs.prompt_text, prompt_fidelity=shaped.inputs.prompt_fidelity,

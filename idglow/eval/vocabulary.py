@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from idglow.errors import InputError
-from idglow.schedule import IdentityWindow, window_for_task
+from idglow.schedule import WINDOW_COORDINATES, IdentityWindow, window_for_task
 
 CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow", "linear_decay")
 DEFAULT_CONFIGS: tuple[str, ...] = ("base", "always_on", "idglow")
@@ -43,9 +43,43 @@ METRIC_TITLES = {
 }
 
 
+#: The configurations whose window is read in a window coordinate (always_on's [0, 1] is the same in all).
+WINDOWED_CONFIGS: tuple[str, ...] = ("idglow", "linear_decay")
+#: Separates a configuration from its window coordinate in a run's name (``idglow@step_fraction``).
+COORDINATE_MARK = "@"
+
+
+def run_names(configs: tuple[str, ...], coordinates: tuple[str, ...]) -> tuple[str, ...]:
+    """The runs of an evaluation: each configuration once, except that with several window coordinates each
+    windowed configuration runs once per coordinate, named ``config@coordinate`` (``idglow@sigma``,
+    ``idglow@step_fraction``, …)."""
+    if len(coordinates) <= 1:
+        return tuple(configs)
+    return tuple(name for c in configs for name in
+                 ([f"{c}{COORDINATE_MARK}{k}" for k in coordinates] if c in WINDOWED_CONFIGS else [c]))
+
+
+def split_run(run: str, coordinates: tuple[str, ...] = ("sigma",)) -> tuple[str, str | None]:
+    """(configuration, window coordinate) of a run's name; the coordinate is None for a configuration without
+    a window coordinate (``base``, ``always_on``), else the one in the name or the single one given."""
+    config, _, coordinate = run.partition(COORDINATE_MARK)
+    if config not in CONFIGS or (coordinate and coordinate not in WINDOW_COORDINATES):
+        raise InputError(f"unknown configuration {run!r}; choose from {', '.join(CONFIGS)}")
+    if config not in WINDOWED_CONFIGS:
+        return config, None
+    return config, coordinate or coordinates[0]
+
+
+def run_title(run: str) -> str:
+    """A run's title in the report: its configuration's, with its window coordinate when the name has one."""
+    config, _, coordinate = run.partition(COORDINATE_MARK)
+    return CONFIG_TITLES[config] + (f", window in {coordinate}" if coordinate else "")
+
+
 def config_window(config: str, task: str, settings: Any) -> IdentityWindow | None:
-    """The identity window of a configuration (None: no identity); ``settings.window`` overrides the task's
-    window for ``idglow`` and ``linear_decay``."""
+    """The identity window of a configuration or run (None: no identity), in the run's window coordinate;
+    ``settings.window`` overrides the task's window for ``idglow`` and ``linear_decay``."""
+    config = config.partition(COORDINATE_MARK)[0]
     if config == "base":
         return None
     if config == "always_on":

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MISSING_STRENGTH = 0.5
 _STACKED = ("latents", "pixel_values", "prompt_embeds", "pooled_prompt_embeds", "latents_0", "latents_1",
             "pixel_values_0", "pixel_values_1", "preference", "strength")
-_LISTS = ("prompt", "task", "target_ages", "face_boxes", "face_boxes_0", "face_boxes_1", "pair_id")
+_LISTS = ("prompt", "clip_prompt", "task", "target_ages", "face_boxes", "face_boxes_0", "face_boxes_1", "pair_id")
 
 
 def boxes_to_masks(boxes: Sequence[Sequence[Sequence[float] | None]], num_slots: int, height: int,

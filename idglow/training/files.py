@@ -18,6 +18,7 @@ from idglow.errors import InputError
 from idglow.faces.base import face_backend_name
 from idglow.subjects import MAX_SUBJECTS
 from idglow.training.buckets import make_buckets, nearest_bucket
+from idglow.training.caching import caption_encoder_prompt, encoder_pair
 from idglow.training.data import DEFAULT_MISSING_STRENGTH, preference_strengths
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class SFTFolderDataset(Dataset):
         return {
             "pixel_values": pixels,
             "prompt": row["prompt"],
+            "clip_prompt": encoder_pair(caption_encoder_prompt(row))[0],  # CLIP's text, as at inference
             "task": row.get("task", "fusion"),
             "target_ages": [s.get("target_age") for s in row["subjects"]],
             "id_embeds": torch.tensor(np.asarray(embeds, dtype=np.float32)),

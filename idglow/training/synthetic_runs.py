@@ -362,6 +362,55 @@ def dpo_evidence(seed: int, out_dir: str, *, pretrain_steps: int = 400, sft_step
     return out
 
 
+#: The arms of :func:`decay_ablation`: SFT config overrides (None: the pretrained base, no identity).
+DECAY_ARMS: dict[str, dict[str, Any] | None] = {
+    "base": None,
+    "linear": {"identity_decay": "linear"},
+    "flat": {"identity_decay": "flat"},
+    "no_face_term": {"face_lambda": 0.0},
+}
+
+
+def decay_ablation(seed: int, out_dir: str, *, arms: tuple[str, ...] = tuple(DECAY_ARMS), pretrain_steps: int = 400,
+                   sft_steps: int = 300, batch_size: int = 16, eval_scenes: int = 32, train_task: str = "mixed",
+                   eval_task: str = "age", train_scenes: int = 1024) -> dict[str, dict[str, float]]:
+    """The training-time identity-constraint decay ablation in world v2 for one seed (world, initialisation,
+    data, batches and noise all follow it): a base is pretrained once, then the adapter is trained by SFT from
+    that base once per arm of ``DECAY_ARMS`` with the same data, budget and seed — w(σ) decaying linearly
+    (``linear``, the default), constant (``flat``), or no face term at all (``no_face_term``, λ_face = 0) —
+    and each arm generates the same held-out ``eval_task`` scenes (same noise, each person's inference
+    window). ``base`` is the pretrained transformer alone. ``train_scenes``: scenes rendered for pretraining and
+    for SFT. Returns ``evaluate``'s metrics per arm."""
+    import copy
+
+    from idglow.training.config import SFTConfig
+    from idglow.training.trainer import SFTTrainer
+
+    unknown = [a for a in arms if a not in DECAY_ARMS]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; choose from {', '.join(DECAY_ARMS)}")
+    torch.manual_seed(seed)
+    world = learning_world_v2(seed=seed)
+    base = build_learning_model(world, seed=seed)
+    pretrain_base(base, CachedDataset(SyntheticSFTDataset(world, train_scenes, task="mixed", seed=seed)),
+                  pretrain_steps, batch_size=batch_size, seed=seed)
+    train = CachedDataset(SyntheticSFTDataset(world, train_scenes, task=train_task, seed=seed + 1))
+    held = SyntheticSFTDataset(world, eval_scenes, task=eval_task, seed=seed + 999)
+    idx = list(range(eval_scenes))
+    out: dict[str, dict[str, float]] = {}
+    for arm in arms:
+        overrides = DECAY_ARMS[arm]
+        if overrides is None:
+            out[arm] = evaluate(base, held, idx, seed=5000 + seed, with_identity=False)
+            continue
+        model = copy.deepcopy(base)
+        cfg = SFTConfig(output_dir=f"{out_dir}/{arm}{seed}", max_steps=sft_steps, train_batch_size=batch_size,
+                        learning_rate=2e-3, report_to="none", checkpointing_steps=0, seed=seed, **overrides)
+        SFTTrainer(cfg, model, train).train()
+        out[arm] = evaluate(model, held, idx, seed=5000 + seed)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m idglow.training.synthetic_runs --seeds 0 1 2``: the DPO learning evidence per seed, as
     JSON lines (see ``dpo_evidence``)."""

@@ -29,6 +29,7 @@ from idglow.losses import (
 )
 from idglow.schedule import IdentityWindow, sigma_window, slot_windows, window_for_task
 from idglow.training.buckets import BucketBatchSampler
+from idglow.training.caching import batch_encoder_prompts
 from idglow.training.config import DPOConfig, SFTConfig, TrainingConfig
 from idglow.training.data import boxes_to_masks, collate_group_samples, dpo_region_masks
 from idglow.training.modeling import (
@@ -330,7 +331,7 @@ class BaseTrainer:
                     batch["pooled_prompt_embeds"].to(self.device, torch.float32), None)
         if self.encode_prompt is None:
             raise ValueError("the batch has prompt text but the trainer has no encode_prompt to embed it")
-        embeds, pooled, txt_ids = self.encode_prompt(list(batch["prompt"]))
+        embeds, pooled, txt_ids = self.encode_prompt(batch_encoder_prompts(batch))  # as inference encodes them
         return embeds.to(self.device, torch.float32), pooled.to(self.device, torch.float32), txt_ids
 
     # --- checkpoints --------------------------------------------------------------------------------------
