@@ -81,6 +81,7 @@ def _schema():
             ("target_ages", pa.list_(pa.float64())),
             ("subject_labels", pa.list_(pa.string())),
             ("subject_describe_as", pa.list_(pa.string())),
+            ("clip_caption", pa.string()),
             *_question_fields(),
             ("agreement", pa.float64()),
             ("num_votes", pa.int32()),
@@ -476,6 +477,7 @@ class _GenerationInfo:
     target_ages: list[float | None]
     subject_labels: list[str | None]
     subject_describe_as: list[str | None]
+    clip_caption: str  # the text the pipeline gave CLIP (the prompt writer's compact text, else the caption)
     reference_embeddings: list[list[float]] | None  # per slot, as stored by the app (None: not stored)
     face_backend: str | None  # the face backend that computed them
 
@@ -661,6 +663,7 @@ class _PageBuilder:
                 target_ages=[s.target_age for s in subj],
                 subject_labels=[s.label for s in subj],
                 subject_describe_as=[s.describe_as for s in subj],
+                clip_caption=(self._json(params) or {}).get("prompt") or caption,
                 reference_embeddings=embeddings,
                 face_backend=backend,
             )
@@ -726,6 +729,7 @@ class _PageBuilder:
             ga.target_ages,
             ga.subject_labels,
             ga.subject_describe_as,
+            ga.clip_caption,
             *question_columns([v.answers for v in vs], ga.num_subjects, agg),
             agg.agreement,
             len(vs),
@@ -844,7 +848,8 @@ Splits are assigned by a hash of the subjects (the same people never appear in t
   person: woman, man, girl, boy, or null when left to the model) (and `reference_images` when exported with images)
   are per person in slot order. `reference_embeddings` holds each person's identity embedding as the app
   computed it, made by the face backend named in `face_backend` (null when the app stored none); the DPO
-  trainer uses them instead of detecting the faces again. `jpg_0`/`jpg_1` hold PNG bytes when exported with images, else null.
+  trainer uses them instead of detecting the faces again. `clip_caption` is the text the pipeline gave CLIP
+  (the prompt writer's compact text; `caption`, the full text, went to T5), so DPO encodes both as generation did. `jpg_0`/`jpg_1` hold PNG bytes when exported with images, else null.
 
 ## DPO convention
 

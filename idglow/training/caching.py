@@ -126,6 +126,12 @@ class PromptEmbedder:
         return embeds, pooled, self._txt_ids.to(self.device)
 
 
+def export_clip_text(row: dict[str, Any]) -> str:
+    """The text generation gave CLIP for an exported pair: its ``clip_caption`` (exports before it had none: the
+    caption, which is what CLIP then read)."""
+    return row.get("clip_caption") or row.get("caption") or ""
+
+
 def dataset_prompts(dataset) -> list[EncoderPrompt]:
     """The text encoders' input of every sample, read without loading images where the data set lists its rows
     (``SFTFolderDataset.rows``: ``caption_encoder_prompt``, ``PreferenceExportDataset.items``); else by
@@ -133,7 +139,7 @@ def dataset_prompts(dataset) -> list[EncoderPrompt]:
     if hasattr(dataset, "rows"):
         return [caption_encoder_prompt(row) for row in dataset.rows]
     if hasattr(dataset, "items") and isinstance(dataset.items, list):
-        return [item["row"]["caption"] or "" for item in dataset.items]
+        return [(export_clip_text(item["row"]), item["row"]["caption"] or "") for item in dataset.items]
     samples = (dataset[i] for i in range(len(dataset)))
     return [sample["prompt"] if sample.get("clip_prompt") is None else (sample["clip_prompt"], sample["prompt"])
             for sample in samples if "prompt" in sample]

@@ -18,7 +18,7 @@ from idglow.errors import InputError
 from idglow.faces.base import face_backend_name
 from idglow.subjects import MAX_SUBJECTS
 from idglow.training.buckets import make_buckets, nearest_bucket
-from idglow.training.caching import caption_encoder_prompt, encoder_pair
+from idglow.training.caching import caption_encoder_prompt, encoder_pair, export_clip_text
 from idglow.training.data import DEFAULT_MISSING_STRENGTH, preference_strengths
 
 logger = logging.getLogger(__name__)
@@ -259,8 +259,9 @@ class PreferenceExportDataset(Dataset):
         r = item["row"]
         size = self.buckets[self.bucket_ids[index]]
         n = r["num_subjects"]
-        sample: dict[str, Any] = {"prompt": r["caption"] or "", "task": r["task"], "id_embeds": item["id_embeds"],
-                                  "target_ages": r.get("target_ages"), "pair_id": r["ranking_id"]}
+        sample: dict[str, Any] = {"prompt": r["caption"] or "", "clip_prompt": export_clip_text(r), "task": r["task"],
+                                  "id_embeds": item["id_embeds"], "target_ages": r.get("target_ages"),
+                                  "pair_id": r["ranking_id"]}
         positions = caption_positions(r.get("caption") or "", r.get("subject_labels"), n)
         for i in (0, 1):
             img = decode_image(r[f"jpg_{i}"])
