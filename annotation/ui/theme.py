@@ -195,7 +195,7 @@ def _person_keys(question: Question) -> dict[str, dict]:
     """Number key of each person (1, 2, ...), then the question's keys for that person's widget."""
     out = {}
     for i, name in enumerate(answer_names(question)):
-        what = f"person {i + 1}" if question.name == "identity" else f"{_words(question)} of person {i + 1}"
+        what = f"{_words(question)} of person {i + 1}" if question.prefix_key else f"person {i + 1}"
         out[str(i + 1)] = {"hint": f"{what}: {_press(question.keys)}", "keys": _picks(question, name),
                            "owner": question.name}
     return out
@@ -243,10 +243,11 @@ def summary_entries(questions: preferences.Questions = None) -> list[dict]:
     out = [_summary_entry(main, f"<b>{_words(main).capitalize()}</b>", main.name, graded)]
     for question in [q for q in declared if q.per_person]:
         for i, name in enumerate(answer_names(question)):
-            first = f"{question.prefix_key}{i + 1}" if question.keys else ""
-            words = "" if question.name == "identity" and first else _words(question)
-            out.append(_summary_entry(question, " ".join(filter(None, [first and f"<b>{first}</b>", words])),
-                                      name, []))
+            # the person's number (after the prefix key, if any); the question answered by the number alone (identity)
+            # goes unnamed
+            named = bool(question.prefix_key) or not question.keys
+            label = f"<b>{question.prefix_key}{i + 1}</b>" + (f" {_words(question)}" if named else "")
+            out.append(_summary_entry(question, label, name, []))
     for question in [q for q in declared if not q.per_person and q is not main and q not in graded]:
         first = question.prefix_key or "/".join(question.keys)
         out.append(_summary_entry(question, f"<b>{first}</b> {_words(question)}" if first else _words(question),
@@ -263,7 +264,7 @@ def shortcuts_js(questions: preferences.Questions = None) -> str:
     return SHORTCUTS_JS.replace("__IDGLOW_KEYS__", json.dumps(data))
 
 
-def _legend_part(question: Question) -> str:
+def _legend_part(question: Question, primary: bool) -> str:
     """One question's keys in the legend: "<kbd>y</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> texture"."""
     if question.per_person:
         first = ((f"<kbd>{question.prefix_key}</kbd> then " if question.prefix_key else "")
@@ -271,7 +272,6 @@ def _legend_part(question: Question) -> str:
         return f"{first} then {_kbd(question.keys)} {_words(question)} of person 1–{MAX_SUBJECTS}"
     if question.prefix_key:
         return f"<kbd>{question.prefix_key}</kbd> then {_kbd(question.keys)} {_words(question)}"
-    primary = preferences.primary().name == question.name
     alone = not primary and question.grades is None  # a question of its own answered by single keys: named
     words = {**_choice_words(question), **(LEGEND_WORDS if primary else {})}
     return " · ".join(f"<kbd>{k}</kbd> {_words(question) + ' ' if alone else ''}{words[screen_value(c.value)]}"
@@ -280,7 +280,8 @@ def _legend_part(question: Question) -> str:
 
 def shortcuts_md(questions: preferences.Questions = None) -> str:
     """The key legend under the Annotate form: every declared question's keys, then the other actions."""
-    parts = [_legend_part(q) for q in preferences.declared(questions) if q.keys]
+    main = preferences.primary(questions)
+    parts = [_legend_part(q, q is main) for q in preferences.declared(questions) if q.keys]
     return "**Keys** (outside text boxes):\n" + " ·\n".join(parts) + " ·\n" + OTHER_KEYS_MD + "\n"
 
 
