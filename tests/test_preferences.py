@@ -268,6 +268,23 @@ def test_the_keys_of_the_declared_questions_are_the_keys_annotators_know():
         expected |= {(str(i + 1), k): (f"annotate-identity-{i}", v) for i in range(6)}
         expected |= {("y", k): ("annotate-texture", v), ("r", k): ("annotate-artifacts", v)}
     assert _key_sequences(key_map()) == expected
+    assert [key_map()[k]["hint"] for k in "1yr"] == ["person 1: press a, b or t", "texture: press a, b or t",
+                                                     "fewer artifacts: press a, b or t"]
+
+
+def test_the_key_legend_of_the_declared_questions_reads_as_before():
+    from annotation.ui.theme import shortcuts_md
+
+    assert shortcuts_md() == """**Keys** (outside text boxes):
+<kbd>a</kbd> A better · <kbd>b</kbd> B better · <kbd>t</kbd> tie · <kbd>x</kbd> both bad ·
+<kbd>s</kbd> slightly · <kbd>c</kbd> clearly ·
+<kbd>1</kbd>–<kbd>6</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> identity of person 1–6 ·
+<kbd>y</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> texture ·
+<kbd>r</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> fewer artifacts ·
+<kbd>Enter</kbd> submit · <kbd>k</kbd> skip · <kbd>u</kbd> undo last vote ·
+<kbd>f</kbd> flag: <kbd>a</kbd>/<kbd>b</kbd> image, number keys failure types, <kbd>Enter</kbd> flag ·
+<kbd>Esc</kbd> cancel
+"""
 
 
 def _lighting(**keys):

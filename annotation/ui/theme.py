@@ -162,8 +162,16 @@ CHOICE_WORDS = {"left": "A", "right": "B", "tie": "same", "both_bad": "both bad"
 LEGEND_WORDS = {"left": "A better", "right": "B better", "tie": "tie"}  # the primary question's choices
 
 
+# How the key hint and the legend name a question whose name alone would not say which side a key picks.
+SPOKEN_NAMES = {"artifacts": "fewer artifacts"}
+
+
 def _words(question: Question) -> str:
     return question.name.replace("_", " ")
+
+
+def _spoken(question: Question) -> str:
+    return SPOKEN_NAMES.get(question.name, _words(question))
 
 
 def _kbd(keys) -> str:
@@ -215,7 +223,7 @@ def key_map(questions: preferences.Questions = None) -> dict[str, dict]:
             entries = {question.prefix_key: {"hint": f"{_words(question)}: press the person's number",
                                              "keys": keys, "owner": question.name}} if question.prefix_key else keys
         elif question.prefix_key:
-            entries = {question.prefix_key: {"hint": f"{_words(question)}: {_press(question.keys)}",
+            entries = {question.prefix_key: {"hint": f"{_spoken(question)}: {_press(question.keys)}",
                                              "keys": _picks(question, question.name), "owner": question.name}}
         else:
             entries = _picks(question, question.name)
@@ -271,7 +279,7 @@ def _legend_part(question: Question, primary: bool) -> str:
                  + f"<kbd>1</kbd>–<kbd>{MAX_SUBJECTS}</kbd>")
         return f"{first} then {_kbd(question.keys)} {_words(question)} of person 1–{MAX_SUBJECTS}"
     if question.prefix_key:
-        return f"<kbd>{question.prefix_key}</kbd> then {_kbd(question.keys)} {_words(question)}"
+        return f"<kbd>{question.prefix_key}</kbd> then {_kbd(question.keys)} {_spoken(question)}"
     alone = not primary and question.grades is None  # a question of its own answered by single keys: named
     words = {**_choice_words(question), **(LEGEND_WORDS if primary else {})}
     return " · ".join(f"<kbd>{k}</kbd> {_words(question) + ' ' if alone else ''}{words[screen_value(c.value)]}"
