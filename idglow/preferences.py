@@ -47,7 +47,10 @@ class Question:
     grades: the name of the question whose answer this one grades (strength grades overall); it may only be
         answered when that answer is one of ``grades_values``, and its ``strengths`` map each answer to the
         preference strength s ∈ (0, 1] that DPO margins and the export's ``strength`` column use.
-    keys: keyboard keys on the form, one per choice (in choice order); empty for none.
+    keys: keyboard keys on the form, one per choice (in choice order); empty for none. A per-person question's
+        keys follow the person's number key (1, 2, ...), a question with a ``prefix_key`` follows that key.
+    prefix_key: the key pressed before one of ``keys`` (texture: ``y`` then ``a``); empty when ``keys`` are
+        pressed alone. For a per-person question it comes before the person's number.
     export_column: the export column holding the label of image 0 (default ``{name}_label_0``, or
         ``{name}_labels_0`` per person); for a grade, the column of its strengths (default ``{name}``).
     """
@@ -65,6 +68,7 @@ class Question:
     strengths: tuple[tuple[str, float], ...] = ()
     keys: tuple[str, ...] = ()
     export_column: str | None = None
+    prefix_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -78,6 +82,13 @@ class Question:
                              "per-person DPO question uses it")
         if self.keys and len(self.keys) != len(self.choices):
             raise ValueError(f"question {self.name!r}: {len(self.keys)} keys for {len(self.choices)} choices")
+        for key in (*self.keys, self.prefix_key):
+            if key and (len(key) != 1 or key != key.lower() or key.isspace()):
+                raise ValueError(f"question {self.name!r}: key {key!r} must be one lower-case character")
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError(f"question {self.name!r}: keys {self.keys} repeat a key")
+        if self.prefix_key and not self.keys:
+            raise ValueError(f"question {self.name!r}: prefix_key {self.prefix_key!r} without keys to follow it")
         if self.weight < 0:
             raise ValueError(f"question {self.name!r}: weight {self.weight} must be >= 0")
 
@@ -118,18 +129,20 @@ QUESTIONS: tuple[Question, ...] = (
     Question("overall", "Which image is better overall?",
              "The better group photo as a whole: everyone recognisable, natural, well composed.",
              PAIRWISE + (Choice("both_bad", "Both bad", None),), region="whole_image", weight=1.0, required=True,
-             export_column="label_0"),
+             export_column="label_0", keys=("a", "b", "t", "x")),
     Question("strength", "How clear is the difference?", "Slight or clear; only for a choice of A or B.",
              (Choice("slight", "Slight", None), Choice("clear", "Clear", None)), region=None, grades="overall",
-             grades_values=("a", "b"), strengths=(("slight", 0.5), ("clear", 1.0)), export_column="strength"),
+             grades_values=("a", "b"), strengths=(("slight", 0.5), ("clear", 1.0)), export_column="strength",
+             keys=("s", "c")),
     Question("identity", "Who looks more like this person?",
              "Per person: the image whose face in that person's place keeps them best.", PAIRWISE,
-             per_person=True, region="person", weight=1.0),
+             per_person=True, region="person", weight=1.0, keys=("a", "b", "t")),
     Question("texture", "Which has the better skin and texture?",
-             "Natural skin, hair and detail on the people's faces.", PAIRWISE, region="faces", weight=0.5),
+             "Natural skin, hair and detail on the people's faces.", PAIRWISE, region="faces", weight=0.5,
+             keys=("a", "b", "t"), prefix_key="y"),
     Question("artifacts", "Which has fewer artifacts?",
              "Fewer broken hands, melted objects or seams around the people.", PAIRWISE, region="background",
-             weight=0.5),
+             weight=0.5, keys=("a", "b", "t"), prefix_key="r"),
 )
 
 

@@ -244,3 +244,96 @@ def test_oracle_labels_move_into_the_declared_layout_by_name(monkeypatch):
     assert names[0] == "lighting" and got["lighting"] == (0.0, 0.0)  # the oracle does not judge it
     assert got["overall"] == (1.0, 1.0) and got["texture"] == (-1.0, 0.5) and got["identity_1"] == (-1.0, 1.0)
     assert got["identity_5"] == (0.0, 0.0)
+
+
+def _key_sequences(node, before=()):
+    """Every key sequence of a key map with what it picks: ("y", "a") → ("annotate-texture", "left")."""
+    out = {}
+    for key, entry in node.items():
+        if "pick" in entry:
+            out[(*before, key)] = tuple(entry["pick"])
+        else:
+            out.update(_key_sequences(entry["keys"], (*before, key)))
+    return out
+
+
+def test_the_keys_of_the_declared_questions_are_the_keys_annotators_know():
+    from annotation.ui.theme import key_map
+
+    side = {"a": "left", "b": "right", "t": "tie"}
+    expected = {("a",): ("annotate-overall", "left"), ("b",): ("annotate-overall", "right"),
+                ("t",): ("annotate-overall", "tie"), ("x",): ("annotate-overall", "both_bad"),
+                ("s",): ("annotate-strength", "slight"), ("c",): ("annotate-strength", "clear")}
+    for k, v in side.items():
+        expected |= {(str(i + 1), k): (f"annotate-identity-{i}", v) for i in range(6)}
+        expected |= {("y", k): ("annotate-texture", v), ("r", k): ("annotate-artifacts", v)}
+    assert _key_sequences(key_map()) == expected
+    assert [key_map()[k]["hint"] for k in "1yr"] == ["person 1: press a, b or t", "texture: press a, b or t",
+                                                     "fewer artifacts: press a, b or t"]
+
+
+def test_the_key_legend_of_the_declared_questions_reads_as_before():
+    from annotation.ui.theme import shortcuts_md
+
+    assert shortcuts_md() == """**Keys** (outside text boxes):
+<kbd>a</kbd> A better · <kbd>b</kbd> B better · <kbd>t</kbd> tie · <kbd>x</kbd> both bad ·
+<kbd>s</kbd> slightly · <kbd>c</kbd> clearly ·
+<kbd>1</kbd>–<kbd>6</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> identity of person 1–6 ·
+<kbd>y</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> texture ·
+<kbd>r</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> fewer artifacts ·
+<kbd>Enter</kbd> submit · <kbd>k</kbd> skip · <kbd>u</kbd> undo last vote ·
+<kbd>f</kbd> flag: <kbd>a</kbd>/<kbd>b</kbd> image, number keys failure types, <kbd>Enter</kbd> flag ·
+<kbd>Esc</kbd> cancel
+"""
+
+
+def _lighting(**keys):
+    return preferences.Question("lighting", "Which is lit more naturally?", "", preferences.PAIRWISE,
+                                region="faces", weight=0.3, **keys)
+
+
+def test_a_question_added_with_a_prefix_key_gets_keys_a_legend_and_a_summary_entry(monkeypatch):
+    from annotation.ui.annotate_handlers import form_label
+    from annotation.ui.theme import key_map, shortcuts_js, shortcuts_md, summary_entries
+
+    before = _key_sequences(key_map())
+    light = _lighting(keys=("a", "b", "t"), prefix_key="l")
+    monkeypatch.setattr(preferences, "QUESTIONS", preferences.QUESTIONS + (light,))
+    added = {k: v for k, v in _key_sequences(key_map()).items() if k not in before}
+    assert added == {("l", "a"): ("annotate-lighting", "left"), ("l", "b"): ("annotate-lighting", "right"),
+                     ("l", "t"): ("annotate-lighting", "tie")}
+    assert key_map()["l"]["hint"] == "lighting: press a, b or t"
+    assert summary_entries()[-1] == {"label": "<b>l</b> lighting", "id": "annotate-lighting", "person": False,
+                                     "grades": []}
+    assert "<kbd>l</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> lighting" in shortcuts_md()
+    assert form_label(light) == "Which is lit more naturally? (key l, then a/b/t)"
+    assert '"annotate-lighting"' in shortcuts_js() and "__IDGLOW_KEYS__" not in shortcuts_js()
+
+
+def test_a_per_person_question_with_a_prefix_key_takes_the_person_number_next(monkeypatch):
+    from annotation.ui.theme import key_map, summary_entries
+
+    smile = preferences.Question("smile", "Who smiles more naturally?", "", preferences.PAIRWISE,
+                                 per_person=True, region="person", keys=("a", "b", "t"), prefix_key="m")
+    monkeypatch.setattr(preferences, "QUESTIONS", preferences.QUESTIONS + (smile,))
+    sequences = _key_sequences(key_map())
+    assert sequences[("m", "3", "b")] == ("annotate-smile-2", "right")
+    assert sequences[("3", "b")] == ("annotate-identity-2", "right")  # the identity keys are unchanged
+    assert key_map()["m"]["keys"]["3"]["hint"] == "smile of person 3: press a, b or t"
+    assert {"label": "<b>m3</b> smile", "id": "annotate-smile-2", "person": True, "grades": []} in summary_entries()
+
+
+def test_keys_that_clash_are_refused_with_the_question_to_change(monkeypatch):
+    from annotation.ui.theme import key_map
+
+    declared = preferences.QUESTIONS
+    for light, message in [(_lighting(keys=("a", "b", "t")), "key 'a' is already a key of question 'overall'"),
+                           (_lighting(keys=("a", "b", "t"), prefix_key="y"), "already a key of question 'texture'"),
+                           (_lighting(keys=("a", "b", "t"), prefix_key="f"), "key 'f' is the flag key")]:
+        monkeypatch.setattr(preferences, "QUESTIONS", declared + (light,))
+        with pytest.raises(ValueError, match=message):
+            key_map()
+    with pytest.raises(ValueError, match="prefix_key 'l' without keys"):
+        _lighting(prefix_key="l")
+    with pytest.raises(ValueError, match="key 'AB' must be one lower-case character"):
+        _lighting(keys=("AB", "b", "t"))

@@ -25,12 +25,7 @@ from idglow.preferences import Question
 from idglow.prompting.badcases import wrong_age_slots
 from idglow.subjects import MAX_SUBJECTS
 
-# each choice shows its key in brackets
-OVERALL_CHOICES = [("A better [a]", "left"), ("B better [b]", "right"), ("Tie [t]", "tie"), ("Both bad [x]", "both_bad")]
 OVERALL_LABEL = "Overall: which group photo is better?"
-OVERALL_MISSING = "Overall: choose A, B, tie or both bad first (keys a, b, t, x)"
-PAIR_CHOICES = [("A [a]", "left"), ("B [b]", "right"), ("Same [t]", "tie")]
-STRENGTH_CHOICES = [("Slightly [s]", "slight"), ("Clearly [c]", "clear")]
 FLAG_SIDE_CHOICES = [("A [a]", "left"), ("B [b]", "right")]
 
 
@@ -42,29 +37,65 @@ def failure_label(name: str) -> str:
 # shown with their number key; the stored value stays the taxonomy name
 FAILURE_CHOICES = [(f"{failure_label(name)} [{i + 1}]", name) for i, name in enumerate(FAILURE_TYPES)]
 WRONG_AGE_CHOICE = next(text for text, name in FAILURE_CHOICES if name == "wrong_age")  # as the flag form shows it
-# How the form shows a declared question (``idglow.preferences``): its label and its choices with their keys
-# (screen sides left/right for candidates on screen). A question not listed is shown with its declared label and
-# choices. The keys themselves are handled in the page (``annotation.ui.theme``).
-FORM_TEXT: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "overall": (OVERALL_LABEL, OVERALL_CHOICES),
-    "strength": ("By how much?", STRENGTH_CHOICES),
-    "texture": ("Better texture (key y, then a/b/t)", PAIR_CHOICES),
-    "artifacts": ("Fewer artifacts (key r, then a/b/t)", PAIR_CHOICES),
-    "identity": ("Identity of person", PAIR_CHOICES),
+# How the form shows a declared question (``idglow.preferences``): its label and the text of its choices, in
+# choice order. A question not listed is shown with its declared label and choices. Each choice shows its key in
+# brackets and a question answered after a prefix key says so in its label, both from the declared keys; the keys
+# themselves are handled in the page (``annotation.ui.theme.shortcuts_js``).
+FORM_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "overall": (OVERALL_LABEL, ("A better", "B better", "Tie", "Both bad")),
+    "strength": ("By how much?", ("Slightly", "Clearly")),
+    "texture": ("Better texture", ("A", "B", "Same")),
+    "artifacts": ("Fewer artifacts", ("A", "B", "Same")),
+    "identity": ("Identity of person", ("A", "B", "Same")),
 }
 _SCREEN_SIDE = {"a": "left", "b": "right"}
 
 
+def screen_value(value: str) -> str:
+    """The form's value for the stored answer ``value``: candidates A and B are the screen sides left and right."""
+    return _SCREEN_SIDE.get(value, value)
+
+
+def key_hint(question: Question, person: int | None = None) -> str:
+    """How to answer ``question`` (for ``person``, 0-based) by keyboard when it takes more than one key:
+    "key y, then a/b/t", "key 2, then a/b/t"; empty when its keys are pressed alone or it has none."""
+    if not question.keys:
+        return ""
+    first = [question.prefix_key] if question.prefix_key else []
+    if question.per_person and person is not None:
+        first.append(str(person + 1))
+    if not first:
+        return ""
+    return f"key{'s' if len(first) > 1 else ''} {', '.join(first)}, then {'/'.join(question.keys)}"
+
+
 def form_label(question: Question) -> str:
-    """The label the form gives ``question``."""
-    return FORM_TEXT.get(question.name, (question.label, None))[0]
+    """The label the form gives ``question`` (with its key hint for a per-pair question after a prefix key)."""
+    label = FORM_TEXT.get(question.name, (question.label, None))[0]
+    hint = "" if question.per_person else key_hint(question)
+    return f"{label} ({hint})" if hint else label
 
 
 def form_choices(question: Question) -> list[tuple[str, str]]:
-    """The (text, value) choices of ``question`` on the form; a choice of candidate A or B is a screen side."""
-    if question.name in FORM_TEXT:
-        return FORM_TEXT[question.name][1]
-    return [(c.label, _SCREEN_SIDE.get(c.value, c.value)) for c in question.choices]
+    """The (text, value) choices of ``question`` on the form, each text with its key; a choice of candidate A or B
+    is a screen side."""
+    texts = FORM_TEXT[question.name][1] if question.name in FORM_TEXT else [c.label for c in question.choices]
+    keys = question.keys or ("",) * len(question.choices)
+    return [(f"{text} [{key}]" if key else text, screen_value(c.value))
+            for text, key, c in zip(texts, keys, question.choices)]
+
+
+def missing_primary_text() -> str:
+    """What the form says when the required question (overall) is left unanswered: its choices and keys."""
+    main = preferences.primary()
+    names = [c.label if c.value in ("a", "b") else c.label.lower() for c in main.choices]
+    keys = f" (keys {', '.join(main.keys)})" if main.keys else ""
+    return f"Choose {', '.join(names[:-1])} or {names[-1]} first{keys}"
+
+
+def answer_elem_id(name: str) -> str:
+    """The element id of the answer widget ``name`` (``identity_0`` → ``annotate-identity-0``)."""
+    return f"annotate-{name.replace('_', '-')}"
 
 
 def answer_names(question: Question) -> list[str]:
@@ -218,16 +249,20 @@ def _flag_hint_update(served) -> dict:
 def _identity_question(served, i: int, positions: list[int] | None) -> str:
     """"Identity — the face in Anna's place (2nd from left)" where the prompt places the people."""
     if not positions or len(positions) < 2:
-        return f"Identity of {_person(served, i)} (key {i + 1}, then a/b/t)"
+        return f"Identity of {_person(served, i)}"
     p = positions[i]
     nth = f"{p}{'th' if 10 <= p % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(p % 10, 'th')}"
-    return f"Identity — the face in {_person(served, i)}'s place ({nth} from left) (key {i + 1}, then a/b/t)"
+    return f"Identity — the face in {_person(served, i)}'s place ({nth} from left)"
 
 
 def _person_question(question: Question, served, i: int, positions: list[int] | None) -> str:
+    """The label of ``question`` for person ``i``, with the keys that answer it."""
     if question.name == "identity":
-        return _identity_question(served, i, positions)
-    return f"{form_label(question)} — {_person(served, i)}"
+        text = _identity_question(served, i, positions)
+    else:
+        text = f"{form_label(question)} — {_person(served, i)}"
+    hint = key_hint(question, i)
+    return f"{text} ({hint})" if hint else text
 
 
 def _person_updates(question: Question, served, answers: Mapping[str, Any]) -> dict[str, dict]:
@@ -334,8 +369,9 @@ class AnnotateHandlers:
         main = preferences.primary()
         overall = answers.get(main.name)
         if overall is None:  # said at the top and on the overall choice itself
-            return {"notice": notice_html("Choose A, B, tie or both bad first (keys a, b, t, x).", problem=True),
-                    main.name: gr.update(label=OVERALL_MISSING)}
+            missing = missing_primary_text()
+            return {"notice": notice_html(f"{missing}.", problem=True),
+                    main.name: gr.update(label=f"{main.name.capitalize()}: {missing[0].lower()}{missing[1:]}")}
         served = pair.served
         self.service.vote(
             user.id, served.comparison_id, overall=served.choice_for_side(overall),

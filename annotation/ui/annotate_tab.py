@@ -16,13 +16,14 @@ from annotation.ui.annotate_handlers import (
     FAILURE_CHOICES,
     FLAG_SIDE_CHOICES,
     AnnotateHandlers,
+    answer_elem_id,
     answer_names,
     form_choices,
     form_label,
     form_names,
     shown_names,
 )
-from annotation.ui.theme import FOCUS_PAIR_JS, GUIDELINES_MD, SHORTCUTS_MD
+from annotation.ui.theme import FOCUS_PAIR_JS, GUIDELINES_MD, shortcuts_md
 from idglow import preferences
 
 IMAGE_HEIGHT = "56vh"  # each candidate at least ~55% of the viewport height
@@ -94,8 +95,7 @@ def _flag_form():
 
 
 def _answer_widget(question, name: str, **kwargs):
-    return gr.Radio(form_choices(question), label=form_label(question), elem_id=f"annotate-{name.replace('_', '-')}",
-                    **kwargs)
+    return gr.Radio(form_choices(question), label=form_label(question), elem_id=answer_elem_id(name), **kwargs)
 
 
 def _vote_row(w: dict[str, Any]) -> None:
@@ -135,7 +135,7 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
         with gr.Column(visible=False, elem_id="annotate-content") as content:
             with gr.Row(elem_id="annotate-head"):
                 w["prompt"] = gr.HTML(elem_id="annotate-prompt", scale=3, padding=False)
-                # every key's answer, kept up to date in the page (SHORTCUTS_JS), right above the candidates
+                # every key's answer, kept up to date in the page (theme.shortcuts_js), right above the candidates
                 gr.HTML(elem_id="answer-summary", padding=False)
                 # what just happened ("Vote saved") or what to do first, on the first screen
                 w["notice"] = gr.HTML(elem_id="annotate-notice", padding=False)
@@ -146,7 +146,7 @@ def build_annotate_tab(handlers: AnnotateHandlers, token: gr.State) -> AnnotateT
             _question_rows(w)
             (w["flag_side"], w["flag_types"], w["flag_note"], flag, w["flag_status"],
              w["flag_hint"]) = _flag_form()
-            gr.Markdown(SHORTCUTS_MD, elem_classes=["idglow-shortcuts"])
+            gr.Markdown(shortcuts_md(), elem_classes=["idglow-shortcuts"])
             with gr.Accordion("Guidelines", open=False):
                 gr.Markdown(GUIDELINES_MD)
             reload = gr.Button("Reload pair", visible=False, elem_id="annotate-reload")

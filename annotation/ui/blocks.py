@@ -14,7 +14,7 @@ from annotation.ui.generate_handlers import GenerateHandlers
 from annotation.ui.generate_tab import build_generate_tab
 from annotation.ui.research_handlers import ResearchHandlers
 from annotation.ui.research_tab import ResearchTab, build_research_tab
-from annotation.ui.theme import CLEAR_TOASTS_JS, CSS, SHORTCUTS_JS
+from annotation.ui.theme import CLEAR_TOASTS_JS, CSS, shortcuts_js
 
 
 @dataclass
@@ -55,7 +55,7 @@ def build_app(services: AppServices) -> gr.Blocks:
                 ResearchHandlers(services.research, services.auth, services.downloads,
                                  download_ttl_s=services.export_ttl_s), token)
         _wire_sign_in(sign_in, signin, token, annotate_tab, research_tab, tabs)
-        demo.load(None, js=SHORTCUTS_JS)
+        demo.load(None, js=shortcuts_js())
         demo.unload(generate.page_closed)  # a visitor who leaves stops their generation and frees its place
     demo.queue(max_size=max(64, 4 * (services.concurrency + services.max_queue)), default_concurrency_limit=4)
     return demo

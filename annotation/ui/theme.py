@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+from annotation.ui.annotate_handlers import answer_elem_id, answer_names, screen_value
+from idglow import preferences
+from idglow.preferences import Question
+from idglow.subjects import MAX_SUBJECTS
+
 GENERATE_CSS = """
 #idglow-banner {border-left: 4px solid #f59e0b; padding: 0.15rem 0.6rem; background: rgba(245,158,11,0.08);}
 #idglow-banner p {margin: 0;}
@@ -149,17 +156,147 @@ CLEAR_TOASTS_JS = """
 () => { document.querySelectorAll('[data-testid="toast-close"]').forEach((b) => b.click()); }
 """
 
-SHORTCUTS_MD = """
-**Keys** (outside text boxes):
-<kbd>a</kbd> A better · <kbd>b</kbd> B better · <kbd>t</kbd> tie · <kbd>x</kbd> both bad ·
-<kbd>s</kbd> slightly · <kbd>c</kbd> clearly ·
-<kbd>1</kbd>–<kbd>6</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> identity of person 1–6 ·
-<kbd>y</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> texture ·
-<kbd>r</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> fewer artifacts ·
-<kbd>Enter</kbd> submit · <kbd>k</kbd> skip · <kbd>u</kbd> undo last vote ·
+# Keys that are not answers: flag (then a/b, number keys, Enter), skip, undo, submit and cancel.
+RESERVED_KEYS = {"f": "flag", "k": "skip", "u": "undo", "enter": "submit", "escape": "cancel"}
+OTHER_KEYS_MD = """<kbd>Enter</kbd> submit · <kbd>k</kbd> skip · <kbd>u</kbd> undo last vote ·
 <kbd>f</kbd> flag: <kbd>a</kbd>/<kbd>b</kbd> image, number keys failure types, <kbd>Enter</kbd> flag ·
-<kbd>Esc</kbd> cancel
-"""
+<kbd>Esc</kbd> cancel"""
+# How the answer summary and the key legend say a choice (by its value on the form); else the choice's label.
+CHOICE_WORDS = {"left": "A", "right": "B", "tie": "same", "both_bad": "both bad", "slight": "slightly",
+                "clear": "clearly"}
+LEGEND_WORDS = {"left": "A better", "right": "B better", "tie": "tie"}  # the primary question's choices
+
+
+# How the key hint and the legend name a question whose name alone would not say which side a key picks.
+SPOKEN_NAMES = {"artifacts": "fewer artifacts"}
+
+
+def _words(question: Question) -> str:
+    return question.name.replace("_", " ")
+
+
+def _spoken(question: Question) -> str:
+    return SPOKEN_NAMES.get(question.name, _words(question))
+
+
+def _kbd(keys) -> str:
+    return "/".join(f"<kbd>{k}</kbd>" for k in keys)
+
+
+def _press(keys) -> str:
+    keys = list(keys)
+    return "press " + (f"{', '.join(keys[:-1])} or {keys[-1]}" if len(keys) > 1 else keys[0])
+
+
+def _picks(question: Question, name: str) -> dict[str, dict]:
+    """The keys of ``question`` for its widget ``name``: each picks one choice (by its value on the form)."""
+    return {key: {"pick": [answer_elem_id(name), screen_value(c.value)], "owner": question.name}
+            for key, c in zip(question.keys, question.choices)}
+
+
+def _add_key(keys: dict[str, dict], key: str, entry: dict, owner: str) -> None:
+    """``keys[key] = entry``, refusing a key that is reserved or already answers another question."""
+    if key in RESERVED_KEYS:
+        raise ValueError(f"question {owner!r}: key {key!r} is the {RESERVED_KEYS[key]} key; declare another")
+    if key in keys:
+        raise ValueError(f"question {owner!r}: key {key!r} is already a key of question {keys[key]['owner']!r}; "
+                         "declare another key or a prefix_key")
+    keys[key] = entry
+
+
+def _person_keys(question: Question) -> dict[str, dict]:
+    """Number key of each person (1, 2, ...), then the question's keys for that person's widget."""
+    out = {}
+    for i, name in enumerate(answer_names(question)):
+        what = f"{_words(question)} of person {i + 1}" if question.prefix_key else f"person {i + 1}"
+        out[str(i + 1)] = {"hint": f"{what}: {_press(question.keys)}", "keys": _picks(question, name),
+                           "owner": question.name}
+    return out
+
+
+def key_map(questions: preferences.Questions = None) -> dict[str, dict]:
+    """The Annotate tab's keys, from the declared questions: key → ``{"pick": [element id, value]}`` (a choice)
+    or ``{"hint": text, "keys": {...}}`` (a prefix: the keys that may follow it). Keys pressed alone come from
+    ``Question.keys``; a ``prefix_key`` or, per person, the person's number comes first. ValueError on a key that
+    two questions share or that another action uses."""
+    root: dict[str, dict] = {}
+    for question in preferences.declared(questions):
+        if not question.keys:
+            continue
+        if question.per_person:
+            keys = _person_keys(question)
+            entries = {question.prefix_key: {"hint": f"{_words(question)}: press the person's number",
+                                             "keys": keys, "owner": question.name}} if question.prefix_key else keys
+        elif question.prefix_key:
+            entries = {question.prefix_key: {"hint": f"{_spoken(question)}: {_press(question.keys)}",
+                                             "keys": _picks(question, question.name), "owner": question.name}}
+        else:
+            entries = _picks(question, question.name)
+        for key, entry in entries.items():
+            _add_key(root, key, entry, question.name)
+    return root
+
+
+def _choice_words(question: Question) -> dict[str, str]:
+    return {screen_value(c.value): CHOICE_WORDS.get(screen_value(c.value), c.label.lower())
+            for c in question.choices}
+
+
+def _summary_entry(question: Question, label: str, name: str, grades: list[Question]) -> dict:
+    return {"label": label, "id": answer_elem_id(name), "person": question.per_person,
+            "grades": [answer_elem_id(g.name) for g in grades]}
+
+
+def summary_entries(questions: preferences.Questions = None) -> list[dict]:
+    """The answer summary's parts in form order: the primary question with its grades in brackets, each person's
+    answers (while that person's row is shown), then the other questions; each labelled with its keys."""
+    declared = preferences.declared(questions)
+    main = preferences.primary(declared)
+    graded = [q for q in declared if q.grades == main.name]
+    out = [_summary_entry(main, f"<b>{_words(main).capitalize()}</b>", main.name, graded)]
+    for question in [q for q in declared if q.per_person]:
+        for i, name in enumerate(answer_names(question)):
+            # the person's number (after the prefix key, if any); the question answered by the number alone (identity)
+            # goes unnamed
+            named = bool(question.prefix_key) or not question.keys
+            label = f"<b>{question.prefix_key}{i + 1}</b>" + (f" {_words(question)}" if named else "")
+            out.append(_summary_entry(question, label, name, []))
+    for question in [q for q in declared if not q.per_person and q is not main and q not in graded]:
+        first = question.prefix_key or "/".join(question.keys)
+        out.append(_summary_entry(question, f"<b>{first}</b> {_words(question)}" if first else _words(question),
+                                  question.name, []))
+    return out
+
+
+def shortcuts_js(questions: preferences.Questions = None) -> str:
+    """The page script of the Annotate tab's keys and answer summary, with the keys, summary parts and choice words
+    derived from the declared questions (``key_map``, ``summary_entries``)."""
+    declared = preferences.declared(questions)
+    words = {answer_elem_id(name): _choice_words(q) for q in declared for name in answer_names(q)}
+    data = {"root": key_map(declared), "summary": summary_entries(declared), "words": words}
+    return SHORTCUTS_JS.replace("__IDGLOW_KEYS__", json.dumps(data))
+
+
+def _legend_part(question: Question, primary: bool) -> str:
+    """One question's keys in the legend: "<kbd>y</kbd> then <kbd>a</kbd>/<kbd>b</kbd>/<kbd>t</kbd> texture"."""
+    if question.per_person:
+        first = ((f"<kbd>{question.prefix_key}</kbd> then " if question.prefix_key else "")
+                 + f"<kbd>1</kbd>–<kbd>{MAX_SUBJECTS}</kbd>")
+        return f"{first} then {_kbd(question.keys)} {_words(question)} of person 1–{MAX_SUBJECTS}"
+    if question.prefix_key:
+        return f"<kbd>{question.prefix_key}</kbd> then {_kbd(question.keys)} {_spoken(question)}"
+    alone = not primary and question.grades is None  # a question of its own answered by single keys: named
+    words = {**_choice_words(question), **(LEGEND_WORDS if primary else {})}
+    return " · ".join(f"<kbd>{k}</kbd> {_words(question) + ' ' if alone else ''}{words[screen_value(c.value)]}"
+                      for k, c in zip(question.keys, question.choices))
+
+
+def shortcuts_md(questions: preferences.Questions = None) -> str:
+    """The key legend under the Annotate form: every declared question's keys, then the other actions."""
+    main = preferences.primary(questions)
+    parts = [_legend_part(q, q is main) for q in preferences.declared(questions) if q.keys]
+    return "**Keys** (outside text boxes):\n" + " ·\n".join(parts) + " ·\n" + OTHER_KEYS_MD + "\n"
+
 
 GUIDELINES_MD = """
 **How to judge a pair**
@@ -177,12 +314,16 @@ GUIDELINES_MD = """
    Skip a pair you cannot judge. Undo works for your last vote within 5 minutes.
 """
 
-# Runs once on page load. Keys map to clicks on the inputs of the Annotate tab (by elem_id and value).
+# Runs once on page load (``shortcuts_js`` fills in the keys). Keys map to clicks on the inputs of the Annotate
+# tab (by elem_id and value).
 SHORTCUTS_JS = """
 () => {
   if (window.__idglowShortcuts) return;
   window.__idglowShortcuts = true;
-  let prefix = null;
+  // Derived from the declared questions (theme.shortcuts_js): root = key → {pick: [element id, value]} or
+  // {hint, keys} (a prefix); summary = the parts of the answer line; words = element id → value → text.
+  const KEYS = __IDGLOW_KEYS__;
+  let node = null, flagging = false;
   const hint = (text) => {
     const el = document.querySelector('#shortcut-hint');
     if (el) el.textContent = text;
@@ -213,10 +354,19 @@ SHORTCUTS_JS = """
       if (box) box.click();
       return true;
     }
-    if (key === 'enter') { click('flag-run'); prefix = null; hint(''); return true; }
+    if (key === 'enter') { click('flag-run'); flagging = false; hint(''); return true; }
     return false;
   };
-  const SIDE = {a: 'left', b: 'right', t: 'tie'};
+  // A key that follows a prefix picks its choice and ends the prefix, or opens the next prefix; a key pressed
+  // alone picks its choice and leaves a prefix in progress as it is.
+  const follow = (entry, afterPrefix) => {
+    if (entry.pick) {
+      pick(entry.pick[0], entry.pick[1]);
+      if (afterPrefix) { node = null; hint(''); }
+      return;
+    }
+    node = entry; hint(entry.hint);
+  };
   // While a vote, skip or undo is on its way the pair changes: keys pressed then would be half kept on the next
   // pair, so they are refused until the page has the answer (the progress line or the notice changed).
   const stamp = () => ['#annotate-progress', '#annotate-notice'].map(
@@ -237,21 +387,11 @@ SHORTCUTS_JS = """
     if (ev.ctrlKey || ev.metaKey || ev.altKey || !annotateVisible()) return;
     const key = ev.key.toLowerCase();
     if (waiting()) { hint('wait: the next pair is loading'); ev.preventDefault(); return; }
-    if (key === 'escape') { prefix = null; hint(''); return; }
-    if (prefix === 'f') { if (flagKey(key)) ev.preventDefault(); return; }
-    if (prefix !== null && key in SIDE) {
-      const target = prefix === 'y' ? 'annotate-texture' : prefix === 'r' ? 'annotate-artifacts' : `annotate-identity-${prefix}`;
-      pick(target, SIDE[key]);
-      prefix = null; hint(''); ev.preventDefault(); return;
-    }
-    if (/^[1-6]$/.test(key)) { prefix = Number(key) - 1; hint(`person ${key}: press a, b or t`); ev.preventDefault(); return; }
-    if (key === 'y') { prefix = 'y'; hint('texture: press a, b or t'); ev.preventDefault(); return; }
-    if (key === 'r') { prefix = 'r'; hint('fewer artifacts: press a, b or t'); ev.preventDefault(); return; }
-    if (key === 'f') { prefix = 'f'; showFlagForm(); hint(FLAG_HINT); ev.preventDefault(); return; }
-    const overall = {a: 'left', b: 'right', t: 'tie', x: 'both_bad'};
-    if (key in overall) { pick('annotate-overall', overall[key]); ev.preventDefault(); return; }
-    if (key === 's') { pick('annotate-strength', 'slight'); ev.preventDefault(); return; }
-    if (key === 'c') { pick('annotate-strength', 'clear'); ev.preventDefault(); return; }
+    if (key === 'escape') { node = null; flagging = false; hint(''); return; }
+    if (flagging) { if (flagKey(key)) ev.preventDefault(); return; }
+    if (node !== null && Object.hasOwn(node.keys, key)) { follow(node.keys[key], true); ev.preventDefault(); return; }
+    if (Object.hasOwn(KEYS.root, key)) { follow(KEYS.root[key], false); ev.preventDefault(); return; }
+    if (key === 'f') { node = null; flagging = true; showFlagForm(); hint(FLAG_HINT); ev.preventDefault(); return; }
     if (key === 'enter') { send('annotate-submit'); ev.preventDefault(); return; }
     if (key === 'k') { send('annotate-skip'); ev.preventDefault(); return; }
     if (key === 'u') { send('annotate-undo'); ev.preventDefault(); return; }
@@ -268,22 +408,22 @@ SHORTCUTS_JS = """
     }, 50);
   });
   // The answer of every key, in one line above the candidates (the rows below are out of view on a laptop).
-  const SHORT = {left: 'A', right: 'B', tie: 'same', both_bad: 'both bad', slight: 'slightly', clear: 'clearly'};
   const chosen = (id) => {
     const input = document.querySelector(`#${id} input[type=radio]:checked`);
-    return input ? (SHORT[input.value] || input.value) : '–';
+    return input ? ((KEYS.words[id] || {})[input.value] || input.value) : '–';
   };
+  const shown = (id) => { const row = document.querySelector(`#${id}`); return row && row.offsetParent !== null; };
   const summary = () => {
-    const parts = [`<b>Overall</b> ${chosen('annotate-overall')}` + (
-      document.querySelector('#annotate-strength input:checked') ? ` (${chosen('annotate-strength')})` : '')];
-    for (let i = 0; i < 6; i++) {
-      const row = document.querySelector(`#annotate-identity-${i}`);
-      if (row && row.offsetParent !== null) parts.push(`<b>${i + 1}</b> ${chosen(`annotate-identity-${i}`)}`);
+    const parts = [];
+    for (const part of KEYS.summary) {
+      if (part.person && !shown(part.id)) continue;
+      const grades = part.grades.filter((id) => document.querySelector(`#${id} input:checked`)).map(chosen);
+      parts.push(`${part.label} ${chosen(part.id)}` + (grades.length ? ` (${grades.join(', ')})` : ''));
     }
-    parts.push(`<b>y</b> texture ${chosen('annotate-texture')}`, `<b>r</b> artifacts ${chosen('annotate-artifacts')}`);
     const side = document.querySelector('#flag-side input:checked');
     const types = document.querySelectorAll('#flag-types input:checked').length;
-    parts.push(`<b>f</b> flag ${side ? (SHORT[side.value] || side.value) + (types ? ` · ${types} type(s)` : '') : '–'}`);
+    const sideText = side ? ({left: 'A', right: 'B'}[side.value] || side.value) : '';
+    parts.push(`<b>f</b> flag ${side ? sideText + (types ? ` · ${types} type(s)` : '') : '–'}`);
     return parts.join(' · ');
   };
   setInterval(() => {

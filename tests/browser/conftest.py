@@ -34,16 +34,25 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
+def _app_command(prelude: str) -> list[str]:
+    """``python app.py``, or with ``prelude`` (Python code) run in the app's process before app.py."""
+    if not prelude:
+        return [sys.executable, "app.py"]
+    run = "import runpy, sys\nsys.argv = ['app.py', *sys.argv[1:]]\nrunpy.run_path('app.py', run_name='__main__')"
+    return [sys.executable, "-c", f"{prelude}\n{run}"]
+
+
 @contextlib.contextmanager
-def serve_app(data: Path, *args: str) -> Iterator[str]:
-    """``python app.py --data-dir DATA ARGS`` on a free port until the block ends; yields its URL. The server's
-    output goes to ``DATA/app.log``; the app and every process it started end with the block."""
+def serve_app(data: Path, *args: str, prelude: str = "") -> Iterator[str]:
+    """``python app.py --data-dir DATA ARGS`` on a free port until the block ends; yields its URL. ``prelude``:
+    Python code run in the app's process before app.py (e.g. a changed declaration). The server's output goes to
+    ``DATA/app.log``; the app and every process it started end with the block."""
     from app_fixtures import free_port
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with open(data / "app.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port), *args],
+        proc = subprocess.Popen([*_app_command(prelude), "--data-dir", str(data), "--port", str(port), *args],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_http(f"http://127.0.0.1:{port}/", proc)
