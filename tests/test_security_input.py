@@ -35,7 +35,7 @@ def _generate_kwargs(**changes) -> dict:
     (dict(seed="abc"), r"seed: 'abc' is not a number \(the “Seed \(-1 = random\)” field\)"),
     (dict(guidance=[1, 2]), r"guidance: \[1, 2\] is not a number \(the “Guidance” field\)"),
     (dict(consent="yes"), r"consent: 'yes' is not true or false \(the “I may use these photos"),
-    (dict(age_0="old"), r"age_0: 'old' is not a number \(the “Target age \(optional\)” field\)"),
+    (dict(age_0="old"), r"age_0: 'old' is not a number \(the “Target age” field\)"),
     (dict(weight_0=[1]), r"weight_0: \[1\] is not a number \(the “ID weight” field\)"),
     (dict(weight_0=True), r"weight_0: True is not a number"),
     (dict(steps=None), r"steps: no number was sent \(the “Steps” field\)"),
