@@ -181,7 +181,16 @@ def test_scene_under_a_filled_prompt_and_delete_asks_first(server, browser, shot
         page.locator("#gen-prompt textarea").fill("three friends on a beach")
         page.locator("#gen-scene textarea, #gen-scene input").first.fill("a snowy mountain hut")
         page.locator("#gen-scene textarea, #gen-scene input").first.blur()
-        expect(page.locator("#gen-run-note")).to_contain_text("used as written and the Scene is not", timeout=30_000)
+        note = page.locator("#gen-run-note")
+        expect(note).to_contain_text("used as written and the Scene is not", timeout=30_000)
+        # The example's photo check answers after the page is drawn and writes the cards' target ages back; that
+        # late answer must leave the hint in place (it once replaced it with an empty note)
+        expect(page.locator("#gen-photo-status")).to_contain_text("people ready", timeout=60_000)
+        expect(note).to_contain_text("used as written and the Scene is not")
+        page.locator("#gen-prompt textarea").fill("")
+        expect(note).to_have_text("")  # an emptied prompt box uses the Scene again: the hint goes
+        page.locator("#gen-prompt textarea").fill("three friends on a beach")
+        expect(note).to_contain_text("used as written and the Scene is not")
         page.locator("#gen-run").click()
         expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=180_000)
         expect(page.locator("#gen-run-note")).to_have_text("")
