@@ -240,7 +240,8 @@ def _wire_hints(w: dict[str, Any]) -> None:
     cannot arrive late and overwrite a hint the visitor has just been shown."""
     ages = [w[card_names(i)["age"]] for i in range(NUM_CARDS)]
     inputs = [w["task"], w["scene"], w["prompt"], *ages]
-    for trigger in (w["task"], w["scene"], w["prompt"], *ages):
+    # Not the prompt box: "Write the prompt for me" fills it from the scene, and that is no reason for a hint
+    for trigger in (w["task"], w["scene"], *ages):
         trigger.change(None, inputs, [w["run_note"]], js=form_hints_js(), queue=False, api_visibility="private",
                        show_progress="hidden")
 

@@ -183,14 +183,17 @@ def test_scene_under_a_filled_prompt_and_delete_asks_first(server, browser, shot
         page.locator("#gen-scene textarea, #gen-scene input").first.blur()
         note = page.locator("#gen-run-note")
         expect(note).to_contain_text("used as written and the Scene is not", timeout=30_000)
-        # The example's photo check answers after the page is drawn and writes the cards' target ages back; that
-        # late answer must leave the hint in place (it once replaced it with an empty note)
+        # Changes made before the typing (the example's cards and target ages, then its photo check, which writes
+        # them back) may be answered after the hint is shown: the hint stays (late empty notes once replaced it)
         expect(page.locator("#gen-photo-status")).to_contain_text("people ready", timeout=60_000)
         expect(note).to_contain_text("used as written and the Scene is not")
-        page.locator("#gen-prompt textarea").fill("")
-        expect(note).to_have_text("")  # an emptied prompt box uses the Scene again: the hint goes
-        page.locator("#gen-prompt textarea").fill("three friends on a beach")
+        page.locator("#gen-age-0 input").fill("30")  # one more change after the hint: both hints now apply
+        page.locator("#gen-age-0 input").press("Tab")
+        expect(note).to_contain_text("'Change ages' is the task")
         expect(note).to_contain_text("used as written and the Scene is not")
+        page.locator("#gen-age-0 input").fill("")
+        page.locator("#gen-age-0 input").press("Tab")
+        expect(note).not_to_contain_text("'Change ages' is the task")
         page.locator("#gen-run").click()
         expect(page.locator("#gen-gallery img").first).to_be_visible(timeout=180_000)
         expect(page.locator("#gen-run-note")).to_have_text("")
