@@ -14,13 +14,23 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 logger = logging.getLogger("idglow.app")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from annotation.ui.settings import parse_settings
-    from idglow.errors import IdGlowError
+def configure_logging() -> None:
+    """Warnings and errors of every library, INFO of the app's own; without transformers' torchvision notice
+    (the same filter as the ``idglow`` command's)."""
+    from idglow.cli import quiet_torchvision_fallback
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("idglow", "annotation"):
         logging.getLogger(name).setLevel(logging.INFO)
+    quiet_torchvision_fallback()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the app with ``argv`` (the command line when None); returns the exit code."""
+    from annotation.ui.settings import parse_settings
+    from idglow.errors import IdGlowError
+
+    configure_logging()
     try:
         settings = parse_settings(argv)
         from annotation.ui.wiring import build_services

@@ -111,8 +111,11 @@ class _TorchvisionFallback(logging.Filter):
 
 
 def quiet_torchvision_fallback() -> None:
-    """Drop transformers' "requires torchvision ... falling back to ...Pil" warnings (see TORCHVISION_FALLBACK)."""
-    logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallback())
+    """Drop transformers' "requires torchvision ... falling back to ...Pil" warnings (see TORCHVISION_FALLBACK).
+    Used by the ``idglow`` command and the web app; calling it again adds nothing."""
+    source = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _TorchvisionFallback) for f in source.filters):
+        source.addFilter(_TorchvisionFallback())
 
 
 def missing_extra(err: ModuleNotFoundError) -> str | None:

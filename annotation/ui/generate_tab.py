@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from typing import Any
 
 import gradio as gr
@@ -233,13 +234,16 @@ def _wire(handlers: GenerateHandlers, w: dict[str, Any]) -> None:
 
 
 def _wire_hints(w: dict[str, Any]) -> None:
-    """Plain hints under the Generate button while the form is filled in (no server work)."""
-    w["scene"].change(_scene_note, inputs_kwargs={"scene": w["scene"], "prompt": w["prompt"]},
-                      outputs=[w["run_note"]], queue=False, api_visibility="private", show_progress="hidden")
-    ages = {card_names(i)["age"]: w[card_names(i)["age"]] for i in range(NUM_CARDS)}
-    for trigger in (w["task"], *ages.values()):
-        trigger.change(_age_note, inputs_kwargs={"task": w["task"], **ages}, outputs=[w["run_note"]], queue=False,
-                       api_visibility="private", show_progress="hidden")
+    """Plain hints under the Generate button while the form is filled in, worked out in the page from the
+    form's current values. Every change that can alter a hint recomputes all of them, without a server round
+    trip: an answer to an earlier change (e.g. the target ages the example family's photo check writes back)
+    cannot arrive late and overwrite a hint the visitor has just been shown."""
+    ages = [w[card_names(i)["age"]] for i in range(NUM_CARDS)]
+    inputs = [w["task"], w["scene"], w["prompt"], *ages]
+    # Not the prompt box: "Write the prompt for me" fills it from the scene, and that is no reason for a hint
+    for trigger in (w["task"], w["scene"], *ages):
+        trigger.change(None, inputs, [w["run_note"]], js=form_hints_js(), queue=False, api_visibility="private",
+                       show_progress="hidden")
 
 
 def _wire_delete_confirmation(w: dict[str, Any]) -> None:
@@ -253,20 +257,21 @@ def _remove(handlers: GenerateHandlers, index: int, **values) -> dict:
     return handlers.remove_person(values["state"], cards_from(values), index)
 
 
-def _scene_note(scene: str, prompt: str) -> str:
-    """What a Scene changed under a filled prompt box does (nothing): said under the Generate button."""
-    if (prompt or "").strip() and (scene or "").strip():
-        return notice_html("The prompt box is filled, so it is used as written and the Scene is not: empty it or "
-                           "press 'Write the prompt for me' again to use this scene.", problem=True)
-    return ""
+SCENE_HINT = ("The prompt box is filled, so it is used as written and the Scene is not: empty it or press "
+              "'Write the prompt for me' again to use this scene.")
+AGE_HINT = "A target age is set: 'Change ages' is the task that shows people at a chosen age."
 
 
-def _age_note(task: str, **ages) -> str:
-    """A target age typed while the task is a group photo: say that "Change ages" is the task that uses it."""
-    if task == "fusion" and any(a not in (None, "") for a in ages.values()):
-        return notice_html("A target age is set: 'Change ages' is the task that shows people at a chosen age.",
-                           problem=True)
-    return ""
+def form_hints_js() -> str:
+    """The page-side function ``(task, scene, prompt, ...ages) => html`` of the hints under the Generate button:
+    a Scene typed while the prompt box is filled is not used (:data:`SCENE_HINT`); a target age typed while the
+    task is a group photo needs "Change ages" (:data:`AGE_HINT`). Empty when neither applies."""
+    scene_hint = json.dumps(notice_html(SCENE_HINT, problem=True))
+    age_hint = json.dumps(notice_html(AGE_HINT, problem=True))
+    return ("(task, scene, prompt, ...ages) => {"
+            " const filled = (v) => v !== null && v !== undefined && String(v).trim() !== '';"
+            f" return (filled(prompt) && filled(scene) ? {scene_hint} : '')"
+            f" + (task === 'fusion' && ages.some(filled) ? {age_hint} : ''); }}")
 
 
 def _window_preset(task: str) -> tuple[float, float]:
