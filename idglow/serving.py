@@ -377,7 +377,9 @@ def deploy(address: str, options: GeneratorOptions, plan: ReplicaPlan, name: str
 
 
 def deployment_status(address: str, name: str = DEFAULT_APP_NAME) -> dict[str, Any]:
-    """The application's status, its deployment's status and its replicas by state (``{}`` when not deployed)."""
+    """The application's status, its deployment's status, its replicas by state, and ``max_replicas``: the most
+    replicas Serve's autoscaler may start (None when the deployment is not autoscaled). ``{}`` when not deployed.
+    Read from Serve's controller, never from a replica, so it answers while every replica is generating."""
     from ray import serve
 
     connect(address)
@@ -390,7 +392,31 @@ def deployment_status(address: str, name: str = DEFAULT_APP_NAME) -> dict[str, A
         "deployment": str(getattr(dep.status, "value", dep.status)) if dep else "missing",
         "replicas": {str(getattr(k, "value", k)): n for k, n in (dep.replica_states if dep else {}).items()},
         "message": (dep.message if dep else "") or app.message,
+        "max_replicas": autoscaling_max_replicas(name) if dep else None,
     }
+
+
+def autoscaling_max_replicas(name: str = DEFAULT_APP_NAME) -> int | None:
+    """The ``max_replicas`` of the generator deployment's autoscaling config in application ``name``, as Serve's
+    controller holds it (the deployment config of Serve's REST API, read through the controller the caller is
+    connected to, so no dashboard is needed). None when the deployment is not autoscaled, or when this Ray
+    version describes it otherwise (then the caller follows the running replicas)."""
+    from ray.serve.schema import ServeInstanceDetails
+
+    try:
+        from ray.serve.context import _get_global_client  # serve.status() reads the same details this way
+
+        details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+        config = details.applications[name].deployments[DEPLOYMENT_NAME].deployment_config
+    except (ImportError, KeyError, AttributeError, TypeError, ValueError) as err:
+        logger.warning("cannot read the generator's autoscaling config (%s); following its running replicas", err)
+        return None
+    autoscaling = config.autoscaling_config
+    if autoscaling is None:
+        return None
+    if isinstance(autoscaling, dict):
+        return autoscaling.get("max_replicas")
+    return getattr(autoscaling, "max_replicas", None)
 
 
 class RayGenerator:

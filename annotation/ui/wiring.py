@@ -65,45 +65,49 @@ REPLICAS_POLL_S = 5.0  # how often the app reads the generator's running replica
 def ray_generator(settings, model):
     """(front-end model, generator, concurrency) for ``--generator ray``: the face analyzer and tokenizers here,
     the pipeline calls sent to the Ray Serve deployment through a client process (a lost cluster cannot end the
-    server). As many generations run at once as the deployment has replicas running now (at least
-    ``--concurrency``; :func:`follow_replicas` keeps it so); a cluster that does not answer now leaves the app
-    up, and Generate says so."""
+    server). As many generations run at once as :func:`generations_at_once` says (at least ``--concurrency``;
+    :func:`follow_replicas` keeps it so); a cluster that does not answer now leaves the app up, and Generate says
+    so."""
     from idglow.serving import front_end_model
     from idglow.serving_process import GeneratorProcess
 
     generator = GeneratorProcess(settings.ray_address, settings.ray_app)
-    running = running_replicas(generator, timeout_s=60)
-    logger.info("generating on the Ray Serve deployment %r at %s (%d replicas running)", settings.ray_app,
-                settings.ray_address, running or 0)
-    return front_end_model(model, face_analyzer_for_the_server(model)), generator, max(settings.concurrency,
-                                                                                       running or 0)
+    at_once = generations_at_once(generator, least=settings.concurrency, timeout_s=60)
+    logger.info("generating on the Ray Serve deployment %r at %s (%d generations at once)", settings.ray_app,
+                settings.ray_address, at_once or settings.concurrency)
+    return front_end_model(model, face_analyzer_for_the_server(model)), generator, at_once or settings.concurrency
 
 
-def running_replicas(generator, timeout_s: float = 10.0, warn: bool = True) -> int | None:
-    """The generator deployment's replicas running now (None when the cluster does not answer)."""
+def generations_at_once(generator, least: int = 1, timeout_s: float = 10.0, warn: bool = True) -> int | None:
+    """How many generations the app sends the deployment at once: its running replicas, or, when Serve
+    autoscales it, the most replicas it may run (the requests beyond the running replicas wait in Serve's
+    router, where the autoscaler sees them and starts replicas); at least ``least``. None when the cluster does
+    not answer."""
     from idglow.serving import GeneratorUnreachableError
 
     try:
-        return generator.status(timeout_s=timeout_s).get("replicas", {}).get("RUNNING", 0)
+        status = generator.status(timeout_s=timeout_s)
     except GeneratorUnreachableError as err:
         logger.log(logging.WARNING if warn else logging.DEBUG, "generator not reachable: %s", err)
         return None
+    running = status.get("replicas", {}).get("RUNNING", 0)
+    return max(least, running, status.get("max_replicas") or 0)
 
 
 def follow_replicas(generator, queue, least: int = 1, every_s: float = REPLICAS_POLL_S):
-    """Start a daemon thread that sets how many generations ``queue`` lets run at once to the deployment's
-    running replicas (at least ``least``), read every ``every_s`` seconds: the app follows Serve's autoscaling
-    and a replica restarted after a crash. While the cluster does not answer the last value stays. Returns the
-    thread's stop event."""
+    """Start a daemon thread that sets how many generations ``queue`` lets run at once to
+    :func:`generations_at_once`, read every ``every_s`` seconds: the app follows a deployment redeployed with
+    other replicas or autoscaling bounds, and a replica restarted after a crash. While the cluster does not
+    answer the last value stays. Returns the thread's stop event."""
     import threading
 
     stop = threading.Event()
 
     def follow() -> None:
         while not stop.wait(every_s):
-            running = running_replicas(generator, timeout_s=max(every_s, 5.0), warn=False)
-            if running is not None:
-                queue.set_concurrency(max(least, running))
+            at_once = generations_at_once(generator, least, timeout_s=max(every_s, 5.0), warn=False)
+            if at_once is not None:
+                queue.set_concurrency(at_once)
 
     threading.Thread(target=follow, daemon=True, name="idglow-follow-replicas").start()
     return stop
