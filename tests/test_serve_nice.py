@@ -30,7 +30,12 @@ lowest = lower_cpu_priority(NICE)
 late = []
 t = threading.Thread(target=lambda: late.append(nice_of(threading.get_native_id())))
 t.start(); t.join()
-tasks = {int(tid): nice_of(tid) for tid in os.listdir(f"/proc/{os.getpid()}/task")}
+tasks = {}
+for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+    try:
+        tasks[int(tid)] = nice_of(tid)
+    except FileNotFoundError:  # a thread (of an imported library) that ended meanwhile
+        pass
 print(json.dumps({"lowest": lowest, "early": tasks[early.native_id], "main": tasks[os.getpid()], "late": late[0],
                   "all": sorted(tasks.values())}))
 before.set()

@@ -36,6 +36,7 @@ def test_votes_export_dpo_dataset_and_one_dpo_step(tmp_path):
     from idglow.faces.base import FaceMatch
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.testing import tiny_pipeline
+    from idglow.training.caching import PromptEmbedder
     from idglow.training.config import DPOConfig
     from idglow.training.files import PreferenceExportDataset
     from idglow.training.modeling import IdGlowDenoiser
@@ -95,9 +96,7 @@ def test_votes_export_dpo_dataset_and_one_dpo_step(tmp_path):
     cfg = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, train_batch_size=1, learning_rate=1e-3,
                     report_to="none", checkpointing_steps=0, resolution=64, beta=100.0, gamma=1.0)
 
-    def encode_prompt(prompts):
-        return pipe.encode_prompt(prompt=prompts, prompt_2=None, device="cpu", max_sequence_length=64)
-
+    encode_prompt = PromptEmbedder(pipe, "cpu", max_sequence_length=64)  # what `idglow train dpo` encodes with
     trainer = DPOTrainer(cfg, model, dataset, vae=pipe.vae, encode_prompt=encode_prompt)
     result = trainer.train()
     record = result.log_history[0]
