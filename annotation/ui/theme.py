@@ -125,7 +125,7 @@ PHONE_CSS = """
 UPLOAD_CSS = """
 #gen-files > label[data-testid="block-label"] {position: static; display: flex; width: auto;
   max-width: calc(100% - 76px); white-space: normal; line-height: 1.3; border-radius: 0 0 var(--radius-sm) 0;}
-#gen-files .upload-container:not(.icon-mode) {height: 104px !important; min-height: 0 !important;}
+#gen-files .upload-container:not(.icon-mode) {height: 92px !important; min-height: 0 !important;}
 #gen-files [data-testid="upload-text"] {line-height: 1.25;}
 #gen-files [data-testid="upload-icon"] {width: 22px; height: 22px; margin-bottom: 2px;}
 #gen-files .file-preview-holder {max-height: none !important; overflow: visible !important;}
@@ -144,7 +144,8 @@ UPLOAD_CSS = """
   #gen-files .file-preview button[aria-label="Remove this file"] {min-width: 44px; min-height: 44px;}
   #gen-tab button, #gen-tab .icon-button {min-width: 44px; min-height: 44px;}
   #gen-tab a.download-link {display: inline-flex; align-items: center; min-height: 44px;}
-  #gen-tab input[type="text"], #gen-tab input[type="number"], #gen-tab textarea {min-height: 44px;}
+  #gen-tab input:not([type=radio]):not([type=checkbox]):not([type=file]):not([type=range]), #gen-tab textarea {
+    min-height: 44px;}
   #gen-tab summary, #gen-tab button.label-wrap {min-height: 44px; align-items: center;}
 }
 """
