@@ -419,6 +419,20 @@ def autoscaling_max_replicas(name: str = DEFAULT_APP_NAME) -> int | None:
     return getattr(autoscaling, "max_replicas", None)
 
 
+def output_of(events: Iterator[StepEvent | GenerationDone],
+              on_step: Callable[[int, int], None] | None = None) -> Any:
+    """The output at the end of a generation's event stream, with ``on_step(done, total)`` per step. The stream is
+    closed at once when ``on_step`` raises (the request is cancelled); a stream that ends without an output is
+    a stopped generator."""
+    with contextlib.closing(events):
+        for event in events:
+            if isinstance(event, GenerationDone):
+                return event.output
+            if on_step is not None:
+                on_step(event.step, event.total)
+    raise GeneratorStoppedError(STOPPED_MESSAGE)
+
+
 class RayGenerator:
     """Client of the generator deployed by :func:`deploy`; safe to share between threads.
 
@@ -457,13 +471,7 @@ class RayGenerator:
     def run(self, call: GenerationCall, on_step: Callable[[int, int], None] | None = None) -> Any:
         """Run ``call`` on a replica and return its IdGlowOutput; ``on_step(done, total)`` per step. If
         ``on_step`` raises (the caller stops waiting), the request is cancelled and the error goes on."""
-        with contextlib.closing(self.events(call)) as events:  # closed at once when on_step raises: cancelled
-            for event in events:
-                if isinstance(event, GenerationDone):
-                    return event.output
-                if on_step is not None:
-                    on_step(event.step, event.total)
-        raise GeneratorStoppedError(STOPPED_MESSAGE)
+        return output_of(self.events(call), on_step)
 
     def events(self, call: GenerationCall) -> Iterator[StepEvent | GenerationDone]:
         """The replica's stream for ``call``: StepEvents, then GenerationDone. Closing the iterator early

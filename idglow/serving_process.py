@@ -11,7 +11,6 @@ answer is reported at once, before any child is asked.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -24,13 +23,12 @@ from typing import Any
 from idglow.errors import IdGlowError, InputError
 from idglow.serving import (
     DEFAULT_APP_NAME,
-    STOPPED_MESSAGE,
     GenerationCall,
     GenerationDone,
-    GeneratorStoppedError,
     GeneratorUnreachableError,
     StepEvent,
     check_reachable,
+    output_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -211,13 +209,7 @@ class GeneratorProcess:
     def run(self, call: GenerationCall, on_step: Callable[[int, int], None] | None = None) -> Any:
         """Run ``call`` and return its IdGlowOutput; ``on_step(done, total)`` per step; an ``on_step`` that
         raises cancels the call."""
-        with contextlib.closing(self.events(call)) as events:  # closed at once when on_step raises: cancelled
-            for event in events:
-                if isinstance(event, GenerationDone):
-                    return event.output
-                if on_step is not None:
-                    on_step(event.step, event.total)
-        raise GeneratorStoppedError(STOPPED_MESSAGE)
+        return output_of(self.events(call), on_step)
 
     def close(self) -> None:
         """Stop the child process (it also ends by itself when this process ends)."""
