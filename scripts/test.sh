@@ -15,4 +15,6 @@ if [ -z "${IDGLOW_TEST_PG_URL:-}" ] && [ -f scripts/start_postgres.sh ] && ls /u
   pg_env=$(bash scripts/start_postgres.sh)
   eval "$pg_env"
 fi
-.venv/bin/python -m pytest -q --timeout=1200 "$@"
+# Two workers (IDGLOW_TEST_WORKERS), a module at a time each; tests/conftest.py keeps the Ray and the PostgreSQL
+# modules on one worker. `bash scripts/test.sh -n 0` runs everything in this process.
+.venv/bin/python -m pytest -q --timeout=1200 -n "${IDGLOW_TEST_WORKERS:-2}" "$@"

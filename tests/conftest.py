@@ -16,9 +16,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 # Every process the suite starts inherits this mark, so that the session's end can find the ones still running
-# (an orphaned chromium renderer has no parent left to find it by).
+# (an orphaned chromium renderer has no parent left to find it by). pytest-xdist workers keep their controller's
+# mark, and the controller checks at the end, once the workers are gone.
 SESSION_MARK = "IDGLOW_TEST_SESSION"
-os.environ[SESSION_MARK] = uuid.uuid4().hex
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if not (XDIST_WORKER and os.environ.get(SESSION_MARK)):
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
 LEFTOVER_GRACE_S = 10.0  # a closed browser or a stopped app takes a moment to exit
 
 
@@ -56,7 +59,7 @@ def leftover_processes(grace_s: float = LEFTOVER_GRACE_S) -> dict[int, str]:
 @pytest.hookimpl(trylast=True)  # after the session's fixtures were torn down
 def pytest_sessionfinish(session):
     """Fail the run when a chromium, app or orphaned process that a test started is still running at its end."""
-    if not Path("/proc").is_dir():
+    if XDIST_WORKER or not Path("/proc").is_dir():  # a worker sees the other worker's browsers at work
         return
     left = leftover_processes()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -70,7 +73,58 @@ def pytest_sessionfinish(session):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# `scripts/test.sh` runs the suite on two pytest-xdist workers, a module at a time each. Modules that use one shared
+# outside resource run on the same worker, one after another: the Ray tests (a Ray head with 2 CPUs each) and the
+# PostgreSQL tests (one database, emptied by each test); tests/test_suite_hygiene.py checks that every module with a
+# test marked `ray` or `postgres` is listed here. The modules of long tests (`ray`, `slow`) are handed out first, so
+# that neither worker is left with one of them at the end.
+SHARED_RESOURCE_MODULES = {
+    "ray": ("tests/browser/test_ray_browser.py", "tests/test_serve_app.py", "tests/test_serve_autoscale.py",
+            "tests/test_serve_deployment.py"),
+    "postgres": ("tests/test_annotation_group_commit.py", "tests/test_annotation_votes.py",
+                 "tests/test_db_migrations.py", "tests/test_export.py"),
+}
+LONG_MARKS = ("ray", "slow")
+
+
+def module_of(nodeid: str) -> str:
+    """The test file of a test id (``tests/test_x.py::test_y[p]`` → ``tests/test_x.py``)."""
+    return nodeid.split("::")[0]
+
+
+def work_unit(nodeid: str) -> str:
+    """What one xdist worker runs as a whole: the test's module, or the shared resource its module uses."""
+    module = module_of(nodeid)
+    return next((name for name, modules in SHARED_RESOURCE_MODULES.items() if module in modules), module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Hand out whole work units (modules, or the modules of one shared resource) in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the collection order: long units first
+    return ByWorkUnit(config, log)
+
+
+def _long_units_first(items) -> None:
+    """Put the work units that hold a long test (marked ``ray`` or ``slow``) first; the order inside a unit and
+    among the others is kept."""
+    long_units = {work_unit(item.nodeid) for item in items
+                  if any(item.get_closest_marker(mark) for mark in LONG_MARKS)}
+    items.sort(key=lambda item: work_unit(item.nodeid) not in long_units)
+
+
 def pytest_collection_modifyitems(config, items):
+    _long_units_first(items)
+    _skip_gpu_tests(items)
+
+
+def _skip_gpu_tests(items) -> None:
     import torch
 
     if torch.cuda.is_available():

@@ -68,6 +68,19 @@ def serve_app(data: Path, *args: str, prelude: str = "") -> Iterator[str]:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def fill_numbers(boxes: list[tuple], attempts: int = 3) -> None:
+    """Type each value into its number box ((Playwright locator, value) pairs) and leave it with Tab, then check that every box
+    still holds its value and type again where one does not: a box typed into while its section is still opening
+    can be redrawn with the default, and the value a run is sent is the one the box holds."""
+    for _ in range(attempts):
+        for box, value in boxes:
+            box.fill(str(value))
+            box.press("Tab")
+        if all(box.input_value() == str(value) for box, value in boxes):
+            return
+    raise AssertionError(f"number boxes did not keep their values: {[b.input_value() for b, _ in boxes]}")
+
+
 def sign_in(page, url: str, user: str) -> None:
     """Open ``url`` and sign in as ``user`` (password PASSWORD) with the Sign in button."""
     page.goto(url)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import serve_app
+from tests.browser.conftest import fill_numbers, serve_app
 
 pytest.importorskip("ray.serve")
 
@@ -73,10 +73,9 @@ def _ready_page(browser, url: str, portraits, steps: int, images: int, seed: int
         [str(portraits["person1"]), str(portraits["person2"])])
     expect(page.locator(".gen-card:visible")).to_have_count(2, timeout=90_000)
     page.locator("#gen-settings").get_by_text("Prompt and image settings").click()
-    for selector, value in (("#gen-steps", steps), ("#gen-num", images), ("#gen-seed-input", seed)):
-        box = page.locator(f"{selector} input[type=number]").first
-        box.fill(str(value))
-        box.press("Tab")
+    expect(page.locator("#gen-steps input[type=range]")).to_be_visible()
+    fill_numbers([(page.locator(f"{selector} input[type=number]").first, value)
+                  for selector, value in (("#gen-steps", steps), ("#gen-num", images), ("#gen-seed-input", seed))])
     return page
 
 
