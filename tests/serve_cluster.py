@@ -67,8 +67,9 @@ class LocalRayHead:
         self.stop()
         raise RuntimeError(f"the Ray head did not start in {timeout_s} s")
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop every process of the head's group: SIGTERM, then SIGKILL for what is left."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every process of the head's group: SIGTERM, then SIGKILL for what is left after ``timeout_s``
+        (a replica busy in a step can take longer than that to notice SIGTERM; the tests keep nothing of it)."""
         if self.process is None:
             return
         pgid = self.process.pid  # start_new_session: the group id is the leader's pid

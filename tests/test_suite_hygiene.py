@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_RESOURCE_MODULES, leftover_processes, marked_processes, work_unit
+from conftest import SHARED_RESOURCE_MODULES, leftover_processes, marked_processes, module_of, work_unit
 
 needs_proc = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 
@@ -64,7 +64,7 @@ def test_processes_of_another_session_are_not_counted():
 def test_every_module_of_a_shared_resource_is_one_work_unit(request):
     """The Ray and the PostgreSQL modules must not run on two xdist workers at once: each module with a test marked
     `ray` or `postgres` is listed in SHARED_RESOURCE_MODULES, so it runs in that resource's work unit."""
-    marked = {(mark, item.nodeid.split("::")[0]) for item in request.session.items
+    marked = {(mark, module_of(item.nodeid)) for item in request.session.items
               for mark in SHARED_RESOURCE_MODULES if item.get_closest_marker(mark)}
     if not marked:
         pytest.skip("no module of this run uses a shared resource (run it with the whole suite)")
