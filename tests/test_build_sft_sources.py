@@ -162,7 +162,7 @@ def test_age_row_when_the_reference_age_differs_from_the_target(manifest_set, pe
 def test_prompts_are_written_by_the_inference_writer_with_ages_and_places(manifest_set):
     """Each row's prompt comes from idglow.prompting's writer: the people left to right by name, each with
     their age in the target, the age row stating person2's target age, the photo's own text as the scene."""
-    from idglow.prompting import PromptRequest, PromptSynthesizer
+    from idglow.prompting import Known, PromptRequest, PromptSynthesizer
     from idglow.prompting.phrases import marker, normalize_gender, noun_phrase
     from idglow.subjects import SubjectRef
 
@@ -183,8 +183,7 @@ def test_prompts_are_written_by_the_inference_writer_with_ages_and_places(manife
     # the same text as the writer gives for the same people at inference
     people = age["subjects"]
     request = PromptRequest([SubjectRef(None, p["target_age"], label=p["person"]) for p in people], "age",
-                            "four friends", apparent_ages=[p["age"] for p in people],
-                            genders=[p["gender"] for p in people])
+                            "four friends", known=[Known(p["age"], p["gender"]) for p in people])
     assert PromptSynthesizer().compose_batch([request])[0].text == age["prompt"]
 
 

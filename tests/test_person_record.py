@@ -119,7 +119,7 @@ def test_vlm_is_told_the_word_and_its_answer_cannot_override_it():
     assert "slot 1" not in vlm.instructions[0].split("Known facts:")[1].split("Example")[0]
     assert prompt.persons[0].gender == "female" and prompt.persons[1].gender == "male"
     assert "a woman in her forties" in prompt.text and "a man in his forties" in prompt.text
-    plain = build_instruction([None], [None], "fusion", "")
+    plain = build_instruction([SubjectRef(None)], "fusion", "")
     assert "described as" not in plain
 
 

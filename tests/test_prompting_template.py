@@ -300,8 +300,8 @@ def test_attribute_leakage_badcase_changes_instruction_and_template():
     assert sentence not in plain.text and sentence in shaped.text
     assert sentence in shaped.constraints and shaped.badcase_ids == ["b1"]
 
-    plain_instruction = build_instruction([None, None], [None, None], "fusion", "")
-    instruction = build_instruction([None, None], [None, None], "fusion", "", ["attribute_leakage"], [leak])
+    plain_instruction = build_instruction(subjects, "fusion", "")
+    instruction = build_instruction(subjects, "fusion", "", ["attribute_leakage"], [leak])
     rule = FAILURE_CONSTRAINTS["attribute_leakage"].instruction
     assert rule not in plain_instruction and rule in instruction
     assert "'two friends, one in a red hat' produced: attribute_leakage (the red hat went to both people)" in instruction
@@ -321,7 +321,7 @@ def test_wrong_age_and_mini_adult_badcases_change_template_and_instruction():
         assert FAILURE_CONSTRAINTS[failure].sentence not in plain.text
     assert check_prompt_fidelity(shaped, subjects).ok  # the extra age phrases state the same age
 
-    instruction = build_instruction([6, 38], [None, None], "age", "", ["wrong_age", "mini_adult"], badcases)
+    instruction = build_instruction(subjects, "age", "", ["wrong_age", "mini_adult"], badcases)
     assert FAILURE_CONSTRAINTS["mini_adult"].instruction in instruction
     assert FAILURE_CONSTRAINTS["wrong_age"].instruction in instruction
     assert "slot 0: target age 6 (a child)" in instruction

@@ -63,6 +63,9 @@ class FakeVLM:
         return list(script)
 
 
+AGED_PAIR = [SubjectRef(None, target_age=6), SubjectRef(None)]  # the group an answer is checked against
+
+
 def two_subjects():
     return [SubjectRef(photo(0), target_age=6, label="Leo"), SubjectRef(photo(1))]
 
@@ -136,7 +139,7 @@ def test_missing_person_is_rejected():
 def test_extra_person_is_rejected():
     extra = answer([person(0, 1, 6), person(1, 2, 40), person(2, 3, 33)])
     with pytest.raises(ResponseError, match=r"slot=2 is not a subject: there are 2 people"):
-        parse_response(extra, [6, None])
+        parse_response(extra, AGED_PAIR)
     prompt = PromptSynthesizer(vlm=FakeVLM([extra], [extra])).compose(two_subjects(), task="age")
     assert prompt.source == "template" and "slot=2 is not a subject" in prompt.fallback_reason
 
@@ -155,14 +158,14 @@ def test_extra_person_is_rejected():
 )
 def test_validation_problems(entries, message):
     with pytest.raises(ResponseError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        parse_response(answer(entries), [6, None])
+        parse_response(answer(entries), AGED_PAIR)
 
 
 def test_interaction_repeating_an_attribute_is_rejected():
     leaky = answer([person(0, 1, 6, clothing="a red scarf"), person(1, 2, 40, clothing="a blue coat")],
                    interaction="the woman in a blue coat hugs the boy")
     with pytest.raises(ResponseError, match="interaction repeats the clothing of slot 1"):
-        parse_response(leaky, [6, None])
+        parse_response(leaky, AGED_PAIR)
 
 
 def test_model_failure_falls_back_with_the_reason():

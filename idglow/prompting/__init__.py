@@ -26,7 +26,7 @@ from idglow.prompting.schema import (
 from idglow.prompting.synthesizer import PromptRequest, PromptSynthesizer
 from idglow.prompting.template import TemplateComposer
 from idglow.prompting.tokens import CLIP_MAX_TOKENS, T5_MAX_TOKENS, TokenCounter, estimate_tokens
-from idglow.prompting.types import GroupPrompt, PersonDescription
+from idglow.prompting.types import GroupPrompt, Known, PersonDescription, SeenPerson
 from idglow.prompting.vlm import (
     TransformersVLM,
     VLMBackend,
@@ -47,11 +47,13 @@ __all__ = [
     "FidelityReport",
     "FidelityViolation",
     "GroupPrompt",
+    "Known",
     "ModelAnswer",
     "PersonDescription",
     "PromptRequest",
     "PromptSynthesizer",
     "ResponseError",
+    "SeenPerson",
     "TemplateComposer",
     "TokenCounter",
     "TransformersVLM",

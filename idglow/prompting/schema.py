@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from idglow.prompting.phrases import MARKER_RE, clean_phrase, clean_text, normalize_gender
-from idglow.prompting.types import PersonDescription
+from idglow.prompting.types import PersonDescription, PromptPerson
 
 MAX_PHRASE_CHARS = 120
 MAX_SCENE_CHARS = 600
@@ -171,11 +171,9 @@ def _person(
     )
 
 
-def _persons(
-    persons_raw: list, target_ages: Sequence[float | None], labels: list[str | None], problems: list[str]
-) -> dict[int, PersonDescription]:
+def _persons(persons_raw: list, people: Sequence[PromptPerson], problems: list[str]) -> dict[int, PersonDescription]:
     """The valid entries by slot, and every slot or position missing or used twice noted in ``problems``."""
-    num = len(target_ages)
+    num = len(people)
     persons: dict[int, PersonDescription] = {}
     for i, entry in enumerate(persons_raw):
         where = f"persons[{i}]"
@@ -187,7 +185,7 @@ def _persons(
         if problem is not None:
             problems.append(problem)
             continue
-        persons[slot] = _person(entry, slot, num, target_ages[slot], labels[slot], where, problems)
+        persons[slot] = _person(entry, slot, num, people[slot].target_age, people[slot].label, where, problems)
     missing = [s for s in range(num) if s not in persons]
     if missing:
         problems.append(f"missing slots {missing}: every one of the {num} people needs an entry")
@@ -217,24 +215,22 @@ def _check_group_text(
                     )
 
 
-def validate_response(
-    data: Any, target_ages: Sequence[float | None], labels: Sequence[str | None] | None = None
-) -> ModelAnswer:
-    """Check a decoded answer against the schema for a group with ``len(target_ages)`` people.
+def validate_response(data: Any, people: Sequence[PromptPerson]) -> ModelAnswer:
+    """Check a decoded answer against the schema for the group ``people`` (one per slot, in slot order: a
+    :class:`SeenPerson` or a :class:`SubjectRef`; their target age and label are used).
 
     Every slot 0..N−1 must appear once, positions must be 1..N each once, a slot with a target age must
     carry that age, ages lie in [0, 120], text fields are short strings that describe one person. Raises
     ResponseError listing every problem.
     """
-    num = len(target_ages)
-    labels = list(labels) if labels is not None else [None] * num
+    num = len(people)
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ResponseError([f"the answer must be a JSON object, got {type(data).__name__}"])
     persons_raw = data.get("persons")
     if not isinstance(persons_raw, list):
         raise ResponseError(["the answer has no 'persons' list"])
-    persons = _persons(persons_raw, target_ages, labels, problems)
+    persons = _persons(persons_raw, people, problems)
     scene = data.get("scene", "")
     interaction = data.get("interaction", "")
     _check_group_text(scene, interaction, persons, problems)
@@ -247,8 +243,6 @@ def validate_response(
     )
 
 
-def parse_response(
-    text: str, target_ages: Sequence[float | None], labels: Sequence[str | None] | None = None
-) -> ModelAnswer:
+def parse_response(text: str, people: Sequence[PromptPerson]) -> ModelAnswer:
     """extract_json + validate_response."""
-    return validate_response(extract_json(text), target_ages, labels)
+    return validate_response(extract_json(text), people)

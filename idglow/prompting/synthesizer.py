@@ -11,9 +11,9 @@ from idglow.errors import InputError, NoFaceError
 from idglow.prompting.badcases import Badcase, failure_types_of, select_badcases
 from idglow.prompting.phrases import normalize_gender
 from idglow.prompting.schema import ModelAnswer, ResponseError, parse_response
-from idglow.prompting.template import TemplateComposer, apply_describe_as, persons_from_attributes
+from idglow.prompting.template import TemplateComposer, apply_describe_as, template_persons
 from idglow.prompting.tokens import CLIP_MAX_TOKENS, T5_MAX_TOKENS, TokenCounter
-from idglow.prompting.types import GroupPrompt
+from idglow.prompting.types import GroupPrompt, Known, PersonDescription, SeenPerson
 from idglow.prompting.vlm import Conversation, VLMBackend, build_conversation, repair_conversation
 from idglow.subjects import SubjectRef, validate_group
 
@@ -24,30 +24,26 @@ logger = logging.getLogger(__name__)
 class PromptRequest:
     """One prompt to write: the subjects in slot order, the task, the user's scene and candidate badcases.
 
-    apparent_ages / genders: each person's age and gender when they are already known (a training photo's
-    recorded or estimated ages): used instead of asking the face analyzer, so no image needs to be read unless
-    a vision-language model describes the people. positions: where each person stands (1 = leftmost) when the
-    picture is given (a training photo): it overrides the places a model proposes.
+    known: what is already known of each person (one :class:`Known` or None per subject, in slot order; None
+    for the whole request: nothing): a training photo's recorded or estimated age and gender, used instead of
+    asking the face analyzer (whose photo then need not be read unless a vision-language model describes
+    the people), and where the person stands when the picture is given, which overrides the place a model
+    or the template proposes. A list of the wrong length, or fixed positions outside 1..N or used twice,
+    raise ``InputError``.
     """
 
     subjects: Sequence[SubjectRef]
     task: str = "fusion"
     scene: str = ""
     badcases: Sequence[Badcase] = ()
-    apparent_ages: Sequence[float | None] | None = None
-    genders: Sequence[str | None] | None = None
-    positions: Sequence[int] | None = None
+    known: Sequence[Known | None] | None = None
 
 
 @dataclass
 class _Prepared:
     request: PromptRequest
-    target_ages: list[float | None]
-    labels: list[str | None]
-    describe_as: list[str | None]
+    people: list[SeenPerson]
     images: list[Any]
-    apparent_ages: list[float | None]
-    genders: list[str | None]
     badcases: list[Badcase]
     failure_types: list[str]
     answer: ModelAnswer | None = None
@@ -55,13 +51,33 @@ class _Prepared:
     conversation: Conversation = field(default_factory=list)
 
 
-def _known(values: Sequence[Any] | None, n: int, kind: type) -> list[Any]:
-    """``values`` (one per person, None where unknown) as ``kind``; all None when not given."""
-    if values is None:
+def _known(known: Sequence[Known | None] | None, n: int) -> list[Known | None]:
+    """``known`` checked against a group of ``n`` people; all None when not given."""
+    if known is None:
         return [None] * n
-    if len(values) != n:
-        raise InputError(f"{len(values)} known attribute values for {n} people")
-    return [None if v is None else kind(v) for v in values]
+    known = list(known)
+    if len(known) != n:
+        raise InputError(f"{len(known)} entries of known facts for {n} people: give one per person "
+                         "(None where nothing is known)")
+    for slot, facts in enumerate(known):
+        if facts is not None and not isinstance(facts, Known):
+            raise InputError(f"known facts of person {slot + 1} must be a Known or None, got {type(facts).__name__}")
+    fixed = [facts.position for facts in known if facts is not None and facts.position is not None]
+    if any(position > n for position in fixed) or len(set(fixed)) != len(fixed):
+        raise InputError(f"fixed positions {fixed} must lie in 1..{n}, each used once")
+    return known
+
+
+def _place(persons: Sequence[PersonDescription], people: Sequence[SeenPerson]) -> None:
+    """Put each person whose place the picture fixes there; the others take the free places in the order
+    proposed (nothing changes when no place is fixed)."""
+    fixed = {seen.position for seen in people if seen.position is not None}
+    if not fixed:
+        return
+    free = iter(sorted(set(range(1, len(people) + 1)) - fixed))
+    for person in sorted(persons, key=lambda q: (q.position, q.slot)):
+        position = people[person.slot].position
+        person.position = position if position is not None else next(free)
 
 
 def _limit(tokenizer: Any | None, cap: int) -> int:
@@ -156,31 +172,27 @@ class PromptSynthesizer:
             if not isinstance(subject, SubjectRef):
                 raise InputError(f"subject {slot + 1} must be a SubjectRef, got {type(subject).__name__}")
         validate_group(subjects, request.task)  # SubjectRef has checked each age when it was built
+        known = _known(request.known, len(subjects))
+        ask = {slot for slot, facts in enumerate(known) if facts is None} if self.face_analyzer is not None else set()
+        images = []
+        if self.vlm is not None or ask:
+            images = [to_pil(s.image) if self.vlm is not None or slot in ask else None
+                      for slot, s in enumerate(subjects)]
+        people = [SeenPerson.of(subject, facts) for subject, facts in zip(subjects, known)]
+        for slot in sorted(ask):
+            face = self._face(slot, subjects[slot], images[slot])
+            people[slot] = SeenPerson(subjects[slot], None if face.age is None else float(face.age),
+                                      normalize_gender(face.gender))
+
         target_ages = [s.target_age for s in subjects]
-
-        known = request.apparent_ages is not None or request.genders is not None
-        need_images = self.vlm is not None or (self.face_analyzer is not None and not known)
-        images = [to_pil(s.image) for s in subjects] if need_images else []
-        apparent = _known(request.apparent_ages, len(subjects), float)
-        genders = [normalize_gender(g) for g in _known(request.genders, len(subjects), str)]
-        if self.face_analyzer is not None and not known:
-            for slot, (subject, image) in enumerate(zip(subjects, images)):
-                face = self._face(slot, subject, image)
-                apparent[slot] = None if face.age is None else float(face.age)
-                genders[slot] = normalize_gender(face.gender)
-
         chosen = select_badcases(
             request.badcases, request.task, len(subjects), target_ages, limit=self.max_badcases
         )
         has_target = any(a is not None for a in target_ages)
         return _Prepared(
             request=request,
-            target_ages=target_ages,
-            labels=[s.label for s in subjects],
-            describe_as=[s.describe_as for s in subjects],
+            people=people,
             images=images,
-            apparent_ages=apparent,
-            genders=genders,
             badcases=chosen,
             failure_types=failure_types_of(chosen, has_target),
         )
@@ -211,8 +223,7 @@ class PromptSynthesizer:
     def _ask_model(self, prepared: list[_Prepared]) -> None:
         for p in prepared:
             p.conversation = build_conversation(
-                p.target_ages, p.labels, p.request.task, p.request.scene, p.failure_types, p.badcases,
-                describe_as=p.describe_as,
+                p.people, p.request.task, p.request.scene, p.failure_types, p.badcases
             )
         pending = list(prepared)
         for attempt in range(self.repair_attempts + 1):
@@ -226,7 +237,7 @@ class PromptSynthesizer:
             retry = []
             for p, answer in zip(pending, answers):
                 try:
-                    p.answer = parse_response(answer, p.target_ages, p.labels)
+                    p.answer = parse_response(answer, p.people)
                     p.reason = None
                 except ResponseError as err:
                     label = "answer" if attempt == 0 else f"answer after {attempt} repair(s)"
@@ -240,25 +251,22 @@ class PromptSynthesizer:
         request = p.request
         if p.answer is not None:
             persons = p.answer.persons
-            for person in persons:  # fill what the model left unknown from the face analyzer
+            for person in persons:  # fill what the model left unknown from the known facts or the face analyzer
+                seen = p.people[person.slot]
                 if person.gender is None:
-                    person.gender = p.genders[person.slot]
+                    person.gender = seen.gender
                 if person.age is None:
-                    person.age = p.apparent_ages[person.slot]
-                apply_describe_as(person, p.describe_as[person.slot])  # the visitor's word over any guess
+                    person.age = seen.apparent_age
+                apply_describe_as(person, seen.describe_as)  # the visitor's word over any guess
             scene = p.answer.scene or request.scene
             interaction = p.answer.interaction
             source = "vlm"
         else:
-            persons = persons_from_attributes(
-                len(p.target_ages), p.target_ages, p.apparent_ages, p.genders, p.labels, p.describe_as
-            )
+            persons = template_persons(p.people)
             scene, interaction, source = request.scene, "", "template"
             if p.reason is not None:
                 logger.warning("prompt written from the template: %s", p.reason)
-        if request.positions is not None:
-            for person in persons:
-                person.position = int(request.positions[person.slot])
+        _place(persons, p.people)
         rendered = self.composer.render(persons, request.task, scene, interaction, p.failure_types)
         return GroupPrompt(
             text=rendered.text,

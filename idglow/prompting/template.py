@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from idglow.prompting.badcases import FAILURE_CONSTRAINTS
 from idglow.prompting.phrases import clean_phrase, clean_text, marker, noun_phrase, number_word
 from idglow.prompting.tokens import CLIP_MAX_TOKENS, T5_MAX_TOKENS, TokenCounter
-from idglow.prompting.types import PersonDescription
+from idglow.prompting.types import PersonDescription, SeenPerson
 from idglow.subjects import AGE_OF_MAJORITY, DESCRIBE_AS, TEEN_AGE
 
 logger = logging.getLogger(__name__)
@@ -333,29 +333,22 @@ class _FullText:
             logger.warning("dropped the interaction to fit the T5 limit")
 
 
-def persons_from_attributes(
-    num_people: int,
-    target_ages: Sequence[float | None],
-    apparent_ages: Sequence[float | None],
-    genders: Sequence[str | None],
-    labels: Sequence[str | None],
-    describe_as: Sequence[str | None] | None = None,
-) -> list[PersonDescription]:
+def template_persons(people: Sequence[SeenPerson]) -> list[PersonDescription]:
     """Template persons in slot order (position = slot + 1): target age when given, else apparent age;
-    ``describe_as`` (the visitor's word per person, None where left to the model) wins over ``genders``."""
+    ``describe_as`` (the visitor's word, None where left to the model) wins over the known gender."""
     persons = []
-    for slot in range(num_people):
-        target = target_ages[slot]
-        age = target if target is not None else apparent_ages[slot]
+    for slot, seen in enumerate(people):
+        target = seen.target_age
+        age = target if target is not None else seen.apparent_age
         person = PersonDescription(
             slot=slot,
             position=slot + 1,
             age=None if age is None else float(age),
             age_is_target=target is not None,
-            gender=genders[slot],
-            label=labels[slot],
+            gender=seen.gender,
+            label=seen.label,
         )
-        persons.append(apply_describe_as(person, describe_as[slot] if describe_as else None))
+        persons.append(apply_describe_as(person, seen.describe_as))
     return persons
 
 

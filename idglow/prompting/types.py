@@ -2,11 +2,85 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from idglow.errors import InputError
+from idglow.prompting.phrases import normalize_gender
+from idglow.subjects import SubjectRef
+
 PromptSource = Literal["vlm", "template"]
 PROMPT_SOURCES: tuple[str, ...] = ("vlm", "template")
+
+
+@dataclass(frozen=True)
+class Known:
+    """What a caller already knows of one person before the prompt is written (a training photo's recorded
+    or estimated facts): used instead of asking the face analyzer, so no image needs to be read unless a
+    vision-language model describes the people.
+
+    apparent_age: the age the person looks in the photo (None: unknown). gender: gender presentation, any
+    spelling :func:`~idglow.prompting.phrases.normalize_gender` reads (None: unknown). position: where the
+    person stands, 1 = leftmost, when the picture fixes it (None: the model or the template places them).
+    """
+
+    apparent_age: float | None = None
+    gender: str | None = None
+    position: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.apparent_age is not None:
+            age = float(self.apparent_age)
+            if not math.isfinite(age):
+                raise InputError(f"apparent age {self.apparent_age!r} must be a finite number")
+            object.__setattr__(self, "apparent_age", age)
+        object.__setattr__(self, "gender", normalize_gender(self.gender))
+        position = self.position
+        if position is not None:
+            if isinstance(position, bool) or int(position) != position or position < 1:
+                raise InputError(f"position {position!r} must be a whole number >= 1 (1 = leftmost)")
+            object.__setattr__(self, "position", int(position))
+
+
+@dataclass(frozen=True)
+class SeenPerson:
+    """One person as the prompt writer sees them before writing: the person record plus what is known or
+    was measured of them. ``target_age``, ``label`` and ``describe_as`` are read from ``subject``.
+
+    apparent_age / gender: from the caller (:class:`Known`) or the face analyzer, None when unknown (gender
+    normalised). position: where the person stands (1 = leftmost) when the picture fixes it, else None.
+    """
+
+    subject: SubjectRef
+    apparent_age: float | None = None
+    gender: str | None = None
+    position: int | None = None
+
+    @classmethod
+    def of(cls, subject: SubjectRef, known: Known | None = None) -> SeenPerson:
+        """The person ``subject`` with the facts in ``known`` (none when None)."""
+        known = known or Known()
+        return cls(subject, known.apparent_age, known.gender, known.position)
+
+    @property
+    def target_age(self) -> float | None:
+        """The age to show the person at (None: their own age)."""
+        return self.subject.target_age
+
+    @property
+    def label(self) -> str | None:
+        """The user's name for the person."""
+        return self.subject.label
+
+    @property
+    def describe_as(self) -> str | None:
+        """The visitor's word for the person (woman, man, girl, boy), or None."""
+        return self.subject.describe_as
+
+
+PromptPerson = SeenPerson | SubjectRef
+"""A person as the model's instruction and the check of its answer read them: target age, label, describe_as."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from idglow.errors import IdGlowError, ModelFolderError
 from idglow.prompting.badcases import FAILURE_CONSTRAINTS, Badcase
 from idglow.prompting.phrases import clean_text
 from idglow.prompting.schema import EXAMPLE_RESPONSE, RESPONSE_SCHEMA
+from idglow.prompting.types import PromptPerson
 from idglow.subjects import DESCRIBE_AS, TEEN_AGE
 
 logger = logging.getLogger(__name__)
@@ -79,18 +80,18 @@ def _rules(num: int, failure_types: Sequence[str]) -> list[str]:
     return ["Rules:"] + [f"{i + 1}. {rule}" for i, rule in enumerate(rules)]
 
 
-def _known_facts(target_ages: Sequence[float | None], labels: Sequence[str | None],
-                 describe_as: Sequence[str | None] | None = None) -> list[str]:
+def _known_facts(people: Sequence[PromptPerson]) -> list[str]:
     """One line per slot with a name, the word to describe the person with, or a target age (none when
     nothing is known)."""
     facts = []
-    for slot, age in enumerate(target_ages):
+    for slot, person in enumerate(people):
         bits = []
-        if labels[slot]:
-            bits.append(f"called {clean_text(labels[slot])!r}")
-        word = describe_as[slot] if describe_as else None
+        if person.label:
+            bits.append(f"called {clean_text(person.label)!r}")
+        word = person.describe_as
         if word:
             bits.append(f"described as a {word} (gender '{DESCRIBE_AS[word][0]}', whatever the photo suggests)")
+        age = person.target_age
         if age is not None:
             kind = " (a child)" if age < TEEN_AGE else ""
             bits.append(f"target age {age:g}{kind}")
@@ -114,43 +115,38 @@ def _negative_examples(badcases: Sequence[Badcase]) -> list[str]:
 
 
 def build_instruction(
-    target_ages: Sequence[float | None],
-    labels: Sequence[str | None],
+    people: Sequence[PromptPerson],
     task: str,
     scene: str,
     failure_types: Sequence[str] = (),
     badcases: Sequence[Badcase] = (),
-    *,
-    describe_as: Sequence[str | None] | None = None,
 ) -> str:
     """The text that follows the reference photos: the task, the schema, the rules and the constraints.
-    ``describe_as``: the visitor's word per person (None where left to the model)."""
-    num = len(target_ages)
+    people: one per slot, in slot order (a :class:`SeenPerson` or a :class:`SubjectRef`): their target age,
+    label and ``describe_as`` become the known facts."""
+    num = len(people)
     lines = _request_lines(num, task, scene)
     lines += _rules(num, failure_types)
-    lines += _known_facts(target_ages, labels, describe_as)
+    lines += _known_facts(people)
     lines += _negative_examples(badcases)
     lines.append(f"Example of the format (for two people): {json.dumps(EXAMPLE_RESPONSE)}")
     return "\n".join(lines)
 
 
 def build_conversation(
-    target_ages: Sequence[float | None],
-    labels: Sequence[str | None],
+    people: Sequence[PromptPerson],
     task: str,
     scene: str,
     failure_types: Sequence[str] = (),
     badcases: Sequence[Badcase] = (),
-    *,
-    describe_as: Sequence[str | None] | None = None,
 ) -> Conversation:
-    """One user turn: each reference photo preceded by its slot, then the instruction."""
+    """One user turn: each reference photo preceded by its slot, then the instruction (see
+    :func:`build_instruction`)."""
     content: list[dict[str, Any]] = []
-    for slot in range(len(target_ages)):
+    for slot in range(len(people)):
         content.append({"type": "text", "text": f"Photo of slot {slot}:"})
         content.append({"type": "image"})
-    instruction = build_instruction(target_ages, labels, task, scene, failure_types, badcases, describe_as=describe_as)
-    content.append({"type": "text", "text": instruction})
+    content.append({"type": "text", "text": build_instruction(people, task, scene, failure_types, badcases)})
     return [{"role": "user", "content": content}]
 
 

@@ -457,7 +457,7 @@ def caption_rows(rows: list[dict[str, Any]], writer, root: Path, *, named: bool 
     (their name when ``named``), age in the target or target age, gender, and the row's ``scene``. The
     references' first crops are the people's photos for a vision-language model. Records ``prompt_source`` and
     ``prompt_record``."""
-    from idglow.prompting import PromptRequest, PromptSynthesizer
+    from idglow.prompting import Known, PromptRequest, PromptSynthesizer
     from idglow.subjects import SubjectRef
 
     writer = writer or PromptSynthesizer()
@@ -468,9 +468,7 @@ def caption_rows(rows: list[dict[str, Any]], writer, root: Path, *, named: bool 
                                target_age=p.get("target_age"), label=p["person"] if named else None,
                                describe_as=p.get("describe_as"))
                     for p in people]
-        requests.append(PromptRequest(subjects, row["task"], row.get("scene", ""),
-                                      apparent_ages=[p.get("age") for p in people],
-                                      genders=[p.get("gender") for p in people],
-                                      positions=list(range(1, len(people) + 1))))
+        known = [Known(p.get("age"), p.get("gender"), position) for position, p in enumerate(people, start=1)]
+        requests.append(PromptRequest(subjects, row["task"], row.get("scene", ""), known=known))
     for row, prompt in zip(rows, writer.compose_batch(requests)):
         row["prompt"], row["prompt_source"], row["prompt_record"] = prompt.text, prompt.source, prompt.to_dict()
