@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -181,9 +182,13 @@ def served_app(data_dir: Path, log: Path, extra: tuple[str, ...] | list[str] = (
         proc.wait(30)
 
 
-def run(burst: int, votes: int, steps: int, per_process: int = 5, cold: bool = False) -> dict:
+@contextlib.contextmanager
+def demo_setup() -> Iterator[tuple[Path, list[Path], Path]]:
+    """(data folder, two portraits, a temporary folder): a demo store of 24 candidates and one annotator
+    (``annotator1``, the demo password) with no votes, and two of the bundled sample portraits; all removed at
+    the end."""
     from annotation.store.database import make_store
-    from annotation.store.demo import DEMO_PASSWORD, seed_demo_data
+    from annotation.store.demo import seed_demo_data
     from idglow.faces.dlib_backend import DlibAnalyzer
     from idglow.samples import write_sample_portraits
 
@@ -192,8 +197,14 @@ def run(burst: int, votes: int, steps: int, per_process: int = 5, cold: bool = F
         with store.sessions() as session:
             seed_demo_data(session, store.data_dir, candidates=24, votes=0, annotators=1)
         store.engine.dispose()
-        portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
-        with served_app(store.data_dir, Path(tmp) / "app.log") as url:
+        yield Path(store.data_dir), write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2], Path(tmp)
+
+
+def run(burst: int, votes: int, steps: int, per_process: int = 5, cold: bool = False) -> dict:
+    from annotation.store.demo import DEMO_PASSWORD
+
+    with demo_setup() as (data_dir, portraits, tmp):
+        with served_app(data_dir, tmp / "app.log") as url:
             if not cold:
                 _timed_generate(_visitor(url, portraits), steps, 999)  # the app has served a generation before
             start, burst_outcomes = _burst(url, portraits, steps, burst, per_process)

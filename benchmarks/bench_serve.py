@@ -178,19 +178,11 @@ def app_burst(extra: list[str], args: argparse.Namespace, head_pid: int | None =
     with the CPU shares of the burst (:class:`CpuShare`)."""
     import bench_busy as busy
 
-    from annotation.store.database import make_store
-    from annotation.store.demo import DEMO_PASSWORD, seed_demo_data
-    from idglow.faces.dlib_backend import DlibAnalyzer
-    from idglow.samples import write_sample_portraits
+    from annotation.store.demo import DEMO_PASSWORD
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = make_store(Path(tmp) / "data")
-        with store.sessions() as session:
-            seed_demo_data(session, store.data_dir, candidates=24, votes=0, annotators=1)
-        store.engine.dispose()
-        portraits = write_sample_portraits(Path(tmp) / "samples", DlibAnalyzer())[:2]
-        cpu = CpuShare(head_pid, str(store.data_dir))
-        with busy.served_app(store.data_dir, Path(tmp) / "app.log", extra) as url:
+    with busy.demo_setup() as (data_dir, portraits, tmp):
+        cpu = CpuShare(head_pid, str(data_dir))
+        with busy.served_app(data_dir, tmp / "app.log", extra) as url:
             busy._timed_generate(busy._visitor(url, portraits), args.steps, 999)  # a running app has served one
             start, burst_outcomes = busy._burst(url, portraits, args.steps, args.app_burst, 5)
             stop, voting = busy._votes_elsewhere(url, "annotator1", DEMO_PASSWORD, args.votes)
