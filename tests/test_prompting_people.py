@@ -8,6 +8,7 @@ from dataclasses import fields
 
 import numpy as np
 import pytest
+from test_prompting_template import FakeAnalyzer, photo
 
 from idglow.errors import InputError
 from idglow.faces.base import Face
@@ -23,25 +24,16 @@ from idglow.prompting.phrases import ORDINALS
 from idglow.subjects import SubjectRef
 
 
-def photo(index: int) -> np.ndarray:
-    """A small image whose pixel (0, 0) tells the fake analyzer which person it shows."""
-    image = np.full((24, 24, 3), 127, np.uint8)
-    image[0, 0, 0] = index
-    return image
-
-
-class CountingAnalyzer:
+class CountingAnalyzer(FakeAnalyzer):
     """One prepared face per photo index; records which photos it was asked about."""
 
-    embedding_dim = 128
-
     def __init__(self, faces: dict[int, Face]):
-        self.faces, self.asked = faces, []
+        super().__init__({index: [face] for index, face in faces.items()})
+        self.asked = []
 
     def detect(self, image):
-        index = int(np.asarray(image)[0, 0, 0])
-        self.asked.append(index)
-        return [self.faces[index]]
+        self.asked.append(int(np.asarray(image)[0, 0, 0]))
+        return super().detect(image)
 
 
 class ScriptedVLM:
