@@ -95,23 +95,29 @@ def _age_task_for_groups_of_three(session) -> None:
     session.commit()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _demo_store(folder, candidates: int, images: int, annotators, then=None):
+    """A demo store in ``folder`` (seed 5: groups of one and of three people, no votes, no gold items) with
+    these annotators (password PASSWORD); ``then(session)`` runs in the same session."""
     from store_fixtures import make_store
 
     from annotation.store.demo import pattern_images, seed_demo_data
     from annotation.store.users import create_user
 
-    data = tmp_path_factory.mktemp("annotate-data")
-    store = make_store(data)
+    store = make_store(folder)
     with store.sessions() as session:
-        # seed 5 holds groups of one and of three people
-        seed_demo_data(session, data, candidates=32, votes=0, annotators=1, images=pattern_images(8), gold_rate=0.0,
-                       seed=5)
-        for name in ANNOTATORS:
+        seed_demo_data(session, folder, candidates=candidates, votes=0, annotators=1, images=pattern_images(images),
+                       gold_rate=0.0, seed=5)
+        for name in annotators:
             create_user(session, name, PASSWORD, "annotator")
-        _age_task_for_groups_of_three(session)
+        if then is not None:
+            then(session)
     store.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("annotate-data")
+    _demo_store(data, 32, 8, ANNOTATORS, then=_age_task_for_groups_of_three)
     with serve_app(data) as url:
         yield url, data
 
@@ -469,18 +475,8 @@ LIGHTING_PRELUDE = ("from idglow import preferences\nfrom idglow.preferences imp
 
 @pytest.fixture(scope="module")
 def lighting_server(tmp_path_factory):
-    from store_fixtures import make_store
-
-    from annotation.store.demo import pattern_images, seed_demo_data
-    from annotation.store.users import create_user
-
     data = tmp_path_factory.mktemp("annotate-lighting")
-    store = make_store(data)
-    with store.sessions() as session:
-        seed_demo_data(session, data, candidates=8, votes=0, annotators=1, images=pattern_images(4), gold_rate=0.0,
-                       seed=5)
-        create_user(session, "light1", PASSWORD, "annotator")
-    store.engine.dispose()
+    _demo_store(data, 8, 4, ["light1"])
     with serve_app(data, prelude=LIGHTING_PRELUDE) as url:
         yield url, data
 
