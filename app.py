@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                                      settings.max_per_visitor))
     finally:
         sweeper.stop()
+        services.close()
     return 0
 
 

@@ -50,6 +50,4 @@ def running_app(data_dir: str | Path, users: dict[str, tuple[str, str]] | None =
         yield RunningApp(f"http://127.0.0.1:{config.port}/", services, demo)
     finally:
         demo.close()
-        close_faces = getattr(services.generation.pipe.face_analyzer, "close", None)  # a face analysis process
-        if close_faces is not None:
-            close_faces()
+        services.close()

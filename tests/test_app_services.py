@@ -110,6 +110,33 @@ def test_sweeper_thread_runs_and_stops(store):
     assert sweeper._thread is None
 
 
+def test_closing_the_services_ends_the_replica_follower_and_the_processes_they_started(tmp_path):
+    """The app in ray mode, on a cluster that does not answer: closing its services ends the thread that reads
+    the deployment's replicas and the face analysis process (left running, the thread kept polling a stopped
+    cluster from a closed app). The Ray client process starts only once the cluster answers; the Ray tests close
+    their apps the same way."""
+    import multiprocessing
+
+    from annotation.ui.settings import AppSettings
+    from annotation.ui.wiring import build_services
+    from serve_cluster import free_port
+
+    def followers():
+        return [t for t in threading.enumerate() if t.name == "idglow-follow-replicas"]
+
+    before = set(multiprocessing.active_children())
+    services, _ = build_services(AppSettings(data_dir=str(tmp_path / "data"), generator="ray",
+                                             ray_address=f"127.0.0.1:{free_port()}"))
+    started = set(multiprocessing.active_children()) - before
+    running = followers()
+    assert len(started) == 1 and len(running) == 1  # the face analysis process, the follower
+    services.close()
+    running[0].join(timeout=15)
+    assert not running[0].is_alive() and not followers()
+    assert not started & set(multiprocessing.active_children())
+    services.close()  # a second close does nothing
+
+
 def test_pooled_results_are_kept_but_delete_my_data_removes_exactly_that_visitor(pipe, store, sample_portraits):
     service = make_service(pipe, store, retention=timedelta(seconds=1))
     mine = service.generate(request(sample_portraits, visitor="me", seed=1))

@@ -97,9 +97,12 @@ def test_readme_researcher_path_runs_and_the_app_serves_the_new_version(ran_bloc
     from idglow.subjects import SubjectRef
 
     services, _ = build_services(AppSettings(data_dir=str(work / "demo")))
-    assert "dpo-v1" in services.generation.model_versions()
-    portrait = decode_image(work / "samples/person1.jpg")
-    result = services.generation.generate(GenerationRequest(
-        subjects=[SubjectRef(portrait)], prompt="a portrait", num_images=1, num_inference_steps=1,
-        height=64, width=64, model_versions=["dpo-v1"], consent=True, seed=0))
-    assert [c.model_version for c in result.candidates] == ["dpo-v1"]
+    try:
+        assert "dpo-v1" in services.generation.model_versions()
+        portrait = decode_image(work / "samples/person1.jpg")
+        result = services.generation.generate(GenerationRequest(
+            subjects=[SubjectRef(portrait)], prompt="a portrait", num_images=1, num_inference_steps=1,
+            height=64, width=64, model_versions=["dpo-v1"], consent=True, seed=0))
+        assert [c.model_version for c in result.candidates] == ["dpo-v1"]
+    finally:
+        services.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -35,6 +36,13 @@ class AppServices:
     export_ttl_s: float = DEFAULT_DOWNLOAD_TTL_S  # a researcher's export download is deleted after this
     uploads: UploadRegistry = field(default_factory=UploadRegistry)  # raw uploads in the web server's temp area
     downloads: PrivateDownloads = field(default_factory=PrivateDownloads)  # researchers' private export copies
+    closers: list[Callable[[], None]] = field(default_factory=list)  # what `close` ends, in order
+
+    def close(self) -> None:
+        """End what the services started besides the web server (the replica follower, the Ray client process,
+        the face analysis process); safe to call twice."""
+        while self.closers:
+            self.closers.pop(0)()
 
 
 def build_app(services: AppServices) -> gr.Blocks:

@@ -149,8 +149,11 @@ def build_services(settings):
         pipe, generator, concurrency = load_pipeline(model, face_analyzer_for_the_server(model)), None, settings.concurrency
         share_cpu_with_the_server(pipe.device)
     queue = GpuQueue(concurrency, settings.max_queue, settings.max_per_visitor)
+    closers = []
     if generator is not None:
-        follow_replicas(generator, queue, least=settings.concurrency)
+        closers += [follow_replicas(generator, queue, least=settings.concurrency).set, generator.close]
+    if callable(close_faces := getattr(pipe.face_analyzer, "close", None)):  # a face analysis process
+        closers.append(close_faces)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
         queue=queue, safety_checker=safety, blocklist=blocklist,
@@ -167,7 +170,7 @@ def build_services(settings):
         banner=banner(settings.is_tiny, TINY_MODEL_NOTE), tiny=settings.is_tiny,
         default_steps=model.default_steps, default_size=model.default_size,
         concurrency=concurrency, max_queue=settings.max_queue, export_ttl_s=settings.export_minutes * 60,
-        uploads=uploads, downloads=PrivateDownloads(),
+        uploads=uploads, downloads=PrivateDownloads(), closers=closers,
     )
     sweeper = RetentionSweeper(sessions, data_dir, interval=timedelta(minutes=settings.sweep_minutes),
                                retention=settings.retention, temp_dir=temp_dir, registry=uploads)
