@@ -11,6 +11,9 @@ if command -v npm >/dev/null && [ ! -f node_modules/axe-core/axe.min.js ]; then
     || echo "test: axe-core could not be installed; the accessibility check will be skipped" >&2
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+# torch's OpenMP threads sleep when they run out of work instead of spinning: the two workers and the processes
+# they start share the cores, and spinning threads starved the others (docs/internals.md, "The test suite").
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 if [ -z "${IDGLOW_TEST_PG_URL:-}" ] && [ -f scripts/start_postgres.sh ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   pg_env=$(bash scripts/start_postgres.sh)
   eval "$pg_env"

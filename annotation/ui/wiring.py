@@ -113,10 +113,30 @@ def follow_replicas(generator, queue, least: int = 1, every_s: float = REPLICAS_
     return stop
 
 
+def generation_backend(settings, model):
+    """(pipeline, generator, generations at once, queue, closers) for ``--generator``: the pipeline loaded here
+    (generator None), or the front-end model and the Ray Serve deployment, whose replicas a thread follows.
+    The closers end the thread and the processes started here."""
+    from annotation.generation.gpu_queue import GpuQueue
+    from idglow.loading import load_pipeline
+
+    if settings.generator == "ray":
+        pipe, generator, concurrency = ray_generator(settings, model)
+    else:
+        pipe, generator, concurrency = load_pipeline(model, face_analyzer_for_the_server(model)), None, settings.concurrency
+        share_cpu_with_the_server(pipe.device)
+    queue = GpuQueue(concurrency, settings.max_queue, settings.max_per_visitor)
+    closers = []
+    if generator is not None:
+        closers += [follow_replicas(generator, queue, least=settings.concurrency).set, generator.close]
+    if callable(close_faces := getattr(pipe.face_analyzer, "close", None)):  # a face analysis process
+        closers.append(close_faces)
+    return pipe, generator, concurrency, queue, closers
+
+
 def build_services(settings):
     """(AppServices, RetentionSweeper) for these settings: database migrated, pipeline loaded, base version
     registered."""
-    from annotation.generation.gpu_queue import GpuQueue
     from annotation.generation.safety import PromptBlocklist, load_safety_checker
     from annotation.generation.service import GenerationService
     from annotation.privacy.private_downloads import PrivateDownloads
@@ -130,7 +150,7 @@ def build_services(settings):
     from annotation.ui.theme import banner
     from db.engine import make_engine, make_session_factory
     from db.migrate import upgrade
-    from idglow.loading import TINY_MODEL_NOTE, ModelSettings, load_pipeline
+    from idglow.loading import TINY_MODEL_NOTE, ModelSettings
 
     data_dir = resolve_data_dir(settings.data_dir, settings.db_url)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,17 +163,7 @@ def build_services(settings):
     blocklist = PromptBlocklist.from_file(settings.blocklist_file) if settings.blocklist_file else PromptBlocklist()
     model = ModelSettings(model_dir=settings.model_dir, adapter_dir=settings.adapter_dir, faces=settings.faces,
                           face_root=settings.face_root, face_pack=settings.face_pack, device=settings.device)
-    if settings.generator == "ray":
-        pipe, generator, concurrency = ray_generator(settings, model)
-    else:
-        pipe, generator, concurrency = load_pipeline(model, face_analyzer_for_the_server(model)), None, settings.concurrency
-        share_cpu_with_the_server(pipe.device)
-    queue = GpuQueue(concurrency, settings.max_queue, settings.max_per_visitor)
-    closers = []
-    if generator is not None:
-        closers += [follow_replicas(generator, queue, least=settings.concurrency).set, generator.close]
-    if callable(close_faces := getattr(pipe.face_analyzer, "close", None)):  # a face analysis process
-        closers.append(close_faces)
+    pipe, generator, concurrency, queue, closers = generation_backend(settings, model)
     generation = GenerationService(
         pipe, sessions, data_dir, base_version=settings.version_name,
         queue=queue, safety_checker=safety, blocklist=blocklist,
