@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         encode_prompt.precompute(dataset_prompts(dataset))
     out = trainer.train()
     path = trainer.save_model()
+    trainer.end_processes()
     if trainer.accelerator.is_main_process:
         last = out.log_history[-1]["loss"] if out.log_history else float("nan")
         print(f"trained {out.global_step} steps (last loss {last:.5f}); adapter written to {path / 'adapter'}")

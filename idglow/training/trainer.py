@@ -386,6 +386,16 @@ class BaseTrainer:
             raise ValueError(f"resume_from_checkpoint={value!r} is not a checkpoint folder (no {STATE_FILE})")
         return path
 
+    def end_processes(self) -> None:
+        """After a multi-process run, once every process got here: leave the process group. A rank that exits
+        with the group still up can lose it while another rank is still talking to it (the rank then aborts with
+        "terminate called without an active exception")."""
+        if self.accelerator.num_processes > 1:
+            from accelerate import PartialState
+
+            self.accelerator.wait_for_everyone()
+            PartialState().destroy_process_group()
+
     def save_model(self, output_dir: str | Path | None = None) -> Path:
         """Write the adapter (``adapter/``) and, when trained, the LoRA (``lora/``)."""
         out = Path(output_dir or self.output_dir)
