@@ -117,9 +117,10 @@ def test_closing_the_services_ends_the_replica_follower_and_the_processes_they_s
     their apps the same way."""
     import multiprocessing
 
+    from serve_cluster import free_port
+
     from annotation.ui.settings import AppSettings
     from annotation.ui.wiring import build_services
-    from serve_cluster import free_port
 
     def followers():
         return [t for t in threading.enumerate() if t.name == "idglow-follow-replicas"]
@@ -131,7 +132,6 @@ def test_closing_the_services_ends_the_replica_follower_and_the_processes_they_s
     running = followers()
     assert len(started) == 1 and len(running) == 1  # the face analysis process, the follower
     services.close()
-    running[0].join(timeout=15)
     assert not running[0].is_alive() and not followers()
     assert not started & set(multiprocessing.active_children())
     services.close()  # a second close does nothing

@@ -98,7 +98,8 @@ def follow_replicas(generator, queue, least: int = 1, every_s: float = REPLICAS_
     """Start a daemon thread that sets how many generations ``queue`` lets run at once to
     :func:`generations_at_once`, read every ``every_s`` seconds: the app follows a deployment redeployed with
     other replicas or autoscaling bounds, and a replica restarted after a crash. While the cluster does not
-    answer the last value stays. Returns the thread's stop event."""
+    answer the last value stays. Returns a function that stops the thread and waits for it to end (after that,
+    nothing calls the generator)."""
     import threading
 
     stop = threading.Event()
@@ -109,8 +110,14 @@ def follow_replicas(generator, queue, least: int = 1, every_s: float = REPLICAS_
             if at_once is not None:
                 queue.set_concurrency(at_once)
 
-    threading.Thread(target=follow, daemon=True, name="idglow-follow-replicas").start()
-    return stop
+    thread = threading.Thread(target=follow, daemon=True, name="idglow-follow-replicas")
+    thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join()
+
+    return end
 
 
 def generation_backend(settings, model):
@@ -128,7 +135,7 @@ def generation_backend(settings, model):
     queue = GpuQueue(concurrency, settings.max_queue, settings.max_per_visitor)
     closers = []
     if generator is not None:
-        closers += [follow_replicas(generator, queue, least=settings.concurrency).set, generator.close]
+        closers += [follow_replicas(generator, queue, least=settings.concurrency), generator.close]
     if callable(close_faces := getattr(pipe.face_analyzer, "close", None)):  # a face analysis process
         closers.append(close_faces)
     return pipe, generator, concurrency, queue, closers
