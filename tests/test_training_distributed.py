@@ -51,6 +51,7 @@ if acc.is_main_process:
                "losses": [r["loss"] for r in result.log_history],
                "same_on_all_ranks": bool(torch.equal(gathered[0], gathered[1])), "changed": changed,
                "dpo_steps": dpo_result.global_step}, open(out_dir + "/result.json", "w"))
+dpo.end_processes()  # every rank leaves the process group before it exits
 '''
 
 
